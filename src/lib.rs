@@ -1,0 +1,14 @@
+//! gatehouse: an MCP gateway whose whole configuration lives in a git repository.
+//!
+//! See ARCHITECTURE.md for the codemap and the invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod diag;
+pub mod git;
+pub mod policy;
+pub mod repo;
+pub mod snapshot;
+pub mod testing;
+pub mod units;

@@ -1,0 +1,140 @@
+//! `evaluate(&Snapshot, &Call) -> Decision`: pure, synchronous, infallible.
+//!
+//! Precedence, first denial wins:
+//! 1. grant scope: the caller has a grant (`gatehouse:no-grant`), an access entry of it reaches
+//!    the server (`gatehouse:no-grant`) and lists the tool (`gatehouse:tool-not-granted`);
+//! 2. the server's baseline policy, then the policy of every access entry that reaches the tool
+//!    (a grant entry and a role entry both reaching the tool must both allow it);
+//! 3. within one policy: `hide`, then the tool's entry (or `default`), then the `"*"` entry; in an
+//!    entry, its checks in file order (`deny_if`, `require`, then `rules`).
+//! Quota rules are not counted here: an allowed decision carries them for the quota store.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{CheckKind, Decision, Policy, Quota, ToolRules, Tri};
+use crate::snapshot::{Grant, Snapshot};
+
+/// One tool call to decide.
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    /// Identity (or grant name) of the caller.
+    pub identity: &'a str,
+    pub server: &'a str,
+    pub tool: &'a str,
+    /// The call's `arguments` object.
+    pub args: &'a Value,
+}
+
+pub const NO_GRANT: &str = "gatehouse:no-grant";
+pub const TOOL_NOT_GRANTED: &str = "gatehouse:tool-not-granted";
+
+/// Decides a call by identity.
+pub fn evaluate(snap: &Snapshot, call: &Call) -> Decision {
+    match snap.grant(call.identity) {
+        Some(g) => evaluate_grant(snap, g, call),
+        None => Decision::deny(NO_GRANT, format!("no grant for identity {:?}", call.identity)),
+    }
+}
+
+/// Decides a call of an already authenticated grant.
+pub fn evaluate_grant(snap: &Snapshot, grant: &Grant, call: &Call) -> Decision {
+    let Some(entries) = grant.by_server.get(call.server) else {
+        return Decision::deny(NO_GRANT, format!("{} has no access to server {:?}", grant.file, call.server));
+    };
+    let mut reaching = entries.iter().map(|&i| &grant.access[i]).filter(|a| a.tools.contains(call.tool));
+    let Some(first) = reaching.next() else {
+        return Decision::deny(
+            TOOL_NOT_GRANTED,
+            format!("{} does not grant tool {:?} on server {:?}", grant.file, call.tool, call.server),
+        );
+    };
+    let mut quotas = Vec::new();
+    if let Some(server) = snap.servers.get(call.server) {
+        if let Some(p) = &server.policy {
+            if let Some(d) = check_policy(p, call, &mut quotas) {
+                return d;
+            }
+        }
+    }
+    for entry in std::iter::once(first).chain(reaching) {
+        if let Some(p) = &entry.policy {
+            if let Some(d) = check_policy(p, call, &mut quotas) {
+                return d;
+            }
+        }
+    }
+    quotas.extend(grant.quotas.iter().cloned());
+    Decision::allow(&first.id, &first.allow_message, quotas)
+}
+
+/// Whether `tool` could ever be allowed for this grant on `server`, whatever the arguments:
+/// what `tools/list` shows. Argument conditions are assumed satisfiable; hide, unconditional
+/// denials, unlisted tools under `default: deny` and missing grant scope are not.
+pub fn may_allow(snap: &Snapshot, grant: &Grant, server: &str, tool: &str) -> bool {
+    let Some(entries) = grant.by_server.get(server) else { return false };
+    let baseline = snap.servers.get(server).and_then(|s| s.policy.as_ref());
+    let policy_ok = |p: &Policy| -> bool {
+        if p.hidden.contains_key(tool) {
+            return false;
+        }
+        let entry = p.tools.get(tool);
+        if entry.is_none() && !p.default_allow {
+            return false;
+        }
+        let always_denies = |r: &ToolRules| r.checks.iter().any(|c| matches!(c.kind, CheckKind::DenyAlways));
+        !entry.is_some_and(always_denies) && !p.wildcard.as_ref().is_some_and(always_denies)
+    };
+    if baseline.is_some_and(|p| !policy_ok(p)) {
+        return false;
+    }
+    let mut reaching = entries.iter().map(|&i| &grant.access[i]).filter(|a| a.tools.contains(tool)).peekable();
+    reaching.peek().is_some() && reaching.all(|a| a.policy.as_deref().is_none_or(policy_ok))
+}
+
+/// One policy document's verdict on a call: a denial, or None (and its quotas appended).
+fn check_policy(p: &Policy, call: &Call, quotas: &mut Vec<Arc<Quota>>) -> Option<Decision> {
+    if let Some(rule) = p.hidden.get(call.tool) {
+        return Some(Decision::deny(rule.clone(), format!("tool {:?} is hidden by {}", call.tool, p.file)));
+    }
+    let entry = p.tools.get(call.tool);
+    if entry.is_none() && !p.default_allow {
+        return Some(Decision::deny(
+            p.default_rule.clone(),
+            format!("tool {:?} is not listed in {} (default: deny)", call.tool, p.file),
+        ));
+    }
+    for rules in entry.into_iter().chain(p.wildcard.as_ref()) {
+        if let Some(d) = check_rules(rules, call.args) {
+            return Some(d);
+        }
+        quotas.extend(rules.quotas.iter().cloned());
+    }
+    quotas.extend(p.all_tools_quotas.iter().cloned());
+    None
+}
+
+fn check_rules(rules: &ToolRules, args: &Value) -> Option<Decision> {
+    for check in &rules.checks {
+        let denied = match &check.kind {
+            CheckKind::DenyAlways => Tri::True,
+            CheckKind::DenyIf(conds) => Tri::all(conds, args),
+            CheckKind::Require(conds) => Tri::all(conds, args).not(),
+        };
+        match denied {
+            Tri::False => {}
+            Tri::True => return Some(Decision::deny(check.id.clone(), check.message.clone())),
+            Tri::Unknown => {
+                return Some(Decision::deny(
+                    check.id.clone(),
+                    format!("{} (an argument it checks is missing or of the wrong type)", check.message),
+                ));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,676 @@
+//! Files → [`Snapshot`]: parse every file, resolve references, validate, and report every
+//! problem at once. The only way to build a snapshot.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::load::Doc;
+use super::policy::{compile_limit, compile_policy};
+use super::{Entry, Files, raw, scan};
+use crate::diag::{Diagnostic, Diagnostics, Pos};
+use crate::policy::{Policy, Verdict};
+use crate::snapshot::{
+    Access, Category, Credentials, Grant, Kind, Part, Review, Role, Server, Settings, Snapshot, Supplier, Template, Token,
+    ToolInfo, ToolSet, Transport,
+};
+use crate::units::{Date, parse_duration};
+
+/// A valid repository: the snapshot, its policy tests, and its warnings.
+#[derive(Debug)]
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    pub tests: Vec<TestCase>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// One case of `tests/*.yaml`.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    pub file: String,
+    pub pos: Pos,
+    pub name: String,
+    pub identity: String,
+    pub server: String,
+    pub tool: String,
+    pub args: Value,
+    pub expect: Verdict,
+    /// A substring the deciding rule id must contain.
+    pub rule: Option<String>,
+}
+
+/// The directories of a policy repository and whether they may nest.
+const DIRS: [(&str, bool); 5] = [("servers", false), ("policies", true), ("roles", false), ("grants", false), ("tests", false)];
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Compiles the files of a repository. Err holds every diagnostic (errors and warnings).
+pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
+    let mut d = Diagnostics::default();
+    let mut docs: HashMap<&str, Vec<Doc>> = HashMap::new();
+    let mut settings_doc = None;
+
+    for (path, entry) in &files.entries {
+        if let Entry::Blob(bytes) = entry {
+            if let Ok(text) = std::str::from_utf8(bytes) {
+                scan::scan(path, text, &mut d);
+            }
+        }
+        let (top, rest) = path.split_once('/').unwrap_or(("", path));
+        let is_settings = matches!(path.as_str(), "gatehouse.yaml" | "gatehouse.yml");
+        let Some(&(dir, nests)) = DIRS.iter().find(|(name, _)| *name == top) else {
+            if !is_settings {
+                continue; // README, CI files, …: only scanned for secrets
+            }
+            settings_doc = parse_entry(path, entry, &mut d);
+            continue;
+        };
+        if !has_policy_ext(path) {
+            d.warning(path, Pos::default(), format!("ignored: files in {dir}/ must end in .yaml, .yml or .json"));
+            continue;
+        }
+        if !nests && rest.contains('/') {
+            d.error(path, Pos::default(), format!("{dir}/ does not nest: move this file directly into {dir}/"));
+            continue;
+        }
+        if let Some(doc) = parse_entry(path, entry, &mut d) {
+            docs.entry(dir).or_default().push(doc);
+        }
+    }
+    let take = |docs: &mut HashMap<&str, Vec<Doc>>, k: &str| docs.remove(k).unwrap_or_default();
+    let (server_docs, policy_docs, role_docs, grant_docs, test_docs) = (
+        take(&mut docs, "servers"),
+        take(&mut docs, "policies"),
+        take(&mut docs, "roles"),
+        take(&mut docs, "grants"),
+        take(&mut docs, "tests"),
+    );
+
+    let settings = settings_doc.map(|doc| compile_settings(&doc, &mut d)).unwrap_or_default();
+
+    let mut refs = Refs { policy_files: policy_docs.iter().map(|p| p.file.clone()).collect(), ..Refs::default() };
+    for doc in &policy_docs {
+        if let Some(p) = compile_policy(doc, &mut d) {
+            refs.policies.insert(doc.file.clone(), Arc::new(p));
+        }
+    }
+    let mut servers = HashMap::new();
+    for doc in &server_docs {
+        refs.server_files.insert(stem(&doc.file).to_string());
+        if let Some(s) = compile_server(doc, &refs, &mut d) {
+            servers.insert(s.name.clone(), Arc::new(s));
+        }
+    }
+    refs.servers = servers.clone();
+    let mut roles = BTreeMap::new();
+    for doc in &role_docs {
+        refs.role_files.insert(stem(&doc.file).to_string());
+        if let Some(r) = compile_role(doc, &refs, &mut d) {
+            roles.insert(r.name.clone(), r);
+        }
+    }
+    let mut grants = Vec::new();
+    let mut by_identity: HashMap<String, usize> = HashMap::new();
+    let mut by_token: HashMap<[u8; 32], (usize, usize)> = HashMap::new();
+    for doc in &grant_docs {
+        let Some(g) = compile_grant(doc, &refs, &roles, &mut d) else { continue };
+        let gi = grants.len();
+        if let Some(&other) = by_identity.get(&g.identity) {
+            let other: &Grant = &grants[other];
+            doc.value_error(&mut d, "/identity", format!("identity {:?} already has a grant in {}: one file per identity", g.identity, other.file));
+            continue;
+        }
+        for (ti, t) in g.tokens.iter().enumerate() {
+            if let Some(&(og, _)) = by_token.get(&t.sha256) {
+                let other: &Grant = &grants[og];
+                doc.value_error(&mut d, &format!("/tokens/{ti}/sha256"), format!("this token hash is already used by {}: every token belongs to one grant", other.file));
+            } else {
+                by_token.insert(t.sha256, (gi, ti));
+            }
+        }
+        by_identity.insert(g.identity.clone(), gi);
+        grants.push(g);
+    }
+    let by_name = grants.iter().enumerate().map(|(i, g)| (g.name.clone(), i)).collect::<HashMap<_, _>>();
+
+    let mut tests = Vec::new();
+    for doc in &test_docs {
+        compile_tests(doc, &servers, &by_identity, &by_name, &mut tests, &mut d);
+    }
+
+    if d.has_errors() {
+        return Err(d);
+    }
+    let snapshot = Snapshot {
+        commit: files.commit.clone(),
+        digest: digest(files),
+        settings,
+        servers,
+        policies: refs.policies,
+        roles,
+        grants,
+        by_identity,
+        by_name,
+        by_token,
+    };
+    Ok(Compiled { snapshot, tests, warnings: d.sorted().into_iter().cloned().collect() })
+}
+
+/// What references may point at, and what exists but failed to compile (so a reference to it
+/// is not reported a second time).
+#[derive(Default)]
+struct Refs {
+    policies: BTreeMap<String, Arc<Policy>>,
+    policy_files: BTreeSet<String>,
+    servers: HashMap<String, Arc<Server>>,
+    server_files: BTreeSet<String>,
+    role_files: BTreeSet<String>,
+}
+
+fn parse_entry(path: &str, entry: &Entry, d: &mut Diagnostics) -> Option<Doc> {
+    match entry {
+        Entry::Blob(bytes) => Doc::parse(path, bytes, d),
+        Entry::Symlink => {
+            d.error(path, Pos::default(), "symbolic links are not read: commit the file itself");
+            None
+        }
+        Entry::TooLarge(n) => {
+            d.error(path, Pos::default(), format!("file is {n} bytes; the limit is {} bytes", super::MAX_FILE_BYTES));
+            None
+        }
+    }
+}
+
+fn has_policy_ext(path: &str) -> bool {
+    path.ends_with(".yaml") || path.ends_with(".yml") || path.ends_with(".json")
+}
+
+/// `servers/github.yaml` → `github`.
+fn stem(path: &str) -> &str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.rsplit_once('.').map_or(name, |(s, _)| s)
+}
+
+/// sha256 over every path and content, in path order.
+fn digest(files: &Files) -> String {
+    let mut h = Sha256::new();
+    for (path, entry) in &files.entries {
+        h.update(path.as_bytes());
+        h.update([0]);
+        match entry {
+            Entry::Blob(b) => {
+                h.update((b.len() as u64).to_be_bytes());
+                h.update(b);
+            }
+            Entry::Symlink => h.update(b"\x01symlink"),
+            Entry::TooLarge(n) => h.update(n.to_be_bytes()),
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// A list of known names for "did you mean" style messages (short lists only).
+fn known(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    let v: Vec<String> = names.into_iter().map(|s| s.as_ref().to_string()).collect();
+    if v.is_empty() {
+        "there are none".to_string()
+    } else if v.len() <= 12 {
+        format!("known: {}", v.join(", "))
+    } else {
+        format!("{} are defined", v.len())
+    }
+}
+
+fn is_server_name(s: &str) -> bool {
+    (1..=48).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn date(doc: &Doc, d: &mut Diagnostics, ptr: &str, s: &str) -> Option<Date> {
+    Date::parse(s).map_err(|e| doc.value_error(d, ptr, e)).ok()
+}
+
+fn review(doc: &Doc, d: &mut Diagnostics, ptr: &str, r: &raw::Review) -> Option<Review> {
+    Some(Review { on: date(doc, d, &format!("{ptr}/on"), &r.on)?, by: r.by.clone() })
+}
+
+fn compile_settings(doc: &Doc, d: &mut Diagnostics) -> Settings {
+    let Some(raw) = doc.typed::<raw::Settings>("", &doc.value, d) else { return Settings::default() };
+    match &raw.version {
+        None => {}
+        Some(Value::String(s)) if s == "1" => {}
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
+        Some(v) => doc.value_error(d, "/version", format!("unsupported version {v}: expected \"1\"")),
+    }
+    Settings { audit_retention_days: raw.audit.and_then(|a| a.retention_days) }
+}
+
+/// Parses a credential value: literal text with `${secret:NAME}` references. A value with no
+/// reference at all is a literal credential, which is refused.
+fn template(doc: &Doc, d: &mut Diagnostics, ptr: &str, what: &str, s: &str) -> Option<Template> {
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if i > 0 {
+            parts.push(Part::Literal(rest[..i].to_string()));
+        }
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            doc.value_error(d, ptr, format!("unterminated ${{…}} in {what}: write ${{secret:NAME}}"));
+            return None;
+        };
+        let inner = &after[..end];
+        match inner.strip_prefix("secret:") {
+            Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') => {
+                parts.push(Part::Secret(name.to_string()))
+            }
+            _ => {
+                doc.value_error(d, ptr, format!("invalid reference ${{{inner}}} in {what}: write ${{secret:NAME}} (NAME: letters, digits, - _ .)"));
+                return None;
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Literal(rest.to_string()));
+    }
+    let t = Template { parts };
+    if t.secrets().next().is_none() {
+        doc.value_error(
+            d,
+            ptr,
+            format!("literal credential in {what}: credentials must come from secrets; write ${{secret:NAME}} and put the value in --secrets-dir/NAME or GATEHOUSE_SECRET_NAME"),
+        );
+        return None;
+    }
+    Some(t)
+}
+
+fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server> {
+    let before = d.errors().count();
+    let raw: raw::Server = doc.typed("", &doc.value, d)?;
+    let file_stem = stem(&doc.file);
+    if raw.name != file_stem {
+        doc.value_error(d, "/name", format!("server name {:?} must equal the file name {file_stem:?}: rename the file or the server", raw.name));
+    } else if !is_server_name(&raw.name) {
+        doc.value_error(d, "/name", format!("invalid server name {:?}: use 1 to 48 characters of a-z, 0-9 and -", raw.name));
+    }
+    let url = |d: &mut Diagnostics| -> Option<String> {
+        match &raw.url {
+            None => {
+                doc.error(d, "/transport", format!("transport {} needs url", raw.transport));
+                None
+            }
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                doc.value_error(d, "/url", format!("invalid url {u:?}: expected http:// or https://"));
+                None
+            }
+            Some(u) => {
+                let authority = u.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+                if authority.contains('@') {
+                    doc.value_error(d, "/url", "literal credential in url (user:password@): use credentials.headers with ${secret:NAME}");
+                    return None;
+                }
+                Some(u.clone())
+            }
+        }
+    };
+    let transport = match raw.transport.as_str() {
+        "streamable-http" | "sse" => {
+            if raw.command.is_some() {
+                doc.error(d, "/command", format!("command is for stdio servers; transport {} uses url", raw.transport));
+            }
+            url(d).map(|url| if raw.transport == "sse" { Transport::Sse { url } } else { Transport::StreamableHttp { url } })
+        }
+        "stdio" => {
+            if raw.url.is_some() {
+                doc.error(d, "/url", "url is for streamable-http and sse servers; transport stdio uses command");
+            }
+            match &raw.command {
+                Some(c) if !c.is_empty() && !c[0].is_empty() => Some(Transport::Stdio { command: c.clone() }),
+                _ => {
+                    doc.error(d, "/transport", "transport stdio needs command: [program, arg, …]");
+                    None
+                }
+            }
+        }
+        other => {
+            doc.value_error(d, "/transport", format!("unknown transport {other:?}: expected streamable-http, sse or stdio"));
+            None
+        }
+    };
+    let mut credentials = Credentials::default();
+    if let Some(c) = &raw.credentials {
+        let is_stdio = raw.transport == "stdio";
+        if is_stdio && !c.headers.is_empty() {
+            doc.error(d, "/credentials/headers", "credentials.headers apply to HTTP servers; a stdio server gets credentials.env");
+        }
+        if !is_stdio && !c.env.is_empty() {
+            doc.error(d, "/credentials/env", "credentials.env applies to stdio servers; an HTTP server gets credentials.headers");
+        }
+        for (k, v) in &c.headers {
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+                doc.error(d, &format!("/credentials/headers/{k}"), format!("invalid header name {k:?}"));
+            }
+            if let Some(t) = template(doc, d, &format!("/credentials/headers/{k}"), &format!("credentials.headers.{k}"), v) {
+                credentials.headers.push((k.clone(), t));
+            }
+        }
+        for (k, v) in &c.env {
+            if let Some(t) = template(doc, d, &format!("/credentials/env/{k}"), &format!("credentials.env.{k}"), v) {
+                credentials.env.push((k.clone(), t));
+            }
+        }
+    }
+    let policy = raw.policy.as_ref().and_then(|p| resolve_policy(doc, d, "/policy", p, refs));
+    let timeout = match &raw.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(t) => parse_duration(t).map_err(|e| doc.value_error(d, "/timeout", e)).unwrap_or(DEFAULT_TIMEOUT),
+    };
+    let supplier = match &raw.supplier {
+        None => {
+            doc.warning(d, "", "no supplier facts: add supplier: { operated_by, vendor, risk, data, agreement, reviewed } for the supplier register (A.5.19)");
+            None
+        }
+        Some(s) => {
+            if let Some(o) = &s.operated_by {
+                if o != "external" && o != "internal" {
+                    doc.value_error(d, "/supplier/operated_by", format!("invalid operated_by {o:?}: expected external or internal"));
+                }
+            }
+            if let Some(r) = &s.risk {
+                if !matches!(r.as_str(), "low" | "medium" | "high") {
+                    doc.value_error(d, "/supplier/risk", format!("invalid risk {r:?}: expected low, medium or high"));
+                }
+            }
+            Some(Supplier {
+                operated_by: s.operated_by.clone(),
+                vendor: s.vendor.clone(),
+                risk: s.risk.clone(),
+                data: s.data.clone(),
+                agreement: s.agreement.clone(),
+                reviewed: s.reviewed.as_ref().and_then(|r| review(doc, d, "/supplier/reviewed", r)),
+            })
+        }
+    };
+    let mut tools = BTreeMap::new();
+    for (name, t) in raw.tools.iter().flatten() {
+        let ptr = format!("/tools/{}", super::locate::escape(name));
+        let category = match t.category.as_deref() {
+            None => None,
+            Some(c) => Category::parse(c).or_else(|| {
+                doc.value_error(d, &format!("{ptr}/category"), format!("invalid category {c:?}: expected read, write, destructive, execute or financial"));
+                None
+            }),
+        };
+        if let Some(h) = &t.sha256 {
+            if !is_sha256_hex(h) {
+                doc.value_error(d, &format!("{ptr}/sha256"), "a definition pin must be 64 hex digits (from gatehouse scan)");
+            }
+        }
+        tools.insert(name.clone(), ToolInfo { category, sha256: t.sha256.as_ref().map(|s| s.to_ascii_lowercase()) });
+    }
+    if d.errors().count() > before {
+        return None;
+    }
+    Some(Server {
+        name: raw.name,
+        file: doc.file.clone(),
+        description: raw.description,
+        transport: transport?,
+        credentials,
+        policy,
+        timeout,
+        supplier,
+        tools,
+    })
+}
+
+/// Resolves a `policy:` reference. Reports a missing file; a file that exists but failed to
+/// compile yields None silently (its own errors are already reported).
+fn resolve_policy(doc: &Doc, d: &mut Diagnostics, ptr: &str, path: &str, refs: &Refs) -> Option<Arc<Policy>> {
+    if let Some(p) = refs.policies.get(path) {
+        return Some(p.clone());
+    }
+    if !refs.policy_files.contains(path) {
+        doc.value_error(d, ptr, format!("policy {path:?} does not exist ({})", known(&refs.policy_files)));
+    }
+    None
+}
+
+/// Compiles one access entry `{server, tools, policy}` at `ptr`.
+fn compile_access(doc: &Doc, d: &mut Diagnostics, ptr: &str, a: &raw::Access, refs: &Refs, id: String) -> Option<Access> {
+    let Some(server) = &a.server else {
+        doc.error(d, ptr, "an access entry needs server (or, in a grant, role)");
+        return None;
+    };
+    let known_server = refs.servers.get(server);
+    if known_server.is_none() && !refs.server_files.contains(server) {
+        doc.value_error(d, &format!("{ptr}/server"), format!("server {server:?} does not exist: add servers/{server}.yaml ({})", known(&refs.server_files)));
+    }
+    let tools = match &a.tools {
+        Some(Value::String(s)) if s == "*" => Some(ToolSet::All),
+        Some(Value::Array(items)) => {
+            let mut set = std::collections::HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(t) if !t.is_empty() => {
+                        if let Some(s) = known_server {
+                            if !s.tools.is_empty() && !s.tools.contains_key(t) {
+                                doc.warning(d, &format!("{ptr}/tools/{i}"), format!("tool {t:?} is not declared in {}: it cannot be classified", s.file));
+                            }
+                        }
+                        set.insert(t.to_string());
+                    }
+                    _ => doc.value_error(d, &format!("{ptr}/tools/{i}"), "a tool name must be a non-empty string"),
+                }
+            }
+            if set.is_empty() {
+                doc.warning(d, &format!("{ptr}/tools"), "an empty tools list grants nothing");
+            }
+            Some(ToolSet::Only(set))
+        }
+        None => {
+            doc.error(d, ptr, "an access entry needs tools: a list of tool names, or \"*\" for every tool the policies allow");
+            None
+        }
+        Some(_) => {
+            doc.value_error(d, &format!("{ptr}/tools"), "tools must be \"*\" or a list of tool names");
+            None
+        }
+    };
+    let policy = match &a.policy {
+        Some(p) => Some(resolve_policy(doc, d, &format!("{ptr}/policy"), p, refs)?),
+        None => None,
+    };
+    Some(Access {
+        allow_message: Arc::from(format!("allowed by {id}")),
+        id: Arc::from(id),
+        server: server.clone(),
+        tools: tools?,
+        policy,
+    })
+}
+
+fn compile_role(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Role> {
+    let before = d.errors().count();
+    let raw: raw::Role = doc.typed("", &doc.value, d)?;
+    let mut access = Vec::new();
+    for (i, v) in raw.access.iter().enumerate() {
+        let ptr = format!("/access/{i}");
+        let Some(a) = doc.typed::<raw::Access>(&ptr, v, d) else { continue };
+        if a.role.is_some() {
+            doc.error(d, &format!("{ptr}/role"), "a role cannot include another role: list its access entries here");
+            continue;
+        }
+        if let Some(a) = compile_access(doc, d, &ptr, &a, refs, format!("{}#{ptr}", doc.file)) {
+            access.push(a);
+        }
+    }
+    if d.errors().count() > before {
+        return None;
+    }
+    Some(Role { name: stem(&doc.file).to_string(), file: doc.file.clone(), access })
+}
+
+fn compile_grant(doc: &Doc, refs: &Refs, roles: &BTreeMap<String, Role>, d: &mut Diagnostics) -> Option<Grant> {
+    let before = d.errors().count();
+    let raw: raw::Grant = doc.typed("", &doc.value, d)?;
+    if raw.identity.trim().is_empty() {
+        doc.value_error(d, "/identity", "identity must not be empty");
+    }
+    let kind = match raw.kind.as_str() {
+        "human" => Some(Kind::Human),
+        "agent" => Some(Kind::Agent),
+        other => {
+            doc.value_error(d, "/kind", format!("invalid kind {other:?}: expected human or agent"));
+            None
+        }
+    };
+    if kind == Some(Kind::Agent) && raw.owner.as_deref().is_none_or(|o| o.trim().is_empty()) {
+        doc.value_error(d, "/kind", "an agent needs an owner: the accountable human (owner: alice@example.com)");
+    }
+    let mut tokens = Vec::new();
+    for (i, t) in raw.tokens.iter().enumerate() {
+        let ptr = format!("/tokens/{i}");
+        // Never echo the value: a raw token pasted here by mistake must not reach CI logs.
+        let hash = if is_sha256_hex(&t.sha256) {
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(t.sha256.to_ascii_lowercase(), &mut h).ok();
+            Some(h)
+        } else {
+            doc.value_error(
+                d,
+                &format!("{ptr}/sha256"),
+                format!("a token hash must be 64 hex digits (the SHA-256 of the token; `gatehouse grant issue` writes it), not {} characters", t.sha256.chars().count()),
+            );
+            None
+        };
+        let issued = t.issued.as_deref().and_then(|s| date(doc, d, &format!("{ptr}/issued"), s));
+        let expires = t.expires.as_deref().and_then(|s| date(doc, d, &format!("{ptr}/expires"), s));
+        if let (Some(i), Some(e)) = (issued, expires) {
+            if e <= i {
+                doc.value_error(d, &format!("{ptr}/expires"), format!("token expires ({e}) before it is issued ({i})"));
+            }
+        }
+        if let Some(sha256) = hash {
+            if tokens.iter().any(|x: &Token| x.sha256 == sha256) {
+                doc.value_error(d, &format!("{ptr}/sha256"), "duplicate token hash in this grant");
+            }
+            tokens.push(Token { sha256, issued, expires });
+        }
+    }
+    let mut access = Vec::new();
+    for (i, v) in raw.access.iter().enumerate() {
+        let ptr = format!("/access/{i}");
+        let Some(a) = doc.typed::<raw::Access>(&ptr, v, d) else { continue };
+        let here = format!("{}#{ptr}", doc.file);
+        if let Some(role) = &a.role {
+            if a.server.is_some() || a.tools.is_some() || a.policy.is_some() {
+                doc.error(d, &ptr, "an entry names either a role or a server with tools, not both");
+            }
+            match roles.get(role) {
+                Some(r) => access.extend(r.access.iter().map(|ra| Access {
+                    id: Arc::from(format!("{} via {here}", ra.id)),
+                    allow_message: Arc::from(format!("allowed by {} via {here}", ra.id)),
+                    server: ra.server.clone(),
+                    tools: ra.tools.clone(),
+                    policy: ra.policy.clone(),
+                })),
+                None if refs.role_files.contains(role) => {} // the role has its own errors
+                None => doc.value_error(d, &format!("{ptr}/role"), format!("role {role:?} does not exist: add roles/{role}.yaml ({})", known(&refs.role_files))),
+            }
+        } else if let Some(a) = compile_access(doc, d, &ptr, &a, refs, here) {
+            access.push(a);
+        }
+    }
+    let mut quotas = Vec::new();
+    let mut names = HashSet::new();
+    for (i, l) in raw.quotas.iter().enumerate() {
+        let ptr = format!("/quotas/{i}");
+        if let Some(n) = &l.name {
+            if !names.insert(n.clone()) {
+                doc.value_error(d, &format!("{ptr}/name"), format!("duplicate quota name {n:?}"));
+            }
+        }
+        if let Some(q) = compile_limit(doc, d, &ptr, "/quotas", i, l) {
+            quotas.push(Arc::new(q));
+        }
+    }
+    let review = raw.review.as_ref().and_then(|r| review(doc, d, "/review", r));
+    if d.errors().count() > before {
+        return None;
+    }
+    let mut by_server: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, a) in access.iter().enumerate() {
+        by_server.entry(a.server.clone()).or_default().push(i);
+    }
+    Some(Grant {
+        name: stem(&doc.file).to_string(),
+        file: doc.file.clone(),
+        identity: raw.identity,
+        kind: kind?,
+        owner: raw.owner,
+        tokens,
+        access,
+        by_server,
+        quotas,
+        review,
+    })
+}
+
+fn compile_tests(
+    doc: &Doc,
+    servers: &HashMap<String, Arc<Server>>,
+    by_identity: &HashMap<String, usize>,
+    by_name: &HashMap<String, usize>,
+    out: &mut Vec<TestCase>,
+    d: &mut Diagnostics,
+) {
+    let Some(raw) = doc.typed::<raw::Tests>("", &doc.value, d) else { return };
+    let mut names = HashSet::new();
+    for (i, v) in raw.cases.iter().enumerate() {
+        let ptr = format!("/cases/{i}");
+        let Some(c) = doc.typed::<raw::Case>(&ptr, v, d) else { continue };
+        let expect = match c.expect.as_str() {
+            "allow" => Verdict::Allow,
+            "deny" => Verdict::Deny,
+            other => {
+                doc.value_error(d, &format!("{ptr}/expect"), format!("invalid expect {other:?}: expected allow or deny"));
+                continue;
+            }
+        };
+        if !names.insert(c.name.clone()) {
+            doc.value_error(d, &format!("{ptr}/name"), format!("duplicate case name {:?}", c.name));
+        }
+        let explicit_no_grant = c.rule.as_deref() == Some(crate::policy::eval::NO_GRANT);
+        if !by_identity.contains_key(&c.identity) && !by_name.contains_key(&c.identity) && !explicit_no_grant {
+            doc.warning(d, &format!("{ptr}/identity"), format!("no grant has identity {:?}: the case tests a caller without a grant", c.identity));
+        }
+        if !servers.contains_key(&c.server) {
+            doc.warning(d, &format!("{ptr}/server"), format!("server {:?} does not exist", c.server));
+        }
+        let args = if c.args.is_null() { Value::Object(Default::default()) } else { c.args };
+        if !args.is_object() {
+            doc.value_error(d, &format!("{ptr}/args"), "args must be a mapping of argument names to values");
+            continue;
+        }
+        out.push(TestCase {
+            file: doc.file.clone(),
+            pos: doc.loc.at(&ptr),
+            name: c.name,
+            identity: c.identity,
+            server: c.server,
+            tool: c.tool,
+            args,
+            expect,
+            rule: c.rule,
+        });
+    }
+}

@@ -1,0 +1,245 @@
+//! The immutable, validated model of one state of the policy repository.
+//!
+//! A [`Snapshot`] only comes out of `repo::compile`, so holding one proves that the repository
+//! state it describes passed validation. It is never mutated: a new commit builds a new snapshot.
+//! Lookups that run per call (identity, token hash, server, access entries by server) are hash
+//! maps, so their cost does not grow with the number of grants and servers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::policy::{Policy, Quota};
+use crate::units::Date;
+
+/// One compiled state of the policy repository.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The commit it was built from (hex), or None when read from a working tree.
+    pub commit: Option<String>,
+    /// sha256 (hex) over every file read, in path order: identifies the content independently of
+    /// git (a working tree has no commit).
+    pub digest: String,
+    pub settings: Settings,
+    pub servers: HashMap<String, Arc<Server>>,
+    /// Path (`policies/x.yaml`) → policy.
+    pub policies: BTreeMap<String, Arc<Policy>>,
+    pub roles: BTreeMap<String, Role>,
+    pub grants: Vec<Grant>,
+    pub(crate) by_identity: HashMap<String, usize>,
+    pub(crate) by_name: HashMap<String, usize>,
+    pub(crate) by_token: HashMap<[u8; 32], (usize, usize)>,
+}
+
+/// `gatehouse.yaml`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Settings {
+    pub audit_retention_days: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub name: String,
+    pub file: String,
+    pub description: Option<String>,
+    pub transport: Transport,
+    pub credentials: Credentials,
+    /// The baseline policy every grant is also held to.
+    pub policy: Option<Arc<Policy>>,
+    pub timeout: Duration,
+    pub supplier: Option<Supplier>,
+    /// Declared tools: classification and definition pins.
+    pub tools: BTreeMap<String, ToolInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    StreamableHttp { url: String },
+    Sse { url: String },
+    Stdio { command: Vec<String> },
+}
+
+/// Credentials the gateway adds to upstream requests; values are templates with
+/// `${secret:NAME}` references, resolved only by the daemon.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    pub headers: Vec<(String, Template)>,
+    pub env: Vec<(String, Template)>,
+}
+
+/// A string with `${secret:NAME}` references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Literal(String),
+    Secret(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Supplier {
+    pub operated_by: Option<String>,
+    pub vendor: Option<String>,
+    pub risk: Option<String>,
+    pub data: Vec<String>,
+    pub agreement: Option<String>,
+    pub reviewed: Option<Review>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Review {
+    pub on: Date,
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Read,
+    Write,
+    Destructive,
+    Execute,
+    Financial,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ToolInfo {
+    pub category: Option<Category>,
+    /// Pinned definition hash (hex), if any.
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Role {
+    pub name: String,
+    pub file: String,
+    pub access: Vec<Access>,
+}
+
+/// One identity's grant: `grants/<name>.yaml`.
+#[derive(Debug)]
+pub struct Grant {
+    /// File stem.
+    pub name: String,
+    pub file: String,
+    pub identity: String,
+    pub kind: Kind,
+    pub owner: Option<String>,
+    pub tokens: Vec<Token>,
+    /// Direct entries and role entries, expanded.
+    pub access: Vec<Access>,
+    /// Server → indexes into `access`.
+    pub by_server: HashMap<String, Vec<usize>>,
+    pub quotas: Vec<Arc<Quota>>,
+    pub review: Option<Review>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Human,
+    Agent,
+}
+
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub sha256: [u8; 32],
+    pub issued: Option<Date>,
+    pub expires: Option<Date>,
+}
+
+/// One access entry: a server, which of its tools, and an optional extra policy.
+#[derive(Debug)]
+pub struct Access {
+    /// `grants/alice.yaml#/access/0`, or for a role entry
+    /// `roles/repo-reader.yaml#/access/0 via grants/bob.yaml#/access/1`.
+    pub id: Arc<str>,
+    /// `allowed by <id>`, prebuilt so that allowing a call allocates nothing.
+    pub allow_message: Arc<str>,
+    pub server: String,
+    pub tools: ToolSet,
+    pub policy: Option<Arc<Policy>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ToolSet {
+    All,
+    Only(HashSet<String>),
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// The grant of an identity, looked up by its `identity` field or by its file stem.
+    pub fn grant(&self, identity: &str) -> Option<&Grant> {
+        self.by_identity.get(identity).or_else(|| self.by_name.get(identity)).map(|&i| &self.grants[i])
+    }
+
+    /// The grant and token a bearer token's sha256 belongs to.
+    pub fn grant_by_token_hash(&self, sha256: &[u8; 32]) -> Option<(&Grant, &Token)> {
+        self.by_token.get(sha256).map(|&(g, t)| (&self.grants[g], &self.grants[g].tokens[t]))
+    }
+
+    /// The first 12 hex digits of the commit, or `worktree`.
+    pub fn short_commit(&self) -> &str {
+        match &self.commit {
+            Some(c) => &c[..c.len().min(12)],
+            None => "worktree",
+        }
+    }
+
+    /// Server names in sorted order.
+    pub fn server_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.servers.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+// === impl ToolSet ===
+
+impl ToolSet {
+    pub fn contains(&self, tool: &str) -> bool {
+        match self {
+            ToolSet::All => true,
+            ToolSet::Only(s) => s.contains(tool),
+        }
+    }
+}
+
+// === impl Template ===
+
+impl Template {
+    /// Names of the secrets referenced.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Secret(s) => Some(s.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+}
+
+// === impl Category ===
+
+impl Category {
+    pub fn parse(s: &str) -> Option<Category> {
+        Some(match s {
+            "read" => Category::Read,
+            "write" => Category::Write,
+            "destructive" => Category::Destructive,
+            "execute" => Category::Execute,
+            "financial" => Category::Financial,
+            _ => return None,
+        })
+    }
+
+    /// Destructive, execute and financial tools are privileged (A.8.2).
+    pub fn is_privileged(self) -> bool {
+        matches!(self, Category::Destructive | Category::Execute | Category::Financial)
+    }
+}
