@@ -82,8 +82,7 @@ fn load(r: &RepoArgs, out: &mut dyn std::io::Write) -> Result<Option<Compiled>> 
         Ok(c) => Ok(Some(c)),
         Err(diags) => {
             write!(out, "{diags}")?;
-            let errors = diags.errors().count();
-            writeln!(out, "{errors} error{}: the repository is invalid", if errors == 1 { "" } else { "s" })?;
+            writeln!(out, "{}: the repository is invalid", diags.summary())?;
             Ok(None)
         }
     }

@@ -87,6 +87,12 @@ impl Diagnostics {
         v
     }
 
+    /// `1 error` / `3 errors`.
+    pub fn summary(&self) -> String {
+        let n = self.errors().count();
+        format!("{n} error{}", if n == 1 { "" } else { "s" })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

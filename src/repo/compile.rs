@@ -52,6 +52,9 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
     let mut d = Diagnostics::default();
     let mut docs: HashMap<&str, Vec<Doc>> = HashMap::new();
     let mut settings_doc = None;
+    // Every file that exists, parsed or not: a reference to a file with its own errors is not
+    // reported a second time as "does not exist".
+    let mut refs = Refs::default();
 
     for (path, entry) in &files.entries {
         if let Entry::Blob(bytes) = entry {
@@ -76,6 +79,18 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
             d.error(path, Pos::default(), format!("{dir}/ does not nest: move this file directly into {dir}/"));
             continue;
         }
+        match dir {
+            "policies" => {
+                refs.policy_files.insert(path.clone());
+            }
+            "servers" => {
+                refs.server_files.insert(stem(path).to_string());
+            }
+            "roles" => {
+                refs.role_files.insert(stem(path).to_string());
+            }
+            _ => {}
+        }
         if let Some(doc) = parse_entry(path, entry, &mut d) {
             docs.entry(dir).or_default().push(doc);
         }
@@ -91,7 +106,6 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
 
     let settings = settings_doc.map(|doc| compile_settings(&doc, &mut d)).unwrap_or_default();
 
-    let mut refs = Refs { policy_files: policy_docs.iter().map(|p| p.file.clone()).collect(), ..Refs::default() };
     for doc in &policy_docs {
         if let Some(p) = compile_policy(doc, &mut d) {
             refs.policies.insert(doc.file.clone(), Arc::new(p));
@@ -99,7 +113,6 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
     }
     let mut servers = HashMap::new();
     for doc in &server_docs {
-        refs.server_files.insert(stem(&doc.file).to_string());
         if let Some(s) = compile_server(doc, &refs, &mut d) {
             servers.insert(s.name.clone(), Arc::new(s));
         }
@@ -107,7 +120,6 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
     refs.servers = servers.clone();
     let mut roles = BTreeMap::new();
     for doc in &role_docs {
-        refs.role_files.insert(stem(&doc.file).to_string());
         if let Some(r) = compile_role(doc, &refs, &mut d) {
             roles.insert(r.name.clone(), r);
         }

@@ -168,8 +168,8 @@ mod tests {
         let l = Locator::new(text);
         assert_eq!(l.at("/tools"), Pos { line: 2, col: 1 });
         assert_eq!(l.at("/tools/query/deny_if"), Pos { line: 4, col: 5 });
-        assert_eq!(l.at("/tools/query/deny_if/0/conditions/0/op"), Pos { line: 6, col: 33 });
-        assert_eq!(l.value("/tools/query/deny_if/0/conditions/0/op"), Pos { line: 6, col: 37 });
+        assert_eq!(l.at("/tools/query/deny_if/0/conditions/0/op"), Pos { line: 6, col: 31 });
+        assert_eq!(l.value("/tools/query/deny_if/0/conditions/0/op"), Pos { line: 6, col: 35 });
         // missing nodes fall back to the nearest ancestor
         assert_eq!(l.at("/tools/query/rules/3"), Pos { line: 3, col: 3 });
     }

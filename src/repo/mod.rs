@@ -40,6 +40,16 @@ pub enum Entry {
     TooLarge(u64),
 }
 
+// === impl Files ===
+
+impl Files {
+    /// Files given in memory (tests, benchmarks, generated repositories), as a working tree.
+    pub fn from_memory<'a>(files: impl IntoIterator<Item = (&'a str, &'a str)>) -> Files {
+        let entries = files.into_iter().map(|(p, t)| (p.to_string(), Entry::Blob(t.as_bytes().to_vec()))).collect();
+        Files { commit: None, entries }
+    }
+}
+
 /// Reads the repository at `dir`: its working tree, or the tree of commit `rev` (never checked
 /// out; `dir` may be a subdirectory of a larger repository).
 pub fn read(dir: &Path, rev: Option<&str>) -> Result<Files> {

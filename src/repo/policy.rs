@@ -62,13 +62,12 @@ pub fn compile_policy(doc: &Doc, diags: &mut Diagnostics) -> Option<Policy> {
             for (i, rule) in entry.rules.iter().enumerate() {
                 if let Some(state) = &rule.state {
                     let at = format!("{ptr}/rules/{i}/state");
-                    let window = match Window::parse(&state.window) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            cx.value_err(&format!("{at}/window"), e);
-                            continue;
-                        }
-                    };
+                    // An invalid window is reported once; the counter still counts as defined
+                    // so that conditions reading it are not reported a second time.
+                    let window = Window::parse(&state.window).unwrap_or_else(|e| {
+                        cx.value_err(&format!("{at}/window"), e);
+                        Window::Day
+                    });
                     let key = (tool.clone(), state.counter.clone());
                     if let Some((_, first)) = cx.counters.get(&key) {
                         let msg = format!(

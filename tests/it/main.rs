@@ -1,0 +1,6 @@
+//! The one integration-test binary: scenarios driven the way a user drives gatehouse.
+
+mod check;
+mod cli;
+mod props;
+mod support;
