@@ -52,6 +52,14 @@ pub enum Command {
         #[arg(long, default_value = "{}")]
         args: String,
     },
+    /// Serve a simulated upstream MCP server on stdio (what the example repository's servers run).
+    ExampleUpstream {
+        flavor: crate::example_upstream::Flavor,
+        /// The files flavor's sandbox, seen by clients as /srv/projects (default: a fresh temporary
+        /// directory with sample files, removed on exit).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
 }
 
 /// What `gatehouse eval` prints.
@@ -72,6 +80,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),
         Command::Eval { repo, identity, server, tool, args } => eval(&repo, &identity, &server, &tool, &args),
+        Command::ExampleUpstream { flavor, root } => crate::example_upstream::run(flavor, root).map(|()| 0),
     }
 }
 

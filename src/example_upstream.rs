@@ -41,11 +41,11 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Which simulated upstream to serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Flavor {
-    /// list_directory, read_file, write_file, delete_file over a sandbox directory.
+    /// A sandbox directory: list_directory, read_file, write_file, delete_file.
     Files,
-    /// list_tables and query over an in-memory sample database.
+    /// An in-memory sample database: list_tables, query.
     Sql,
-    /// Simulated charges, refunds, customers and transfers.
+    /// Simulated payments: list_charges, create_charge, refund_charge, delete_customer, transfer_funds.
     Payments,
 }
 
@@ -55,20 +55,23 @@ type ToolResult = Result<String, String>;
 /// A JSON-RPC error: code and message.
 type RpcError = (i64, String);
 
-/// One tool as `tools/list` describes it.
-struct ToolDef {
-    name: &'static str,
-    description: &'static str,
-    /// JSON Schema of the arguments (an object schema).
-    schema: Value,
-    read_only: bool,
-    destructive: bool,
+/// What a tool does to its world: the `readOnlyHint` and `destructiveHint` annotations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Read,
+    /// Adds without overwriting or removing anything.
+    Additive,
+    Destructive,
 }
 
-/// One session's state: the tools of its flavor and the backend that runs them.
+/// One argument of a tool: name, JSON type, description. Integers are positive.
+type Arg = (&'static str, &'static str, &'static str);
+
+/// One session's state: the tools of its flavor (as `tools/list` shows them) and the backend
+/// that runs them.
 struct Server {
     flavor: Flavor,
-    tools: Vec<ToolDef>,
+    tools: Vec<Value>,
     backend: Backend,
 }
 
@@ -102,18 +105,12 @@ struct Sql {
 /// The `payments` simulation. Amounts are integer cents; the balance counts every currency at
 /// par because it is a simulation, not an accounting system.
 struct Payments {
-    customers: BTreeMap<String, Customer>,
+    /// By id: `{id, name, email}`. Customers are only ever deleted.
+    customers: BTreeMap<String, Value>,
     /// Oldest first; charge ids are `ch_<index + 1>`.
     charges: Vec<Charge>,
     transfers: u32,
     balance: i64,
-}
-
-#[derive(serde::Serialize)]
-struct Customer {
-    id: String,
-    name: String,
-    email: String,
 }
 
 #[derive(serde::Serialize)]
@@ -160,12 +157,23 @@ fn error_response(id: Value, code: i64, message: impl Into<String>) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message.into() } })
 }
 
-fn object_schema(properties: Value, required: &[&str]) -> Value {
-    json!({ "type": "object", "properties": properties, "required": required, "additionalProperties": false })
-}
-
-fn tool(name: &'static str, description: &'static str, schema: Value, read_only: bool, destructive: bool) -> ToolDef {
-    ToolDef { name, description, schema, read_only, destructive }
+fn tool(name: &str, effect: Effect, description: &str, args: &[Arg], required: &[&str]) -> Value {
+    let properties: Map<String, Value> = args
+        .iter()
+        .map(|&(arg, ty, text)| {
+            let mut schema = json!({ "type": ty, "description": text });
+            if ty == "integer" {
+                schema["minimum"] = json!(1);
+            }
+            (arg.to_string(), schema)
+        })
+        .collect();
+    json!({
+        "name": name,
+        "description": description,
+        "inputSchema": { "type": "object", "properties": properties, "required": required, "additionalProperties": false },
+        "annotations": { "readOnlyHint": effect == Effect::Read, "destructiveHint": effect == Effect::Destructive },
+    })
 }
 
 fn str_arg<'a>(args: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
@@ -200,137 +208,88 @@ impl Flavor {
         }
     }
 
-    fn tools(self) -> Vec<ToolDef> {
-        let path = |what: &str| json!({ "type": "string", "description": format!("Absolute path of the {what}, under /srv/projects") });
+    fn tools(self) -> Vec<Value> {
+        use Effect::*;
+        const FILE: Arg = ("path", "string", "Absolute path of the file, under /srv/projects");
+        const CUSTOMER: Arg = ("customer", "string", "Customer id, e.g. cus_001");
+        let p = &["path"];
         match self {
             Flavor::Files => vec![
                 tool(
                     "list_directory",
+                    Read,
                     "List a directory under /srv/projects as JSON: each entry's name, type (file, directory or symlink) and, for files, size in bytes.",
-                    object_schema(json!({ "path": path("directory") }), &["path"]),
-                    true,
-                    false,
+                    &[("path", "string", "Absolute path of the directory, under /srv/projects")],
+                    p,
                 ),
-                tool(
-                    "read_file",
-                    "Read a UTF-8 text file under /srv/projects (at most 1 MiB).",
-                    object_schema(json!({ "path": path("file") }), &["path"]),
-                    true,
-                    false,
-                ),
+                tool("read_file", Read, "Read a UTF-8 text file under /srv/projects (at most 1 MiB).", &[FILE], p),
                 tool(
                     "write_file",
+                    Destructive,
                     "Create or overwrite a text file under /srv/projects, creating missing parent directories.",
-                    object_schema(
-                        json!({ "path": path("file"), "content": { "type": "string", "description": "The whole new content of the file" } }),
-                        &["path", "content"],
-                    ),
-                    false,
-                    true,
+                    &[FILE, ("content", "string", "The whole new content of the file")],
+                    &["path", "content"],
                 ),
                 tool(
                     "delete_file",
+                    Destructive,
                     "Delete a file under /srv/projects. Directories are refused.",
-                    object_schema(json!({ "path": path("file") }), &["path"]),
-                    false,
-                    true,
+                    &[FILE],
+                    p,
                 ),
             ],
             Flavor::Sql => vec![
-                tool(
-                    "list_tables",
-                    "List the tables of the sample database as JSON, with their columns and row counts.",
-                    object_schema(json!({}), &[]),
-                    true,
-                    false,
-                ),
+                tool("list_tables", Read, "List the sample database's tables as JSON, with their columns.", &[], &[]),
                 tool(
                     "query",
+                    Destructive,
                     "Run one SQL statement (SQLite dialect) on the in-memory sample database. Rows come back as JSON {columns, rows, truncated}; other statements return the number of rows changed.",
-                    object_schema(
-                        json!({ "sql": { "type": "string", "description": "One SQL statement, e.g. SELECT * FROM customers" } }),
-                        &["sql"],
-                    ),
-                    false,
-                    true,
+                    &[("sql", "string", "One SQL statement, e.g. SELECT * FROM customers")],
+                    &["sql"],
                 ),
             ],
             Flavor::Payments => vec![
                 tool(
                     "list_charges",
+                    Read,
                     "List charges as JSON, newest first, optionally only one customer's.",
-                    object_schema(
-                        json!({
-                            "customer": { "type": "string", "description": "Only this customer's charges, e.g. cus_001" },
-                            "limit": { "type": "integer", "minimum": 1, "maximum": 100, "description": "At most this many (default 100)" }
-                        }),
-                        &[],
-                    ),
-                    true,
-                    false,
+                    &[CUSTOMER, ("limit", "integer", "At most this many (default and maximum 100)")],
+                    &[],
                 ),
                 tool(
                     "create_charge",
+                    Additive,
                     "Charge an amount, optionally to a customer. Returns the charge as JSON.",
-                    object_schema(
-                        json!({
-                            "amount": { "type": "integer", "minimum": 1, "description": "Amount in cents (the currency's smallest unit)" },
-                            "currency": { "type": "string", "pattern": "^[A-Za-z]{3}$", "description": "ISO 4217 code, e.g. usd" },
-                            "customer": { "type": "string", "description": "Customer id, e.g. cus_001" }
-                        }),
-                        &["amount", "currency"],
-                    ),
-                    false,
-                    false,
+                    &[
+                        ("amount", "integer", "Amount in cents (the currency's smallest unit)"),
+                        ("currency", "string", "Three-letter ISO 4217 code, e.g. usd"),
+                        CUSTOMER,
+                    ],
+                    &["amount", "currency"],
                 ),
                 tool(
                     "refund_charge",
+                    Destructive,
                     "Refund a charge in full. Returns the refunded charge as JSON.",
-                    object_schema(
-                        json!({
-                            "charge": { "type": "string", "description": "Charge id, e.g. ch_0001" },
-                            "reason": { "type": "string", "description": "Why the charge is refunded" }
-                        }),
-                        &["charge"],
-                    ),
-                    false,
-                    true,
+                    &[("charge", "string", "Charge id, e.g. ch_0001"), ("reason", "string", "Why it is refunded")],
+                    &["charge"],
                 ),
                 tool(
                     "delete_customer",
+                    Destructive,
                     "Delete a customer record. Their charges are kept.",
-                    object_schema(json!({ "id": { "type": "string", "description": "Customer id, e.g. cus_001" } }), &["id"]),
-                    false,
-                    true,
+                    &[("id", "string", "Customer id, e.g. cus_001")],
+                    &["id"],
                 ),
                 tool(
                     "transfer_funds",
+                    Destructive,
                     "Pay out part of the balance to a destination account. Returns the transfer as JSON.",
-                    object_schema(
-                        json!({
-                            "amount": { "type": "integer", "minimum": 1, "description": "Amount in cents" },
-                            "destination": { "type": "string", "description": "Destination account, e.g. acct_123" }
-                        }),
-                        &["amount", "destination"],
-                    ),
-                    false,
-                    true,
+                    &[("amount", "integer", "Amount in cents"), ("destination", "string", "Account id, e.g. acct_123")],
+                    &["amount", "destination"],
                 ),
             ],
         }
-    }
-}
-
-// === impl ToolDef ===
-
-impl ToolDef {
-    fn to_json(&self) -> Value {
-        json!({
-            "name": self.name,
-            "description": self.description,
-            "inputSchema": self.schema,
-            "annotations": { "readOnlyHint": self.read_only, "destructiveHint": self.destructive },
-        })
     }
 }
 
@@ -352,31 +311,32 @@ impl Server {
         if line.trim_ascii().is_empty() {
             return None;
         }
+        let invalid = |id: Option<&Value>, why: &str| {
+            Some(error_response(id.cloned().unwrap_or(Value::Null), INVALID_REQUEST, format!("Invalid Request: {why}")))
+        };
         let msg = match serde_json::from_slice::<Value>(line) {
             Ok(Value::Object(msg)) => msg,
-            Ok(_) => return Some(error_response(Value::Null, INVALID_REQUEST, "Invalid Request: expected a JSON object")),
+            Ok(_) => return invalid(None, "expected a JSON object"),
             Err(e) => return Some(error_response(Value::Null, PARSE_ERROR, format!("Parse error: {e}"))),
         };
-        let id = match msg.get("id") {
-            None => None,
-            Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
-            Some(_) => {
-                return Some(error_response(Value::Null, INVALID_REQUEST, "Invalid Request: id must be a string or a number"));
-            }
-        };
+        let id = msg.get("id");
+        if id.is_some_and(|id| !id.is_string() && !id.is_number()) {
+            return invalid(None, "id must be a string or a number");
+        }
         let Some(method) = msg.get("method").and_then(Value::as_str) else {
             // A response to a request of ours: we send none, so there is nothing to match it with.
             if msg.contains_key("result") || msg.contains_key("error") {
                 return None;
             }
-            return Some(error_response(id.unwrap_or(Value::Null), INVALID_REQUEST, "Invalid Request: missing method"));
+            return invalid(id, "missing method");
         };
         // Notifications (notifications/initialized, notifications/cancelled, ...) never get a
         // reply, and requests are answered in order, so there is nothing left to cancel.
         let id = id?;
         if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-            return Some(error_response(id, INVALID_REQUEST, "Invalid Request: jsonrpc must be \"2.0\""));
+            return invalid(Some(id), "jsonrpc must be \"2.0\"");
         }
+        let id = id.clone();
         let empty = Map::new();
         let params = match msg.get("params") {
             None | Some(Value::Null) => &empty,
@@ -394,7 +354,7 @@ impl Server {
             "initialize" => Ok(self.initialize(params)),
             "ping" => Ok(json!({})),
             // Every tool fits in one page: a cursor (which we never hand out) gets them all again.
-            "tools/list" => Ok(json!({ "tools": self.tools.iter().map(ToolDef::to_json).collect::<Vec<_>>() })),
+            "tools/list" => Ok(json!({ "tools": self.tools })),
             "tools/call" => self.call(params),
             _ => Err((METHOD_NOT_FOUND, format!("Method not found: {method}"))),
         }
@@ -414,7 +374,7 @@ impl Server {
         let Some(name) = params.get("name").and_then(Value::as_str) else {
             return Err((INVALID_PARAMS, "Invalid params: name must be a string".into()));
         };
-        if !self.tools.iter().any(|t| t.name == name) {
+        if !self.tools.iter().any(|t| t["name"] == name) {
             return Err((INVALID_PARAMS, format!("Unknown tool: {name}")));
         }
         let empty = Map::new();
@@ -545,13 +505,16 @@ impl Files {
         let mut entries = Vec::new();
         for entry in read {
             let entry = entry.map_err(|e| format!("cannot list {shown}: {e}"))?;
-            // symlink_metadata: a link is reported as a link, not as whatever it points to.
+            // DirEntry::metadata does not follow links: a link is listed as a link, not as what
+            // it points to (which may be outside the sandbox).
             let meta = entry.metadata().map_err(|e| format!("cannot list {shown}: {e}"))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            entries.push(match () {
-                () if meta.is_symlink() => json!({ "name": name, "type": "symlink" }),
-                () if meta.is_dir() => json!({ "name": name, "type": "directory" }),
-                () => json!({ "name": name, "type": "file", "size": meta.len() }),
+            entries.push(if meta.is_symlink() {
+                json!({ "name": name, "type": "symlink" })
+            } else if meta.is_dir() {
+                json!({ "name": name, "type": "directory" })
+            } else {
+                json!({ "name": name, "type": "file", "size": meta.len() })
             });
         }
         entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -578,7 +541,7 @@ impl Files {
             return Err(format!("content is larger than the {MAX_FILE_BYTES}-byte write limit"));
         }
         let (real, shown) = self.resolve(path, Access::Create)?;
-        if real == self.root || real.is_dir() {
+        if real.is_dir() {
             return Err(format!("{shown} is a directory"));
         }
         fs::write(&real, content).map_err(|e| format!("cannot write {shown}: {e}"))?;
@@ -635,22 +598,14 @@ impl Sql {
         }
     }
 
+    /// `{"tables": [{name, columns: [{name, type}]}]}`, built by SQLite's own JSON functions.
     fn list_tables(&self) -> rusqlite::Result<String> {
-        let mut names = self
-            .conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
-        let names = names.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut tables = Vec::new();
-        for name in names {
-            let mut info = self.conn.prepare("SELECT name, type FROM pragma_table_info(?1) ORDER BY cid")?;
-            let columns = info
-                .query_map([&name], |r| Ok(json!({ "name": r.get::<_, String>(0)?, "type": r.get::<_, String>(1)? })))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let count_sql = format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\""));
-            let rows: i64 = self.conn.query_row(&count_sql, [], |r| r.get(0))?;
-            tables.push(json!({ "name": name, "columns": columns, "rows": rows }));
-        }
-        Ok(json!({ "tables": tables }).to_string())
+        // json(): a subquery's result loses its JSON subtype and would be embedded as a string.
+        const SQL: &str = "SELECT json_object('tables', json_group_array(json(t))) FROM (
+            SELECT json_object('name', m.name, 'columns', json((SELECT json_group_array(json_object('name', c.name, 'type', c.type))
+                                                               FROM pragma_table_info(m.name) c))) AS t
+            FROM sqlite_schema m WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY m.name)";
+        self.conn.query_row(SQL, [], |r| r.get(0))
     }
 
     /// Runs one statement under a watchdog that interrupts it after `timeout`.
@@ -683,7 +638,7 @@ impl Sql {
 
     fn run_statement(&self, sql: &str) -> rusqlite::Result<String> {
         let mut stmt = self.conn.prepare(sql)?;
-        let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+        let columns: Vec<String> = stmt.column_names().map(String::from).collect();
         if columns.is_empty() {
             let changes = stmt.execute([])?;
             return Ok(json!({ "changes": changes }).to_string());
@@ -731,24 +686,24 @@ fn first_keyword(sql: &str) -> &str {
     &s[..end]
 }
 
+// === impl Charge ===
+
+impl Charge {
+    fn new(number: usize, amount: i64, currency: &str, customer: Option<&str>) -> Self {
+        let (id, currency, customer) = (format!("ch_{number:04}"), currency.to_string(), customer.map(String::from));
+        Charge { id, amount, currency, customer, status: "succeeded", refund_reason: None }
+    }
+}
+
 // === impl Payments ===
 
 impl Payments {
     fn new() -> Self {
-        let customers = [("cus_001", "Ada Lovelace", "ada@example.com"), ("cus_002", "Grace Hopper", "grace@example.com")]
-            .into_iter()
-            .map(|(id, name, email)| (id.to_string(), Customer { id: id.into(), name: name.into(), email: email.into() }))
-            .collect();
-        let charge = |id: &str, amount, currency: &str, customer: &str| Charge {
-            id: id.into(),
-            amount,
-            currency: currency.into(),
-            customer: Some(customer.into()),
-            status: "succeeded",
-            refund_reason: None,
-        };
-        let charges = vec![charge("ch_0001", 2500, "usd", "cus_001"), charge("ch_0002", 12000, "eur", "cus_002")];
-        Payments { customers, charges, transfers: 0, balance: 1_000_000 }
+        let customers =
+            [("cus_001", "Ada Lovelace", "ada@example.com"), ("cus_002", "Grace Hopper", "grace@example.com")]
+                .map(|(id, name, email)| (id.to_string(), json!({ "id": id, "name": name, "email": email })));
+        let charges = vec![Charge::new(1, 2500, "usd", Some("cus_001")), Charge::new(2, 12000, "eur", Some("cus_002"))];
+        Payments { customers: customers.into(), charges, transfers: 0, balance: 1_000_000 }
     }
 
     fn call(&mut self, tool: &str, args: &Map<String, Value>) -> ToolResult {
@@ -791,14 +746,7 @@ impl Payments {
             return Err(format!("no such customer: {c}"));
         }
         self.balance = self.balance.checked_add(amount).ok_or("amount is too large")?;
-        let charge = Charge {
-            id: format!("ch_{:04}", self.charges.len() + 1),
-            amount,
-            currency: currency.to_ascii_lowercase(),
-            customer: customer.map(String::from),
-            status: "succeeded",
-            refund_reason: None,
-        };
+        let charge = Charge::new(self.charges.len() + 1, amount, &currency.to_ascii_lowercase(), customer);
         let text = serde_json::to_string(&charge).map_err(|e| e.to_string())?;
         self.charges.push(charge);
         Ok(text)

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod diag;
+pub mod example_upstream;
 pub mod git;
 pub mod policy;
 pub mod repo;
