@@ -7,6 +7,7 @@
 //! `Unknown` into a denial:
 //! - `deny_if` (and `action: deny` with conditions) denies unless the conjunction is `False`;
 //! - `require` (and rules-style `conditions`) denies unless the conjunction is `True`.
+//!
 //! So a missing argument or a type mismatch can never allow a call by accident.
 //!
 //! Per operator, with `a` the argument and `v` the rule's value:
@@ -86,16 +87,9 @@ impl Tri {
         if b { Tri::True } else { Tri::False }
     }
 
-    pub fn not(self) -> Tri {
-        match self {
-            Tri::True => Tri::False,
-            Tri::False => Tri::True,
-            Tri::Unknown => Tri::Unknown,
-        }
-    }
 
     /// Kleene conjunction of all conditions (`True` for an empty list).
-    pub fn all<'a>(conds: &'a [Condition], args: &Value) -> Tri {
+    pub fn all(conds: &[Condition], args: &Value) -> Tri {
         let mut acc = Tri::True;
         for c in conds {
             match c.eval(args) {
@@ -105,6 +99,18 @@ impl Tri {
             }
         }
         acc
+    }
+}
+
+impl std::ops::Not for Tri {
+    type Output = Tri;
+
+    fn not(self) -> Tri {
+        match self {
+            Tri::True => Tri::False,
+            Tri::False => Tri::True,
+            Tri::Unknown => Tri::Unknown,
+        }
     }
 }
 
@@ -202,15 +208,15 @@ impl Condition {
         let Some(a) = found else { return Tri::Unknown };
         match &self.op {
             Op::Eq(v) => json_eq(a, v),
-            Op::Neq(v) => json_eq(a, v).not(),
+            Op::Neq(v) => !json_eq(a, v),
             Op::In(list) => json_in(a, list),
-            Op::NotIn(list) => json_in(a, list).not(),
+            Op::NotIn(list) => !json_in(a, list),
             Op::Lt(v) => num(a, |x| x < *v),
             Op::Lte(v) => num(a, |x| x <= *v),
             Op::Gt(v) => num(a, |x| x > *v),
             Op::Gte(v) => num(a, |x| x >= *v),
             Op::Regex(m) => a.as_str().map_or(Tri::Unknown, |s| m.is_match(s)),
-            Op::NotRegex(m) => a.as_str().map_or(Tri::Unknown, |s| m.is_match(s).not()),
+            Op::NotRegex(m) => a.as_str().map_or(Tri::Unknown, |s| !m.is_match(s)),
             Op::Contains(v) => contains(a, v),
             Op::PathWithin(prefixes) => match a.as_str().and_then(clean_path) {
                 None => Tri::Unknown,

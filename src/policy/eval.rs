@@ -7,6 +7,7 @@
 //!    (a grant entry and a role entry both reaching the tool must both allow it);
 //! 3. within one policy: `hide`, then the tool's entry (or `default`), then the `"*"` entry; in an
 //!    entry, its checks in file order (`deny_if`, `require`, then `rules`).
+//!
 //! Quota rules are not counted here: an allowed decision carries them for the quota store.
 
 use std::sync::Arc;
@@ -51,19 +52,16 @@ pub fn evaluate_grant(snap: &Snapshot, grant: &Grant, call: &Call) -> Decision {
         );
     };
     let mut quotas = Vec::new();
-    if let Some(server) = snap.servers.get(call.server) {
-        if let Some(p) = &server.policy {
-            if let Some(d) = check_policy(p, call, &mut quotas) {
+    if let Some(server) = snap.servers.get(call.server)
+        && let Some(p) = &server.policy
+            && let Some(d) = check_policy(p, call, &mut quotas) {
                 return d;
             }
-        }
-    }
     for entry in std::iter::once(first).chain(reaching) {
-        if let Some(p) = &entry.policy {
-            if let Some(d) = check_policy(p, call, &mut quotas) {
+        if let Some(p) = &entry.policy
+            && let Some(d) = check_policy(p, call, &mut quotas) {
                 return d;
             }
-        }
     }
     quotas.extend(grant.quotas.iter().cloned());
     Decision::allow(&first.id, &first.allow_message, quotas)
@@ -120,7 +118,7 @@ fn check_rules(rules: &ToolRules, args: &Value) -> Option<Decision> {
         let denied = match &check.kind {
             CheckKind::DenyAlways => Tri::True,
             CheckKind::DenyIf(conds) => Tri::all(conds, args),
-            CheckKind::Require(conds) => Tri::all(conds, args).not(),
+            CheckKind::Require(conds) => !Tri::all(conds, args),
         };
         match denied {
             Tri::False => {}

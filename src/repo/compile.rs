@@ -57,11 +57,10 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
     let mut refs = Refs::default();
 
     for (path, entry) in &files.entries {
-        if let Entry::Blob(bytes) = entry {
-            if let Ok(text) = std::str::from_utf8(bytes) {
+        if let Entry::Blob(bytes) = entry
+            && let Ok(text) = std::str::from_utf8(bytes) {
                 scan::scan(path, text, &mut d);
             }
-        }
         let (top, rest) = path.split_once('/').unwrap_or(("", path));
         let is_settings = matches!(path.as_str(), "gatehouse.yaml" | "gatehouse.yml");
         let Some(&(dir, nests)) = DIRS.iter().find(|(name, _)| *name == top) else {
@@ -391,16 +390,14 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
             None
         }
         Some(s) => {
-            if let Some(o) = &s.operated_by {
-                if o != "external" && o != "internal" {
+            if let Some(o) = &s.operated_by
+                && o != "external" && o != "internal" {
                     doc.value_error(d, "/supplier/operated_by", format!("invalid operated_by {o:?}: expected external or internal"));
                 }
-            }
-            if let Some(r) = &s.risk {
-                if !matches!(r.as_str(), "low" | "medium" | "high") {
+            if let Some(r) = &s.risk
+                && !matches!(r.as_str(), "low" | "medium" | "high") {
                     doc.value_error(d, "/supplier/risk", format!("invalid risk {r:?}: expected low, medium or high"));
                 }
-            }
             Some(Supplier {
                 operated_by: s.operated_by.clone(),
                 vendor: s.vendor.clone(),
@@ -421,11 +418,10 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
                 None
             }),
         };
-        if let Some(h) = &t.sha256 {
-            if !is_sha256_hex(h) {
+        if let Some(h) = &t.sha256
+            && !is_sha256_hex(h) {
                 doc.value_error(d, &format!("{ptr}/sha256"), "a definition pin must be 64 hex digits (from gatehouse scan)");
             }
-        }
         tools.insert(name.clone(), ToolInfo { category, sha256: t.sha256.as_ref().map(|s| s.to_ascii_lowercase()) });
     }
     if d.errors().count() > before {
@@ -473,11 +469,10 @@ fn compile_access(doc: &Doc, d: &mut Diagnostics, ptr: &str, a: &raw::Access, re
             for (i, item) in items.iter().enumerate() {
                 match item.as_str() {
                     Some(t) if !t.is_empty() => {
-                        if let Some(s) = known_server {
-                            if !s.tools.is_empty() && !s.tools.contains_key(t) {
+                        if let Some(s) = known_server
+                            && !s.tools.is_empty() && !s.tools.contains_key(t) {
                                 doc.warning(d, &format!("{ptr}/tools/{i}"), format!("tool {t:?} is not declared in {}: it cannot be classified", s.file));
                             }
-                        }
                         set.insert(t.to_string());
                     }
                     _ => doc.value_error(d, &format!("{ptr}/tools/{i}"), "a tool name must be a non-empty string"),
@@ -566,11 +561,10 @@ fn compile_grant(doc: &Doc, refs: &Refs, roles: &BTreeMap<String, Role>, d: &mut
         };
         let issued = t.issued.as_deref().and_then(|s| date(doc, d, &format!("{ptr}/issued"), s));
         let expires = t.expires.as_deref().and_then(|s| date(doc, d, &format!("{ptr}/expires"), s));
-        if let (Some(i), Some(e)) = (issued, expires) {
-            if e <= i {
+        if let (Some(i), Some(e)) = (issued, expires)
+            && e <= i {
                 doc.value_error(d, &format!("{ptr}/expires"), format!("token expires ({e}) before it is issued ({i})"));
             }
-        }
         if let Some(sha256) = hash {
             if tokens.iter().any(|x: &Token| x.sha256 == sha256) {
                 doc.value_error(d, &format!("{ptr}/sha256"), "duplicate token hash in this grant");
@@ -606,11 +600,10 @@ fn compile_grant(doc: &Doc, refs: &Refs, roles: &BTreeMap<String, Role>, d: &mut
     let mut names = HashSet::new();
     for (i, l) in raw.quotas.iter().enumerate() {
         let ptr = format!("/quotas/{i}");
-        if let Some(n) = &l.name {
-            if !names.insert(n.clone()) {
+        if let Some(n) = &l.name
+            && !names.insert(n.clone()) {
                 doc.value_error(d, &format!("{ptr}/name"), format!("duplicate quota name {n:?}"));
             }
-        }
         if let Some(q) = compile_limit(doc, d, &ptr, "/quotas", i, l) {
             quotas.push(Arc::new(q));
         }

@@ -106,11 +106,10 @@ impl Walker {
                     let p = format!("{ptr}/{}", escape(&k));
                     // A block mapping's start marker sits on its first `:`; a reader looks for
                     // the mapping where its first key begins.
-                    if seen.is_empty() {
-                        if let Some(node) = self.loc.nodes.get_mut(ptr.as_str()) {
+                    if seen.is_empty()
+                        && let Some(node) = self.loc.nodes.get_mut(ptr.as_str()) {
                             node.1 = node.1.min(at);
                         }
-                    }
                     if !seen.insert(k.clone()) {
                         self.loc.duplicates.push((p, at));
                     }

@@ -146,11 +146,10 @@ impl Ctx<'_> {
     }
 
     fn unique_name(&mut self, seen: &mut HashSet<String>, name: Option<&str>, at: &str) {
-        if let Some(n) = name {
-            if !seen.insert(n.to_string()) {
+        if let Some(n) = name
+            && !seen.insert(n.to_string()) {
                 self.value_err(&format!("{at}/name"), format!("duplicate rule name {n:?}: rule names identify rules in the audit log and must be unique per tool"));
             }
-        }
     }
 
     fn entry(&mut self, tool: &str, ptr: &str, e: raw::ToolEntry) -> ToolRules {
@@ -248,14 +247,13 @@ impl Ctx<'_> {
                 arg_conds.push(cond);
             }
         }
-        if let Some(state) = &r.state {
-            if !capped {
+        if let Some(state) = &r.state
+            && !capped {
                 // A counter that only counts (read by other rules' conditions).
                 if let Some(q) = self.state_quota(tool, at, state, &id, &name, per, f64::INFINITY, true) {
                     quotas.push(Arc::new(q));
                 }
             }
-        }
         if !arg_conds.is_empty() {
             checks.push(Check { id, message, kind: CheckKind::Require(arg_conds) });
         }

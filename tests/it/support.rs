@@ -36,10 +36,6 @@ impl TestRepo {
         }
     }
 
-    pub fn remove(&self, path: &str) {
-        std::fs::remove_file(self.path().join(path)).unwrap();
-    }
-
     /// Writes the files, stages everything and commits; returns the commit id.
     pub fn commit(&self, message: &str, files: &[(&str, &str)]) -> String {
         self.write(files);

@@ -37,7 +37,7 @@ fn eq_and_neq() {
         (None, U),
     ];
     table(|| Op::Eq(json!("a")), &rows);
-    let neg: Vec<_> = rows.iter().map(|(a, t)| (a.clone(), t.not())).collect();
+    let neg: Vec<_> = rows.iter().map(|(a, t)| (a.clone(), !*t)).collect();
     table(|| Op::Neq(json!("a")), &neg);
     // numbers compare numerically across integer and float forms
     table(|| Op::Eq(json!(1)), &[(Some(json!(1.0)), T), (Some(json!(2)), F), (Some(json!("1")), U)]);
@@ -53,7 +53,7 @@ fn in_and_not_in() {
         (None, U),
     ];
     table(|| Op::In(vec![json!("usd"), json!("eur")]), &rows);
-    let neg: Vec<_> = rows.iter().map(|(a, t)| (a.clone(), t.not())).collect();
+    let neg: Vec<_> = rows.iter().map(|(a, t)| (a.clone(), !*t)).collect();
     table(|| Op::NotIn(vec![json!("usd"), json!("eur")]), &neg);
 }
 
@@ -75,7 +75,7 @@ fn regex_and_not_regex() {
         (None, U),
     ];
     table(|| Op::Regex(re("(?i)drop\\s")), &rows);
-    let neg: Vec<_> = rows.iter().map(|(a, t)| (a.clone(), t.not())).collect();
+    let neg: Vec<_> = rows.iter().map(|(a, t)| (a.clone(), !*t)).collect();
     table(|| Op::NotRegex(re("(?i)drop\\s")), &neg);
 }
 
