@@ -33,6 +33,27 @@ pub struct RepoArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the gateway: serve MCP on --listen with the repository's policies.
+    Serve {
+        /// The policy repository (a git repository or a directory inside one).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Serve this branch (or revision); default: HEAD.
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the state database lives.
+        #[arg(long, default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
+        /// Directory of secret files (`DIR/NAME` for `${secret:NAME}`); the environment
+        /// (`GATEHOUSE_SECRET_NAME`) is read too.
+        #[arg(long)]
+        secrets_dir: Option<PathBuf>,
+        /// Largest request body accepted, in bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        max_body: usize,
+    },
     /// Validate the repository: prints every problem as file:line:col; exit 0 valid, 2 invalid.
     Check(RepoArgs),
     /// Run the policy tests in tests/: exit 0 all pass, 1 a case failed, 2 invalid repository.
@@ -77,6 +98,11 @@ struct EvalOutput<'a> {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Serve { repo, branch, listen, data_dir, secrets_dir, max_body } => {
+            let proxy = crate::proxy::Config { max_body, ..Default::default() };
+            let secrets = crate::secrets::SecretSource { dir: secrets_dir };
+            crate::serve::run(crate::serve::Settings { repo, branch, listen, data_dir, secrets, proxy }).map(|()| 0)
+        }
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),
         Command::Eval { repo, identity, server, tool, args } => eval(&repo, &identity, &server, &tool, &args),

@@ -185,6 +185,11 @@ impl Snapshot {
         self.by_token.get(sha256).map(|&(g, t)| (&self.grants[g], &self.grants[g].tokens[t]))
     }
 
+    /// Indexes (grant, token) of a bearer token's sha256.
+    pub fn grant_index_by_token_hash(&self, sha256: &[u8; 32]) -> Option<(usize, usize)> {
+        self.by_token.get(sha256).copied()
+    }
+
     /// The first 12 hex digits of the commit, or `worktree`.
     pub fn short_commit(&self) -> &str {
         match &self.commit {

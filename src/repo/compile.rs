@@ -278,11 +278,11 @@ fn template(doc: &Doc, d: &mut Diagnostics, ptr: &str, what: &str, s: &str) -> O
         };
         let inner = &after[..end];
         match inner.strip_prefix("secret:") {
-            Some(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') => {
+            Some(name) if name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') => {
                 parts.push(Part::Secret(name.to_string()))
             }
             _ => {
-                doc.value_error(d, ptr, format!("invalid reference ${{{inner}}} in {what}: write ${{secret:NAME}} (NAME: letters, digits, - _ .)"));
+                doc.value_error(d, ptr, format!("invalid reference ${{{inner}}} in {what}: write ${{secret:NAME}} (NAME: a letter or digit, then letters, digits, - _ .)"));
                 return None;
             }
         }

@@ -167,8 +167,9 @@ impl Ctx<'_> {
             }
             let conds = self.conditions(&at, &clause.conditions);
             let message = clause.message.clone().or_else(|| clause.name.clone().map(|n| format!("denied by rule {n:?}")));
+            let paths: Vec<&str> = clause.conditions.iter().map(|c| c.path.as_str()).collect();
             checks.push(Check {
-                message: Arc::from(message.unwrap_or_else(|| format!("denied by {id}"))),
+                message: Arc::from(message.unwrap_or_else(|| format!("{} matched a deny_if rule", paths.join(" and ")))),
                 id,
                 kind: CheckKind::DenyIf(conds),
             });

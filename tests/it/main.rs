@@ -2,5 +2,8 @@
 
 mod check;
 mod cli;
+mod gateway;
 mod props;
+mod proxy;
 mod support;
+mod upstream;

@@ -1,0 +1,521 @@
+//! One HTTP request: routing, authentication, the Streamable HTTP rules of MCP, and the gateway's
+//! handling of `initialize`, `tools/list` and `tools/call`.
+//!
+//! The active snapshot is loaded once per request and passed down; the decision of a call and
+//! everything reported about it come from that one snapshot.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, PARSE_ERROR, SERVER_ERROR};
+use super::session::Session;
+use super::{Active, State};
+use crate::policy::eval::may_allow;
+use crate::policy::{Call, evaluate_grant};
+use crate::snapshot::{Grant, Snapshot};
+use crate::units::Date;
+use crate::upstream::UpstreamError;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Protocol revisions a client may negotiate, oldest first.
+pub const SUPPORTED: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+pub const LATEST: &str = "2025-11-25";
+/// JSON-RPC code for a request the client cancelled.
+const REQUEST_CANCELLED: i64 = -32800;
+/// JSON-RPC code for an upstream that did not answer in time.
+const UPSTREAM_TIMEOUT: i64 = -32001;
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// What every MCP request carries once authenticated. Owned, so that a streamed response can
+/// keep working on a task of its own.
+#[derive(Clone)]
+struct Ctx {
+    state: Arc<State>,
+    /// Loaded once for the whole request.
+    active: Arc<Active>,
+    /// Index of the caller's grant in `active.snapshot.grants`.
+    grant: usize,
+    /// `Some(server)` on `/mcp/<server>`.
+    endpoint: Option<Arc<str>>,
+}
+
+// === impl Ctx ===
+
+impl Ctx {
+    fn grant(&self) -> &Grant {
+        &self.active.snapshot.grants[self.grant]
+    }
+
+    fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+}
+
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => match state.active.load().as_ref() {
+            Some(a) => text(StatusCode::OK, &format!("ready: commit {}\n", a.snapshot.short_commit())),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid policy commit is active\n"),
+        },
+        (&Method::GET, "/status") => json_response(StatusCode::OK, &status(&state)),
+        (_, p) if p == "/mcp" || p.starts_with("/mcp/") => mcp(state, req, &path).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(resp)
+}
+
+fn status(state: &State) -> Value {
+    let active = state.active.load_full();
+    let upstreams = state.pool.states();
+    let servers: Vec<Value> = match &active {
+        None => Vec::new(),
+        Some(a) => a
+            .snapshot
+            .server_names()
+            .into_iter()
+            .map(|name| {
+                let s = &a.snapshot.servers[name];
+                let transport = match &s.transport {
+                    crate::snapshot::Transport::StreamableHttp { .. } => "streamable-http",
+                    crate::snapshot::Transport::Sse { .. } => "sse",
+                    crate::snapshot::Transport::Stdio { .. } => "stdio",
+                };
+                let u = upstreams.get(name).cloned().unwrap_or_default();
+                json!({ "name": name, "transport": transport, "connections": u.connections, "last_error": u.last_error })
+            })
+            .collect(),
+    };
+    json!({
+        "ready": active.is_some(),
+        "active": active.as_ref().map(|a| json!({
+            "commit": a.snapshot.commit,
+            "digest": a.snapshot.digest,
+            "servers": a.snapshot.servers.len(),
+            "grants": a.snapshot.grants.len(),
+        })),
+        "servers": servers,
+        "sessions": state.sessions.len(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    })
+}
+
+async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<Body> {
+    let endpoint = path.strip_prefix("/mcp/").map(|s| s.trim_end_matches('/')).filter(|s| !s.is_empty());
+    let Some(active) = state.active.load_full() else {
+        let body = jsonrpc::error(Value::Null, SERVER_ERROR, "gatehouse is not ready: no valid policy commit is active");
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    };
+    let grant_index = match authenticate(&active.snapshot, req.headers()) {
+        Ok(g) => g,
+        Err(why) => return unauthorized(why),
+    };
+    let grant = &active.snapshot.grants[grant_index];
+    if let Some(server) = endpoint {
+        // Never reveal whether a server the caller cannot reach exists.
+        if !active.snapshot.servers.contains_key(server) || !grant.by_server.contains_key(server) {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
+    }
+    let cx = Ctx { state: state.clone(), active: active.clone(), grant: grant_index, endpoint: endpoint.map(Arc::from) };
+    match *req.method() {
+        Method::POST => post(&cx, req).await,
+        Method::DELETE => {
+            let id = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            match state.sessions.get(id, &grant.name, endpoint) {
+                Some(s) => {
+                    state.sessions.close(&s.id);
+                    empty(StatusCode::NO_CONTENT)
+                }
+                None => text(StatusCode::NOT_FOUND, "session not found\n"),
+            }
+        }
+        // No server-initiated messages are sent outside responses yet: no GET stream.
+        _ => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST (and DELETE to end a session)\n");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            r
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>` → the index of the grant whose token hash matches, if the
+/// token has not expired.
+fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<usize, &'static str> {
+    let value = headers.get(header::AUTHORIZATION).ok_or("missing bearer token")?;
+    let value = value.to_str().map_err(|_| "malformed authorization header")?;
+    let (scheme, token) = value.split_once(' ').ok_or("malformed authorization header")?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > 4096 {
+        return Err("malformed authorization header");
+    }
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let (grant, token) = snap.grant_index_by_token_hash(&hash).ok_or("unknown token")?;
+    if snap.grants[grant].tokens[token].expires.is_some_and(|e| e <= Date::today()) {
+        return Err("token expired");
+    }
+    Ok(grant)
+}
+
+async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let headers = req.headers().clone();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.to_ascii_lowercase().starts_with("application/json") {
+        return rpc_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_REQUEST, "content-type must be application/json");
+    }
+    let body = match read_body(&cx.state, req.into_body()).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let value = match jsonrpc::parse_body(&body) {
+        Ok(v) => v,
+        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, PARSE_ERROR, e),
+    };
+    let messages = match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, "invalid request: empty batch");
+            }
+            Batch::Many(items)
+        }
+        single => match jsonrpc::classify(single) {
+            Ok(m) => Batch::One(m),
+            Err(e) => return json_response(StatusCode::BAD_REQUEST, &e),
+        },
+    };
+    if let Batch::One(Message::Request { id, method, params }) = &messages {
+        match method.as_str() {
+            "initialize" => return initialize(cx, id.clone(), params),
+            // A 2026-07-28 client probes first; a plain error makes it fall back to initialize.
+            "server/discover" => {
+                let e = jsonrpc::error(id.clone(), SERVER_ERROR, "server/discover is not supported: use initialize");
+                return json_response(StatusCode::BAD_REQUEST, &e);
+            }
+            _ => {}
+        }
+    }
+    let Some(session_id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, "missing Mcp-Session-Id header: send initialize first");
+    };
+    let Some(session) = cx.state.sessions.get(session_id, &cx.grant().name, cx.endpoint()) else {
+        return rpc_error(StatusCode::NOT_FOUND, SERVER_ERROR, "session not found: send initialize again");
+    };
+    if let Some(v) = headers.get(VERSION_HEADER) {
+        let v = v.to_str().unwrap_or("");
+        if !SUPPORTED.contains(&v) {
+            return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, format!("unsupported MCP-Protocol-Version {v:?}: supported are {}", SUPPORTED.join(", ")));
+        }
+    }
+    let accepts_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+    match messages {
+        Batch::One(m) => {
+            if accepts_sse {
+                if let Message::Request { id, method, params } = &m {
+                    if method == "tools/call" {
+                        if let Some(token) = params.pointer("/_meta/progressToken") {
+                            return call_with_progress(cx.clone(), session, id.clone(), params.clone(), token.clone());
+                        }
+                    }
+                }
+            }
+            match dispatch(cx, &session, m).await {
+                Some(resp) => json_response(StatusCode::OK, &resp),
+                None => empty(StatusCode::ACCEPTED),
+            }
+        }
+        Batch::Many(items) => {
+            // Batches were removed from the protocol after 2025-03-26.
+            if session.protocol != "2025-03-26" {
+                return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, format!("JSON-RPC batches are not supported in protocol {}", session.protocol));
+            }
+            let replies = join_all(items.into_iter().map(|item| async {
+                match jsonrpc::classify(item) {
+                    Ok(Message::Request { id, method, .. }) if method == "initialize" => {
+                        Some(jsonrpc::error(id, INVALID_REQUEST, "initialize cannot be batched"))
+                    }
+                    Ok(m) => dispatch(cx, &session, m).await,
+                    Err(e) => Some(e),
+                }
+            }))
+            .await;
+            let replies: Vec<Value> = replies.into_iter().flatten().collect();
+            if replies.is_empty() { empty(StatusCode::ACCEPTED) } else { json_response(StatusCode::OK, &Value::Array(replies)) }
+        }
+    }
+}
+
+enum Batch {
+    One(Message),
+    Many(Vec<Value>),
+}
+
+/// Reads the body within the size and time limits.
+async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body>> {
+    let limited = Limited::new(body, state.config.max_body);
+    match tokio::time::timeout(state.config.body_timeout, limited.collect()).await {
+        Err(_) => Err(rpc_error(StatusCode::REQUEST_TIMEOUT, INVALID_REQUEST, "request body not received in time")),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            INVALID_REQUEST,
+            format!("request body over the {} byte limit", state.config.max_body),
+        )),
+        Ok(Err(_)) => Err(rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, "could not read the request body")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn initialize(cx: &Ctx, id: Value, params: &Value) -> Response<Body> {
+    let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
+    let version = SUPPORTED.iter().find(|v| **v == asked).copied().unwrap_or(LATEST);
+    let session = cx.state.sessions.open(&cx.grant().name, cx.endpoint().map(str::to_string), version);
+    let instructions = match cx.endpoint {
+        None => "Tools from several servers, named <server>__<tool>. Every call is checked against policy and recorded.",
+        Some(_) => "Every call is checked against policy and recorded.",
+    };
+    let result = json!({
+        "protocolVersion": version,
+        "capabilities": { "tools": { "listChanged": false } },
+        "serverInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
+        "instructions": instructions,
+    });
+    info!(grant = %cx.grant().name, session = %&session.id[..8], protocol = version, "session opened");
+    let mut resp = json_response(StatusCode::OK, &jsonrpc::result(id, result));
+    resp.headers_mut().insert(SESSION_HEADER, HeaderValue::from_str(&session.id).expect("hex is a valid header"));
+    resp
+}
+
+/// Handles one message of a session; the reply for a request, None for anything else.
+async fn dispatch(cx: &Ctx, session: &Arc<Session>, m: Message) -> Option<Value> {
+    match m {
+        Message::Request { id, method, params } => Some(match method.as_str() {
+            "ping" => jsonrpc::result(id, json!({})),
+            "initialize" => jsonrpc::error(id, INVALID_REQUEST, "the session is already initialized"),
+            "tools/list" => jsonrpc::result(id, list_tools(cx).await),
+            "tools/call" => call_tool(cx, session, id, &params, None).await,
+            other => jsonrpc::error(id, METHOD_NOT_FOUND, format!("method not found: {other} (gatehouse relays tools only)")),
+        }),
+        Message::Notification { method, params } => {
+            if method == "notifications/cancelled" {
+                if let Some(rid) = params.get("requestId") {
+                    let key = rid.to_string();
+                    if session.cancel(&key) {
+                        debug!(request = %key, "request cancelled by the client");
+                    }
+                }
+            }
+            None
+        }
+        Message::Response => None,
+    }
+}
+
+/// The tools the caller could be allowed to call, from every server its grant reaches.
+async fn list_tools(cx: &Ctx) -> Value {
+    let snap = &cx.active.snapshot;
+    let grant = cx.grant();
+    let servers: Vec<&str> = match cx.endpoint() {
+        Some(s) => vec![s],
+        None => {
+            let mut v: Vec<&str> = grant.by_server.keys().map(String::as_str).filter(|s| snap.servers.contains_key(*s)).collect();
+            v.sort_unstable();
+            v
+        }
+    };
+    let lists = join_all(servers.iter().map(|&server| async move {
+        let upstream = match connect(cx, server).await {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(server, error = %e, "tools/list: upstream unavailable; its tools are left out");
+                return Vec::new();
+            }
+        };
+        let tools = match upstream.list_tools().await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(server, error = %e, "tools/list failed upstream; its tools are left out");
+                return Vec::new();
+            }
+        };
+        tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.get("name")?.as_str()?;
+                if !may_allow(snap, grant, server, name) {
+                    return None;
+                }
+                let mut t = t.clone();
+                if cx.endpoint.is_none() {
+                    t["name"] = Value::String(format!("{server}__{name}"));
+                }
+                Some(t)
+            })
+            .collect::<Vec<Value>>()
+    }))
+    .await;
+    json!({ "tools": lists.into_iter().flatten().collect::<Vec<Value>>() })
+}
+
+async fn connect(cx: &Ctx, server: &str) -> Result<Arc<crate::upstream::Upstream>, UpstreamError> {
+    let s = &cx.active.snapshot.servers[server];
+    let creds = cx.active.secrets.get(server).cloned().unwrap_or_default();
+    cx.state.pool.get(&cx.grant().name, s, &creds).await
+}
+
+/// `tools/call`: route, decide, forward. `progress` relays upstream progress to the client.
+async fn call_tool(
+    cx: &Ctx,
+    session: &Arc<Session>,
+    id: Value,
+    params: &Value,
+    progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
+) -> Value {
+    let Some(name) = params.get("name").and_then(Value::as_str) else {
+        return jsonrpc::error(id, INVALID_PARAMS, "invalid params: name must be a string");
+    };
+    let args = match params.get("arguments") {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(a @ Value::Object(_)) => a.clone(),
+        Some(_) => return jsonrpc::error(id, INVALID_PARAMS, "invalid params: arguments must be an object"),
+    };
+    let unknown = |id| jsonrpc::error(id, INVALID_PARAMS, format!("Unknown tool: {name}"));
+    let grant = cx.grant();
+    let (server, tool) = match cx.endpoint() {
+        Some(s) => (s, name),
+        None => match name.split_once("__") {
+            Some(st) => st,
+            None => return unknown(id),
+        },
+    };
+    let snap = &cx.active.snapshot;
+    if !snap.servers.contains_key(server) || !may_allow(snap, grant, server, tool) {
+        return unknown(id);
+    }
+    let upstream = match connect(cx, server).await {
+        Ok(u) => u,
+        Err(e) => return upstream_error(id, server, e),
+    };
+    match upstream.list_tools().await {
+        Ok(tools) if tools.iter().any(|t| t.get("name").and_then(Value::as_str) == Some(tool)) => {}
+        Ok(_) => return unknown(id),
+        Err(e) => return upstream_error(id, server, e),
+    }
+    let decision = evaluate_grant(snap, grant, &Call { identity: &grant.identity, server, tool, args: &args });
+    info!(
+        commit = snap.short_commit(),
+        grant = %grant.name,
+        server,
+        tool,
+        verdict = ?decision.verdict,
+        rule = %decision.rule,
+        "tools/call"
+    );
+    if !decision.is_allow() {
+        let text = format!("denied by policy: {} (rule {}, commit {})", decision.message, decision.rule, snap.short_commit());
+        return jsonrpc::tool_error(id, text);
+    }
+    // Forward on a task of its own so that notifications/cancelled can abort it; dropping the
+    // upstream request future tells the upstream to cancel too.
+    let forwarded = json!({ "name": tool, "arguments": args });
+    let task = tokio::spawn(async move { upstream.request("tools/call", forwarded, progress).await });
+    let _guard = session.track(id.to_string(), task.abort_handle());
+    match task.await {
+        Ok(Ok(result)) => jsonrpc::result(id, result),
+        Ok(Err(e)) => upstream_error(id, server, e),
+        Err(_) => jsonrpc::error(id, REQUEST_CANCELLED, "request cancelled"),
+    }
+}
+
+fn upstream_error(id: Value, server: &str, e: UpstreamError) -> Value {
+    match e {
+        UpstreamError::Rpc { code, message, data } => jsonrpc::error_with_data(id, code, message, data),
+        UpstreamError::Timeout(d) => {
+            jsonrpc::error(id, UPSTREAM_TIMEOUT, format!("upstream {server} did not answer within {} ms", d.as_millis()))
+        }
+        other => jsonrpc::error(id, INTERNAL_ERROR, format!("upstream {server} failed: {other}")),
+    }
+}
+
+/// A `tools/call` with a progress token from a client that accepts SSE: the response is an event
+/// stream carrying the upstream's progress (with the client's token) as it happens, then the
+/// result.
+fn call_with_progress(cx: Ctx, session: Arc<Session>, id: Value, params: Value, token: Value) -> Response<Body> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let (frames_tx, frames_rx) = mpsc::unbounded_channel::<Result<Frame<Bytes>, Infallible>>();
+    tokio::spawn(async move {
+        let forward = {
+            let frames_tx = frames_tx.clone();
+            async move {
+                while let Some(p) = rx.recv().await {
+                    let note = json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": p });
+                    let _ = frames_tx.send(Ok(Frame::data(sse_event(&note))));
+                }
+            }
+        };
+        let call = call_tool(&cx, &session, id, &params, Some((tx, token)));
+        // The call ends by dropping its progress sender, which ends `forward`.
+        let (reply, ()) = tokio::join!(call, forward);
+        let _ = frames_tx.send(Ok(Frame::data(sse_event(&reply))));
+    });
+    let body = BodyExt::boxed(StreamBody::new(tokio_stream_from(frames_rx)));
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures_util::Stream<Item = T> + Send + Sync + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn sse_event(msg: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {msg}\n\n"))
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).expect("a JSON value serializes"))).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn rpc_error(status: StatusCode, code: i64, message: impl Into<String>) -> Response<Body> {
+    json_response(status, &jsonrpc::error(Value::Null, code, message))
+}
+
+fn text(status: StatusCode, s: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(s.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+fn unauthorized(why: &str) -> Response<Body> {
+    let mut r = rpc_error(StatusCode::UNAUTHORIZED, SERVER_ERROR, format!("unauthorized: {why}"));
+    let challenge = if why == "missing bearer token" {
+        HeaderValue::from_static("Bearer realm=\"gatehouse\"")
+    } else {
+        HeaderValue::from_static("Bearer realm=\"gatehouse\", error=\"invalid_token\"")
+    };
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    r
+}

@@ -1,0 +1,173 @@
+//! JSON-RPC 2.0 messages as they arrive from MCP clients: strict parsing and response builders.
+//!
+//! Parsing refuses duplicate object keys anywhere in a message. serde_json keeps the last of
+//! two equal keys while other parsers keep the first, so a checked `{"path":"/srv/ok",
+//! "path":"/etc/passwd"}` could differ from what the upstream reads: a parser differential we
+//! close by refusing the message.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
+
+/// JSON-RPC error codes used by the gateway.
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+/// Implementation-defined server error (used for `server/discover` and upstream failures).
+pub const SERVER_ERROR: i64 = -32000;
+
+/// One incoming message.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Request { id: Value, method: String, params: Value },
+    Notification { method: String, params: Value },
+    /// A response from the client to a server-initiated request (we send none; ignored).
+    Response,
+}
+
+/// A JSON value parsed with duplicate keys refused.
+struct Strict(Value);
+
+// === impl Strict ===
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Strict(x)) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if m.contains_key(&k) {
+                return Err(de::Error::custom(format!("duplicate key {k:?}")));
+            }
+            let Strict(v) = map.next_value()?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+/// Parses a request body: one message, or a batch (a non-empty array).
+pub fn parse_body(body: &[u8]) -> Result<Value, String> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    // serde_json's recursion limit (128) bounds nesting; trailing bytes are refused below.
+    let Strict(v) = serde::Deserialize::deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))?;
+    de.end().map_err(|e| format!("invalid JSON: {e}"))?;
+    Ok(v)
+}
+
+/// Classifies one message; Err is a JSON-RPC error response to send back.
+pub fn classify(v: Value) -> Result<Message, Value> {
+    let Value::Object(mut m) = v else {
+        return Err(error(Value::Null, INVALID_REQUEST, "invalid request: a message must be a JSON object"));
+    };
+    let id = m.remove("id");
+    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(error(id.unwrap_or(Value::Null), INVALID_REQUEST, "invalid request: jsonrpc must be \"2.0\""));
+    }
+    if let Some(id) = &id {
+        if !(id.is_string() || id.is_i64() || id.is_u64()) {
+            return Err(error(Value::Null, INVALID_REQUEST, "invalid request: id must be a string or an integer"));
+        }
+    }
+    match (m.remove("method"), id) {
+        (Some(Value::String(method)), Some(id)) => {
+            Ok(Message::Request { id, method, params: m.remove("params").unwrap_or(Value::Null) })
+        }
+        (Some(Value::String(method)), None) => Ok(Message::Notification { method, params: m.remove("params").unwrap_or(Value::Null) }),
+        (Some(_), id) => Err(error(id.unwrap_or(Value::Null), INVALID_REQUEST, "invalid request: method must be a string")),
+        (None, Some(_)) if m.contains_key("result") || m.contains_key("error") => Ok(Message::Response),
+        (None, id) => Err(error(id.unwrap_or(Value::Null), INVALID_REQUEST, "invalid request: no method")),
+    }
+}
+
+pub fn result(id: Value, result: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+}
+
+pub fn error(id: Value, code: i64, message: impl Into<String>) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message.into() } })
+}
+
+pub fn error_with_data(id: Value, code: i64, message: impl Into<String>, data: Option<Value>) -> Value {
+    let mut e = error(id, code, message);
+    if let Some(d) = data {
+        e["error"]["data"] = d;
+    }
+    e
+}
+
+/// A tool result the model can read (`isError: true`).
+pub fn tool_error(id: Value, text: String) -> Value {
+    result(id, json!({ "content": [ { "type": "text", "text": text } ], "isError": true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert!(parse_body(br#"{"a":1,"a":2}"#).unwrap_err().contains("duplicate key \"a\""));
+        let nested = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"path":"/ok","path":"/etc/passwd"}}}"#;
+        assert!(parse_body(nested).is_err());
+        assert!(parse_body(br#"{"a":{"b":1},"c":{"b":2}}"#).is_ok());
+        assert!(parse_body(b"{} {}").is_err(), "trailing data");
+    }
+
+    #[test]
+    fn classification() {
+        let req = parse_body(br#"{"jsonrpc":"2.0","id":"x","method":"ping"}"#).unwrap();
+        assert!(matches!(classify(req), Ok(Message::Request { method, .. }) if method == "ping"));
+        let note = parse_body(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert!(matches!(classify(note), Ok(Message::Notification { .. })));
+        let bad_id = parse_body(br#"{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}"#).unwrap();
+        assert!(classify(bad_id).is_err());
+        let no_version = parse_body(br#"{"id":1,"method":"ping"}"#).unwrap();
+        assert_eq!(classify(no_version).unwrap_err()["error"]["code"], INVALID_REQUEST);
+    }
+}

@@ -1,0 +1,166 @@
+//! Client sessions: our own random `Mcp-Session-Id`, bound to the grant that opened it and to the
+//! endpoint (`/mcp` or `/mcp/<server>`) it was opened on.
+//!
+//! A session never carries upstream state across grants: upstream connections are pooled per
+//! grant in `pool`. Sessions are bounded per grant (the least recently used one is evicted) and
+//! expire when idle.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::AbortHandle;
+
+/// One client session.
+#[derive(Debug)]
+pub struct Session {
+    pub id: String,
+    /// File stem of the grant that opened it.
+    pub grant: String,
+    /// `None` for `/mcp` (all servers), `Some(server)` for `/mcp/<server>`.
+    pub endpoint: Option<String>,
+    /// The negotiated protocol revision.
+    pub protocol: &'static str,
+    created: Instant,
+    /// Milliseconds since `created` of the last request.
+    last_seen_ms: AtomicU64,
+    /// In-flight requests by the client's JSON-RPC id (serialized), for cancellation.
+    inflight: Mutex<HashMap<String, AbortHandle>>,
+}
+
+/// All open sessions.
+#[derive(Debug)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    max_per_grant: usize,
+    idle: Duration,
+}
+
+// === impl Session ===
+
+impl Session {
+    pub fn touch(&self) {
+        self.last_seen_ms.store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.created.elapsed().saturating_sub(Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Registers a cancellable request; the returned guard unregisters it.
+    pub fn track(self: &Arc<Self>, client_id: String, handle: AbortHandle) -> InflightGuard {
+        self.inflight.lock().expect("inflight lock").insert(client_id.clone(), handle);
+        InflightGuard { session: self.clone(), client_id }
+    }
+
+    /// Aborts the in-flight request with this client id, if any (`notifications/cancelled`).
+    pub fn cancel(&self, client_id: &str) -> bool {
+        match self.inflight.lock().expect("inflight lock").remove(client_id) {
+            Some(h) => {
+                h.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn cancel_all(&self) {
+        for (_, h) in self.inflight.lock().expect("inflight lock").drain() {
+            h.abort();
+        }
+    }
+}
+
+/// Removes a request from the in-flight table when it completes.
+pub struct InflightGuard {
+    session: Arc<Session>,
+    client_id: String,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.session.inflight.lock().expect("inflight lock").remove(&self.client_id);
+    }
+}
+
+// === impl Sessions ===
+
+impl Sessions {
+    pub fn new(max_per_grant: usize, idle: Duration) -> Sessions {
+        Sessions { map: Mutex::new(HashMap::new()), max_per_grant, idle }
+    }
+
+    /// Opens a session with a fresh random id (256 bits from the OS).
+    pub fn open(&self, grant: &str, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the OS random source");
+        let s = Arc::new(Session {
+            id: hex::encode(bytes),
+            grant: grant.to_string(),
+            endpoint,
+            protocol,
+            created: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
+        });
+        let mut map = self.map.lock().expect("sessions lock");
+        let mine: Vec<(Duration, String)> =
+            map.values().filter(|x| x.grant == grant).map(|x| (x.idle_for(), x.id.clone())).collect();
+        if mine.len() >= self.max_per_grant {
+            if let Some((_, oldest)) = mine.into_iter().max() {
+                if let Some(old) = map.remove(&oldest) {
+                    old.cancel_all();
+                }
+            }
+        }
+        map.insert(s.id.clone(), s.clone());
+        s
+    }
+
+    /// The session `id` if it exists, belongs to `grant` and to `endpoint`. Anything else is
+    /// "not found": a session id is no use with another grant's token.
+    pub fn get(&self, id: &str, grant: &str, endpoint: Option<&str>) -> Option<Arc<Session>> {
+        let s = self.map.lock().expect("sessions lock").get(id).cloned()?;
+        if s.grant != grant || s.endpoint.as_deref() != endpoint {
+            return None;
+        }
+        if s.idle_for() > self.idle {
+            self.close(id);
+            return None;
+        }
+        s.touch();
+        Some(s)
+    }
+
+    pub fn close(&self, id: &str) -> bool {
+        match self.map.lock().expect("sessions lock").remove(id) {
+            Some(s) => {
+                s.cancel_all();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops idle sessions; returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let mut map = self.map.lock().expect("sessions lock");
+        let idle: Vec<String> = map.values().filter(|s| s.idle_for() > self.idle).map(|s| s.id.clone()).collect();
+        for id in &idle {
+            if let Some(s) = map.remove(id) {
+                s.cancel_all();
+            }
+        }
+        idle.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("sessions lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

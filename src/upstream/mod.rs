@@ -1,0 +1,387 @@
+//! The gateway's MCP client to upstream servers: one [`Upstream`] is one live MCP session with
+//! one server, over any of the three transports of DESIGN.md §3 (Streamable HTTP, legacy
+//! HTTP+SSE 2024-11-05, stdio children).
+//!
+//! It owns the upstream side of the wire: connecting, the initialize handshake, the gateway's
+//! own request ids, session ids and progress tokens, timeouts, re-initialisation of dead HTTP
+//! sessions, the tools-list cache and the shutdown of children. It must not touch policy,
+//! grants, audit or the client side of the gateway: nothing a client sent (ids, session ids,
+//! progress tokens, its Authorization header) is passed through by this layer, and the caller
+//! (the proxy) decides which session serves which grant. An upstream that is down, hangs,
+//! sends garbage or dies answers with an [`UpstreamError`], never a panic or a hang.
+//!
+//! - `rpc`: multiplexing shared by every transport (pending map, ids, progress, cancel guard).
+//! - `http`: Streamable HTTP. `sse`: legacy HTTP+SSE, and the SSE parser `http` also uses.
+//! - `stdio`: child processes speaking newline-delimited JSON-RPC.
+
+mod http;
+mod rpc;
+mod sse;
+mod stdio;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::secrets::Bound;
+use crate::snapshot::{Server, Transport};
+
+use self::rpc::{Call, Rpc};
+
+/// The pooled HTTP(S) client every HTTP upstream session uses.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One live MCP session with one upstream server, opened for one grant (never shared between
+/// grants; the caller pools them). Share it with an `Arc`: every method takes `&self` and may
+/// run concurrently with the others.
+///
+/// Dropping it aborts its tasks and kills a stdio child (`kill_on_drop`), but only
+/// [`Upstream::shutdown`] closes politely (stdin first, `DELETE` of the HTTP session).
+pub struct Upstream {
+    server: Arc<Server>,
+    rpc: Arc<Rpc>,
+    channel: Channel,
+    /// Negotiated in the first handshake.
+    protocol_version: String,
+    /// The upstream's `initialize` result (capabilities, serverInfo, instructions).
+    init: Value,
+    /// One `tools/list` walk at a time: concurrent callers wait for it and share its result.
+    listing: tokio::sync::Mutex<()>,
+}
+
+/// The transport under an [`Upstream`].
+enum Channel {
+    Http(http::Http),
+    Sse(sse::Sse),
+    /// Boxed: a child's state is several times the size of the others.
+    Stdio(Box<stdio::Stdio>),
+}
+
+/// Why an upstream operation failed. The text never holds a credential value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// No answer within the server's `timeout` (or the connect timeout).
+    #[error("upstream timed out after {}", fmt_duration(*.0))]
+    Timeout(Duration),
+    /// Unreachable, refused, closed, exited, or answered with an HTTP error.
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    /// Answered something that is not MCP: invalid JSON, wrong content type, unsupported
+    /// protocol version, oversized message.
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+    /// A JSON-RPC error answer, as the upstream sent it (credential values scrubbed).
+    #[error("upstream error {code}: {message}")]
+    Rpc { code: i64, message: String, data: Option<Value> },
+}
+
+/// What an upstream tells its subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamEvent {
+    /// `notifications/tools/list_changed`: the cached list was dropped.
+    ToolsListChanged,
+    /// The session ended (child exited, event stream ended, shut down); every later request
+    /// fails.
+    Closed,
+}
+
+/// The protocol version we ask for in `initialize`.
+pub(crate) const REQUESTED_VERSION: &str = "2025-11-25";
+
+/// Versions we accept back over Streamable HTTP (which 2024-11-05 did not have).
+pub(crate) const HTTP_VERSIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// Versions we accept back over stdio and legacy SSE.
+const STREAM_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// The largest message (a JSON body, one SSE event, one stdio line) we read.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// A `tools/list` walk longer than this is an upstream bug (or a cursor loop).
+const MAX_TOOL_PAGES: usize = 100;
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Connects and performs the initialize handshake (clientInfo `gatehouse`, no client
+    /// capabilities), then sends `notifications/initialized`. Bounded by `server.timeout`.
+    pub async fn connect(server: Arc<Server>, creds: Arc<Bound>, http: HttpClient) -> Result<Upstream, UpstreamError> {
+        let timeout = server.timeout;
+        tokio::time::timeout(timeout, Self::open(server, creds, http))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(timeout)))
+    }
+
+    async fn open(server: Arc<Server>, creds: Arc<Bound>, client: HttpClient) -> Result<Upstream, UpstreamError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rpc = Arc::new(Rpc::new(&server.name, tx, rpc::secret_strings(&creds)));
+        let (channel, (protocol_version, init)) = match &server.transport {
+            Transport::StreamableHttp { url } => {
+                let (h, version, init) = http::Http::connect(url, &server, creds, client, rpc.clone(), rx).await?;
+                (Channel::Http(h), (version, init))
+            }
+            Transport::Sse { url } => {
+                let channel = Channel::Sse(sse::Sse::connect(url, &server, creds, client, rpc.clone(), rx).await?);
+                let negotiated = handshake(&rpc, &channel).await?;
+                (channel, negotiated)
+            }
+            Transport::Stdio { command } => {
+                let channel = Channel::Stdio(Box::new(stdio::Stdio::spawn(command, &server, &creds, rpc.clone(), rx)?));
+                let negotiated = handshake(&rpc, &channel).await?;
+                (channel, negotiated)
+            }
+        };
+        tracing::debug!(server = %server.name, protocol_version, "upstream session open");
+        Ok(Upstream { server, rpc, channel, protocol_version, init, listing: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Sends a request with the gateway's own id and returns its `result`; a JSON-RPC error
+    /// answer is [`UpstreamError::Rpc`]. Bounded by `server.timeout`.
+    ///
+    /// With `progress = Some((tx, token))`, a progress token of ours goes in `params._meta`
+    /// (replacing any the caller left there) and every `notifications/progress` for it is sent
+    /// on `tx` (its params as received, `progressToken` replaced by `token`). Without it, a
+    /// `progressToken` in `params._meta` is removed.
+    ///
+    /// If the returned future is dropped (or times out) before the answer arrives,
+    /// `notifications/cancelled` with our id is sent upstream, best effort, from a task.
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Value,
+        progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
+    ) -> Result<Value, UpstreamError> {
+        let timeout = self.server.timeout;
+        let call = async {
+            let mut call = self.rpc.start(method, params, progress)?;
+            let result = self.channel.request(&mut call).await;
+            call.disarm();
+            result
+        };
+        tokio::time::timeout(timeout, call).await.unwrap_or(Err(UpstreamError::Timeout(timeout)))
+    }
+
+    /// Sends a notification (no answer). Bounded by `server.timeout`.
+    pub async fn notify(&self, method: &str, params: Value) -> Result<(), UpstreamError> {
+        if let Some(e) = self.rpc.closed_error() {
+            return Err(e);
+        }
+        let mut message = json!({ "jsonrpc": "2.0", "method": method });
+        if !params.is_null() {
+            message["params"] = params;
+        }
+        let timeout = self.server.timeout;
+        tokio::time::timeout(timeout, self.channel.notify(message))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(timeout)))
+    }
+
+    /// The full tool list (following `nextCursor` until absent), cached until the upstream
+    /// sends `notifications/tools/list_changed` (or an HTTP session is re-initialised).
+    pub async fn list_tools(&self) -> Result<Arc<Vec<Value>>, UpstreamError> {
+        if let (Some(tools), _) = self.rpc.cached_tools() {
+            return Ok(tools);
+        }
+        let _walk = self.listing.lock().await;
+        let (cached, generation) = self.rpc.cached_tools();
+        if let Some(tools) = cached {
+            return Ok(tools);
+        }
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_TOOL_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({ "cursor": c }),
+                None => json!({}),
+            };
+            let mut result = self.request("tools/list", params, None).await?;
+            match result.get_mut("tools").map(Value::take) {
+                Some(Value::Array(page)) => tools.extend(page),
+                _ => return Err(UpstreamError::Protocol("tools/list result has no tools array".into())),
+            }
+            match result.get("nextCursor") {
+                Some(Value::String(next)) if cursor.as_deref() == Some(next) => {
+                    return Err(UpstreamError::Protocol("tools/list returned the same cursor twice".into()));
+                }
+                Some(Value::String(next)) => cursor = Some(next.clone()),
+                _ => {
+                    let tools = Arc::new(tools);
+                    self.rpc.store_tools(generation, tools.clone());
+                    return Ok(tools);
+                }
+            }
+        }
+        Err(UpstreamError::Protocol(format!("tools/list did not end after {MAX_TOOL_PAGES} pages")))
+    }
+
+    /// Events from the upstream: tools list changed, closed.
+    pub fn subscribe(&self) -> broadcast::Receiver<UpstreamEvent> {
+        self.rpc.subscribe()
+    }
+
+    /// The session has ended: every request fails. An HTTP session is never closed by a
+    /// failed request (the next one re-initialises), only by [`Upstream::shutdown`].
+    pub fn is_closed(&self) -> bool {
+        self.rpc.is_closed()
+    }
+
+    /// Ends the session. stdio: close stdin, wait up to 2 s, SIGTERM, wait up to 2 s, SIGKILL
+    /// (the child is reaped). Streamable HTTP: `DELETE` the session (best effort). SSE: drop
+    /// the event stream. Pending and later requests fail with `Unavailable`.
+    pub async fn shutdown(&self) {
+        self.rpc.close(UpstreamError::Unavailable("upstream session shut down".into()));
+        match &self.channel {
+            Channel::Http(h) => h.shutdown().await,
+            Channel::Sse(s) => s.shutdown(),
+            Channel::Stdio(s) => s.shutdown().await,
+        }
+    }
+
+    /// The protocol version negotiated in the handshake.
+    pub fn protocol_version(&self) -> &str {
+        &self.protocol_version
+    }
+
+    /// The upstream's `initialize` result: `capabilities`, `serverInfo`, `instructions`.
+    pub fn initialize_result(&self) -> &Value {
+        &self.init
+    }
+
+    /// The server this session talks to.
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// The stdio child's process id while it runs (None for HTTP transports, or once reaped).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.channel {
+            Channel::Stdio(s) => s.pid(),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("server", &self.server.name)
+            .field("protocol_version", &self.protocol_version)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+// === impl Channel ===
+
+impl Channel {
+    async fn request(&self, call: &mut Call) -> Result<Value, UpstreamError> {
+        match self {
+            Channel::Http(h) => h.request(call).await,
+            Channel::Sse(s) => s.request(call).await,
+            Channel::Stdio(s) => s.request(call).await,
+        }
+    }
+
+    async fn notify(&self, message: Value) -> Result<(), UpstreamError> {
+        match self {
+            Channel::Http(h) => h.notify(&message).await,
+            Channel::Sse(s) => s.post(&message).await,
+            Channel::Stdio(s) => s.send(message),
+        }
+    }
+}
+
+// === impl Rpc (closed state, used here) ===
+
+impl Rpc {
+    fn closed_error(&self) -> Option<UpstreamError> {
+        self.is_closed().then(|| UpstreamError::Unavailable("upstream session closed".into()))
+    }
+}
+
+/// The handshake over a channel whose `initialize` needs nothing special (stdio, legacy SSE;
+/// Streamable HTTP does its own, to pick up the session id).
+async fn handshake(rpc: &Arc<Rpc>, channel: &Channel) -> Result<(String, Value), UpstreamError> {
+    let mut call = rpc.start("initialize", initialize_params(), None)?;
+    let result = channel.request(&mut call).await;
+    call.disarm();
+    let result = result?;
+    let version = negotiated(&result, STREAM_VERSIONS)?;
+    channel.notify(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" })).await?;
+    Ok((version, result))
+}
+
+/// Our `initialize` params: no client capabilities (we answer no upstream requests but ping).
+pub(crate) fn initialize_params() -> Value {
+    json!({
+        "protocolVersion": REQUESTED_VERSION,
+        "capabilities": {},
+        "clientInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
+    })
+}
+
+/// The protocol version an `initialize` result chose, if we speak it.
+pub(crate) fn negotiated(result: &Value, accepted: &[&str]) -> Result<String, UpstreamError> {
+    match result.get("protocolVersion").and_then(Value::as_str) {
+        Some(v) if accepted.contains(&v) => Ok(v.to_string()),
+        Some(v) => Err(UpstreamError::Protocol(format!(
+            "upstream chose protocol version {:?}, which gatehouse does not speak (it speaks {})",
+            v.chars().take(40).collect::<String>(),
+            accepted.join(", ")
+        ))),
+        None => Err(UpstreamError::Protocol("initialize result has no protocolVersion".into())),
+    }
+}
+
+/// Builds the HTTP(S) client for upstream sessions: HTTP/1.1, TLS with the webpki roots,
+/// connections pooled per origin. Build one per process and clone it (clones share the
+/// pool); it is a function rather than a global so that each tokio runtime (each test) gets
+/// connections driven by its own tasks.
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.enforce_http(false);
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https)
+}
+
+/// `500ms`, `2s`, `1.5s`: durations as the repository writes them.
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else if d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// An error and its sources, `: `-joined, without repeats (hyper nests the same text).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
