@@ -2,6 +2,7 @@
 
 mod check;
 mod cli;
+mod e2e;
 mod gateway;
 mod props;
 mod proxy;

@@ -1,0 +1,597 @@
+//! Load benchmark: `tools/call` through the gateway versus the same loopback upstream called
+//! directly, in one process run.
+//!
+//! Three parts, each on a tokio runtime of its own (as if they were three processes):
+//!
+//! - a minimal Streamable HTTP MCP upstream on hyper (JSON answers, keep-alive, session ids),
+//!   whose `echo` tool returns its arguments as text;
+//! - the gateway (`gatehouse::proxy::serve`, `Config::default()`), with a snapshot compiled from
+//!   in-memory files: one server `bench` (streamable-http → the upstream) and one grant whose
+//!   token may call `echo` under a seed-style policy with one `deny_if` regex condition, so the
+//!   decision engine runs on every call;
+//! - a load generator: N clients, each a hyper-util legacy client holding one keep-alive
+//!   connection and calling sequentially. Direct: `tools/call echo` to the upstream in an
+//!   upstream session. Gateway: `initialize` once per client, then `tools/call bench__echo` with
+//!   the bearer token and the gateway's `Mcp-Session-Id`.
+//!
+//! For 1 and 32 clients it warms both paths up, then alternates direct and gateway slices
+//! (`LOAD_ROUNDS` of each, `LOAD_SECONDS` in all per path) so that drift of the machine hits both
+//! alike. Every call's latency is recorded (request sent → whole body read); throughput is calls
+//! completed over the wall time of the slices. Every response is checked to be a successful tool
+//! result echoing the arguments; any error makes the bench exit 1.
+//!
+//! **All three parts share the machine's cores.** On a 2-core machine the client, the gateway and
+//! the upstream compete for the same 2 CPUs: under 32 clients the gateway path does about twice
+//! the HTTP work of the direct path on the same CPUs, so the throughput ratio measures the
+//! gateway's CPU cost per call relative to a bare hyper exchange, not what a gateway on its own
+//! cores would sustain.
+//!
+//! Environment (all optional):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `LOAD_SECONDS` | 5 | measured seconds per path and client count |
+//! | `LOAD_WARMUP` | 1 | warm-up seconds per path and client count |
+//! | `LOAD_ROUNDS` | 5 | alternating direct/gateway slices the measured time is cut into |
+//! | `LOAD_CLIENTS` | 1,32 | client counts |
+//! | `LOAD_THREADS` | cores | worker threads of each of the three runtimes |
+//! | `LOAD_LOG` | 0 | 1: install the daemon's log subscriber (`info,hyper=warn`) writing to a sink |
+//! | `LOAD_ENFORCE` | 0 | 1: exit 3 when a target is missed |
+//!
+//! Output: a table, then one line `RESULT {json}` with the same numbers (milliseconds, calls/s).
+//! Run with `scripts/load` (or `cargo bench --bench proxy_load`).
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse::proxy::{self, Active, Config, State};
+use gatehouse::repo::{Files, compile};
+use gatehouse::secrets::{SecretSource, bind};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// The bearer token of the bench grant (only its hash is in the repository).
+const TOKEN: &str = "bench-token-0123456789abcdef";
+/// The arguments of every call: a string the policy's regex examines and does not match.
+const ARGS: &str = r#"{"text":"SELECT name FROM customers WHERE id = 7"}"#;
+const PROTOCOL: &str = "2025-11-25";
+
+/// Targets of the issue (audit not yet on).
+const TARGET_ADDED_P50_MS_AT_1: f64 = 0.2;
+const TARGET_RATIO_AT_32: f64 = 0.5;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Settings {
+    seconds: f64,
+    warmup: f64,
+    rounds: u32,
+    clients: Vec<usize>,
+    threads: usize,
+    log: bool,
+    enforce: bool,
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let s = settings(cores);
+    if s.log {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,hyper=warn"))
+            .init();
+    }
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(s.threads)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    };
+    let (up_rt, gw_rt, cl_rt) = (runtime("upstream"), runtime("gateway"), runtime("client"));
+
+    let upstream_addr = up_rt.block_on(start_upstream());
+    let upstream_url = format!("http://{upstream_addr}/mcp");
+    let (gateway_addr, stop, served) = start_gateway(&gw_rt, &upstream_url);
+    let gateway_url = format!("http://{gateway_addr}/mcp");
+
+    println!(
+        "proxy_load: {cores} cores shared by client, gateway and upstream (3 runtimes x {} worker threads); \
+         {}s measured + {}s warm-up per path and client count, {} alternating slices; gateway logging {}",
+        s.threads,
+        s.seconds,
+        s.warmup,
+        s.rounds,
+        if s.log { "on (info, to a sink)" } else { "off" },
+    );
+    if cores <= 2 {
+        println!(
+            "note: only {cores} cores: the numbers include contention between the three parts; \
+             the gateway path runs twice the HTTP work on the same CPUs"
+        );
+    }
+
+    let direct = Arc::new(Target { uri: upstream_url.parse().unwrap(), bearer: None, tool: "echo" });
+    let gateway = Arc::new(Target {
+        uri: gateway_url.parse().unwrap(),
+        bearer: Some(HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap()),
+        tool: "bench__echo",
+    });
+    let expected: Value = serde_json::from_str(ARGS).unwrap();
+    let errors = Arc::new(Errors::default());
+
+    let mut rows = Vec::new();
+    for &n in &s.clients {
+        let row = cl_rt.block_on(measure(n, &s, &direct, &gateway, &expected, &errors));
+        rows.push(row);
+    }
+
+    print_table(&rows);
+    let total_errors = errors.count.load(Ordering::Relaxed);
+    let verdicts = targets(&rows);
+    for (name, ok, detail) in &verdicts {
+        println!("target {name}: {} ({detail})", if *ok { "met" } else { "MISSED" });
+    }
+    let result = json!({
+        "cores": cores,
+        "threads_per_runtime": s.threads,
+        "seconds": s.seconds,
+        "warmup": s.warmup,
+        "rounds": s.rounds,
+        "gateway_logging": s.log,
+        "errors": total_errors,
+        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
+        "targets": verdicts.iter().map(|(name, ok, _)| json!({ "name": name, "met": ok })).collect::<Vec<_>>(),
+    });
+    println!("RESULT {result}");
+
+    // Stop the gateway (it DELETEs its upstream session), then the rest.
+    let _ = stop.send(());
+    let _ = gw_rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), served).await });
+    cl_rt.shutdown_timeout(Duration::from_secs(1));
+    gw_rt.shutdown_timeout(Duration::from_secs(1));
+    up_rt.shutdown_timeout(Duration::from_secs(1));
+
+    if total_errors > 0 {
+        eprintln!("proxy_load: {total_errors} calls failed; first errors:");
+        for e in errors.first.lock().unwrap().iter() {
+            eprintln!("  {e}");
+        }
+        std::process::exit(1);
+    }
+    if s.enforce && verdicts.iter().any(|(_, ok, _)| !ok) {
+        std::process::exit(3);
+    }
+}
+
+fn settings(cores: usize) -> Settings {
+    fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+        match std::env::var(name) {
+            Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not valid")),
+            Err(_) => default,
+        }
+    }
+    let clients = std::env::var("LOAD_CLIENTS").unwrap_or_else(|_| "1,32".into());
+    let clients: Vec<usize> = clients
+        .split(',')
+        .map(|c| c.trim().parse().unwrap_or_else(|_| panic!("LOAD_CLIENTS={clients:?} is not a list of numbers")))
+        .collect();
+    assert!(clients.iter().all(|&c| c > 0 && c <= 60), "LOAD_CLIENTS: 1 to 60 clients (64 sessions per grant)");
+    Settings {
+        seconds: var("LOAD_SECONDS", 5.0),
+        warmup: var("LOAD_WARMUP", 1.0),
+        rounds: var("LOAD_ROUNDS", 5u32).max(1),
+        clients,
+        threads: var("LOAD_THREADS", cores).max(1),
+        log: var("LOAD_LOG", 0u8) != 0,
+        enforce: var("LOAD_ENFORCE", 0u8) != 0,
+    }
+}
+
+// --- the upstream ---
+
+/// Upstream sessions it handed out.
+#[derive(Default)]
+struct UpState {
+    sessions: Mutex<HashSet<String>>,
+    next: AtomicU64,
+}
+
+async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(UpState::default());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| upstream_handle(state.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn upstream_handle(state: Arc<UpState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let session = req.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    match *req.method() {
+        Method::POST => {}
+        Method::DELETE => {
+            let known = session.is_some_and(|s| state.sessions.lock().unwrap().remove(&s));
+            return Ok(status(if known { StatusCode::OK } else { StatusCode::NOT_FOUND }));
+        }
+        // No GET stream: the gateway's listener stops at 405.
+        _ => return Ok(status(StatusCode::METHOD_NOT_ALLOWED)),
+    }
+    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
+    let Ok(mut msg) = serde_json::from_slice::<Value>(&body) else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
+    let method = msg["method"].as_str().unwrap_or("").to_string();
+    if method == "initialize" {
+        let id = format!("up-{}", state.next.fetch_add(1, Ordering::Relaxed));
+        state.sessions.lock().unwrap().insert(id.clone());
+        let result = json!({ "protocolVersion": msg["params"]["protocolVersion"], "capabilities": { "tools": {} },
+                             "serverInfo": { "name": "bench-upstream", "version": "1" } });
+        let mut r = json_resp(&json!({ "jsonrpc": "2.0", "id": msg["id"], "result": result }));
+        r.headers_mut().insert("mcp-session-id", HeaderValue::from_str(&id).unwrap());
+        return Ok(r);
+    }
+    if !session.is_some_and(|s| state.sessions.lock().unwrap().contains(&s)) {
+        return Ok(status(StatusCode::NOT_FOUND));
+    }
+    let Some(id) = msg.get_mut("id").map(Value::take) else {
+        return Ok(status(StatusCode::ACCEPTED)); // a notification
+    };
+    let reply = match method.as_str() {
+        "tools/list" => json!({ "jsonrpc": "2.0", "id": id, "result": { "tools": [
+            { "name": "echo", "description": "Returns its arguments as text",
+              "inputSchema": { "type": "object", "properties": { "text": { "type": "string" } } } } ] } }),
+        "tools/call" if msg["params"]["name"] == "echo" => {
+            let text = msg["params"]["arguments"].to_string();
+            json!({ "jsonrpc": "2.0", "id": id, "result": { "content": [ { "type": "text", "text": text } ] } })
+        }
+        "tools/call" => {
+            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": "Unknown tool" } })
+        }
+        "ping" => json!({ "jsonrpc": "2.0", "id": id, "result": {} }),
+        _ => json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32601, "message": "Method not found" } }),
+    };
+    Ok(json_resp(&reply))
+}
+
+fn json_resp(v: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).unwrap())));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn status(s: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = s;
+    r
+}
+
+// --- the gateway ---
+
+fn start_gateway(rt: &Runtime, upstream_url: &str) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let server = format!(
+        "name: bench\ntransport: streamable-http\nurl: {upstream_url}\ntimeout: 10s\nsupplier: {{ operated_by: internal }}\n"
+    );
+    // Seed style: one deny_if clause with a regex the arguments do not match.
+    let policy = "version: \"1\"\ndefault: deny\ntools:\n  echo:\n    deny_if:\n      - name: no destructive sql\n        \
+                  message: Destructive statements are not allowed\n        \
+                  conditions: [ { path: args.text, op: regex, value: \"(?i)\\\\b(drop|delete|truncate)\\\\b\" } ]\n";
+    let token_hash = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    let grant = format!(
+        "identity: bench@example.com\nkind: agent\nowner: ops@example.com\ntokens: [ {{ sha256: {token_hash} }} ]\n\
+         access: [ {{ server: bench, tools: [echo], policy: policies/bench.yaml }} ]\n"
+    );
+    let files = [
+        ("servers/bench.yaml", server.as_str()),
+        ("policies/bench.yaml", policy),
+        ("grants/bench.yaml", grant.as_str()),
+    ];
+    let compiled = compile(&Files::from_memory(files)).unwrap_or_else(|d| panic!("the bench repository: {d}"));
+    let snapshot = Arc::new(compiled.snapshot);
+    let secrets = Arc::new(bind(&snapshot, &SecretSource::default()).unwrap_or_else(|e| panic!("{e:?}")));
+    let (stop, stopped) = oneshot::channel::<()>();
+    rt.block_on(async move {
+        let state = Arc::new(State::new(Config::default()));
+        state.activate(Active { snapshot, secrets });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            proxy::serve(listener, state, shutdown).await.expect("the gateway serves");
+        });
+        (addr, stop, served)
+    })
+}
+
+// --- the load generator ---
+
+/// Where a client sends its calls.
+struct Target {
+    uri: Uri,
+    bearer: Option<HeaderValue>,
+    tool: &'static str,
+}
+
+/// One client: one hyper client (one keep-alive connection, calls in sequence) in one session.
+struct Caller {
+    http: HttpClient,
+    target: Arc<Target>,
+    session: HeaderValue,
+}
+
+#[derive(Default)]
+struct Errors {
+    count: AtomicU64,
+    first: Mutex<Vec<String>>,
+}
+
+/// One path's measurement at one client count.
+#[derive(Default)]
+struct Sample {
+    /// Nanoseconds per call.
+    latencies: Vec<u64>,
+    wall: Duration,
+}
+
+struct Stats {
+    p50_ms: f64,
+    p99_ms: f64,
+    calls: usize,
+    per_sec: f64,
+}
+
+struct Row {
+    clients: usize,
+    direct: Stats,
+    gateway: Stats,
+}
+
+impl Errors {
+    fn add(&self, e: String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first.lock().unwrap();
+        if first.len() < 5 {
+            first.push(e);
+        }
+    }
+}
+
+impl Sample {
+    fn stats(&mut self) -> Stats {
+        self.latencies.sort_unstable();
+        let n = self.latencies.len();
+        let pct = |p: f64| {
+            if n == 0 {
+                return f64::NAN;
+            }
+            let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
+            self.latencies[i] as f64 / 1e6
+        };
+        Stats { p50_ms: pct(0.50), p99_ms: pct(0.99), calls: n, per_sec: n as f64 / self.wall.as_secs_f64() }
+    }
+}
+
+impl Row {
+    fn added_p50(&self) -> f64 {
+        self.gateway.p50_ms - self.direct.p50_ms
+    }
+    fn added_p99(&self) -> f64 {
+        self.gateway.p99_ms - self.direct.p99_ms
+    }
+    fn ratio(&self) -> f64 {
+        self.gateway.per_sec / self.direct.per_sec
+    }
+    fn json(&self) -> Value {
+        let stats = |s: &Stats| json!({ "p50_ms": r3(s.p50_ms), "p99_ms": r3(s.p99_ms), "calls": s.calls, "calls_per_s": r1(s.per_sec) });
+        json!({
+            "clients": self.clients,
+            "direct": stats(&self.direct),
+            "gateway": stats(&self.gateway),
+            "added_p50_ms": r3(self.added_p50()),
+            "added_p99_ms": r3(self.added_p99()),
+            "throughput_ratio": r3(self.ratio()),
+        })
+    }
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+async fn measure(
+    n: usize,
+    s: &Settings,
+    direct: &Arc<Target>,
+    gateway: &Arc<Target>,
+    expected: &Value,
+    errors: &Arc<Errors>,
+) -> Row {
+    let direct_callers = open_callers(n, direct).await;
+    let gateway_callers = open_callers(n, gateway).await;
+    let expected = Arc::new(expected.clone());
+    let warm = Duration::from_secs_f64(s.warmup);
+    run(&direct_callers, warm, &expected, errors).await;
+    run(&gateway_callers, warm, &expected, errors).await;
+    let slice = Duration::from_secs_f64(s.seconds / s.rounds as f64);
+    let (mut d, mut g) = (Sample::default(), Sample::default());
+    for _ in 0..s.rounds {
+        d.merge(run(&direct_callers, slice, &expected, errors).await);
+        g.merge(run(&gateway_callers, slice, &expected, errors).await);
+    }
+    Row { clients: n, direct: d.stats(), gateway: g.stats() }
+}
+
+impl Sample {
+    fn merge(&mut self, other: Sample) {
+        self.latencies.extend(other.latencies);
+        self.wall += other.wall;
+    }
+}
+
+/// `n` clients, each in a session of its own at `target`.
+async fn open_callers(n: usize, target: &Arc<Target>) -> Vec<Arc<Caller>> {
+    let mut callers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1).build(connector);
+        let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": { "name": "proxy_load", "version": "1" } } });
+        let resp = http.request(request(target, None, init.to_string())).await.expect("initialize");
+        assert_eq!(resp.status(), StatusCode::OK, "initialize at {}", target.uri);
+        let session = resp.headers().get("mcp-session-id").expect("an Mcp-Session-Id").clone();
+        let _ = resp.into_body().collect().await;
+        let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }).to_string();
+        let resp = http.request(request(target, Some(&session), note)).await.expect("notifications/initialized");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "notifications/initialized at {}", target.uri);
+        let _ = resp.into_body().collect().await;
+        callers.push(Arc::new(Caller { http, target: target.clone(), session }));
+    }
+    callers
+}
+
+fn request(target: &Target, session: Option<&HeaderValue>, body: String) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(Bytes::from(body)));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = target.uri.clone();
+    let h = req.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+    if let Some(b) = &target.bearer {
+        h.insert(header::AUTHORIZATION, b.clone());
+    }
+    if let Some(s) = session {
+        h.insert("mcp-session-id", s.clone());
+        h.insert("mcp-protocol-version", HeaderValue::from_static(PROTOCOL));
+    }
+    req
+}
+
+/// Every caller calls in a loop until `dur` has passed; the latencies of all calls that
+/// succeeded, and the wall time until the last one finished.
+async fn run(callers: &[Arc<Caller>], dur: Duration, expected: &Arc<Value>, errors: &Arc<Errors>) -> Sample {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let start = Instant::now();
+    let deadline = start + dur;
+    let tasks: Vec<_> = callers
+        .iter()
+        .map(|c| {
+            let (c, expected, errors) = (c.clone(), expected.clone(), errors.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(4096);
+                while Instant::now() < deadline {
+                    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                    match call(&c, id, &expected).await {
+                        Ok(ns) => lat.push(ns),
+                        Err(e) => errors.add(format!("{}: {e}", c.target.uri)),
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("a client task"));
+    }
+    Sample { latencies, wall: start.elapsed() }
+}
+
+/// One `tools/call`; its latency in nanoseconds if it was a successful echo.
+async fn call(c: &Caller, id: u64, expected: &Value) -> Result<u64, String> {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{}","arguments":{ARGS}}}}}"#,
+        c.target.tool
+    );
+    let req = request(&c.target, Some(&c.session), body);
+    let t0 = Instant::now();
+    let resp = c.http.request(req).await.map_err(|e| format!("request failed: {e}"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| format!("body failed: {e}"))?.to_bytes();
+    let ns = t0.elapsed().as_nanos() as u64;
+    if status != StatusCode::OK {
+        return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let v: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON ({e})"))?;
+    let ok = v["id"] == id
+        && v.get("error").is_none()
+        && v["result"]["isError"] != true
+        && v["result"]["content"][0]["text"].as_str().and_then(|t| serde_json::from_str::<Value>(t).ok()).as_ref()
+            == Some(expected);
+    if ok { Ok(ns) } else { Err(format!("not a successful echo: {v}")) }
+}
+
+// --- output ---
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:>7} | {:>10} {:>10} | {:>10} {:>10} | {:>10} {:>10} | {:>11} {:>11} {:>6}",
+        "clients", "direct p50", "p99", "gw p50", "p99", "added p50", "p99", "direct /s", "gateway /s", "ratio"
+    );
+    println!("{}", "-".repeat(118));
+    for r in rows {
+        println!(
+            "{:>7} | {:>8.3}ms {:>8.3}ms | {:>8.3}ms {:>8.3}ms | {:>8.3}ms {:>8.3}ms | {:>11.0} {:>11.0} {:>5.2}x",
+            r.clients,
+            r.direct.p50_ms,
+            r.direct.p99_ms,
+            r.gateway.p50_ms,
+            r.gateway.p99_ms,
+            r.added_p50(),
+            r.added_p99(),
+            r.direct.per_sec,
+            r.gateway.per_sec,
+            r.ratio()
+        );
+    }
+    println!();
+}
+
+/// (name, met, detail) for each target the rows cover.
+fn targets(rows: &[Row]) -> Vec<(String, bool, String)> {
+    let mut out = Vec::new();
+    if let Some(r) = rows.iter().find(|r| r.clients == 1) {
+        let ok = r.added_p50() <= TARGET_ADDED_P50_MS_AT_1;
+        out.push(("added p50 at 1 client <= 0.2 ms".to_string(), ok, format!("measured {:.3} ms", r.added_p50())));
+    }
+    if let Some(r) = rows.iter().find(|r| r.clients == 32) {
+        let ok = r.ratio() >= TARGET_RATIO_AT_32;
+        out.push(("throughput at 32 clients >= 0.5x direct".to_string(), ok, format!("measured {:.2}x", r.ratio())));
+    }
+    out
+}
