@@ -1,0 +1,607 @@
+#!/usr/bin/env bash
+# Interop: drive real MCP peers that nobody on the gateway team wrote through `gatehouse serve`.
+#
+#   bash scripts/interop.sh                      # what CI runs (from .ci/run)
+#   PEERS_DIR=/work/peers bash scripts/interop.sh   # reuse an installed peers dir
+#
+# Upstreams (through the gateway):  server-everything over Streamable HTTP and over legacy
+#   HTTP+SSE (started with shared/peers/start-servers.sh), server-filesystem over stdio (on a
+#   copy of the fsroot fixture), mcp-server-time over stdio.
+# Clients: the official Python SDK (shared/peers/mcp_client.py), MCP Inspector CLI 1.x (Node 20)
+#   and 2.x (Node 22, when installed), curl for the wire-level checks.
+# A temporary policy repository (git init + one commit) registers the four upstreams with
+#   supplier facts and tool categories, argument rules (deny_if contains, require path_within,
+#   require in, a rules-style rule), hidden tools and two grants with different tokens.
+#
+# Prints a PASS/FAIL line per check and, last, "N passed, M failed"; exits 1 on any failure.
+#
+# Environment:
+#   SHARED_DIR      the shared kit (default: <repo>/../shared); peers scripts in $SHARED_DIR/peers
+#   PEERS_DIR       installed peers (default: <repo>/target/interop-peers); installed with
+#                   $SHARED_DIR/peers/setup.sh when $PEERS_DIR/env.sh is missing or incomplete
+#   GATEHOUSE_BIN   gateway binary to test (default: cargo build, target/debug when it is already
+#                   built there, else cargo build --release)
+#   CLIENT_TIMEOUT  seconds allowed per client run (default 60); a hang is a failure
+#   KEEP_WORK=1     keep the temporary directory (repository, logs) even when everything passed
+#
+# Only loopback addresses are used; ports are picked free at start. Every process started here
+# (peers, gateway) is stopped on exit; the gateway's stdio children are checked to be reaped.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(git -C "$ROOT" rev-parse --show-toplevel 2>/dev/null || echo "$ROOT")
+SHARED_DIR=${SHARED_DIR:-$ROOT/../shared}
+PEERS_KIT=$SHARED_DIR/peers
+CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-60}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-interop.XXXXXX")
+WORK=$(cd "$WORK" && pwd -P)        # server-filesystem compares real paths
+LOGS=$WORK/logs
+mkdir -p "$LOGS" "$WORK/home"
+CLIENT_LOG=$LOGS/clients.log
+GW_LOG=$LOGS/gateway.log
+T0=$(date +%s)
+
+PASS=0; FAIL=0
+GW_PID=""; GW_CHILDREN=""; RUN=""
+
+# --- reporting -------------------------------------------------------------------------------
+
+result() {  # result NAME WHY [OUTPUT]   (WHY empty: pass)
+  if [ -z "$2" ]; then
+    PASS=$((PASS + 1)); echo "PASS  $1"
+  else
+    FAIL=$((FAIL + 1)); echo "FAIL  $1: $2"
+    if [ -n "${3:-}" ]; then printf '%s\n' "$3" | tail -n 25 | sed 's/^/        | /'; fi
+  fi
+}
+
+# check NAME [--rc 0|fail] [--has S]... [--lacks S]... -- CMD...
+# Runs CMD (stdin closed, CLIENT_TIMEOUT), then checks its exit status and its combined output.
+check() {
+  local name=$1; shift
+  local want=0 has=() lacks=() out rc why="" p
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    case $1 in
+      --rc) want=$2; shift 2 ;;
+      --has) has+=("$2"); shift 2 ;;
+      --lacks) lacks+=("$2"); shift 2 ;;
+      *) echo "check: unknown option $1" >&2; return 2 ;;
+    esac
+  done
+  shift
+  out=$(timeout -k 5 "$CLIENT_TIMEOUT" "$@" </dev/null 2>&1); rc=$?
+  { echo "=== $name"; printf '$'; printf ' %q' "$@"; echo; printf '%s\n' "$out"; echo "(exit $rc)"; } >>"$CLIENT_LOG"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then why="no answer within ${CLIENT_TIMEOUT}s (killed)"
+  elif [ "$want" = fail ] && [ $rc -eq 0 ]; then why="expected a non-zero exit, got 0"
+  elif [ "$want" != fail ] && [ $rc -ne "$want" ]; then why="exit $rc, expected $want"
+  fi
+  for p in ${has[@]+"${has[@]}"}; do [[ $out == *"$p"* ]] || why+="${why:+; }missing: $p"; done
+  for p in ${lacks[@]+"${lacks[@]}"}; do [[ $out != *"$p"* ]] || why+="${why:+; }unexpected: $p"; done
+  result "$name" "$why" "$out"
+}
+
+# http_check NAME STATUS [--header-has S] [--body-has S] -- CURL_ARGS...
+http_check() {
+  local name=$1 want=$2; shift 2
+  local hh=() bh=() code why="" p
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    case $1 in
+      --header-has) hh+=("$2"); shift 2 ;;
+      --body-has) bh+=("$2"); shift 2 ;;
+      *) echo "http_check: unknown option $1" >&2; return 2 ;;
+    esac
+  done
+  shift
+  code=$(curl -sS --max-time 20 -o "$WORK/http.body" -D "$WORK/http.head" -w '%{http_code}' "$@" 2>"$WORK/http.err") || true
+  local head body; head=$(tr -d '\r' <"$WORK/http.head" 2>/dev/null); body=$(cat "$WORK/http.body" 2>/dev/null)
+  { echo "=== $name"; printf '$ curl'; printf ' %q' "$@"; echo; echo "$head"; echo "$body"; cat "$WORK/http.err"; } >>"$CLIENT_LOG"
+  [ "$code" = "$want" ] || why="HTTP $code, expected $want"
+  for p in ${hh[@]+"${hh[@]}"}; do [[ ${head,,} == *"${p,,}"* ]] || why+="${why:+; }header missing: $p"; done
+  for p in ${bh[@]+"${bh[@]}"}; do [[ $body == *"$p"* ]] || why+="${why:+; }body missing: $p"; done
+  result "$name" "$why" "$(printf '%s\n%s\n%s' "$head" "$body" "$(cat "$WORK/http.err")")"
+}
+
+finish() {  # prints the summary last and exits
+  local secs=$(( $(date +%s) - T0 ))
+  if [ "$FAIL" -gt 0 ]; then
+    if [ -s "$GW_LOG" ]; then
+      echo "---- gateway log ($GW_LOG, last 80 lines)"
+      tail -n 80 "$GW_LOG" | sed 's/^/    /'
+    fi
+    echo "---- logs kept in $LOGS (clients.log has every client's full output)"
+  fi
+  echo "interop took ${secs}s"
+  echo "$PASS passed, $FAIL failed"
+  [ "$FAIL" -eq 0 ] && exit 0 || exit 1
+}
+
+fatal() {  # a set-up step failed: nothing else can run
+  result "set-up: $1" "${2:-failed}" "${3:-}"
+  finish
+}
+
+cleanup() {
+  set +e
+  if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
+    GW_CHILDREN="$GW_CHILDREN $(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr '\n' ' ')"
+    kill -TERM "$GW_PID" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$GW_PID" 2>/dev/null
+  fi
+  for c in $GW_CHILDREN; do kill -KILL "$c" 2>/dev/null; done
+  if [ -n "$RUN" ]; then bash "$PEERS_KIT/stop-servers.sh" "$RUN" >>"$LOGS/cleanup.log" 2>&1; fi
+  if [ "$FAIL" -eq 0 ] && [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "interop: work dir $WORK"
+
+# --- peers -----------------------------------------------------------------------------------
+
+[ -f "$PEERS_KIT/setup.sh" ] || fatal "shared peers kit" "not found at $PEERS_KIT (set SHARED_DIR)"
+PEERS_DIR=${PEERS_DIR:-$ROOT/target/interop-peers}
+peers_complete() {
+  [ -f "$PEERS_DIR/env.sh" ] || return 1
+  ( source "$PEERS_DIR/env.sh"
+    for f in "$PEERS_PY" "$PEERS_EVERYTHING_JS" "$PEERS_FILESYSTEM_JS" "$PEERS_INSPECTOR1" \
+             "$PEERS_DIR/venv/bin/mcp-server-time" "$PEERS_DIR/fsroot/hello.txt"; do
+      [ -e "$f" ] || exit 1
+    done )
+}
+if ! peers_complete; then
+  echo "interop: installing peers into $PEERS_DIR (log: $LOGS/setup.log)"
+  mkdir -p "$PEERS_DIR"
+  bash "$PEERS_KIT/setup.sh" "$PEERS_DIR" >"$LOGS/setup.log" 2>&1 \
+    || fatal "install peers (setup.sh)" "exit $?" "$(tail -n 30 "$LOGS/setup.log")"
+  peers_complete || fatal "install peers" "setup.sh finished but files are missing in $PEERS_DIR"
+fi
+PEERS_DIR=$(cd "$PEERS_DIR" && pwd -P)
+# shellcheck disable=SC1091
+source "$PEERS_DIR/env.sh"
+CLIENT_PY=$PEERS_KIT/mcp_client.py
+[ -f "$CLIENT_PY" ] || CLIENT_PY=$PEERS_CLIENT
+PY=(env HOME="$WORK/home" "$PEERS_PY" "$CLIENT_PY")
+INSP1=(env HOME="$WORK/home" "$PEERS_INSPECTOR1" --cli)
+INSP2=()
+if [ -x "${PEERS_INSPECTOR2:-}" ] && [ -x "${PEERS_NODE22:-}" ]; then
+  INSP2=(env HOME="$WORK/home" MCP_CATALOG_PATH="$WORK/home/inspector-catalog.json"
+         PATH="$(dirname "$PEERS_NODE22"):$PATH" "$PEERS_INSPECTOR2" --cli)
+fi
+NODE=$(command -v node) || fatal "node" "node is not on PATH"
+
+# --- gateway binary --------------------------------------------------------------------------
+
+if [ -n "${GATEHOUSE_BIN:-}" ]; then
+  BIN=$GATEHOUSE_BIN
+else
+  if [ -x "$ROOT/target/debug/gatehouse" ]; then PROFILE=debug; FLAG=(); else PROFILE=release; FLAG=(--release); fi
+  echo "interop: cargo build ${FLAG[*]:-} (log: $LOGS/build.log)"
+  ( cd "$ROOT" && cargo build ${FLAG[@]+"${FLAG[@]}"} --bin gatehouse ) >"$LOGS/build.log" 2>&1 \
+    || fatal "build gatehouse" "cargo build failed" "$(tail -n 30 "$LOGS/build.log")"
+  BIN=$ROOT/target/$PROFILE/gatehouse
+fi
+[ -x "$BIN" ] || fatal "gateway binary" "$BIN is not executable"
+echo "interop: gateway $BIN"
+
+# --- ports and upstream peers ----------------------------------------------------------------
+
+read -r GW_PORT HTTP_PORT SSE_PORT WWW_PORT < <(python3 - <<'EOF'
+import socket
+socks = []
+for _ in range(4):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()
+EOF
+) || fatal "pick ports"
+GW=http://127.0.0.1:$GW_PORT
+
+# start-servers.sh keeps its pid files in DIR/logs: give it a private DIR so that peers a
+# developer already runs from $PEERS_DIR are neither reused nor stopped.
+RUN=$WORK/peers-run
+mkdir -p "$RUN/logs" "$RUN/www"
+echo "source '$PEERS_DIR/env.sh'" >"$RUN/env.sh"
+EVERYTHING_HTTP_PORT=$HTTP_PORT EVERYTHING_SSE_PORT=$SSE_PORT WWW_PORT=$WWW_PORT \
+  bash "$PEERS_KIT/start-servers.sh" "$RUN" >"$LOGS/start-servers.log" 2>&1 \
+  || fatal "start peers (start-servers.sh)" "exit $?" "$(cat "$LOGS/start-servers.log"; tail -n 20 "$RUN"/logs/*.log)"
+echo "interop: server-everything on :$HTTP_PORT (streamable http) and :$SSE_PORT (sse)"
+
+# Fixture: a private copy of setup.sh's fsroot, and a file beside it that must stay unreadable.
+FSROOT=$WORK/fsroot
+cp -R "$PEERS_DIR/fsroot" "$FSROOT"
+SECRET_WORD="outside-the-sandbox-$RANDOM$RANDOM"
+echo "$SECRET_WORD" >"$WORK/outside.txt"
+
+# --- the policy repository -------------------------------------------------------------------
+
+tok() { "$PEERS_PY" -c 'import secrets; print("ghi-" + secrets.token_hex(20))'; }
+sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+OPS_TOKEN=$(tok); AGENT_TOKEN=$(tok); EXPIRED_TOKEN=$(tok); BAD_TOKEN=$(tok)
+TODAY=$(date -u +%F); NEXT_YEAR=$(date -u -d '+365 days' +%F)
+REPO=$WORK/policy-repo
+mkdir -p "$REPO"/{servers,policies,grants,tests}
+SUPPLIER="supplier:
+  operated_by: external
+  vendor: Model Context Protocol project (reference servers)
+  risk: low
+  data: [test-fixtures]
+  reviewed: { on: $TODAY, by: interop@example.com }"
+
+cat >"$REPO/gatehouse.yaml" <<EOF
+version: "1"
+EOF
+cat >"$REPO/servers/everything.yaml" <<EOF
+name: everything
+description: server-everything over Streamable HTTP
+transport: streamable-http
+url: http://127.0.0.1:$HTTP_PORT/mcp
+credentials:
+  headers: { X-Interop-Key: "\${secret:everything-key}" }
+policy: policies/everything-baseline.yaml
+timeout: 20s
+$SUPPLIER
+tools:
+  echo:    { category: read }
+  get-sum: { category: read }
+  get-env: { category: read }
+EOF
+cat >"$REPO/servers/everything-sse.yaml" <<EOF
+name: everything-sse
+description: server-everything over the legacy HTTP+SSE transport (2024-11-05)
+transport: sse
+url: http://127.0.0.1:$SSE_PORT/sse
+policy: policies/everything-baseline.yaml
+timeout: 20s
+$SUPPLIER
+tools:
+  echo:    { category: read }
+  get-env: { category: read }
+EOF
+cat >"$REPO/servers/files.yaml" <<EOF
+name: files
+description: server-filesystem over stdio, confined to the interop fixture
+transport: stdio
+command: [$NODE, $PEERS_FILESYSTEM_JS, $FSROOT]
+policy: policies/files-sandbox.yaml
+timeout: 20s
+$SUPPLIER
+tools:
+  read_text_file: { category: read }
+  list_directory: { category: read }
+  write_file:     { category: destructive }
+  edit_file:      { category: destructive }
+  move_file:      { category: destructive }
+EOF
+cat >"$REPO/servers/time.yaml" <<EOF
+name: time
+description: mcp-server-time over stdio
+transport: stdio
+command: [$PEERS_DIR/venv/bin/mcp-server-time, --local-timezone, UTC]
+timeout: 20s
+$SUPPLIER
+tools:
+  get_current_time: { category: read }
+  convert_time:     { category: read }
+EOF
+cat >"$REPO/policies/everything-baseline.yaml" <<'EOF'
+# Baseline for both server-everything registrations.
+version: "1"
+default: allow
+hide: [get-env]                     # it would print the server's environment
+tools:
+  echo:
+    deny_if:
+      - name: no passwords in echo
+        message: echo may not carry the word password
+        conditions: [ { path: args.message, op: contains, value: password } ]
+EOF
+cat >"$REPO/policies/files-sandbox.yaml" <<EOF
+# Baseline for the filesystem server: every path must stay inside the fixture.
+version: "1"
+default: deny
+hide: [move_file]
+tools:
+  list_allowed_directories: {}
+  read_text_file:
+    require:
+      - { path: args.path, op: path_within, value: [$FSROOT] }
+  list_directory:
+    require:
+      - { path: args.path, op: path_within, value: [$FSROOT] }
+  write_file:
+    require:
+      - { path: args.path, op: path_within, value: [$FSROOT] }
+EOF
+cat >"$REPO/policies/time-zones.yaml" <<'EOF'
+# Approved time zones (seed style for get_current_time, rules style for convert_time).
+version: "1"
+default: deny
+tools:
+  get_current_time:
+    require:
+      - { path: args.timezone, op: in, value: [UTC, Europe/Paris, Asia/Tokyo] }
+  convert_time:
+    rules:
+      - name: approved target zone
+        conditions: [ { path: args.target_timezone, op: in, value: [UTC, Europe/Paris, Asia/Tokyo] } ]
+        on_deny: Only UTC, Europe/Paris and Asia/Tokyo
+EOF
+cat >"$REPO/grants/ops.yaml" <<EOF
+identity: ops@example.com
+kind: human
+tokens:
+  - { sha256: $(sha "$OPS_TOKEN"), issued: $TODAY, expires: $NEXT_YEAR }
+access:
+  - { server: everything, tools: "*" }
+  - { server: everything-sse, tools: "*" }
+  - { server: files, tools: "*" }
+  - { server: time, tools: "*", policy: policies/time-zones.yaml }
+review: { on: $TODAY, by: interop@example.com }
+EOF
+cat >"$REPO/grants/agent.yaml" <<EOF
+identity: interop-agent
+kind: agent
+owner: ops@example.com
+tokens:
+  - { sha256: $(sha "$AGENT_TOKEN"), issued: $TODAY, expires: $NEXT_YEAR }
+  - { sha256: $(sha "$EXPIRED_TOKEN"), issued: 2025-01-01, expires: 2025-06-01 }
+access:
+  - { server: everything, tools: [echo, get-sum] }
+  - { server: files, tools: [read_text_file, list_directory, list_allowed_directories] }
+  - { server: time, tools: [get_current_time], policy: policies/time-zones.yaml }
+review: { on: $TODAY, by: interop@example.com }
+EOF
+cat >"$REPO/tests/interop.yaml" <<EOF
+cases:
+  - { name: echo is allowed, identity: interop-agent, server: everything, tool: echo, args: { message: hi }, expect: allow }
+  - { name: echo of a password is denied, identity: ops, server: everything-sse, tool: echo, args: { message: my password }, expect: deny, rule: echo }
+  - { name: get-env is hidden, identity: ops, server: everything, tool: get-env, expect: deny, rule: hide }
+  - { name: traversal is denied, identity: interop-agent, server: files, tool: read_text_file, args: { path: "$FSROOT/../outside.txt" }, expect: deny, rule: read_text_file/require/0 }
+  - { name: the agent may not write, identity: interop-agent, server: files, tool: write_file, args: { path: "$FSROOT/x" }, expect: deny }
+  - { name: an unapproved zone is denied, identity: ops, server: time, tool: get_current_time, args: { timezone: America/New_York }, expect: deny, rule: get_current_time/require/0 }
+EOF
+mkdir -p "$WORK/secrets"
+printf '%s' "interop-upstream-key-$RANDOM" >"$WORK/secrets/everything-key"
+( cd "$REPO" && git init -q && git config user.name interop && git config user.email interop@example.invalid \
+  && git config commit.gpgsign false && git add -A && git commit -q -m "interop policy repository" ) \
+  || fatal "policy repository" "git init/commit failed"
+COMMIT=$(git -C "$REPO" rev-parse HEAD); SHORT=${COMMIT:0:12}
+
+echo "== policy repository"
+check "gatehouse check accepts the interop repository" --has "ok:" -- "$BIN" check --repo "$REPO" --rev HEAD
+check "gatehouse test passes the interop repository's cases" --has "6 passed, 0 failed" -- "$BIN" test --repo "$REPO" --rev HEAD
+
+# --- the gateway -----------------------------------------------------------------------------
+
+RUST_LOG=${RUST_LOG:-info,hyper=warn,gatehouse=debug} "$BIN" serve --repo "$REPO" --listen "127.0.0.1:$GW_PORT" \
+  --data-dir "$WORK/data" --secrets-dir "$WORK/secrets" >"$GW_LOG" 2>&1 &
+GW_PID=$!
+ready=""
+for _ in $(seq 1 150); do
+  kill -0 "$GW_PID" 2>/dev/null || break
+  if curl -fsS --max-time 2 "$GW/readyz" >"$WORK/readyz" 2>/dev/null; then ready=1; break; fi
+  sleep 0.2
+done
+[ -n "$ready" ] || fatal "gateway ready" "/readyz never answered 200 (process $(kill -0 "$GW_PID" 2>/dev/null && echo alive || echo exited))"
+echo "interop: gateway ready on $GW ($(cat "$WORK/readyz"))"
+
+echo "== operations endpoints and authentication (curl)"
+http_check "/readyz names the policy commit" 200 --body-has "$SHORT" -- "$GW/readyz"
+http_check "/healthz needs no token" 200 -- "$GW/healthz"
+http_check "/status lists the four upstreams" 200 --body-has '"everything-sse"' --body-has '"stdio"' --body-has '"sse"' -- "$GW/status"
+INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}'
+H=(-H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream')
+http_check "curl: no token on /mcp gives 401 + WWW-Authenticate: Bearer" 401 --header-has "www-authenticate: Bearer" \
+  -- -X POST "${H[@]}" --data-binary "$INIT" "$GW/mcp"
+http_check "curl: unknown token on /mcp gives 401 invalid_token" 401 --header-has 'error="invalid_token"' \
+  -- -X POST "${H[@]}" -H "Authorization: Bearer $BAD_TOKEN" --data-binary "$INIT" "$GW/mcp"
+http_check "curl: expired token gives 401" 401 --body-has "expired" \
+  -- -X POST "${H[@]}" -H "Authorization: Bearer $EXPIRED_TOKEN" --data-binary "$INIT" "$GW/mcp"
+for s in everything everything-sse files time; do
+  http_check "curl: unknown token on /mcp/$s gives 401" 401 --header-has "www-authenticate: Bearer" \
+    -- -X POST "${H[@]}" -H "Authorization: Bearer $BAD_TOKEN" --data-binary "$INIT" "$GW/mcp/$s"
+done
+http_check "curl: the narrow grant cannot open /mcp/everything-sse (404)" 404 \
+  -- -X POST "${H[@]}" -H "Authorization: Bearer $AGENT_TOKEN" --data-binary "$INIT" "$GW/mcp/everything-sse"
+
+# Raw wire: one session, the exact denial and unknown-tool shapes of DESIGN.md §3.
+wire() {  # wire TOKEN SESSION BODY [PATH] -> prints body
+  curl -sS --max-time 30 -X POST "${H[@]}" -H "Authorization: Bearer $1" -H "MCP-Protocol-Version: 2025-11-25" \
+    ${2:+-H "Mcp-Session-Id: $2"} --data-binary "$3" "$GW${4:-/mcp}"
+}
+SID=$(curl -sS --max-time 30 -D - -o /dev/null -X POST "${H[@]}" -H "Authorization: Bearer $OPS_TOKEN" \
+  --data-binary "$INIT" "$GW/mcp" | tr -d '\r' | awk 'tolower($1)=="mcp-session-id:"{print $2}')
+result "curl: initialize returns an Mcp-Session-Id" "$([ -n "$SID" ] || echo "no session id header")"
+wire "$OPS_TOKEN" "$SID" '{"jsonrpc":"2.0","method":"notifications/initialized"}' >/dev/null
+jcheck() {  # jcheck NAME JSON PYTHON_EXPR(j)
+  local why
+  why=$(printf '%s' "$2" | "$PEERS_PY" -c "import json,sys
+try:
+    j = json.loads(sys.stdin.read())
+except Exception as e:
+    print('not JSON: %s' % e); sys.exit()
+ok = $3
+print('' if ok else 'unexpected response')")
+  { echo "=== $1"; echo "$2"; } >>"$CLIENT_LOG"
+  result "$1" "$why" "$2"
+}
+R=$(wire "$OPS_TOKEN" "$SID" '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"everything__echo","arguments":{"message":"the password is swordfish"}}}')
+jcheck "curl: a denial is result.isError with 'denied by policy: … (rule …, commit $SHORT)'" "$R" \
+  "j.get('id') == 7 and j['result']['isError'] is True and j['result']['content'][0]['text'].startswith('denied by policy: echo may not carry the word password (rule ') and 'commit $SHORT)' in j['result']['content'][0]['text']"
+R=$(wire "$OPS_TOKEN" "$SID" '{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"everything__no-such-tool","arguments":{}}}')
+jcheck "curl: an unknown tool is JSON-RPC error -32602 'Unknown tool: everything__no-such-tool'" "$R" \
+  "j['error']['code'] == -32602 and j['error']['message'] == 'Unknown tool: everything__no-such-tool'"
+R=$(wire "$OPS_TOKEN" "$SID" '{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"everything__get-sum","arguments":{"a":20,"b":22}}}')
+jcheck "curl: an allowed call returns the upstream's result" "$R" "'sum of 20 and 22 is 42' in json.dumps(j['result'])"
+http_check "curl: a session is refused with another grant's token (404)" 404 \
+  -- -X POST "${H[@]}" -H "Authorization: Bearer $AGENT_TOKEN" -H "Mcp-Session-Id: $SID" -H "MCP-Protocol-Version: 2025-11-25" \
+  --data-binary '{"jsonrpc":"2.0","id":10,"method":"tools/list"}' "$GW/mcp"
+http_check "curl: DELETE ends the session" 204 -- -X DELETE -H "Authorization: Bearer $OPS_TOKEN" -H "Mcp-Session-Id: $SID" "$GW/mcp"
+
+# --- upstream by upstream, Python SDK client ---------------------------------------------------
+
+OPS=(--url "$GW/mcp" --token "$OPS_TOKEN")
+AGENT=(--url "$GW/mcp" --token "$AGENT_TOKEN")
+DENIED="denied by policy"
+
+echo "== Streamable HTTP upstream (server-everything), Python SDK"
+check "py-sdk tools/list: everything__* listed, hidden get-env absent" \
+  --has "  - everything__echo  " --has "  - everything__get-sum  " --has "  - everything__get-tiny-image  " --lacks "everything__get-env" \
+  -- "${PY[@]}" "${OPS[@]}"
+check "py-sdk allowed call returns the upstream's result" --has '"Echo: hello through gatehouse"' --has "isError=False" \
+  -- "${PY[@]}" "${OPS[@]}" --call everything__echo --args '{"message":"hello through gatehouse"}'
+check "py-sdk deny_if (echo contains 'password') is an isError denial with the rule id" \
+  --has "isError=True" --has "$DENIED" --has "policies/everything-baseline.yaml#/tools/echo/deny_if/" --lacks "Echo:" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything__echo --args '{"message":"my password is swordfish"}'
+check "py-sdk hidden tool call is Unknown tool" --has "code=-32602" --has "Unknown tool: everything__get-env" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything__get-env
+check "py-sdk nonexistent tool is Unknown tool" --has "code=-32602" --has "Unknown tool: everything__no-such-tool" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything__no-such-tool
+check "py-sdk with a bad token fails to connect (401)" --rc fail --has "401" --lacks "# tools (" \
+  -- "${PY[@]}" --url "$GW/mcp" --token "$BAD_TOKEN"
+check "py-sdk narrow grant: only granted tools listed" \
+  --has "  - everything__echo  " --has "  - everything__get-sum  " --has "  - files__read_text_file  " --has "  - time__get_current_time  " \
+  --lacks "everything__get-tiny-image" --lacks "everything__get-env" --lacks "everything-sse__" --lacks "files__write_file" --lacks "time__convert_time" \
+  -- "${PY[@]}" "${AGENT[@]}"
+check "py-sdk narrow grant: an ungranted tool is Unknown tool" --has "Unknown tool: everything__get-tiny-image" \
+  -- "${PY[@]}" "${AGENT[@]}" --expect-error --call everything__get-tiny-image
+check "py-sdk narrow grant: allowed call" --has "sum of 2 and 3 is 5" \
+  -- "${PY[@]}" "${AGENT[@]}" --call everything__get-sum --args '{"a":2,"b":3}'
+check "py-sdk --mode auto (server/discover probe, falls back to initialize)" --has "sum of 4 and 4 is 8" \
+  -- "${PY[@]}" "${OPS[@]}" --mode auto --call everything__get-sum --args '{"a":4,"b":4}'
+
+echo "== legacy SSE upstream (server-everything), Python SDK"
+check "py-sdk tools/list: everything-sse__* listed, hidden get-env absent" \
+  --has "  - everything-sse__echo  " --has "  - everything-sse__get-sum  " --lacks "everything-sse__get-env" \
+  -- "${PY[@]}" "${OPS[@]}"
+check "py-sdk allowed call over SSE returns the upstream's result" --has '"Echo: hello over sse"' --has "isError=False" \
+  -- "${PY[@]}" "${OPS[@]}" --call everything-sse__echo --args '{"message":"hello over sse"}'
+check "py-sdk deny_if over SSE is an isError denial with the rule id" \
+  --has "isError=True" --has "$DENIED" --has "policies/everything-baseline.yaml#/tools/echo/deny_if/" --lacks "Echo:" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything-sse__echo --args '{"message":"password"}'
+check "py-sdk SSE: hidden tool call is Unknown tool" --has "Unknown tool: everything-sse__get-env" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything-sse__get-env
+check "py-sdk SSE: nonexistent tool is Unknown tool" --has "Unknown tool: everything-sse__nope" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything-sse__nope
+check "py-sdk narrow grant: SSE server not reachable (Unknown tool)" --has "Unknown tool: everything-sse__echo" \
+  -- "${PY[@]}" "${AGENT[@]}" --expect-error --call everything-sse__echo --args '{"message":"x"}'
+
+echo "== stdio upstream (server-filesystem), Python SDK"
+check "py-sdk tools/list: files__* listed, hidden move_file and unlisted tools absent" \
+  --has "  - files__read_text_file  " --has "  - files__write_file  " --has "  - files__list_directory  " \
+  --lacks "files__move_file" --lacks "files__read_media_file" --lacks "files__edit_file" \
+  -- "${PY[@]}" "${OPS[@]}"
+check "py-sdk read inside the fixture returns the file" --has "hello from fsroot" --has "isError=False" \
+  -- "${PY[@]}" "${AGENT[@]}" --call files__read_text_file --args "{\"path\":\"$FSROOT/hello.txt\"}"
+check "py-sdk path_within denies /etc/passwd with the rule id" \
+  --has "$DENIED" --has "policies/files-sandbox.yaml#/tools/read_text_file/require/0" --lacks "root:" \
+  -- "${PY[@]}" "${AGENT[@]}" --expect-error --call files__read_text_file --args '{"path":"/etc/passwd"}'
+for p in "$FSROOT/../outside.txt" "$FSROOT/sub/../../outside.txt" "$FSROOT/%2e%2e/outside.txt" "$FSROOT/./../outside.txt"; do
+  check "py-sdk path traversal denied by the gateway: $(basename "$(dirname "$p")")/$(basename "$p")" \
+    --has "$DENIED" --has "read_text_file/require/0" --lacks "$SECRET_WORD" \
+    -- "${PY[@]}" "${AGENT[@]}" --expect-error --call files__read_text_file --args "{\"path\":\"$p\"}"
+done
+check "py-sdk write_file (destructive) allowed to the wide grant inside the fixture" --has "isError=False" \
+  -- "${PY[@]}" "${OPS[@]}" --call files__write_file --args "{\"path\":\"$FSROOT/written.txt\",\"content\":\"written via gatehouse\"}"
+check "py-sdk the written file reads back" --has "written via gatehouse" \
+  -- "${PY[@]}" "${AGENT[@]}" --call files__read_text_file --args "{\"path\":\"$FSROOT/written.txt\"}"
+check "py-sdk write_file outside the fixture denied" --has "$DENIED" --has "write_file/require/0" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call files__write_file --args "{\"path\":\"$WORK/evil.txt\",\"content\":\"x\"}"
+result "the denied write left no file" "$([ ! -e "$WORK/evil.txt" ] || echo "$WORK/evil.txt exists")"
+check "py-sdk narrow grant: write_file is Unknown tool" --has "Unknown tool: files__write_file" \
+  -- "${PY[@]}" "${AGENT[@]}" --expect-error --call files__write_file --args "{\"path\":\"$FSROOT/a.txt\",\"content\":\"x\"}"
+check "py-sdk hidden move_file is Unknown tool" --has "Unknown tool: files__move_file" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call files__move_file --args "{\"source\":\"$FSROOT/hello.txt\",\"destination\":\"$FSROOT/moved.txt\"}"
+check "py-sdk nonexistent files tool is Unknown tool" --has "Unknown tool: files__nope" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call files__nope
+
+echo "== stdio upstream (mcp-server-time), Python SDK"
+check "py-sdk tools/list: time__* listed" --has "  - time__get_current_time  " --has "  - time__convert_time  " \
+  -- "${PY[@]}" "${OPS[@]}"
+check "py-sdk allowed call returns the upstream's result" --has '"timezone": "UTC"' --has "isError=False" \
+  -- "${PY[@]}" "${AGENT[@]}" --call time__get_current_time --args '{"timezone":"UTC"}'
+check "py-sdk 'in' requirement denies America/New_York with the rule id" \
+  --has "$DENIED" --has "policies/time-zones.yaml#/tools/get_current_time/require/0" --lacks '"timezone": "America' \
+  -- "${PY[@]}" "${AGENT[@]}" --expect-error --call time__get_current_time --args '{"timezone":"America/New_York"}'
+check "py-sdk rules-style rule denies convert_time to an unapproved zone" \
+  --has "$DENIED" --has "Only UTC, Europe/Paris and Asia/Tokyo" --has "approved target zone" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call time__convert_time --args '{"source_timezone":"UTC","time":"12:00","target_timezone":"America/New_York"}'
+check "py-sdk rules-style rule allows convert_time to an approved zone" --has "Asia/Tokyo" --has "isError=False" \
+  -- "${PY[@]}" "${OPS[@]}" --call time__convert_time --args '{"source_timezone":"UTC","time":"12:00","target_timezone":"Asia/Tokyo"}'
+check "py-sdk nonexistent time tool is Unknown tool" --has "Unknown tool: time__nope" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call time__nope
+
+echo "== /mcp/<server> endpoints, Python SDK"
+check "py-sdk /mcp/files lists unprefixed names" --has "  - read_text_file  " --lacks "files__" --lacks "move_file" \
+  -- "${PY[@]}" --url "$GW/mcp/files" --token "$AGENT_TOKEN" --call read_text_file --args "{\"path\":\"$FSROOT/hello.txt\"}"
+check "py-sdk /mcp/files traversal denied" --has "$DENIED" --lacks "$SECRET_WORD" \
+  -- "${PY[@]}" --url "$GW/mcp/files" --token "$AGENT_TOKEN" --expect-error --call read_text_file --args "{\"path\":\"$FSROOT/../outside.txt\"}"
+check "py-sdk /mcp/everything call" --has '"Echo: single server"' --lacks "everything__" --lacks "  - get-env  " \
+  -- "${PY[@]}" --url "$GW/mcp/everything" --token "$OPS_TOKEN" --call echo --args '{"message":"single server"}'
+check "py-sdk /mcp/everything-sse denial" --has "$DENIED" \
+  -- "${PY[@]}" --url "$GW/mcp/everything-sse" --token "$OPS_TOKEN" --expect-error --call echo --args '{"message":"password"}'
+check "py-sdk /mcp/time call" --has '"timezone": "Europe/Paris"' --lacks "time__" \
+  -- "${PY[@]}" --url "$GW/mcp/time" --token "$AGENT_TOKEN" --call get_current_time --args '{"timezone":"Europe/Paris"}'
+check "py-sdk /mcp/time with a bad token fails (401)" --rc fail --has "401" \
+  -- "${PY[@]}" --url "$GW/mcp/time" --token "$BAD_TOKEN"
+
+# --- MCP Inspector CLI -----------------------------------------------------------------------
+
+inspector_suite() {  # inspector_suite LABEL CMD...
+  local label=$1; shift
+  local A=(--transport http --header "Authorization: Bearer $OPS_TOKEN")
+  check "$label tools/list over /mcp" --has '"everything__echo"' --has '"everything-sse__echo"' --has '"files__read_text_file"' \
+    --has '"time__get_current_time"' --lacks '"everything__get-env"' --lacks '"files__move_file"' \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/list
+  check "$label call via Streamable HTTP upstream" --has "sum of 4 and 5 is 9" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name everything__get-sum --tool-arg a=4 b=5
+  check "$label call via SSE upstream" --has "Echo: via sse" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name everything-sse__echo --tool-arg "message=via sse"
+  check "$label call via stdio upstream (filesystem)" --has "hello from fsroot" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name files__read_text_file --tool-arg "path=$FSROOT/hello.txt"
+  check "$label call via stdio upstream (time)" --has "Asia/Tokyo" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name time__get_current_time --tool-arg timezone=Asia/Tokyo
+  check "$label deny_if denial shows 'denied by policy' and the rule id" --has "$DENIED" --has "echo/deny_if/" --has "isError" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name everything__echo --tool-arg "message=password"
+  check "$label path traversal denied" --has "$DENIED" --has "read_text_file/require/0" --lacks "$SECRET_WORD" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name files__read_text_file --tool-arg "path=$FSROOT/../outside.txt"
+  check "$label time zone 'in' denial" --has "$DENIED" --has "get_current_time/require/0" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name time__get_current_time --tool-arg timezone=America/New_York
+  check "$label unknown tool is an error" --rc fail --has "Unknown tool: everything__no-such-tool" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name everything__no-such-tool
+  check "$label bad token fails (401)" --rc fail --has "401" --lacks '"everything__echo"' \
+    -- "$@" "$GW/mcp" --transport http --header "Authorization: Bearer $BAD_TOKEN" --method tools/list
+  check "$label /mcp/time (single server)" --has '"get_current_time"' --lacks "time__" \
+    -- "$@" "$GW/mcp/time" --transport http --header "Authorization: Bearer $AGENT_TOKEN" --method tools/list
+}
+
+echo "== MCP Inspector CLI $(node -e "console.log(require('$PEERS_DIR/inspector/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $(node --version))"
+inspector_suite "inspector 1.x" "${INSP1[@]}"
+if [ ${#INSP2[@]} -gt 0 ]; then
+  echo "== MCP Inspector CLI $("$PEERS_NODE22" -e "console.log(require('$PEERS_DIR/inspector2/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $("$PEERS_NODE22" --version))"
+  inspector_suite "inspector 2.x" "${INSP2[@]}"
+else
+  echo "(inspector 2.x not installed in $PEERS_DIR: skipped)"
+fi
+
+# --- shutdown --------------------------------------------------------------------------------
+
+echo "== gateway shutdown"
+GW_CHILDREN=$(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr '\n' ' ')
+nchildren=$(echo "$GW_CHILDREN" | wc -w)
+result "the gateway runs its stdio upstreams as children ($nchildren)" "$([ "$nchildren" -ge 2 ] || echo "expected >= 2 stdio children, found $nchildren")"
+kill -TERM "$GW_PID"
+stopped=""
+for _ in $(seq 1 75); do kill -0 "$GW_PID" 2>/dev/null || { stopped=1; break; }; sleep 0.2; done
+wait "$GW_PID" 2>/dev/null; GW_RC=$?
+result "SIGTERM stops the gateway within 15 s (exit 0)" \
+  "$([ -n "$stopped" ] || echo "still running after 15 s"; [ -z "$stopped" ] || [ "$GW_RC" -eq 0 ] || echo "exit $GW_RC")"
+[ -n "$stopped" ] && GW_PID=""
+sleep 0.5
+left=""; for c in $GW_CHILDREN; do kill -0 "$c" 2>/dev/null && left+=" $c($(ps -o comm= -p "$c"))"; done
+result "stdio children are gone after shutdown" "$([ -z "$left" ] || echo "still running:$left")"
+result "the gateway log has no panic" "$(! grep -n -i -m3 'panicked' "$GW_LOG" || true)"
+
+finish
