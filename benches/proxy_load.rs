@@ -36,15 +36,18 @@
 //! | `LOAD_CLIENTS` | 1,32 | client counts |
 //! | `LOAD_THREADS` | cores | worker threads of each of the three runtimes |
 //! | `LOAD_LOG` | 0 | 1: install the daemon's log subscriber (`info,hyper=warn`) writing to a sink |
+//! | `LOAD_ALLOCS` | 0 | 1: count heap allocations per call in each part (slows every part a little) |
 //! | `LOAD_ENFORCE` | 0 | 1: exit 3 when a target is missed |
 //!
 //! Output: a table, then one line `RESULT {json}` with the same numbers (milliseconds, calls/s).
 //! Run with `scripts/load` (or `cargo bench --bench proxy_load`).
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +87,67 @@ struct Settings {
     threads: usize,
     log: bool,
     enforce: bool,
+    allocs: bool,
+}
+
+// --- allocation counting (LOAD_ALLOCS=1) ---
+
+/// The system allocator, counting allocations per part of the bench when `COUNTING` is on.
+struct Counting;
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// Parts, by the runtime whose thread allocates: 0 other, then client, gateway, upstream.
+const PARTS: [&str; 4] = ["other", "client", "gateway", "upstream"];
+const CLIENT: usize = 1;
+const GATEWAY: usize = 2;
+const UPSTREAM: usize = 3;
+
+#[repr(align(128))]
+struct Counter {
+    allocs: AtomicU64,
+    bytes: AtomicU64,
+}
+
+static COUNTERS: [Counter; 4] = [const { Counter { allocs: AtomicU64::new(0), bytes: AtomicU64::new(0) } }; 4];
+
+thread_local! {
+    static PART: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count(size: usize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        let part = PART.try_with(Cell::get).unwrap_or(0);
+        COUNTERS[part].allocs.fetch_add(1, Ordering::Relaxed);
+        COUNTERS[part].bytes.fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
+/// (allocations, bytes) of each part so far.
+fn counted() -> [(u64, u64); 4] {
+    std::array::from_fn(|i| (COUNTERS[i].allocs.load(Ordering::Relaxed), COUNTERS[i].bytes.load(Ordering::Relaxed)))
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; counting does not allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
 }
 
 fn main() {
@@ -97,15 +161,18 @@ fn main() {
             .with_env_filter(tracing_subscriber::EnvFilter::new("info,hyper=warn"))
             .init();
     }
-    let runtime = |name: &str| {
+    PART.set(CLIENT); // the main thread drives the client runtime's block_on
+    let runtime = |name: &str, part: usize| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(s.threads)
             .thread_name(name)
+            .on_thread_start(move || PART.set(part))
             .enable_all()
             .build()
             .expect("a tokio runtime")
     };
-    let (up_rt, gw_rt, cl_rt) = (runtime("upstream"), runtime("gateway"), runtime("client"));
+    COUNTING.store(s.allocs, Ordering::Relaxed);
+    let (up_rt, gw_rt, cl_rt) = (runtime("upstream", UPSTREAM), runtime("gateway", GATEWAY), runtime("client", CLIENT));
 
     let upstream_addr = up_rt.block_on(start_upstream());
     let upstream_url = format!("http://{upstream_addr}/mcp");
@@ -144,6 +211,9 @@ fn main() {
     }
 
     print_table(&rows);
+    if s.allocs {
+        print_allocs(&rows);
+    }
     let total_errors = errors.count.load(Ordering::Relaxed);
     let verdicts = targets(&rows);
     for (name, ok, detail) in &verdicts {
@@ -202,6 +272,7 @@ fn settings(cores: usize) -> Settings {
         threads: var("LOAD_THREADS", cores).max(1),
         log: var("LOAD_LOG", 0u8) != 0,
         enforce: var("LOAD_ENFORCE", 0u8) != 0,
+        allocs: var("LOAD_ALLOCS", 0u8) != 0,
     }
 }
 
@@ -361,6 +432,8 @@ struct Sample {
     /// Nanoseconds per call.
     latencies: Vec<u64>,
     wall: Duration,
+    /// (allocations, bytes) per part during the sample (with LOAD_ALLOCS=1).
+    allocs: [(u64, u64); 4],
 }
 
 struct Stats {
@@ -368,6 +441,8 @@ struct Stats {
     p99_ms: f64,
     calls: usize,
     per_sec: f64,
+    /// (allocations, bytes) per call, per part.
+    allocs: [(f64, f64); 4],
 }
 
 struct Row {
@@ -397,7 +472,14 @@ impl Sample {
             let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
             self.latencies[i] as f64 / 1e6
         };
-        Stats { p50_ms: pct(0.50), p99_ms: pct(0.99), calls: n, per_sec: n as f64 / self.wall.as_secs_f64() }
+        let per_call = |(a, b): (u64, u64)| (a as f64 / n.max(1) as f64, b as f64 / n.max(1) as f64);
+        Stats {
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            calls: n,
+            per_sec: n as f64 / self.wall.as_secs_f64(),
+            allocs: self.allocs.map(per_call),
+        }
     }
 }
 
@@ -412,7 +494,16 @@ impl Row {
         self.gateway.per_sec / self.direct.per_sec
     }
     fn json(&self) -> Value {
-        let stats = |s: &Stats| json!({ "p50_ms": r3(s.p50_ms), "p99_ms": r3(s.p99_ms), "calls": s.calls, "calls_per_s": r1(s.per_sec) });
+        let stats = |s: &Stats| {
+            let mut v = json!({ "p50_ms": r3(s.p50_ms), "p99_ms": r3(s.p99_ms), "calls": s.calls, "calls_per_s": r1(s.per_sec) });
+            if COUNTING.load(Ordering::Relaxed) {
+                let parts: serde_json::Map<String, Value> = (1..4)
+                    .map(|i| (PARTS[i].to_string(), json!({ "allocs": r1(s.allocs[i].0), "bytes": r1(s.allocs[i].1) })))
+                    .collect();
+                v["allocs_per_call"] = Value::Object(parts);
+            }
+            v
+        };
         json!({
             "clients": self.clients,
             "direct": stats(&self.direct),
@@ -459,6 +550,10 @@ impl Sample {
     fn merge(&mut self, other: Sample) {
         self.latencies.extend(other.latencies);
         self.wall += other.wall;
+        for (mine, theirs) in self.allocs.iter_mut().zip(other.allocs) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
     }
 }
 
@@ -505,6 +600,7 @@ fn request(target: &Target, session: Option<&HeaderValue>, body: String) -> Requ
 /// succeeded, and the wall time until the last one finished.
 async fn run(callers: &[Arc<Caller>], dur: Duration, expected: &Arc<Value>, errors: &Arc<Errors>) -> Sample {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let before = counted();
     let start = Instant::now();
     let deadline = start + dur;
     let tasks: Vec<_> = callers
@@ -528,7 +624,9 @@ async fn run(callers: &[Arc<Caller>], dur: Duration, expected: &Arc<Value>, erro
     for t in tasks {
         latencies.extend(t.await.expect("a client task"));
     }
-    Sample { latencies, wall: start.elapsed() }
+    let wall = start.elapsed();
+    let after = counted();
+    Sample { latencies, wall, allocs: std::array::from_fn(|i| (after[i].0 - before[i].0, after[i].1 - before[i].1)) }
 }
 
 /// One `tools/call`; its latency in nanoseconds if it was a successful echo.
@@ -578,6 +676,25 @@ fn print_table(rows: &[Row]) {
             r.gateway.per_sec,
             r.ratio()
         );
+    }
+    println!();
+}
+
+fn print_allocs(rows: &[Row]) {
+    println!("heap allocations per call (count / bytes), by the part whose threads made them:");
+    println!("{:>7} {:>8} | {:>16} | {:>16} | {:>16}", "clients", "path", "client", "gateway", "upstream");
+    for r in rows {
+        for (path, st) in [("direct", &r.direct), ("gateway", &r.gateway)] {
+            let cell = |i: usize| format!("{:.1} / {:.0}", st.allocs[i].0, st.allocs[i].1);
+            println!(
+                "{:>7} {:>8} | {:>16} | {:>16} | {:>16}",
+                r.clients,
+                path,
+                cell(CLIENT),
+                cell(GATEWAY),
+                cell(UPSTREAM)
+            );
+        }
     }
     println!();
 }

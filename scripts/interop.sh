@@ -38,16 +38,22 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-interop.XXXXXX")
 WORK=$(cd "$WORK" && pwd -P)        # server-filesystem compares real paths
 LOGS=$WORK/logs
 mkdir -p "$LOGS" "$WORK/home"
-CLIENT_LOG=$LOGS/clients.log
+CLIENT_LOG=$LOGS/clients.log   # check jobs write to $RES/<seq>.log, appended here in order
 GW_LOG=$LOGS/gateway.log
 T0=$(date +%s)
 
 PASS=0; FAIL=0
 GW_PID=""; GW_CHILDREN=""; RUN=""
+JOBS=${JOBS:-4}                   # client checks run this many at a time (1: one by one)
+RES=$WORK/results; mkdir -p "$RES"
+SEQ=0; PRINTED=0; PIDS=()
 
 # --- reporting -------------------------------------------------------------------------------
+# Checks run as background jobs (at most $JOBS at once) that write their verdict to
+# $RES/<seq>.*; `drain` waits for them and prints the verdicts in the order the checks were
+# written. Anything that depends on earlier checks (or prints directly) drains first.
 
-result() {  # result NAME WHY [OUTPUT]   (WHY empty: pass)
+report() {  # report NAME WHY [OUTPUT]   (WHY empty: pass)
   if [ -z "$2" ]; then
     PASS=$((PASS + 1)); echo "PASS  $1"
   else
@@ -56,11 +62,48 @@ result() {  # result NAME WHY [OUTPUT]   (WHY empty: pass)
   fi
 }
 
-# check NAME [--rc 0|fail] [--has S]... [--lacks S]... -- CMD...
-# Runs CMD (stdin closed, CLIENT_TIMEOUT), then checks its exit status and its combined output.
-check() {
+record() {  # record NAME WHY [OUTPUT]: from a check job, or directly (after draining)
+  if [ -n "${IN_JOB:-}" ]; then
+    printf '%s' "$1" >"$RES/$IN_JOB.name"; printf '%s' "$2" >"$RES/$IN_JOB.why"; printf '%s' "${3:-}" >"$RES/$IN_JOB.out"
+  else
+    drain; report "$@"
+  fi
+}
+result() { record "$@"; }
+
+running() { local n=0 p; for p in ${PIDS[@]+"${PIDS[@]}"}; do kill -0 "$p" 2>/dev/null && n=$((n + 1)); done; echo $n; }
+
+spawn() {  # spawn FUNCTION ARGS...: run a check as job number SEQ
+  SEQ=$((SEQ + 1))
+  while [ "$(running)" -ge "$JOBS" ]; do sleep 0.05; done
+  ( IN_JOB=$SEQ; CLIENT_LOG=$RES/$SEQ.log; "$@" ) &
+  PIDS+=($!)
+}
+
+drain() {  # wait for every check job, then print their verdicts in order
+  local p i
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do wait "$p" 2>/dev/null; done
+  PIDS=()
+  while [ "$PRINTED" -lt "$SEQ" ]; do
+    PRINTED=$((PRINTED + 1)); i=$PRINTED
+    [ -f "$RES/$i.log" ] && cat "$RES/$i.log" >>"$LOGS/clients.log"
+    if [ -f "$RES/$i.why" ]; then
+      report "$(cat "$RES/$i.name")" "$(cat "$RES/$i.why")" "$(cat "$RES/$i.out")"
+    else
+      report "check #$i" "the check job died without a verdict"
+    fi
+  done
+}
+
+section() { drain; echo "== $*"; }
+
+# check NAME [--rc 0|N|fail] [--has S]... [--lacks S]... -- CMD...
+# Runs CMD (stdin closed, at most CLIENT_TIMEOUT s), then checks its exit status and its
+# combined stdout+stderr.
+check() { spawn _check "$@"; }
+_check() {
   local name=$1; shift
-  local want=0 has=() lacks=() out rc why="" p
+  local want=0 has=() lacks=() out rc why="" p t0=$SECONDS
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do
     case $1 in
       --rc) want=$2; shift 2 ;;
@@ -71,20 +114,21 @@ check() {
   done
   shift
   out=$(timeout -k 5 "$CLIENT_TIMEOUT" "$@" </dev/null 2>&1); rc=$?
-  { echo "=== $name"; printf '$'; printf ' %q' "$@"; echo; printf '%s\n' "$out"; echo "(exit $rc)"; } >>"$CLIENT_LOG"
+  { echo "=== $name ($((SECONDS - t0))s)"; printf '$'; printf ' %q' "$@"; echo; printf '%s\n' "$out"; echo "(exit $rc)"; } >>"$CLIENT_LOG"
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then why="no answer within ${CLIENT_TIMEOUT}s (killed)"
   elif [ "$want" = fail ] && [ $rc -eq 0 ]; then why="expected a non-zero exit, got 0"
   elif [ "$want" != fail ] && [ $rc -ne "$want" ]; then why="exit $rc, expected $want"
   fi
   for p in ${has[@]+"${has[@]}"}; do [[ $out == *"$p"* ]] || why+="${why:+; }missing: $p"; done
   for p in ${lacks[@]+"${lacks[@]}"}; do [[ $out != *"$p"* ]] || why+="${why:+; }unexpected: $p"; done
-  result "$name" "$why" "$out"
+  record "$name" "$why" "$out"
 }
 
 # http_check NAME STATUS [--header-has S] [--body-has S] -- CURL_ARGS...
-http_check() {
+http_check() { spawn _http_check "$@"; }
+_http_check() {
   local name=$1 want=$2; shift 2
-  local hh=() bh=() code why="" p
+  local hh=() bh=() code why="" p f=$WORK/http.${IN_JOB:-0}
   while [ $# -gt 0 ] && [ "$1" != "--" ]; do
     case $1 in
       --header-has) hh+=("$2"); shift 2 ;;
@@ -93,16 +137,17 @@ http_check() {
     esac
   done
   shift
-  code=$(curl -sS --max-time 20 -o "$WORK/http.body" -D "$WORK/http.head" -w '%{http_code}' "$@" 2>"$WORK/http.err") || true
-  local head body; head=$(tr -d '\r' <"$WORK/http.head" 2>/dev/null); body=$(cat "$WORK/http.body" 2>/dev/null)
-  { echo "=== $name"; printf '$ curl'; printf ' %q' "$@"; echo; echo "$head"; echo "$body"; cat "$WORK/http.err"; } >>"$CLIENT_LOG"
+  code=$(curl -sS --max-time 20 -o "$f.body" -D "$f.head" -w '%{http_code}' "$@" 2>"$f.err") || true
+  local head body err; head=$(tr -d '\r' <"$f.head" 2>/dev/null); body=$(cat "$f.body" 2>/dev/null); err=$(cat "$f.err")
+  { echo "=== $name"; printf '$ curl'; printf ' %q' "$@"; echo; echo "$head"; echo "$body"; echo "$err"; } >>"$CLIENT_LOG"
   [ "$code" = "$want" ] || why="HTTP $code, expected $want"
   for p in ${hh[@]+"${hh[@]}"}; do [[ ${head,,} == *"${p,,}"* ]] || why+="${why:+; }header missing: $p"; done
   for p in ${bh[@]+"${bh[@]}"}; do [[ $body == *"$p"* ]] || why+="${why:+; }body missing: $p"; done
-  result "$name" "$why" "$(printf '%s\n%s\n%s' "$head" "$body" "$(cat "$WORK/http.err")")"
+  record "$name" "$why" "$(printf '%s\n%s\n%s' "$head" "$body" "$err")"
 }
 
 finish() {  # prints the summary last and exits
+  drain
   local secs=$(( $(date +%s) - T0 ))
   if [ "$FAIL" -gt 0 ]; then
     if [ -s "$GW_LOG" ]; then
@@ -123,6 +168,11 @@ fatal() {  # a set-up step failed: nothing else can run
 
 cleanup() {
   set +e
+  local p c
+  for p in ${PIDS[@]+"${PIDS[@]}"}; do   # unfinished check jobs (interrupted run)
+    for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do kill -TERM "$c" 2>/dev/null; done
+    kill -TERM "$p" 2>/dev/null
+  done
   if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
     GW_CHILDREN="$GW_CHILDREN $(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr '\n' ' ')"
     kill -TERM "$GW_PID" 2>/dev/null
@@ -369,7 +419,7 @@ printf '%s' "interop-upstream-key-$RANDOM" >"$WORK/secrets/everything-key"
   || fatal "policy repository" "git init/commit failed"
 COMMIT=$(git -C "$REPO" rev-parse HEAD); SHORT=${COMMIT:0:12}
 
-echo "== policy repository"
+section "policy repository"
 check "gatehouse check accepts the interop repository" --has "ok:" -- "$BIN" check --repo "$REPO" --rev HEAD
 check "gatehouse test passes the interop repository's cases" --has "6 passed, 0 failed" -- "$BIN" test --repo "$REPO" --rev HEAD
 
@@ -387,7 +437,7 @@ done
 [ -n "$ready" ] || fatal "gateway ready" "/readyz never answered 200 (process $(kill -0 "$GW_PID" 2>/dev/null && echo alive || echo exited))"
 echo "interop: gateway ready on $GW ($(cat "$WORK/readyz"))"
 
-echo "== operations endpoints and authentication (curl)"
+section "operations endpoints and authentication (curl)"
 http_check "/readyz names the policy commit" 200 --body-has "$SHORT" -- "$GW/readyz"
 http_check "/healthz needs no token" 200 -- "$GW/healthz"
 http_check "/status lists the four upstreams" 200 --body-has '"everything-sse"' --body-has '"stdio"' --body-has '"sse"' -- "$GW/status"
@@ -417,6 +467,7 @@ result "curl: initialize returns an Mcp-Session-Id" "$([ -n "$SID" ] || echo "no
 wire "$OPS_TOKEN" "$SID" '{"jsonrpc":"2.0","method":"notifications/initialized"}' >/dev/null
 jcheck() {  # jcheck NAME JSON PYTHON_EXPR(j)
   local why
+  drain
   why=$(printf '%s' "$2" | "$PEERS_PY" -c "import json,sys
 try:
     j = json.loads(sys.stdin.read())
@@ -438,7 +489,12 @@ jcheck "curl: an allowed call returns the upstream's result" "$R" "'sum of 20 an
 http_check "curl: a session is refused with another grant's token (404)" 404 \
   -- -X POST "${H[@]}" -H "Authorization: Bearer $AGENT_TOKEN" -H "Mcp-Session-Id: $SID" -H "MCP-Protocol-Version: 2025-11-25" \
   --data-binary '{"jsonrpc":"2.0","id":10,"method":"tools/list"}' "$GW/mcp"
+drain   # the DELETE must come after the check above
 http_check "curl: DELETE ends the session" 204 -- -X DELETE -H "Authorization: Bearer $OPS_TOKEN" -H "Mcp-Session-Id: $SID" "$GW/mcp"
+drain
+http_check "curl: the deleted session is gone (404)" 404 \
+  -- -X POST "${H[@]}" -H "Authorization: Bearer $OPS_TOKEN" -H "Mcp-Session-Id: $SID" -H "MCP-Protocol-Version: 2025-11-25" \
+  --data-binary '{"jsonrpc":"2.0","id":11,"method":"ping"}' "$GW/mcp"
 
 # --- upstream by upstream, Python SDK client ---------------------------------------------------
 
@@ -446,7 +502,7 @@ OPS=(--url "$GW/mcp" --token "$OPS_TOKEN")
 AGENT=(--url "$GW/mcp" --token "$AGENT_TOKEN")
 DENIED="denied by policy"
 
-echo "== Streamable HTTP upstream (server-everything), Python SDK"
+section "Streamable HTTP upstream (server-everything), Python SDK"
 check "py-sdk tools/list: everything__* listed, hidden get-env absent" \
   --has "  - everything__echo  " --has "  - everything__get-sum  " --has "  - everything__get-tiny-image  " --lacks "everything__get-env" \
   -- "${PY[@]}" "${OPS[@]}"
@@ -459,7 +515,7 @@ check "py-sdk hidden tool call is Unknown tool" --has "code=-32602" --has "Unkno
   -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything__get-env
 check "py-sdk nonexistent tool is Unknown tool" --has "code=-32602" --has "Unknown tool: everything__no-such-tool" \
   -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything__no-such-tool
-check "py-sdk with a bad token fails to connect (401)" --rc fail --has "401" --lacks "# tools (" \
+check "py-sdk with a bad token fails to connect (401)" --rc fail --has "unauthorized: unknown token" --lacks "# tools (" \
   -- "${PY[@]}" --url "$GW/mcp" --token "$BAD_TOKEN"
 check "py-sdk narrow grant: only granted tools listed" \
   --has "  - everything__echo  " --has "  - everything__get-sum  " --has "  - files__read_text_file  " --has "  - time__get_current_time  " \
@@ -472,7 +528,7 @@ check "py-sdk narrow grant: allowed call" --has "sum of 2 and 3 is 5" \
 check "py-sdk --mode auto (server/discover probe, falls back to initialize)" --has "sum of 4 and 4 is 8" \
   -- "${PY[@]}" "${OPS[@]}" --mode auto --call everything__get-sum --args '{"a":4,"b":4}'
 
-echo "== legacy SSE upstream (server-everything), Python SDK"
+section "legacy SSE upstream (server-everything), Python SDK"
 check "py-sdk tools/list: everything-sse__* listed, hidden get-env absent" \
   --has "  - everything-sse__echo  " --has "  - everything-sse__get-sum  " --lacks "everything-sse__get-env" \
   -- "${PY[@]}" "${OPS[@]}"
@@ -488,7 +544,7 @@ check "py-sdk SSE: nonexistent tool is Unknown tool" --has "Unknown tool: everyt
 check "py-sdk narrow grant: SSE server not reachable (Unknown tool)" --has "Unknown tool: everything-sse__echo" \
   -- "${PY[@]}" "${AGENT[@]}" --expect-error --call everything-sse__echo --args '{"message":"x"}'
 
-echo "== stdio upstream (server-filesystem), Python SDK"
+section "stdio upstream (server-filesystem), Python SDK"
 check "py-sdk tools/list: files__* listed, hidden move_file and unlisted tools absent" \
   --has "  - files__read_text_file  " --has "  - files__write_file  " --has "  - files__list_directory  " \
   --lacks "files__move_file" --lacks "files__read_media_file" --lacks "files__edit_file" \
@@ -505,6 +561,7 @@ for p in "$FSROOT/../outside.txt" "$FSROOT/sub/../../outside.txt" "$FSROOT/%2e%2
 done
 check "py-sdk write_file (destructive) allowed to the wide grant inside the fixture" --has "isError=False" \
   -- "${PY[@]}" "${OPS[@]}" --call files__write_file --args "{\"path\":\"$FSROOT/written.txt\",\"content\":\"written via gatehouse\"}"
+drain   # read back only once the write has finished
 check "py-sdk the written file reads back" --has "written via gatehouse" \
   -- "${PY[@]}" "${AGENT[@]}" --call files__read_text_file --args "{\"path\":\"$FSROOT/written.txt\"}"
 check "py-sdk write_file outside the fixture denied" --has "$DENIED" --has "write_file/require/0" \
@@ -517,7 +574,7 @@ check "py-sdk hidden move_file is Unknown tool" --has "Unknown tool: files__move
 check "py-sdk nonexistent files tool is Unknown tool" --has "Unknown tool: files__nope" \
   -- "${PY[@]}" "${OPS[@]}" --expect-error --call files__nope
 
-echo "== stdio upstream (mcp-server-time), Python SDK"
+section "stdio upstream (mcp-server-time), Python SDK"
 check "py-sdk tools/list: time__* listed" --has "  - time__get_current_time  " --has "  - time__convert_time  " \
   -- "${PY[@]}" "${OPS[@]}"
 check "py-sdk allowed call returns the upstream's result" --has '"timezone": "UTC"' --has "isError=False" \
@@ -533,7 +590,7 @@ check "py-sdk rules-style rule allows convert_time to an approved zone" --has "A
 check "py-sdk nonexistent time tool is Unknown tool" --has "Unknown tool: time__nope" \
   -- "${PY[@]}" "${OPS[@]}" --expect-error --call time__nope
 
-echo "== /mcp/<server> endpoints, Python SDK"
+section "/mcp/<server> endpoints, Python SDK"
 check "py-sdk /mcp/files lists unprefixed names" --has "  - read_text_file  " --lacks "files__" --lacks "move_file" \
   -- "${PY[@]}" --url "$GW/mcp/files" --token "$AGENT_TOKEN" --call read_text_file --args "{\"path\":\"$FSROOT/hello.txt\"}"
 check "py-sdk /mcp/files traversal denied" --has "$DENIED" --lacks "$SECRET_WORD" \
@@ -544,13 +601,18 @@ check "py-sdk /mcp/everything-sse denial" --has "$DENIED" \
   -- "${PY[@]}" --url "$GW/mcp/everything-sse" --token "$OPS_TOKEN" --expect-error --call echo --args '{"message":"password"}'
 check "py-sdk /mcp/time call" --has '"timezone": "Europe/Paris"' --lacks "time__" \
   -- "${PY[@]}" --url "$GW/mcp/time" --token "$AGENT_TOKEN" --call get_current_time --args '{"timezone":"Europe/Paris"}'
-check "py-sdk /mcp/time with a bad token fails (401)" --rc fail --has "401" \
+check "py-sdk /mcp/time with a bad token fails (401)" --rc fail --has "unauthorized: unknown token" \
   -- "${PY[@]}" --url "$GW/mcp/time" --token "$BAD_TOKEN"
 
 # --- MCP Inspector CLI -----------------------------------------------------------------------
 
-inspector_suite() {  # inspector_suite LABEL CMD...
-  local label=$1; shift
+# The two Inspector generations differ in how they report what the gateway answered:
+#   1.x exits 0 on an isError result and prints the server's "Unknown tool" error;
+#   2.x exits 5 ("tool_is_error") on an isError result, refuses an unlisted tool itself
+#   ("tool_not_found", before any request), and on a 401 starts OAuth unless told
+#   --stored-auth-only (then exits 3, "auth_required").
+inspector_suite() {  # inspector_suite LABEL DENY_RC UNKNOWN_TEXT BAD_TOKEN_FLAGS -- CMD...
+  local label=$1 deny_rc=$2 unknown=$3 bad_flags=$4; shift 5
   local A=(--transport http --header "Authorization: Bearer $OPS_TOKEN")
   check "$label tools/list over /mcp" --has '"everything__echo"' --has '"everything-sse__echo"' --has '"files__read_text_file"' \
     --has '"time__get_current_time"' --lacks '"everything__get-env"' --lacks '"files__move_file"' \
@@ -561,34 +623,41 @@ inspector_suite() {  # inspector_suite LABEL CMD...
     -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name everything-sse__echo --tool-arg "message=via sse"
   check "$label call via stdio upstream (filesystem)" --has "hello from fsroot" \
     -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name files__read_text_file --tool-arg "path=$FSROOT/hello.txt"
-  check "$label call via stdio upstream (time)" --has "Asia/Tokyo" \
+  check "$label call via stdio upstream (time)" --has '"timezone\": \"Asia/Tokyo' \
     -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name time__get_current_time --tool-arg timezone=Asia/Tokyo
-  check "$label deny_if denial shows 'denied by policy' and the rule id" --has "$DENIED" --has "echo/deny_if/" --has "isError" \
+  check "$label deny_if denial (HTTP upstream) shows 'denied by policy' and the rule id" --rc "$deny_rc" \
+    --has "$DENIED" --has "everything-baseline.yaml#/tools/echo/deny_if/" --has '"isError": true' \
     -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name everything__echo --tool-arg "message=password"
-  check "$label path traversal denied" --has "$DENIED" --has "read_text_file/require/0" --lacks "$SECRET_WORD" \
+  check "$label deny_if denial (SSE upstream)" --rc "$deny_rc" --has "$DENIED" --has "echo/deny_if/" --lacks "Echo:" \
+    -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name everything-sse__echo --tool-arg "message=my password"
+  check "$label path traversal denied (stdio filesystem)" --rc "$deny_rc" --has "$DENIED" --has "read_text_file/require/0" --lacks "$SECRET_WORD" \
     -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name files__read_text_file --tool-arg "path=$FSROOT/../outside.txt"
-  check "$label time zone 'in' denial" --has "$DENIED" --has "get_current_time/require/0" \
+  check "$label time zone 'in' denial (stdio time)" --rc "$deny_rc" --has "$DENIED" --has "get_current_time/require/0" \
     -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name time__get_current_time --tool-arg timezone=America/New_York
-  check "$label unknown tool is an error" --rc fail --has "Unknown tool: everything__no-such-tool" \
+  check "$label unknown tool is an error" --rc fail --has "$unknown" \
     -- "$@" "$GW/mcp" "${A[@]}" --method tools/call --tool-name everything__no-such-tool
-  check "$label bad token fails (401)" --rc fail --has "401" --lacks '"everything__echo"' \
-    -- "$@" "$GW/mcp" --transport http --header "Authorization: Bearer $BAD_TOKEN" --method tools/list
-  check "$label /mcp/time (single server)" --has '"get_current_time"' --lacks "time__" \
+  # shellcheck disable=SC2086
+  check "$label bad token is refused (401)" --rc fail --has "unauthorized: unknown token" --lacks '"everything__echo"' \
+    -- "$@" "$GW/mcp" --transport http --header "Authorization: Bearer $BAD_TOKEN" $bad_flags --method tools/list
+  check "$label /mcp/time (single server) lists unprefixed names" --has '"get_current_time"' --lacks "time__" --lacks '"convert_time"' \
     -- "$@" "$GW/mcp/time" --transport http --header "Authorization: Bearer $AGENT_TOKEN" --method tools/list
+  check "$label /mcp/files (single server) call" --has "hello from fsroot" \
+    -- "$@" "$GW/mcp/files" --transport http --header "Authorization: Bearer $AGENT_TOKEN" \
+    --method tools/call --tool-name read_text_file --tool-arg "path=$FSROOT/hello.txt"
 }
 
-echo "== MCP Inspector CLI $(node -e "console.log(require('$PEERS_DIR/inspector/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $(node --version))"
-inspector_suite "inspector 1.x" "${INSP1[@]}"
+section "MCP Inspector CLI $(node -e "console.log(require('$PEERS_DIR/inspector/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $(node --version))"
+inspector_suite "inspector 1.x" 0 "Unknown tool: everything__no-such-tool" "" -- "${INSP1[@]}"
 if [ ${#INSP2[@]} -gt 0 ]; then
   echo "== MCP Inspector CLI $("$PEERS_NODE22" -e "console.log(require('$PEERS_DIR/inspector2/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $("$PEERS_NODE22" --version))"
-  inspector_suite "inspector 2.x" "${INSP2[@]}"
+  inspector_suite "inspector 2.x" 5 "Tool 'everything__no-such-tool' not found" "--stored-auth-only" -- "${INSP2[@]}"
 else
   echo "(inspector 2.x not installed in $PEERS_DIR: skipped)"
 fi
 
 # --- shutdown --------------------------------------------------------------------------------
 
-echo "== gateway shutdown"
+section "gateway shutdown"
 GW_CHILDREN=$(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr '\n' ' ')
 nchildren=$(echo "$GW_CHILDREN" | wc -w)
 result "the gateway runs its stdio upstreams as children ($nchildren)" "$([ "$nchildren" -ge 2 ] || echo "expected >= 2 stdio children, found $nchildren")"

@@ -33,26 +33,53 @@ pub struct RepoArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the gateway: serve MCP on --listen with the repository's policies.
+    /// Run the gateway: follow the policy repository and serve MCP on --listen.
     Serve {
-        /// The policy repository (a git repository or a directory inside one).
+        /// The policy repository: a local path (watched), or a URL cloned into the data dir and
+        /// fetched every --poll.
         #[arg(long, default_value = ".")]
-        repo: PathBuf,
-        /// Serve this branch (or revision); default: HEAD.
+        repo: String,
+        /// The branch to follow; default: HEAD (local) or the remote's default branch.
         #[arg(long)]
         branch: Option<String>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Where the state database lives.
+        /// Where the state database (and a remote repository's clone) live.
         #[arg(long, default_value = "./gatehouse-data")]
         data_dir: PathBuf,
         /// Directory of secret files (`DIR/NAME` for `${secret:NAME}`); the environment
         /// (`GATEHOUSE_SECRET_NAME`) is read too.
         #[arg(long)]
         secrets_dir: Option<PathBuf>,
+        /// How often to look for a new commit without a trigger (60s, 5m, …).
+        #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+        poll: std::time::Duration,
+        /// Apply a history rewrite (a tip that does not descend from the applied commit)
+        /// instead of refusing it; it is still recorded.
+        #[arg(long)]
+        accept_rewrite: bool,
+        /// Require `POST /-/reconcile` to carry a valid X-Hub-Signature-256 made with this secret.
+        #[arg(long, env = "GATEHOUSE_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
         /// Largest request body accepted, in bytes.
         #[arg(long, default_value_t = 4 << 20)]
         max_body: usize,
+    },
+    /// Accept the history rewrite the daemon refused (recorded with who and why).
+    AcceptRewrite {
+        #[arg(long, default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
+        /// Why the rewrite is acceptable (kept in the change history).
+        #[arg(long)]
+        reason: String,
+        /// Who accepts it.
+        #[arg(long, env = "USER")]
+        by: String,
+    },
+    /// Print a daemon's /status.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
     },
     /// Validate the repository: prints every problem as file:line:col; exit 0 valid, 2 invalid.
     Check(RepoArgs),
@@ -83,6 +110,27 @@ pub enum Command {
     },
 }
 
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::units::parse_duration(s)
+}
+
+/// `gatehouse status --url`: GET /status and print it.
+fn status(url: &str) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let body = runtime.block_on(async {
+        use http_body_util::BodyExt;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let uri: http::Uri = format!("{}/status", url.trim_end_matches('/')).parse().context("--url")?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri)).await.context("timed out")??;
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok(bytes)
+    })?;
+    let v: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(if v["ready"] == true { 0 } else { 1 })
+}
+
 /// What `gatehouse eval` prints.
 #[derive(serde::Serialize)]
 struct EvalOutput<'a> {
@@ -98,11 +146,18 @@ struct EvalOutput<'a> {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Serve { repo, branch, listen, data_dir, secrets_dir, max_body } => {
+        Command::Serve { repo, branch, listen, data_dir, secrets_dir, poll, accept_rewrite, webhook_secret, max_body } => {
             let proxy = crate::proxy::Config { max_body, ..Default::default() };
             let secrets = crate::secrets::SecretSource { dir: secrets_dir };
-            crate::serve::run(crate::serve::Settings { repo, branch, listen, data_dir, secrets, proxy }).map(|()| 0)
+            let settings = crate::serve::Settings { repo, branch, listen, data_dir, secrets, poll, accept_rewrite, webhook_secret, proxy };
+            crate::serve::run(settings).map(|()| 0)
         }
+        Command::AcceptRewrite { data_dir, reason, by } => {
+            let (old, new) = crate::reconcile::accept_rewrite(&data_dir, &by, &reason)?;
+            println!("accepted the rewrite from {old} to {new}; the daemon applies it on its next reconcile (POST /-/reconcile to hurry it)");
+            Ok(0)
+        }
+        Command::Status { url } => status(&url),
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),
         Command::Eval { repo, identity, server, tool, args } => eval(&repo, &identity, &server, &tool, &args),

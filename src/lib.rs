@@ -4,16 +4,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cli;
 pub mod diag;
 pub mod example_upstream;
 pub mod git;
 pub mod policy;
 pub mod proxy;
+pub mod reconcile;
 pub mod repo;
 pub mod secrets;
 pub mod serve;
 pub mod snapshot;
+pub mod store;
 pub mod testing;
 pub mod units;
 pub mod upstream;

@@ -1,72 +1,101 @@
-//! `gatehouse serve`: load the repository at start-up, bind its secrets, and run the proxy until
+//! `gatehouse serve`: the daemon. Opens the state database, serves the last applied commit at
+//! once (after a restart), starts the reconciler (watch, poll, webhook) and runs the proxy until
 //! SIGTERM or Ctrl-C.
 //!
-//! Blocking work (git2, file reads) happens before the async runtime starts, never on its
-//! worker threads.
+//! Blocking work (git2, SQLite) runs on blocking threads or the store's writer thread, never on
+//! the runtime's workers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use tracing::{info, warn};
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+use tracing::info;
 
-use crate::proxy::{self, Active, Config, State};
-use crate::repo;
-use crate::secrets::{SecretSource, bind};
+use crate::proxy::{self, Config, State};
+use crate::reconcile::{self, Source};
+use crate::secrets::SecretSource;
+use crate::store::Store;
 
 /// Settings of the daemon, read once.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub repo: PathBuf,
-    /// Branch (or any revision) to serve; HEAD when None.
+    /// A local path, or a URL (`https://…`, `ssh://…`, `file://…`) cloned into the data dir.
+    pub repo: String,
+    /// Branch to follow; HEAD (local) or the remote's default branch when None.
     pub branch: Option<String>,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub secrets: SecretSource,
+    pub poll: Duration,
+    pub accept_rewrite: bool,
+    pub webhook_secret: Option<String>,
     pub proxy: Config,
 }
 
-/// Builds the active snapshot from the repository: the commit at `branch` (or HEAD) when the
-/// repository is in git, its working tree otherwise. Err carries every diagnostic.
-pub fn load(settings: &Settings) -> Result<Active> {
-    let rev = settings.branch.clone().unwrap_or_else(|| "HEAD".to_string());
-    let files = match git2::Repository::discover(&settings.repo) {
-        Ok(_) => repo::read(&settings.repo, Some(&rev))?,
-        Err(_) => {
-            warn!(repo = %settings.repo.display(), "not a git repository: serving its working tree");
-            repo::read(&settings.repo, None)?
-        }
-    };
-    let compiled = match repo::compile(&files) {
-        Ok(c) => c,
-        Err(d) => bail!("the policy repository is invalid:\n{d}{}", d.summary()),
-    };
-    for w in &compiled.warnings {
-        warn!("{w}");
+/// A running daemon (without its listener): what tests and `run` hold.
+pub struct Daemon {
+    pub state: Arc<State>,
+    pub store: Store,
+    _watcher: Option<notify::RecommendedWatcher>,
+    reconciler: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.reconciler.abort();
     }
-    let snapshot = Arc::new(compiled.snapshot);
-    let secrets = bind(&snapshot, &settings.secrets).map_err(|errors| anyhow::anyhow!("cannot resolve secrets:\n{}", errors.join("\n")))?;
-    Ok(Active { snapshot, secrets: Arc::new(secrets) })
+}
+
+/// The reconciler's view of the settings.
+pub fn source(settings: &Settings) -> Source {
+    let r = &settings.repo;
+    if r.contains("://") || r.starts_with("git@") {
+        Source::Remote { url: r.clone(), clone: settings.data_dir.join("repo.git") }
+    } else {
+        Source::Local { path: PathBuf::from(r) }
+    }
+}
+
+/// Starts everything but the HTTP listener. Must run inside a tokio runtime.
+pub async fn start(settings: Settings) -> Result<Daemon> {
+    let data_dir = settings.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
+    let state = Arc::new(State::new(settings.proxy.clone()));
+    if let Some(secret) = &settings.webhook_secret {
+        let _ = state.webhook_secret.set(secret.as_bytes().to_vec());
+    }
+    let rs = reconcile::Settings {
+        source: source(&settings),
+        branch: settings.branch.clone(),
+        secrets: settings.secrets.clone(),
+        accept_rewrite: settings.accept_rewrite,
+        poll: settings.poll,
+    };
+    let applied = {
+        let (rs, store, state) = (rs.clone(), store.clone(), state.clone());
+        tokio::task::spawn_blocking(move || reconcile::restore(&rs, &store, &state)).await?
+    };
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let _ = state.trigger.set(tx.clone());
+    let watcher = match &rs.source {
+        Source::Local { path } => Some(reconcile::watch(path, tx).context("watching the repository")?),
+        Source::Remote { .. } => None,
+    };
+    let reconciler = tokio::spawn(reconcile::run(rs, store.clone(), state.clone(), rx, applied));
+    Ok(Daemon { state, store, _watcher: watcher, reconciler })
 }
 
 /// Runs the daemon until a shutdown signal.
 pub fn run(settings: Settings) -> Result<()> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating --data-dir {}", settings.data_dir.display()))?;
-    let active = load(&settings)?;
-    info!(
-        commit = active.snapshot.short_commit(),
-        servers = active.snapshot.servers.len(),
-        grants = active.snapshot.grants.len(),
-        "policy snapshot active"
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+        let daemon = start(settings).await?;
         info!(addr = %listener.local_addr()?, "listening: POST /mcp (all servers) or /mcp/<server>");
-        let state = Arc::new(State::new(settings.proxy.clone()));
-        state.activate(active);
-        proxy::serve(listener, state, shutdown_signal()).await
+        proxy::serve(listener, daemon.state.clone(), shutdown_signal()).await
     })
 }
 

@@ -185,6 +185,11 @@ impl Snapshot {
         self.by_token.get(sha256).map(|&(g, t)| (&self.grants[g], &self.grants[g].tokens[t]))
     }
 
+    /// The grant in `grants/<name>.yaml`.
+    pub fn grant_by_name(&self, name: &str) -> Option<&Grant> {
+        self.by_name.get(name).map(|&i| &self.grants[i])
+    }
+
     /// Indexes (grant, token) of a bearer token's sha256.
     pub fn grant_index_by_token_hash(&self, sha256: &[u8; 32]) -> Option<(usize, usize)> {
         self.by_token.get(sha256).copied()

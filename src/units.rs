@@ -165,6 +165,28 @@ impl fmt::Display for Rate {
     }
 }
 
+/// RFC 3339 time of `secs` since the epoch, shown at UTC offset `offset_min` (git's author and
+/// committer times keep the offset they were made at).
+pub fn rfc3339(secs: i64, offset_min: i32) -> String {
+    let local = secs + offset_min as i64 * 60;
+    let date = Date::from_days_since_epoch(local.div_euclid(86_400));
+    let t = local.rem_euclid(86_400);
+    let (h, m, s) = (t / 3600, t / 60 % 60, t % 60);
+    if offset_min == 0 {
+        return format!("{date}T{h:02}:{m:02}:{s:02}Z");
+    }
+    let sign = if offset_min < 0 { '-' } else { '+' };
+    let o = offset_min.abs();
+    format!("{date}T{h:02}:{m:02}:{s:02}{sign}{:02}:{:02}", o / 60, o % 60)
+}
+
+/// Now, in UTC, with milliseconds: `2026-11-26T07:13:39.123Z`.
+pub fn now_rfc3339_ms() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let base = rfc3339(d.as_secs() as i64, 0);
+    format!("{}.{:03}Z", base.trim_end_matches('Z'), d.subsec_millis())
+}
+
 /// Parses `250ms`, `30s`, `5m` or `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {s:?}: expected a number with ms, s, m or h, e.g. 30s");
@@ -197,6 +219,14 @@ mod tests {
         assert!(Date::parse("2026-13-01").is_err());
         assert!(Date::parse("26-11-01").is_err());
         assert_eq!(d.add_days(1).to_string(), "2024-03-01");
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000, 60), "2023-11-14T23:13:20+01:00");
+        assert_eq!(rfc3339(1_700_000_000, -330), "2023-11-14T16:43:20-05:30");
+        assert!(now_rfc3339_ms().ends_with('Z'));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
@@ -48,6 +49,8 @@ struct Ctx {
     active: Arc<Active>,
     /// Index of the caller's grant in `active.snapshot.grants`.
     grant: usize,
+    /// sha256 of the caller's token.
+    token: [u8; 32],
     /// `Some(server)` on `/mcp/<server>`.
     endpoint: Option<Arc<str>>,
 }
@@ -73,6 +76,14 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
             None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid policy commit is active\n"),
         },
         (&Method::GET, "/status") => json_response(StatusCode::OK, &status(&state)),
+        (&Method::GET, "/metrics") => {
+            let active = state.active.load_full();
+            let body = state.metrics.render(active.as_ref().and_then(|a| a.snapshot.commit.as_deref()), state.sessions.len());
+            let mut r = text(StatusCode::OK, &body);
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        (&Method::POST, "/-/reconcile") => reconcile_hook(&state, req).await,
         (_, p) if p == "/mcp" || p.starts_with("/mcp/") => mcp(state, req, &path).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
@@ -100,8 +111,43 @@ fn status(state: &State) -> Value {
             })
             .collect(),
     };
+    let rs = state.status.lock().expect("status lock").clone();
+    let stalled = rs.last_attempted.as_ref().is_some_and(|a| a.outcome != "applied");
+    let condition = |kind: &str, ok: bool, reason: &str, message: String| {
+        json!({ "type": kind, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message })
+    };
+    let conditions = vec![
+        condition(
+            "Ready",
+            active.is_some(),
+            if active.is_some() { "Applied" } else { "NoValidCommit" },
+            match &active {
+                Some(a) => format!("commit {} decides calls", a.snapshot.short_commit()),
+                None => "no valid policy commit is active: every call is refused".into(),
+            },
+        ),
+        condition(
+            "Stalled",
+            stalled,
+            rs.last_attempted.as_ref().map_or("None", |a| a.outcome),
+            rs.last_attempted.as_ref().filter(|_| stalled).map(|a| a.errors.join("; ")).unwrap_or_default(),
+        ),
+        condition(
+            "HistoryRewritten",
+            rs.history_rewritten.is_some(),
+            if rs.history_rewritten.is_some() { "RewriteRefused" } else { "FastForward" },
+            rs.history_rewritten
+                .as_ref()
+                .map(|r| format!("{} does not descend from {}: run gatehouse accept-rewrite", r.new_tip, r.old_tip))
+                .unwrap_or_default(),
+        ),
+    ];
     json!({
         "ready": active.is_some(),
+        "last_applied": rs.last_applied,
+        "last_attempted": rs.last_attempted,
+        "history_rewritten": rs.history_rewritten,
+        "conditions": conditions,
         "active": active.as_ref().map(|a| json!({
             "commit": a.snapshot.commit,
             "digest": a.snapshot.digest,
@@ -114,13 +160,69 @@ fn status(state: &State) -> Value {
     })
 }
 
+/// `POST /-/reconcile`: look for a new commit now. The body is never trusted (it only has to
+/// be signed when a webhook secret is set); the reconciler reads the repository itself.
+async fn reconcile_hook(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let Some(trigger) = state.trigger.get() else {
+        return text(StatusCode::NOT_FOUND, "no reconciler\n");
+    };
+    if let Some(secret) = state.webhook_secret.get() {
+        let signature = req.headers().get("x-hub-signature-256").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = match read_body(state, req.into_body()).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let expected = format!("sha256={}", hex::encode(hmac_sha256(secret, &body)));
+        let ok = signature.is_some_and(|s| constant_time_eq(s.as_bytes(), expected.as_bytes()));
+        if !ok {
+            return text(StatusCode::UNAUTHORIZED, "invalid X-Hub-Signature-256\n");
+        }
+    }
+    let _ = trigger.try_send(());
+    text(StatusCode::ACCEPTED, "reconcile requested\n")
+}
+
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /mcp`: the session's server-to-client stream (SSE). `notifications/tools/list_changed`
+/// arrives here; the stream ends when the session does (DELETE, eviction, revoked token).
+fn stream(session: &Arc<Session>) -> Response<Body> {
+    let mut rx = session.open_stream();
+    let events = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|msg| Ok::<_, Infallible>(Frame::data(sse_event(&msg))));
+    // A comment first, so that clients see the stream open at once.
+    let first = futures_util::stream::once(async { Ok::<_, Infallible>(Frame::data(Bytes::from_static(b": gatehouse stream\n\n"))) });
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(first.chain(events))));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
 async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<Body> {
     let endpoint = path.strip_prefix("/mcp/").map(|s| s.trim_end_matches('/')).filter(|s| !s.is_empty());
     let Some(active) = state.active.load_full() else {
         let body = jsonrpc::error(Value::Null, SERVER_ERROR, "gatehouse is not ready: no valid policy commit is active");
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
     };
-    let grant_index = match authenticate(&active.snapshot, req.headers()) {
+    let (grant_index, token) = match authenticate(&active.snapshot, req.headers()) {
         Ok(g) => g,
         Err(why) => return unauthorized(why),
     };
@@ -131,7 +233,7 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
             return text(StatusCode::NOT_FOUND, "not found\n");
         }
     }
-    let cx = Ctx { state: state.clone(), active: active.clone(), grant: grant_index, endpoint: endpoint.map(Arc::from) };
+    let cx = Ctx { state: state.clone(), active: active.clone(), grant: grant_index, token, endpoint: endpoint.map(Arc::from) };
     match *req.method() {
         Method::POST => post(&cx, req).await,
         Method::DELETE => {
@@ -144,10 +246,16 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
                 None => text(StatusCode::NOT_FOUND, "session not found\n"),
             }
         }
-        // No server-initiated messages are sent outside responses yet: no GET stream.
+        Method::GET => {
+            let id = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            match state.sessions.get(id, &grant.name, endpoint) {
+                Some(s) => stream(&s),
+                None => text(StatusCode::NOT_FOUND, "session not found\n"),
+            }
+        }
         _ => {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST (and DELETE to end a session)\n");
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST, GET (a stream) or DELETE\n");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, GET, DELETE"));
             r
         }
     }
@@ -155,7 +263,7 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
 
 /// `Authorization: Bearer <token>` → the index of the grant whose token hash matches, if the
 /// token has not expired.
-fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<usize, &'static str> {
+fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<(usize, [u8; 32]), &'static str> {
     let value = headers.get(header::AUTHORIZATION).ok_or("missing bearer token")?;
     let value = value.to_str().map_err(|_| "malformed authorization header")?;
     let (scheme, token) = value.split_once(' ').ok_or("malformed authorization header")?;
@@ -168,7 +276,7 @@ fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<usize, &'static 
     if snap.grants[grant].tokens[token].expires.is_some_and(|e| e <= Date::today()) {
         return Err("token expired");
     }
-    Ok(grant)
+    Ok((grant, hash))
 }
 
 async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
@@ -281,14 +389,14 @@ async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body
 fn initialize(cx: &Ctx, id: Value, params: &Value) -> Response<Body> {
     let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
     let version = SUPPORTED.iter().find(|v| **v == asked).copied().unwrap_or(LATEST);
-    let session = cx.state.sessions.open(&cx.grant().name, cx.endpoint().map(str::to_string), version);
+    let session = cx.state.sessions.open(&cx.grant().name, cx.token, cx.endpoint().map(str::to_string), version);
     let instructions = match cx.endpoint {
         None => "Tools from several servers, named <server>__<tool>. Every call is checked against policy and recorded.",
         Some(_) => "Every call is checked against policy and recorded.",
     };
     let result = json!({
         "protocolVersion": version,
-        "capabilities": { "tools": { "listChanged": false } },
+        "capabilities": { "tools": { "listChanged": true } },
         "serverInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
         "instructions": instructions,
     });

@@ -9,8 +9,10 @@ pub mod jsonrpc;
 mod pool;
 mod session;
 
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -19,7 +21,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::secrets::BoundSecrets;
@@ -54,13 +58,67 @@ pub struct Config {
 
 /// Everything the request handler shares.
 pub struct State {
-    /// Stored only by whoever owns reconciliation; loaded once per request.
+    /// Stored only by the reconciler (or `serve` at start-up); loaded once per request.
     pub active: ArcSwapOption<Active>,
     pub sessions: Sessions,
     pub pool: Pool,
     pub config: Config,
     pub started: Instant,
+    /// What the reconciler last did, for `/status`.
+    pub status: Mutex<ReconcileStatus>,
+    pub metrics: Metrics,
+    /// Asks the reconciler for an immediate look (`POST /-/reconcile`); unset without one.
+    pub trigger: OnceLock<mpsc::Sender<()>>,
+    /// When set, `POST /-/reconcile` requires a valid `X-Hub-Signature-256`.
+    pub webhook_secret: OnceLock<Vec<u8>>,
 }
+
+/// The reconciler's state, in the shape of a Flux status.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReconcileStatus {
+    pub last_applied: Option<AppliedStatus>,
+    pub last_attempted: Option<Attempt>,
+    /// A refused history rewrite waiting for an operator.
+    pub history_rewritten: Option<RewriteStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliedStatus {
+    pub commit: String,
+    /// None when restored from the state database at start-up.
+    pub time: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub commit: String,
+    /// applied | rejected | rewrite_refused | error
+    pub outcome: &'static str,
+    pub errors: Vec<String>,
+    pub time: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RewriteStatus {
+    pub old_tip: String,
+    pub new_tip: String,
+    pub vanished: Vec<String>,
+    pub detected_at: String,
+}
+
+/// Prometheus counters and the reconcile duration histogram.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// applied, rejected, rewrite_refused, error
+    reconciles: [AtomicU64; 4],
+    /// Bucket counts for [`BUCKETS`], then +Inf.
+    duration_buckets: [AtomicU64; BUCKETS.len() + 1],
+    duration_sum_us: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the reconcile duration histogram.
+const BUCKETS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+const OUTCOMES: [&str; 4] = ["applied", "rejected", "rewrite_refused", "error"];
 
 // === impl Config ===
 
@@ -87,6 +145,10 @@ impl State {
             pool: Pool::new(http_client()),
             config,
             started: Instant::now(),
+            status: Mutex::new(ReconcileStatus::default()),
+            metrics: Metrics::default(),
+            trigger: OnceLock::new(),
+            webhook_secret: OnceLock::new(),
         }
     }
 
@@ -94,6 +156,89 @@ impl State {
     pub fn activate(&self, active: Active) {
         self.active.store(Some(Arc::new(active)));
     }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn reconcile(&self, outcome: &str, took: Duration) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.reconciles[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = took.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, active_commit: Option<&str>, sessions: usize) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP gatehouse_reconcile_total Reconciles by outcome.\n# TYPE gatehouse_reconcile_total counter\n");
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            out.push_str(&format!("gatehouse_reconcile_total{{outcome=\"{o}\"}} {}\n", self.reconciles[i].load(Ordering::Relaxed)));
+        }
+        out.push_str("# HELP gatehouse_active_commit_info The commit that decides calls.\n# TYPE gatehouse_active_commit_info gauge\n");
+        if let Some(c) = active_commit {
+            out.push_str(&format!("gatehouse_active_commit_info{{commit=\"{c}\"}} 1\n"));
+        }
+        out.push_str("# HELP gatehouse_reconcile_duration_seconds Time to reconcile a new tip.\n# TYPE gatehouse_reconcile_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.duration_buckets[i].load(Ordering::Relaxed);
+            out.push_str(&format!("gatehouse_reconcile_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}\n"));
+        }
+        cumulative += self.duration_buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        out.push_str(&format!("gatehouse_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n"));
+        out.push_str(&format!(
+            "gatehouse_reconcile_duration_seconds_sum {}\ngatehouse_reconcile_duration_seconds_count {cumulative}\n",
+            self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+        out.push_str(&format!("# HELP gatehouse_sessions Open client sessions.\n# TYPE gatehouse_sessions gauge\ngatehouse_sessions {sessions}\n"));
+        out
+    }
+}
+
+/// After a swap: closes the sessions whose token was revoked or expired (their streams end),
+/// and sends `notifications/tools/list_changed` to every session whose visible tools changed.
+pub fn snapshot_changed(state: &State, old: Option<&Active>) {
+    let Some(new) = state.active.load_full() else { return };
+    let today = crate::units::Date::today();
+    for session in state.sessions.all() {
+        let valid = new.snapshot.grant_by_name(&session.grant).is_some_and(|g| {
+            g.tokens.iter().any(|t| t.sha256 == session.token && !t.expires.is_some_and(|e| e <= today))
+        });
+        if !valid {
+            state.sessions.close(&session.id);
+            continue;
+        }
+        let before = old.map(|o| visible(state, o, &session)).unwrap_or_default();
+        if before != visible(state, &new, &session) {
+            session.notify(json!({ "jsonrpc": "2.0", "method": "notifications/tools/list_changed" }));
+        }
+    }
+}
+
+/// The (server, tool) pairs a session could be allowed to call under `active`, over the tools
+/// its upstreams listed (cached) and the servers declare.
+fn visible(state: &State, active: &Active, session: &session::Session) -> BTreeSet<(String, String)> {
+    let snap = &active.snapshot;
+    let Some(grant) = snap.grant_by_name(&session.grant) else { return BTreeSet::new() };
+    let mut out = BTreeSet::new();
+    for server in grant.by_server.keys() {
+        if session.endpoint.as_deref().is_some_and(|e| e != server) {
+            continue;
+        }
+        let Some(s) = snap.servers.get(server) else { continue };
+        let mut tools: BTreeSet<String> = s.tools.keys().cloned().collect();
+        tools.extend(state.pool.cached_tool_names(&grant.name, server));
+        for t in tools {
+            if crate::policy::eval::may_allow(snap, grant, server, &t) {
+                out.insert((server.clone(), t));
+            }
+        }
+    }
+    out
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting, lets in-flight

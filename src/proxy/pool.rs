@@ -75,6 +75,15 @@ impl Pool {
         live.get(key).filter(|u| !u.is_closed() && u.server().transport == server.transport).cloned()
     }
 
+    /// Tool names the grant's live connection to `server` has listed (nothing if none).
+    pub fn cached_tool_names(&self, grant: &str, server: &str) -> Vec<String> {
+        let live = self.live.lock().expect("pool lock");
+        let Some(u) = live.get(&(grant.to_string(), server.to_string())) else { return Vec::new() };
+        u.cached_tools()
+            .map(|tools| tools.iter().filter_map(|t| t.get("name")?.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+
     pub fn states(&self) -> HashMap<String, ServerState> {
         let mut out: HashMap<String, ServerState> = HashMap::new();
         for ((_, server), u) in self.live.lock().expect("pool lock").iter() {

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 /// One client session.
@@ -23,6 +25,10 @@ pub struct Session {
     pub endpoint: Option<String>,
     /// The negotiated protocol revision.
     pub protocol: &'static str,
+    /// sha256 of the token that opened it: a commit that revokes the token ends the session.
+    pub token: [u8; 32],
+    /// The open GET stream, if any: server-initiated messages go there.
+    stream: Mutex<Option<mpsc::UnboundedSender<Value>>>,
     created: Instant,
     /// Milliseconds since `created` of the last request.
     last_seen_ms: AtomicU64,
@@ -49,6 +55,19 @@ impl Session {
         self.created.elapsed().saturating_sub(Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed)))
     }
 
+    /// Opens the session's server-to-client stream (replacing an earlier one).
+    pub fn open_stream(&self) -> mpsc::UnboundedReceiver<Value> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.stream.lock().expect("stream lock") = Some(tx);
+        rx
+    }
+
+    /// Sends a message on the open stream; false if none is open.
+    pub fn notify(&self, msg: Value) -> bool {
+        let stream = self.stream.lock().expect("stream lock");
+        stream.as_ref().is_some_and(|tx| tx.send(msg).is_ok())
+    }
+
     /// Registers a cancellable request; the returned guard unregisters it.
     pub fn track(self: &Arc<Self>, client_id: String, handle: AbortHandle) -> InflightGuard {
         self.inflight.lock().expect("inflight lock").insert(client_id.clone(), handle);
@@ -66,10 +85,12 @@ impl Session {
         }
     }
 
+    /// Aborts every in-flight request and ends the stream.
     fn cancel_all(&self) {
         for (_, h) in self.inflight.lock().expect("inflight lock").drain() {
             h.abort();
         }
+        self.stream.lock().expect("stream lock").take();
     }
 }
 
@@ -93,7 +114,7 @@ impl Sessions {
     }
 
     /// Opens a session with a fresh random id (256 bits from the OS).
-    pub fn open(&self, grant: &str, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+    pub fn open(&self, grant: &str, token: [u8; 32], endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).expect("the OS random source");
         let s = Arc::new(Session {
@@ -101,6 +122,8 @@ impl Sessions {
             grant: grant.to_string(),
             endpoint,
             protocol,
+            token,
+            stream: Mutex::new(None),
             created: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
@@ -154,6 +177,11 @@ impl Sessions {
             }
         }
         idle.len()
+    }
+
+    /// Every open session.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.map.lock().expect("sessions lock").values().cloned().collect()
     }
 
     pub fn len(&self) -> usize {

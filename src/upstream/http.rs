@@ -162,7 +162,7 @@ impl Inner {
         self.headers(req.headers_mut(), session);
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         self.client.request(req).await.map_err(|e| {
-            UpstreamError::Unavailable(format!("cannot reach upstream: {}", self.rpc.redact(&error_chain(&e))))
+            UpstreamError::Unavailable(format!("connection failed: {}", self.rpc.redact(&error_chain(&e))))
         })
     }
 
@@ -178,7 +178,7 @@ impl Inner {
             let id = match resp.headers().get(SESSION_ID) {
                 // Visible ASCII only (the spec's rule), so it is safe to log and to send back.
                 Some(v) if v.to_str().is_ok_and(|s| !s.is_empty() && s.len() <= 1024) => Some(v.clone()),
-                Some(_) => return Err(UpstreamError::Protocol("upstream sent an invalid Mcp-Session-Id".into())),
+                Some(_) => return Err(UpstreamError::Protocol("invalid Mcp-Session-Id".into())),
                 None => None,
             };
             let result = self.answer(resp, &mut call).await?;
@@ -209,7 +209,7 @@ impl Inner {
             let status = resp.status();
             if status == StatusCode::ACCEPTED {
                 drain(resp.into_body());
-                return Err(UpstreamError::Protocol("upstream accepted the request without answering it".into()));
+                return Err(UpstreamError::Protocol("request accepted (HTTP 202) but never answered".into()));
             }
             if status.is_success() {
                 return self.answer(resp, call).await;
@@ -262,7 +262,7 @@ impl Inner {
                     None => break,
                     Some(Err(e)) => {
                         return Err(UpstreamError::Unavailable(format!(
-                            "upstream response stream failed: {}",
+                            "response stream failed: {}",
                             self.rpc.redact(&error_chain(&e))
                         )));
                     }
@@ -277,7 +277,7 @@ impl Inner {
                         continue; // priming events carry no data
                     }
                     let msg: Value = serde_json::from_str(&ev.data)
-                        .map_err(|_| UpstreamError::Protocol("upstream sent an event that is not JSON".into()))?;
+                        .map_err(|_| UpstreamError::Protocol("an event that is not JSON".into()))?;
                     self.rpc.dispatch(msg);
                     if let Some(result) = call.try_result() {
                         // Finish reading in the background so the connection returns to the pool.
@@ -286,18 +286,18 @@ impl Inner {
                     }
                 }
             }
-            Err(UpstreamError::Unavailable("upstream ended the response stream without answering".into()))
+            Err(UpstreamError::Unavailable("response stream ended without an answer".into()))
         } else if ct.starts_with("application/json") {
             let bytes = read_capped(resp.into_body(), MAX_MESSAGE_BYTES).await?;
             let msg: Value = serde_json::from_slice(&bytes)
-                .map_err(|_| UpstreamError::Protocol("upstream sent a body that is not JSON".into()))?;
+                .map_err(|_| UpstreamError::Protocol("a body that is not JSON".into()))?;
             self.rpc.dispatch(msg);
             call.try_result().unwrap_or_else(|| {
-                Err(UpstreamError::Protocol("upstream answered with a message that is not the response".into()))
+                Err(UpstreamError::Protocol("an answer that is not the response to the request".into()))
             })
         } else {
             drain(resp.into_body());
-            Err(UpstreamError::Protocol(format!("upstream answered with content type {ct:?}")))
+            Err(UpstreamError::Protocol(format!("unexpected content type {ct:?}")))
         }
     }
 
@@ -429,10 +429,10 @@ pub(crate) async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes,
     let mut out = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame =
-            frame.map_err(|e| UpstreamError::Unavailable(format!("upstream response failed: {}", error_chain(&e))))?;
+            frame.map_err(|e| UpstreamError::Unavailable(format!("response body failed: {}", error_chain(&e))))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > max {
-                return Err(UpstreamError::Protocol(format!("upstream response larger than {max} bytes")));
+                return Err(UpstreamError::Protocol(format!("response larger than {max} bytes")));
             }
             out.extend_from_slice(&data);
         }
@@ -448,7 +448,7 @@ pub(crate) fn drain(body: Incoming) {
     });
 }
 
-/// `upstream answered HTTP 503: <JSON-RPC error message or the start of the body>`, scrubbed.
+/// `HTTP 503 Service Unavailable: <JSON-RPC error message or the start of the body>`, scrubbed.
 pub(crate) fn status_error(rpc: &Rpc, status: StatusCode, body: &[u8]) -> UpstreamError {
     let detail = serde_json::from_slice::<Value>(body)
         .ok()
@@ -458,8 +458,8 @@ pub(crate) fn status_error(rpc: &Rpc, status: StatusCode, body: &[u8]) -> Upstre
     let detail = rpc.redact(&detail);
     let detail: String = detail.chars().filter(|c| !c.is_control()).take(200).collect::<String>().trim().to_string();
     if detail.is_empty() {
-        UpstreamError::Unavailable(format!("upstream answered HTTP {status}"))
+        UpstreamError::Unavailable(format!("HTTP {status}"))
     } else {
-        UpstreamError::Unavailable(format!("upstream answered HTTP {status}: {detail}"))
+        UpstreamError::Unavailable(format!("HTTP {status}: {detail}"))
     }
 }

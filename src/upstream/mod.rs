@@ -224,6 +224,11 @@ impl Upstream {
         Err(UpstreamError::Protocol(format!("tools/list did not end after {MAX_TOOL_PAGES} pages")))
     }
 
+    /// The cached tool list, without asking the upstream.
+    pub fn cached_tools(&self) -> Option<Arc<Vec<Value>>> {
+        self.rpc.cached_tools().0
+    }
+
     /// Events from the upstream: tools list changed, closed.
     pub fn subscribe(&self) -> broadcast::Receiver<UpstreamEvent> {
         self.rpc.subscribe()
@@ -239,7 +244,7 @@ impl Upstream {
     /// (the child is reaped). Streamable HTTP: `DELETE` the session (best effort). SSE: drop
     /// the event stream. Pending and later requests fail with `Unavailable`.
     pub async fn shutdown(&self) {
-        self.rpc.close(UpstreamError::Unavailable("upstream session shut down".into()));
+        self.rpc.close(UpstreamError::Unavailable("session shut down".into()));
         match &self.channel {
             Channel::Http(h) => h.shutdown().await,
             Channel::Sse(s) => s.shutdown(),
@@ -301,14 +306,6 @@ impl Channel {
     }
 }
 
-// === impl Rpc (closed state, used here) ===
-
-impl Rpc {
-    fn closed_error(&self) -> Option<UpstreamError> {
-        self.is_closed().then(|| UpstreamError::Unavailable("upstream session closed".into()))
-    }
-}
-
 /// The handshake over a channel whose `initialize` needs nothing special (stdio, legacy SSE;
 /// Streamable HTTP does its own, to pick up the session id).
 async fn handshake(rpc: &Arc<Rpc>, channel: &Channel) -> Result<(String, Value), UpstreamError> {
@@ -335,7 +332,7 @@ pub(crate) fn negotiated(result: &Value, accepted: &[&str]) -> Result<String, Up
     match result.get("protocolVersion").and_then(Value::as_str) {
         Some(v) if accepted.contains(&v) => Ok(v.to_string()),
         Some(v) => Err(UpstreamError::Protocol(format!(
-            "upstream chose protocol version {:?}, which gatehouse does not speak (it speaks {})",
+            "protocol version {:?} chosen, which gatehouse does not speak (it speaks {})",
             v.chars().take(40).collect::<String>(),
             accepted.join(", ")
         ))),

@@ -184,7 +184,7 @@ impl Rpc {
         } else if let Some(result) = m.remove("result") {
             Ok(result)
         } else {
-            Err(UpstreamError::Protocol("upstream response has neither result nor error".into()))
+            Err(UpstreamError::Protocol("a response with neither result nor error".into()))
         };
         let _ = waiter.tx.send(result);
     }
@@ -198,7 +198,7 @@ impl Rpc {
                 message: self.redact(message),
                 data: error.get("data").map(|d| self.redact_value(d.clone())),
             },
-            _ => UpstreamError::Protocol("upstream sent a malformed JSON-RPC error".into()),
+            _ => UpstreamError::Protocol("a malformed JSON-RPC error".into()),
         }
     }
 
@@ -262,6 +262,11 @@ impl Rpc {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.state().closed.is_some()
+    }
+
+    /// Why the session closed, if it did.
+    pub(crate) fn closed_error(&self) -> Option<UpstreamError> {
+        self.state().closed.clone()
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<UpstreamEvent> {
@@ -354,7 +359,7 @@ impl Call {
     pub(crate) async fn wait(&mut self) -> Result<Value, UpstreamError> {
         match (&mut self.rx).await {
             Ok(r) => r,
-            Err(_) => Err(UpstreamError::Unavailable("upstream connection closed".into())),
+            Err(_) => Err(UpstreamError::Unavailable("connection closed".into())),
         }
     }
 
@@ -364,7 +369,7 @@ impl Call {
             Ok(r) => Some(r),
             Err(oneshot::error::TryRecvError::Empty) => None,
             Err(oneshot::error::TryRecvError::Closed) => {
-                Some(Err(UpstreamError::Unavailable("upstream connection closed".into())))
+                Some(Err(UpstreamError::Unavailable("connection closed".into())))
             }
         }
     }

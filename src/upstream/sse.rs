@@ -78,9 +78,10 @@ impl Sse {
         apply_credentials(req.headers_mut(), &creds);
         req.headers_mut().insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         req.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let resp = client.request(req).await.map_err(|e| {
-            UpstreamError::Unavailable(format!("cannot reach upstream: {}", rpc.redact(&error_chain(&e))))
-        })?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| UpstreamError::Unavailable(format!("connection failed: {}", rpc.redact(&error_chain(&e)))))?;
         let status = resp.status();
         if status != StatusCode::OK {
             let body = read_capped(resp.into_body(), 64 << 10).await.unwrap_or_default();
@@ -88,7 +89,7 @@ impl Sse {
         }
         if !content_type(resp.headers()).starts_with("text/event-stream") {
             return Err(UpstreamError::Protocol(format!(
-                "upstream answered the event stream request with content type {:?}",
+                "event stream request answered with content type {:?}",
                 content_type(resp.headers())
             )));
         }
@@ -97,7 +98,7 @@ impl Sse {
         let endpoint = match endpoint_rx.await {
             Ok(e) => e,
             Err(_) => {
-                return Err(UpstreamError::Unavailable("upstream event stream ended before its endpoint event".into()));
+                return Err(UpstreamError::Unavailable("event stream ended before its endpoint event".into()));
             }
         };
         let endpoint = resolve_endpoint(&uri, endpoint.trim())?;
@@ -136,7 +137,7 @@ impl Inner {
         apply_credentials(req.headers_mut(), &self.creds);
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let resp = self.client.request(req).await.map_err(|e| {
-            UpstreamError::Unavailable(format!("cannot reach upstream: {}", self.rpc.redact(&error_chain(&e))))
+            UpstreamError::Unavailable(format!("connection failed: {}", self.rpc.redact(&error_chain(&e))))
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -157,8 +158,8 @@ async fn read_stream(mut body: Incoming, rpc: Arc<Rpc>, endpoint: oneshot::Sende
     let mut events = Vec::new();
     let why = loop {
         let chunk = match body.frame().await {
-            None => break "upstream event stream ended".to_string(),
-            Some(Err(e)) => break format!("upstream event stream failed: {}", rpc.redact(&error_chain(&e))),
+            None => break "event stream ended".to_string(),
+            Some(Err(e)) => break format!("event stream failed: {}", rpc.redact(&error_chain(&e))),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_) => continue,
@@ -207,7 +208,7 @@ async fn send_queued(inner: Arc<Inner>, mut outbound: mpsc::UnboundedReceiver<Va
 /// another origin is refused: we would be sending our credentials there.
 pub(crate) fn resolve_endpoint(base: &Uri, endpoint: &str) -> Result<Uri, UpstreamError> {
     let shown: String = endpoint.chars().take(200).collect();
-    let refuse = |why: &str| UpstreamError::Protocol(format!("upstream endpoint {shown:?} {why}"));
+    let refuse = |why: &str| UpstreamError::Protocol(format!("endpoint {shown:?} {why}"));
     let scheme = base.scheme_str().unwrap_or("http");
     let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
     let resolved = if endpoint.contains("://") {
@@ -264,12 +265,12 @@ impl SseParser {
             start = end + 1;
             self.line(&line, out);
             if self.data.len() > self.max {
-                return Err(format!("upstream sent an event larger than {} bytes", self.max));
+                return Err(format!("an event larger than {} bytes", self.max));
             }
         }
         self.buf.drain(..start);
         if self.buf.len() > self.max {
-            return Err(format!("upstream sent an event larger than {} bytes", self.max));
+            return Err(format!("an event larger than {} bytes", self.max));
         }
         Ok(())
     }

@@ -111,7 +111,7 @@ impl Stdio {
     /// Queues one message for stdin.
     pub(crate) fn send(&self, message: Value) -> Result<(), UpstreamError> {
         if self.rpc.is_closed() {
-            return Err(UpstreamError::Unavailable("upstream process has exited".into()));
+            return Err(UpstreamError::Unavailable("process has exited".into()));
         }
         self.rpc.send(message);
         Ok(())
@@ -191,7 +191,7 @@ async fn write_loop(
             r = write => r,
         };
         if let Err(e) = written {
-            rpc.close(UpstreamError::Unavailable(format!("upstream process stopped reading its stdin: {e}")));
+            rpc.close(UpstreamError::Unavailable(format!("process stopped reading its stdin: {e}")));
             break;
         }
     }
@@ -204,14 +204,12 @@ async fn read_loop<R: AsyncBufRead + Unpin>(mut stdout: R, rpc: Arc<Rpc>) {
     let error = loop {
         line.clear();
         match read_line_capped(&mut stdout, &mut line, MAX_MESSAGE_BYTES).await {
-            Ok((0, _)) => break UpstreamError::Unavailable("upstream process closed its stdout".into()),
+            Ok((0, _)) => break UpstreamError::Unavailable("process closed its stdout".into()),
             Ok((_, true)) => {
-                break UpstreamError::Protocol(format!(
-                    "upstream process wrote a line larger than {MAX_MESSAGE_BYTES} bytes"
-                ));
+                break UpstreamError::Protocol(format!("a stdout line larger than {MAX_MESSAGE_BYTES} bytes"));
             }
             Ok(_) => {}
-            Err(e) => break UpstreamError::Unavailable(format!("cannot read the upstream process's stdout: {e}")),
+            Err(e) => break UpstreamError::Unavailable(format!("cannot read the process's stdout: {e}")),
         }
         let text = line.trim_ascii();
         if text.is_empty() {

@@ -169,7 +169,8 @@ async fn sessions_are_bound_to_their_grant() {
     assert_eq!(send("DELETE", &url, Some(BOB), Some(&s), "", &[]).await.status, StatusCode::NOT_FOUND);
     assert_eq!(send("DELETE", &url, Some(ALICE), Some(&s), "", &[]).await.status, StatusCode::NO_CONTENT);
     assert_eq!(post(&url, ALICE, Some(&s), list).await.status, StatusCode::NOT_FOUND, "ended");
-    assert_eq!(send("GET", &url, Some(ALICE), None, "", &[]).await.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(send("GET", &url, Some(ALICE), Some("not-a-session"), "", &[]).await.status, StatusCode::NOT_FOUND, "a stream needs a session");
+    assert_eq!(send("PUT", &url, Some(ALICE), None, "", &[]).await.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,93 @@
+//! The effective access matrix of a snapshot — who could be allowed to call which tool — and
+//! the difference between two of them. Pure.
+//!
+//! The tools of a server are those its file declares, those access entries name, and those its
+//! policies list; a grant whose policies would let through tools nobody declared (`tools: "*"`
+//! with no policy listing them) is shown with the tool `*` ("every tool the upstream offers").
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::policy::eval::may_allow;
+use crate::snapshot::{Snapshot, ToolSet};
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Cell {
+    pub identity: String,
+    pub server: String,
+    pub tool: String,
+}
+
+/// Who gains and who loses which tool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Diff {
+    pub gained: Vec<Cell>,
+    pub lost: Vec<Cell>,
+}
+
+/// Every (identity, server, tool) some call could be allowed for.
+pub fn matrix(snap: &Snapshot) -> BTreeSet<Cell> {
+    let mut out = BTreeSet::new();
+    for grant in &snap.grants {
+        for server in grant.by_server.keys() {
+            let Some(s) = snap.servers.get(server) else { continue };
+            let mut tools: BTreeSet<&str> = s.tools.keys().map(String::as_str).collect();
+            let mut open_ended = false;
+            let policies = s.policy.iter().chain(grant.by_server[server].iter().filter_map(|&i| grant.access[i].policy.as_ref()));
+            for p in policies {
+                tools.extend(p.tools.keys().map(String::as_str));
+                open_ended |= p.default_allow;
+            }
+            for &i in &grant.by_server[server] {
+                match &grant.access[i].tools {
+                    ToolSet::Only(names) => tools.extend(names.iter().map(String::as_str)),
+                    ToolSet::All => open_ended |= grant.access[i].policy.is_none() && s.policy.is_none(),
+                }
+            }
+            for tool in tools {
+                if may_allow(snap, grant, server, tool) {
+                    out.insert(Cell { identity: grant.identity.clone(), server: server.clone(), tool: tool.to_string() });
+                }
+            }
+            if open_ended && grant.by_server[server].iter().any(|&i| matches!(grant.access[i].tools, ToolSet::All)) {
+                out.insert(Cell { identity: grant.identity.clone(), server: server.clone(), tool: "*".into() });
+            }
+        }
+    }
+    out
+}
+
+/// What changes from `old` to `new`.
+pub fn diff(old: &BTreeSet<Cell>, new: &BTreeSet<Cell>) -> Diff {
+    Diff { gained: new.difference(old).cloned().collect(), lost: old.difference(new).cloned().collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::{Files, compile};
+
+    fn snap(grant: &str) -> Snapshot {
+        let files = Files::from_memory([
+            ("servers/s.yaml", "name: s\ntransport: stdio\ncommand: [x]\nsupplier: { operated_by: internal }\ntools: { a: { category: read }, b: { category: destructive } }\n"),
+            ("policies/p.yaml", "tools: { a: {} }\n"),
+            ("grants/g.yaml", grant),
+        ]);
+        compile(&files).unwrap().snapshot
+    }
+
+    #[test]
+    fn matrix_and_diff() {
+        let narrow = snap("identity: g\nkind: human\naccess: [ { server: s, tools: \"*\", policy: policies/p.yaml } ]\n");
+        let wide = snap("identity: g\nkind: human\naccess: [ { server: s, tools: \"*\" } ]\n");
+        let cells = |s: &Snapshot| matrix(s).into_iter().map(|c| format!("{} {} {}", c.identity, c.server, c.tool)).collect::<Vec<_>>();
+        assert_eq!(cells(&narrow), ["g s a"]);
+        assert_eq!(cells(&wide), ["g s *", "g s a", "g s b"]);
+        let d = diff(&matrix(&narrow), &matrix(&wide));
+        let gained: Vec<&str> = d.gained.iter().map(|c| c.tool.as_str()).collect();
+        assert_eq!(gained, ["*", "b"]);
+        assert!(d.lost.is_empty());
+    }
+}

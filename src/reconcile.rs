@@ -1,0 +1,464 @@
+//! The reconciler: the only writer of the active snapshot.
+//!
+//! On every trigger (a ref changed under `.git`, the poll interval, `POST /-/reconcile`) it
+//! resolves the tip of the branch, and when the tip is new: reads the tree AT THE COMMIT, loads,
+//! validates, compiles and binds secrets, records every commit since the last applied one as a
+//! change (A.8.32), and swaps the new snapshot in with one atomic store. A commit that fails is
+//! rejected with all its errors while the last good snapshot keeps serving, and is not retried
+//! until the tip moves. A tip that does not descend from the applied commit (a history rewrite)
+//! is refused and recorded until an operator accepts it.
+//!
+//! Only the tip is ever applied; the commits before it in one reconcile are recorded as
+//! `superseded` (validated, with their access diff, but never enforced).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use git2::Oid;
+use rusqlite::{OptionalExtension, params};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::access::{self, Cell};
+use crate::git::{CommitInfo, PolicyRepo, fetch};
+use crate::proxy::{Active, Attempt, RewriteStatus, State};
+use crate::repo::{self, Files};
+use crate::secrets::{SecretSource, bind};
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+use crate::units::now_rfc3339_ms;
+
+/// Where the policy repository comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A local repository (or a directory inside one), watched for ref changes.
+    Local { path: PathBuf },
+    /// A remote URL, cloned (bare) into `clone` and fetched on every trigger.
+    Remote { url: String, clone: PathBuf },
+}
+
+/// How the reconciler is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: Source,
+    /// The branch to follow; HEAD (local) or the remote's default branch when None.
+    pub branch: Option<String>,
+    pub secrets: SecretSource,
+    /// Accept history rewrites without an operator (recorded as accepted by the daemon).
+    pub accept_rewrite: bool,
+    /// How often to look for a new tip without a trigger.
+    pub poll: Duration,
+}
+
+/// One change record (DESIGN.md §4).
+#[derive(Debug, Clone)]
+pub struct ChangeRecord {
+    pub info: CommitInfo,
+    pub access_diff: Option<access::Diff>,
+    pub status: &'static str,
+    pub errors: Vec<String>,
+}
+
+/// What one reconcile step found.
+enum Outcome {
+    Unchanged,
+    Applied { active: Active, tip: Oid, records: Vec<ChangeRecord>, accepted_rewrite: Option<String> },
+    Rejected { tip: Oid, records: Vec<ChangeRecord> },
+    Rewritten { old: Oid, new: Oid, vanished: Vec<String> },
+    Failed(String),
+}
+
+/// The reconciler's memory between steps.
+struct Memory {
+    applied: Option<Oid>,
+    /// A tip that failed validation: not retried until the tip moves.
+    rejected: Option<Oid>,
+    /// A rewrite already recorded: not recorded again until the tip moves.
+    refused: Option<Oid>,
+}
+
+/// Most commits of one reconcile that are compiled for their access diff.
+const MAX_DIFFED: usize = 50;
+
+/// Serves the commit recorded as last applied (if any), before the source is even looked at:
+/// after a restart the gateway is ready at once.
+pub fn restore(settings: &Settings, store: &Store, state: &State) -> Option<Oid> {
+    let commit = last_applied(store)?;
+    let id = Oid::from_str(&commit).ok()?;
+    let restored = (|| -> Result<Active> {
+        let pr = open(&settings.source)?;
+        let files = Files { commit: Some(commit.clone()), entries: pr.files_at(id)? };
+        let compiled = repo::compile(&files).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let snapshot = Arc::new(compiled.snapshot);
+        let secrets = bind(&snapshot, &settings.secrets).map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+        Ok(Active { snapshot, secrets: Arc::new(secrets) })
+    })();
+    match restored {
+        Ok(active) => {
+            info!(commit = %&commit[..12], "serving the last applied commit");
+            state.activate(active);
+            state.status.lock().expect("status lock").last_applied = Some(crate::proxy::AppliedStatus { commit: commit.clone(), time: None });
+            Some(id)
+        }
+        Err(e) => {
+            warn!(commit = %&commit[..12], error = %e, "the last applied commit cannot be served again; waiting for a valid commit");
+            None
+        }
+    }
+}
+
+fn last_applied(store: &Store) -> Option<String> {
+    let conn = store.reader().ok()?;
+    conn.query_row("SELECT value FROM kv WHERE key = 'last_applied'", [], |r| r.get(0)).optional().ok().flatten()
+}
+
+/// Runs until the process ends: one reconcile per trigger or poll interval.
+pub async fn run(settings: Settings, store: Store, state: Arc<State>, mut triggers: mpsc::Receiver<()>, applied: Option<Oid>) {
+    let mut mem = Memory { applied, rejected: None, refused: None };
+    loop {
+        reconcile_once(&settings, &store, &state, &mut mem).await;
+        let jitter = Duration::from_millis(u64::from(rand_u16()) % (settings.poll.as_millis() as u64 / 10 + 1));
+        tokio::select! {
+            t = triggers.recv() => if t.is_none() { return },
+            _ = tokio::time::sleep(settings.poll + jitter) => {}
+        }
+        // Coalesce a burst of triggers (git writes several files per commit).
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        while triggers.try_recv().is_ok() {}
+    }
+}
+
+fn rand_u16() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    u16::from_le_bytes(b)
+}
+
+async fn reconcile_once(settings: &Settings, store: &Store, state: &Arc<State>, mem: &mut Memory) {
+    let started = Instant::now();
+    let input = (settings.clone(), mem.applied, mem.rejected, mem.refused, store.clone(), state.active.load_full());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let (settings, applied, rejected, refused, store, current) = input;
+        step(&settings, applied, rejected, refused, &store, current.as_deref().map(|a| &*a.snapshot))
+    })
+    .await
+    .unwrap_or_else(|e| Outcome::Failed(format!("reconcile task failed: {e}")));
+    let label = match &outcome {
+        Outcome::Unchanged => return,
+        Outcome::Applied { .. } => "applied",
+        Outcome::Rejected { .. } => "rejected",
+        Outcome::Rewritten { .. } => "rewrite_refused",
+        Outcome::Failed(_) => "error",
+    };
+    let now = now_rfc3339_ms();
+    match outcome {
+        Outcome::Unchanged => {}
+        Outcome::Applied { active, tip, records, accepted_rewrite } => {
+            let tip_hex = tip.to_string();
+            let write = {
+                let (records, tip_hex, now) = (records.clone(), tip_hex.clone(), now.clone());
+                store.write(move |c| {
+                    insert_records(c, &records, &now)?;
+                    c.execute("INSERT INTO kv (key, value) VALUES ('last_applied', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1", [&tip_hex])?;
+                    Ok(())
+                })
+            };
+            // The change is recorded (durably) before it is enforced.
+            if let Err(e) = write.await {
+                error!(commit = %&tip_hex[..12], error = %e, "cannot record the change; not applying it");
+                set_attempt(state, &tip_hex, "error", vec![e.to_string()], &now);
+                state.metrics.reconcile(label_for_error(), started.elapsed());
+                return;
+            }
+            let old = state.active.load_full();
+            state.activate(active);
+            crate::proxy::snapshot_changed(state, old.as_deref());
+            mem.applied = Some(tip);
+            mem.rejected = None;
+            mem.refused = None;
+            info!(commit = %&tip_hex[..12], changes = records.len(), ms = started.elapsed().as_millis() as u64, "applied");
+            let mut st = state.status.lock().expect("status lock");
+            st.last_applied = Some(crate::proxy::AppliedStatus { commit: tip_hex.clone(), time: Some(now.clone()) });
+            st.last_attempted = Some(Attempt { commit: tip_hex, outcome: "applied", errors: Vec::new(), time: now });
+            if accepted_rewrite.is_some() {
+                st.history_rewritten = None;
+            }
+        }
+        Outcome::Rejected { tip, records } => {
+            let errors = records.last().map(|r| r.errors.clone()).unwrap_or_default();
+            let tip_hex = tip.to_string();
+            warn!(commit = %&tip_hex[..12], errors = errors.len(), "rejected; the last good snapshot keeps serving");
+            for e in &errors {
+                warn!("  {e}");
+            }
+            let now2 = now.clone();
+            if let Err(e) = store.write(move |c| insert_records(c, &records, &now2)).await {
+                error!(error = %e, "cannot record the rejected change");
+            }
+            mem.rejected = Some(tip);
+            set_attempt(state, &tip_hex, "rejected", errors, &now);
+        }
+        Outcome::Rewritten { old, new, vanished } => {
+            let (o, n) = (old.to_string(), new.to_string());
+            warn!(old = %&o[..12], new = %&n[..12], vanished = vanished.len(), "history rewritten: refused until accepted (gatehouse accept-rewrite)");
+            let (o2, n2, v2, now2) = (o.clone(), n.clone(), vanished.clone(), now.clone());
+            if let Err(e) = store
+                .write(move |c| {
+                    c.execute(
+                        "INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![o2, n2, serde_json::to_string(&v2).unwrap_or_default(), now2],
+                    )
+                })
+                .await
+            {
+                error!(error = %e, "cannot record the history rewrite");
+            }
+            mem.refused = Some(new);
+            let mut st = state.status.lock().expect("status lock");
+            st.history_rewritten = Some(RewriteStatus { old_tip: o, new_tip: n.clone(), vanished, detected_at: now.clone() });
+            st.last_attempted = Some(Attempt { commit: n, outcome: "rewrite_refused", errors: vec!["the new tip does not descend from the applied commit".into()], time: now });
+        }
+        Outcome::Failed(e) => {
+            warn!(error = %e, "reconcile failed; will retry");
+            set_attempt(state, "", "error", vec![e], &now);
+        }
+    }
+    state.metrics.reconcile(label, started.elapsed());
+}
+
+fn label_for_error() -> &'static str {
+    "error"
+}
+
+fn set_attempt(state: &State, commit: &str, outcome: &'static str, errors: Vec<String>, now: &str) {
+    state.status.lock().expect("status lock").last_attempted =
+        Some(Attempt { commit: commit.to_string(), outcome, errors, time: now.to_string() });
+}
+
+/// Inserts change records, once per commit: a commit that already has one keeps it.
+fn insert_records(c: &rusqlite::Connection, records: &[ChangeRecord], now: &str) -> rusqlite::Result<()> {
+    let mut stmt = c.prepare(
+        "INSERT INTO changes (commit_id, parents, author, author_time, committer, commit_time, message, pull_request,
+                              signed, files, access_diff, status, errors, applied_at, recorded_at)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
+         WHERE NOT EXISTS (SELECT 1 FROM changes WHERE commit_id = ?1)",
+    )?;
+    for r in records {
+        let i = &r.info;
+        stmt.execute(params![
+            i.commit,
+            serde_json::to_string(&i.parents).unwrap_or_default(),
+            i.author,
+            i.author_time,
+            i.committer,
+            i.commit_time,
+            i.message,
+            i.pull_request.map(|n| n as i64),
+            json!({ "present": i.signed, "verified": false }).to_string(),
+            serde_json::to_string(&i.files).unwrap_or_default(),
+            serde_json::to_string(&r.access_diff).unwrap_or_default(),
+            r.status,
+            serde_json::to_string(&r.errors).unwrap_or_default(),
+            (r.status == "applied").then_some(now),
+            now,
+        ])?;
+    }
+    Ok(())
+}
+
+fn open(source: &Source) -> Result<PolicyRepo> {
+    match source {
+        Source::Local { path } => PolicyRepo::discover(path),
+        Source::Remote { clone, .. } => PolicyRepo::open_top(clone),
+    }
+}
+
+/// The blocking part: fetch, resolve, decide, build. Never touches the active snapshot.
+fn step(
+    settings: &Settings,
+    applied: Option<Oid>,
+    rejected: Option<Oid>,
+    refused: Option<Oid>,
+    store: &Store,
+    current: Option<&Snapshot>,
+) -> Outcome {
+    let tip = match &settings.source {
+        Source::Remote { url, clone } => match fetch(url, clone, settings.branch.as_deref()) {
+            Ok((tip, _)) => tip,
+            Err(e) => return Outcome::Failed(format!("{e:#}")),
+        },
+        Source::Local { .. } => {
+            let rev = settings.branch.as_deref().unwrap_or("HEAD");
+            match open(&settings.source).and_then(|pr| pr.resolve(rev)) {
+                Ok(t) => t,
+                Err(e) => return Outcome::Failed(format!("{e:#}")),
+            }
+        }
+    };
+    if Some(tip) == applied || Some(tip) == rejected {
+        return Outcome::Unchanged;
+    }
+    let pr = match open(&settings.source) {
+        Ok(pr) => pr,
+        Err(e) => return Outcome::Failed(format!("{e:#}")),
+    };
+    let mut accepted_rewrite = None;
+    if let Some(old) = applied {
+        match pr.descends(tip, old) {
+            Ok(true) => {}
+            Ok(false) => {
+                let acceptance = if settings.accept_rewrite {
+                    Some("accepted by serve --accept-rewrite".to_string())
+                } else {
+                    accepted(store, old, tip)
+                };
+                match acceptance {
+                    Some(reason) => {
+                        info!(old = %old, new = %tip, reason, "history rewrite accepted");
+                        record_acceptance(store, old, tip, &reason);
+                        accepted_rewrite = Some(reason);
+                    }
+                    None if Some(tip) == refused => return Outcome::Unchanged,
+                    None => {
+                        let vanished = pr.range(Some(tip), old).map(|v| v.iter().map(Oid::to_string).collect()).unwrap_or_default();
+                        return Outcome::Rewritten { old, new: tip, vanished };
+                    }
+                }
+            }
+            Err(e) => return Outcome::Failed(format!("{e:#}")),
+        }
+    }
+    // With no applied commit yet, only the tip is recorded (not the whole history).
+    let commits = match applied {
+        Some(a) => pr.range(Some(a), tip).unwrap_or_else(|_| vec![tip]),
+        None => vec![tip],
+    };
+    let mut prev: Option<BTreeSet<Cell>> = current.map(access::matrix);
+    let mut records = Vec::with_capacity(commits.len());
+    let mut tip_active = None;
+    let diff_from = commits.len().saturating_sub(MAX_DIFFED);
+    for (n, &id) in commits.iter().enumerate() {
+        let info = match pr.info(id) {
+            Ok(i) => i,
+            Err(e) => return Outcome::Failed(format!("reading commit {id}: {e:#}")),
+        };
+        let is_tip = id == tip;
+        let mut errors = Vec::new();
+        let mut access_diff = None;
+        if is_tip || n >= diff_from {
+            match build(&pr, id) {
+                Ok(snapshot) => {
+                    let m = access::matrix(&snapshot);
+                    access_diff = prev.as_ref().map(|p| access::diff(p, &m));
+                    prev = Some(m);
+                    if is_tip {
+                        match bind(&snapshot, &settings.secrets) {
+                            Ok(secrets) => tip_active = Some(Active { snapshot: Arc::new(snapshot), secrets: Arc::new(secrets) }),
+                            Err(e) => errors = e,
+                        }
+                    }
+                }
+                Err(e) => errors = e,
+            }
+        }
+        let status = if !is_tip {
+            "superseded"
+        } else if errors.is_empty() && tip_active.is_some() {
+            "applied"
+        } else {
+            "rejected"
+        };
+        records.push(ChangeRecord { info, access_diff, status, errors });
+    }
+    match tip_active {
+        Some(active) => Outcome::Applied { active, tip, records, accepted_rewrite },
+        None => Outcome::Rejected { tip, records },
+    }
+}
+
+/// Compiles the policy repository at commit `id`; Err holds every error as `file:line:col: …`.
+fn build(pr: &PolicyRepo, id: Oid) -> Result<Snapshot, Vec<String>> {
+    let entries = pr.files_at(id).map_err(|e| vec![format!("{e:#}")])?;
+    let files = Files { commit: Some(id.to_string()), entries };
+    repo::compile(&files).map(|c| c.snapshot).map_err(|d| d.errors().map(|e| e.to_string()).collect())
+}
+
+/// An operator's acceptance of the rewrite from `old` to `new` (`gatehouse accept-rewrite`).
+fn accepted(store: &Store, old: Oid, new: Oid) -> Option<String> {
+    let c = store.reader().ok()?;
+    c.query_row(
+        "SELECT reason FROM rewrites WHERE old_tip = ?1 AND new_tip = ?2 AND accepted_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+        params![old.to_string(), new.to_string()],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()
+    .ok()
+    .flatten()
+    .map(|r| r.unwrap_or_default())
+}
+
+fn record_acceptance(store: &Store, old: Oid, new: Oid, reason: &str) {
+    let (o, n, reason, now) = (old.to_string(), new.to_string(), reason.to_string(), now_rfc3339_ms());
+    let _ = store.write_blocking(move |c| {
+        let updated = c.execute(
+            "UPDATE rewrites SET accepted_at = coalesce(accepted_at, ?3), accepted_by = coalesce(accepted_by, 'gatehouse serve'), reason = coalesce(reason, ?4)
+             WHERE old_tip = ?1 AND new_tip = ?2",
+            params![o, n, now, reason],
+        )?;
+        if updated == 0 {
+            c.execute(
+                "INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at, accepted_at, accepted_by, reason) VALUES (?1, ?2, '[]', ?3, ?3, 'gatehouse serve', ?4)",
+                params![o, n, now, reason],
+            )?;
+        }
+        Ok(())
+    });
+}
+
+/// `gatehouse accept-rewrite`: accepts the newest refused rewrite, recording who and why.
+pub fn accept_rewrite(data_dir: &Path, by: &str, reason: &str) -> Result<(String, String)> {
+    let store = Store::open(data_dir)?;
+    let (by, reason) = (by.to_string(), reason.to_string());
+    store
+        .write_blocking(move |c| {
+            let row: Option<(i64, String, String)> = c
+                .query_row("SELECT id, old_tip, new_tip FROM rewrites WHERE accepted_at IS NULL ORDER BY id DESC LIMIT 1", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let Some((id, old, new)) = row else { return Ok(None) };
+            c.execute(
+                "UPDATE rewrites SET accepted_at = ?2, accepted_by = ?3, reason = ?4 WHERE id = ?1",
+                params![id, now_rfc3339_ms(), by, reason],
+            )?;
+            Ok(Some((old, new)))
+        })?
+        .context("no refused history rewrite is waiting for acceptance")
+}
+
+/// Watches the git directory of a local repository; every change of a ref sends a trigger.
+pub fn watch(path: &Path, triggers: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let git_dir = crate::git::git_dir(path)?;
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let relevant = ev.paths.iter().any(|p| {
+                let s = p.to_string_lossy();
+                s.contains("/refs/") || s.ends_with("packed-refs") || s.ends_with("HEAD")
+            });
+            if relevant {
+                let _ = triggers.try_send(());
+            }
+        }
+    })?;
+    watcher.watch(&git_dir, RecursiveMode::NonRecursive)?;
+    let refs = git_dir.join("refs");
+    if refs.exists() {
+        watcher.watch(&refs, RecursiveMode::Recursive)?;
+    }
+    Ok(watcher)
+}
