@@ -320,6 +320,7 @@ $SUPPLIER
 tools:
   read_text_file: { category: read }
   list_directory: { category: read }
+  list_allowed_directories: { category: read }
   write_file:     { category: destructive }
   edit_file:      { category: destructive }
   move_file:      { category: destructive }
@@ -651,6 +652,9 @@ inspector_suite "inspector 1.x" 0 "Unknown tool: everything__no-such-tool" "" --
 if [ ${#INSP2[@]} -gt 0 ]; then
   echo "== MCP Inspector CLI $("$PEERS_NODE22" -e "console.log(require('$PEERS_DIR/inspector2/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $("$PEERS_NODE22" --version))"
   inspector_suite "inspector 2.x" 5 "Tool 'everything__no-such-tool' not found" "--stored-auth-only" -- "${INSP2[@]}"
+  check "inspector 2.x --protocol-era auto (server/discover probe, falls back to initialize)" --has "sum of 6 and 7 is 13" \
+    -- "${INSP2[@]}" "$GW/mcp" --transport http --header "Authorization: Bearer $OPS_TOKEN" --protocol-era auto \
+    --method tools/call --tool-name everything__get-sum --tool-arg a=6 b=7
 else
   echo "(inspector 2.x not installed in $PEERS_DIR: skipped)"
 fi
@@ -660,7 +664,8 @@ fi
 section "gateway shutdown"
 GW_CHILDREN=$(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr '\n' ' ')
 nchildren=$(echo "$GW_CHILDREN" | wc -w)
-result "the gateway runs its stdio upstreams as children ($nchildren)" "$([ "$nchildren" -ge 2 ] || echo "expected >= 2 stdio children, found $nchildren")"
+# Both grants used both stdio servers; DESIGN.md §3: no child is shared between two grants.
+result "one stdio child per grant and stdio server (4)" "$([ "$nchildren" -eq 4 ] || echo "found $nchildren children: $(ps -o pid=,args= --ppid "$GW_PID" | cut -c1-120)")"
 kill -TERM "$GW_PID"
 stopped=""
 for _ in $(seq 1 75); do kill -0 "$GW_PID" 2>/dev/null || { stopped=1; break; }; sleep 0.2; done

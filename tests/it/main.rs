@@ -5,6 +5,7 @@ mod cli;
 mod e2e;
 mod gateway;
 mod props;
+mod reconcile;
 mod proxy;
 mod support;
 mod upstream;

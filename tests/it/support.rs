@@ -51,6 +51,34 @@ impl TestRepo {
     }
 }
 
+impl TestRepo {
+    /// Deletes a file from the working tree (commit to record it).
+    pub fn delete(&self, path: &str) {
+        std::fs::remove_file(self.path().join(path)).unwrap();
+    }
+
+    /// Commits `files` on top of `parent` without moving HEAD or any branch (a commit that a
+    /// force-push would bring). Returns its id.
+    pub fn commit_detached(&self, parent: &str, message: &str, files: &[(&str, &str)]) -> String {
+        let parent = self.repo.find_commit(git2::Oid::from_str(parent).unwrap()).unwrap();
+        let mut builder = git2::build::TreeUpdateBuilder::new();
+        let blobs: Vec<(String, git2::Oid)> = files.iter().map(|(p, t)| (p.to_string(), self.repo.blob(t.as_bytes()).unwrap())).collect();
+        for (p, id) in &blobs {
+            builder.upsert(p.as_str(), *id, git2::FileMode::Blob);
+        }
+        let tree_id = builder.create_updated(&self.repo, &parent.tree().unwrap()).unwrap();
+        let tree = self.repo.find_tree(tree_id).unwrap();
+        let sig = git2::Signature::now("Force Pusher", "force@example.com").unwrap();
+        self.repo.commit(None, &sig, &sig, message, &tree, &[&parent]).unwrap().to_string()
+    }
+
+    /// Points `branch` at `commit` (creating it), like a push.
+    pub fn set_branch(&self, branch: &str, commit: &str) {
+        let c = self.repo.find_commit(git2::Oid::from_str(commit).unwrap()).unwrap();
+        self.repo.branch(branch, &c, true).unwrap();
+    }
+}
+
 /// Runs the gatehouse binary with `args`.
 pub fn gatehouse(args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse")).args(args).output().unwrap();
