@@ -605,6 +605,34 @@ check "py-sdk /mcp/time call" --has '"timezone": "Europe/Paris"' --lacks "time__
 check "py-sdk /mcp/time with a bad token fails (401)" --rc fail --has "unauthorized: unknown token" \
   -- "${PY[@]}" --url "$GW/mcp/time" --token "$BAD_TOKEN"
 
+section "upstream content passes through unchanged (Python SDK validates it)"
+check "py-sdk image content (get-tiny-image) relayed" --has '"type": "image"' --has '"mimeType": "image/png"' \
+  -- "${PY[@]}" "${OPS[@]}" --call everything__get-tiny-image
+check "py-sdk structuredContent (get-structured-content) relayed" --has '"structuredContent"' --has "isError=False" \
+  -- "${PY[@]}" "${OPS[@]}" --call everything__get-structured-content --args '{"location":"New York"}'
+check "py-sdk resource links (get-resource-links) relayed" --has '"type": "resource_link"' \
+  -- "${PY[@]}" "${OPS[@]}" --call everything__get-resource-links --args '{"count":2}'
+
+section "upstream restarts and crashes"
+restart_peer() {  # restart_peer NAME PORT: kill one peer started by start-servers.sh, start it again
+  local pid; pid=$(cat "$RUN/logs/$1.pid")
+  kill "$pid"; for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  EVERYTHING_HTTP_PORT=$HTTP_PORT EVERYTHING_SSE_PORT=$SSE_PORT WWW_PORT=$WWW_PORT \
+    bash "$PEERS_KIT/start-servers.sh" "$RUN" >>"$LOGS/start-servers.log" 2>&1
+}
+restart_peer everything-http; restart_peer everything-sse
+check "py-sdk call after server-everything (HTTP) restarted: upstream session re-initialised" --has '"Echo: after restart"' \
+  -- "${PY[@]}" "${OPS[@]}" --call everything__echo --args '{"message":"after restart"}'
+check "py-sdk call after server-everything (SSE) restarted: upstream reconnected" --has '"Echo: after sse restart"' \
+  -- "${PY[@]}" "${OPS[@]}" --call everything-sse__echo --args '{"message":"after sse restart"}'
+drain
+for c in $(ps -o pid= --ppid "$GW_PID"); do
+  if ps -o args= -p "$c" | grep -q -F "$PEERS_FILESYSTEM_JS"; then kill -KILL "$c"; fi
+done
+sleep 0.5
+check "py-sdk call after the filesystem child was killed: a new child answers" --has "hello from fsroot" \
+  -- "${PY[@]}" "${AGENT[@]}" --call files__read_text_file --args "{\"path\":\"$FSROOT/hello.txt\"}"
+
 # --- MCP Inspector CLI -----------------------------------------------------------------------
 
 # The two Inspector generations differ in how they report what the gateway answered:

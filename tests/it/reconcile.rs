@@ -388,3 +388,73 @@ async fn no_call_is_decided_by_a_mix_of_two_snapshots() {
     assert!(swaps > 100, "the snapshots were swapped {swaps} times");
     assert!(total[0] > 0 && total[1] > 0, "both snapshots decided calls: {total:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_repository_is_cloned_and_fetched_on_a_signed_webhook() {
+    let up = MockUpstream::start().await;
+    let work = TestRepo::new();
+    let c1 = work.commit("one", &[("servers/mock.yaml", &server(&up)), ("grants/agent.yaml", &grant("\"*\"")), ("policies/p.yaml", &policy("v1"))]);
+    // The "remote": a bare repository that the work repository pushes to.
+    let remote = tempfile::tempdir().unwrap();
+    let bare = git2::Repository::init_bare(remote.path()).unwrap();
+    let push = |commit: &str| {
+        let src = git2::Repository::open(work.path()).unwrap();
+        let mut r = src.remote_anonymous(remote.path().to_str().unwrap()).unwrap();
+        r.push(&[format!("+{commit}:refs/heads/main")], None).unwrap();
+    };
+    push(&c1);
+    bare.set_head("refs/heads/main").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        repo: format!("file://{}", remote.path().display()),
+        branch: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.path().to_path_buf(),
+        secrets: SecretSource::default(),
+        poll: Duration::from_secs(600),
+        accept_rewrite: false,
+        webhook_secret: Some("hook-secret".into()),
+        proxy: Config::default(),
+    };
+    let daemon = serve::start(settings).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(proxy::serve(listener, daemon.state.clone(), async { let _ = stopped.await; }));
+    let g = Live { url: url.clone(), daemon, stop: Some(stop) };
+    g.applied(&c1).await;
+    assert!(data.path().join("repo.git").exists(), "cloned into the data dir");
+
+    let c2 = work.commit("two", &[("policies/p.yaml", &policy("v2"))]);
+    push(&c2);
+    let hook = format!("{url}/-/reconcile");
+    let body = r#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
+    assert_eq!(send("POST", &hook, None, None, body, &[]).await.status, StatusCode::UNAUTHORIZED, "unsigned");
+    let forged = [("x-hub-signature-256", "sha256=00")];
+    assert_eq!(send("POST", &hook, None, None, body, &forged).await.status, StatusCode::UNAUTHORIZED, "forged");
+    let signature = format!("sha256={}", hex::encode(hmac(b"hook-secret", body.as_bytes())));
+    let signed = [("x-hub-signature-256", signature.as_str())];
+    assert_eq!(send("POST", &hook, None, None, body, &signed).await.status, StatusCode::ACCEPTED);
+    // the payload's "after" is never trusted: the fetched tip is applied
+    g.applied(&c2).await;
+    let metrics = send("GET", &format!("{url}/metrics"), None, None, "", &[]).await.body;
+    assert!(metrics.contains("gatehouse_reconcile_total{outcome=\"applied\"} 2"), "{metrics}");
+    assert!(metrics.contains(&format!("gatehouse_active_commit_info{{commit=\"{c2}\"}} 1")), "{metrics}");
+    assert!(metrics.contains("gatehouse_reconcile_duration_seconds_count 2"), "{metrics}");
+
+    let status = tokio::task::spawn_blocking(move || crate::support::gatehouse(&["status", "--url", &url])).await.unwrap();
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let v: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(v["last_applied"]["commit"], c2);
+}
+
+/// HMAC-SHA256, written out independently of the gateway's.
+fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut k = key.to_vec();
+    k.resize(64, 0);
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).chain(msg.iter().copied()).collect();
+    let inner = Sha256::digest(&ipad);
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).chain(inner.iter().copied()).collect();
+    Sha256::digest(&opad).to_vec()
+}
