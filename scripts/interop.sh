@@ -614,16 +614,26 @@ check "py-sdk resource links (get-resource-links) relayed" --has '"type": "resou
   -- "${PY[@]}" "${OPS[@]}" --call everything__get-resource-links --args '{"count":2}'
 
 section "upstream restarts and crashes"
-restart_peer() {  # restart_peer NAME PORT: kill one peer started by start-servers.sh, start it again
+stop_peer() {  # stop_peer NAME: kill one peer started by start-servers.sh
   local pid; pid=$(cat "$RUN/logs/$1.pid")
   kill "$pid"; for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+}
+start_peers() {  # start-servers.sh starts again whichever of its peers is not running
   EVERYTHING_HTTP_PORT=$HTTP_PORT EVERYTHING_SSE_PORT=$SSE_PORT WWW_PORT=$WWW_PORT \
     bash "$PEERS_KIT/start-servers.sh" "$RUN" >>"$LOGS/start-servers.log" 2>&1
 }
-restart_peer everything-http; restart_peer everything-sse
+stop_peer everything-sse
+check "py-sdk tools/list with the SSE upstream down: its tools left out, the others listed" \
+  --has "  - everything__echo  " --has "  - files__read_text_file  " --has "  - time__get_current_time  " --lacks "everything-sse__" \
+  -- "${PY[@]}" "${OPS[@]}"
+check "py-sdk call to the down SSE upstream is an error, not a hang" --has "JSON-RPC error" --lacks "isError=False" \
+  -- "${PY[@]}" "${OPS[@]}" --expect-error --call everything-sse__echo --args '{"message":"down"}'
+drain
+stop_peer everything-http
+start_peers
 check "py-sdk call after server-everything (HTTP) restarted: upstream session re-initialised" --has '"Echo: after restart"' \
   -- "${PY[@]}" "${OPS[@]}" --call everything__echo --args '{"message":"after restart"}'
-check "py-sdk call after server-everything (SSE) restarted: upstream reconnected" --has '"Echo: after sse restart"' \
+check "py-sdk call after server-everything (SSE) came back: upstream reconnected" --has '"Echo: after sse restart"' \
   -- "${PY[@]}" "${OPS[@]}" --call everything-sse__echo --args '{"message":"after sse restart"}'
 drain
 for c in $(ps -o pid= --ppid "$GW_PID"); do

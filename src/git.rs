@@ -114,11 +114,10 @@ impl PolicyRepo {
                 } else {
                     p.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix('/'))
                 };
-                if let Some(rel) = rel {
-                    if !out.iter().any(|x: &String| x == rel) {
+                if let Some(rel) = rel
+                    && !out.iter().any(|x: &String| x == rel) {
                         out.push(rel.to_string());
                     }
-                }
             }
         }
         out.sort();
@@ -187,11 +186,10 @@ pub fn pull_request(message: &str) -> Option<u64> {
         return digits(rest);
     }
     let trimmed = first.trim_end();
-    if trimmed.ends_with(')') {
-        if let Some(i) = trimmed.rfind("(#") {
+    if trimmed.ends_with(')')
+        && let Some(i) = trimmed.rfind("(#") {
             return digits(&trimmed[i + 2..]);
         }
-    }
     None
 }
 

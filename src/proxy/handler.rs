@@ -331,15 +331,12 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let accepts_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     match messages {
         Batch::One(m) => {
-            if accepts_sse {
-                if let Message::Request { id, method, params } = &m {
-                    if method == "tools/call" {
-                        if let Some(token) = params.pointer("/_meta/progressToken") {
+            if accepts_sse
+                && let Message::Request { id, method, params } = &m
+                    && method == "tools/call"
+                        && let Some(token) = params.pointer("/_meta/progressToken") {
                             return call_with_progress(cx.clone(), session, id.clone(), params.clone(), token.clone());
                         }
-                    }
-                }
-            }
             match dispatch(cx, &session, m).await {
                 Some(resp) => json_response(StatusCode::OK, &resp),
                 None => empty(StatusCode::ACCEPTED),
@@ -417,14 +414,13 @@ async fn dispatch(cx: &Ctx, session: &Arc<Session>, m: Message) -> Option<Value>
             other => jsonrpc::error(id, METHOD_NOT_FOUND, format!("method not found: {other} (gatehouse relays tools only)")),
         }),
         Message::Notification { method, params } => {
-            if method == "notifications/cancelled" {
-                if let Some(rid) = params.get("requestId") {
+            if method == "notifications/cancelled"
+                && let Some(rid) = params.get("requestId") {
                     let key = rid.to_string();
                     if session.cancel(&key) {
                         debug!(request = %key, "request cancelled by the client");
                     }
                 }
-            }
             None
         }
         Message::Response => None,

@@ -109,11 +109,10 @@ pub fn classify(v: Value) -> Result<Message, Value> {
     if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err(error(id.unwrap_or(Value::Null), INVALID_REQUEST, "invalid request: jsonrpc must be \"2.0\""));
     }
-    if let Some(id) = &id {
-        if !(id.is_string() || id.is_i64() || id.is_u64()) {
+    if let Some(id) = &id
+        && !(id.is_string() || id.is_i64() || id.is_u64()) {
             return Err(error(Value::Null, INVALID_REQUEST, "invalid request: id must be a string or an integer"));
         }
-    }
     match (m.remove("method"), id) {
         (Some(Value::String(method)), Some(id)) => {
             Ok(Message::Request { id, method, params: m.remove("params").unwrap_or(Value::Null) })

@@ -206,7 +206,7 @@ pub fn snapshot_changed(state: &State, old: Option<&Active>) {
     let today = crate::units::Date::today();
     for session in state.sessions.all() {
         let valid = new.snapshot.grant_by_name(&session.grant).is_some_and(|g| {
-            g.tokens.iter().any(|t| t.sha256 == session.token && !t.expires.is_some_and(|e| e <= today))
+            g.tokens.iter().any(|t| t.sha256 == session.token && t.expires.is_none_or(|e| e > today))
         });
         if !valid {
             state.sessions.close(&session.id);

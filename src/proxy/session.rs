@@ -131,13 +131,11 @@ impl Sessions {
         let mut map = self.map.lock().expect("sessions lock");
         let mine: Vec<(Duration, String)> =
             map.values().filter(|x| x.grant == grant).map(|x| (x.idle_for(), x.id.clone())).collect();
-        if mine.len() >= self.max_per_grant {
-            if let Some((_, oldest)) = mine.into_iter().max() {
-                if let Some(old) = map.remove(&oldest) {
+        if mine.len() >= self.max_per_grant
+            && let Some((_, oldest)) = mine.into_iter().max()
+                && let Some(old) = map.remove(&oldest) {
                     old.cancel_all();
                 }
-            }
-        }
         map.insert(s.id.clone(), s.clone());
         s
     }

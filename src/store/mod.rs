@@ -45,9 +45,12 @@ pub struct Store {
 /// the group's commit is known.
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
+/// Runs a job (`None` when no transaction could be begun: it is answered without running) and
+/// says whether it succeeded.
+type Run = Box<dyn FnOnce(Option<&Connection>) -> (bool, Done) + Send>;
+
 struct Job {
-    /// `None` when no transaction could be begun: the job is answered without running.
-    run: Box<dyn FnOnce(Option<&Connection>) -> (bool, Done) + Send>,
+    run: Run,
 }
 
 // === impl Store ===

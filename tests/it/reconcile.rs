@@ -188,7 +188,8 @@ async fn three_commits_pushed_at_once_give_three_change_records_in_order() {
     g.applied(&c).await;
     let conn = g.daemon.store.reader().unwrap();
     let mut stmt = conn.prepare("SELECT commit_id, status, pull_request, author, files, access_diff, applied_at FROM changes ORDER BY id").unwrap();
-    let rows: Vec<(String, String, Option<i64>, String, String, String, Option<String>)> = stmt
+    type Row = (String, String, Option<i64>, String, String, String, Option<String>);
+    let rows: Vec<Row> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
         .unwrap()
         .map(Result::unwrap)
@@ -350,7 +351,7 @@ async fn no_call_is_decided_by_a_mix_of_two_snapshots() {
         let secrets = Arc::new(Default::default());
         let mut n = 0u64;
         while flag.load(std::sync::atomic::Ordering::Relaxed) {
-            let snap = if n % 2 == 0 { a.clone() } else { b.clone() };
+            let snap = if n.is_multiple_of(2) { a.clone() } else { b.clone() };
             state.activate(Active { snapshot: snap, secrets: Arc::clone(&secrets) });
             n += 1;
             tokio::task::yield_now().await;

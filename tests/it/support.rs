@@ -52,11 +52,6 @@ impl TestRepo {
 }
 
 impl TestRepo {
-    /// Deletes a file from the working tree (commit to record it).
-    pub fn delete(&self, path: &str) {
-        std::fs::remove_file(self.path().join(path)).unwrap();
-    }
-
     /// Commits `files` on top of `parent` without moving HEAD or any branch (a commit that a
     /// force-push would bring). Returns its id.
     pub fn commit_detached(&self, parent: &str, message: &str, files: &[(&str, &str)]) -> String {
