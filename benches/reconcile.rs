@@ -934,13 +934,15 @@ fn generate(c: Counts) -> Generated {
         }
         doc.insert("timeout".into(), json!(["10s", "30s", "2m"][i % 3]));
         let external = i % 4 != 0;
+        let risk = ["low", "medium", "high"][i % 3];
+        let data: &[&str] = [&["source-code"][..], &["customer-data", "pii"][..], &["metrics"][..]][i % 3];
         doc.insert(
             "supplier".into(),
             json!({
                 "operated_by": if external { "external" } else { "internal" },
                 "vendor": format!("Vendor {}", i % 997),
-                "risk": ["low", "medium", "high"][i % 3],
-                "data": [["source-code"], ["customer-data", "pii"], ["metrics"]][i % 3],
+                "risk": risk,
+                "data": data,
                 "agreement": format!("MSA-{}", 1000 + i % 500),
                 "reviewed": { "on": format!("2026-{:02}-{:02}", 1 + i % 12, 1 + i % 28), "by": "sec@example.com" },
             }),

@@ -95,7 +95,15 @@ drain() {  # wait for every check job, then print their verdicts in order
   done
 }
 
-section() { drain; echo "== $*"; }
+GW_DEAD=""
+section() {  # drains, notices a gateway that died since the last section, prints a heading
+  drain
+  if [ -n "$GW_PID" ] && [ -z "$GW_DEAD" ] && ! kill -0 "$GW_PID" 2>/dev/null; then
+    GW_DEAD=1; wait "$GW_PID" 2>/dev/null
+    report "the gateway is still running" "it exited (status $?) before: $*" "$(tail -n 20 "$GW_LOG")"
+  fi
+  echo "== $*"
+}
 
 # check NAME [--rc 0|N|fail] [--has S]... [--lacks S]... -- CMD...
 # Runs CMD (stdin closed, at most CLIENT_TIMEOUT s), then checks its exit status and its

@@ -5,12 +5,14 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod audit;
 pub mod cli;
 pub mod diag;
 pub mod example_upstream;
 pub mod git;
 pub mod policy;
 pub mod proxy;
+pub mod quota;
 pub mod reconcile;
 pub mod repo;
 pub mod secrets;

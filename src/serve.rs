@@ -63,7 +63,7 @@ pub fn source(settings: &Settings) -> Source {
 pub async fn start(settings: Settings) -> Result<Daemon> {
     let data_dir = settings.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
-    let state = Arc::new(State::new(settings.proxy.clone()));
+    let state = Arc::new(State::with_store(settings.proxy.clone(), store.clone()));
     if let Some(secret) = &settings.webhook_secret {
         let _ = state.webhook_secret.set(secret.as_bytes().to_vec());
     }

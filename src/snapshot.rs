@@ -248,6 +248,16 @@ impl Category {
         })
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Read => "read",
+            Category::Write => "write",
+            Category::Destructive => "destructive",
+            Category::Execute => "execute",
+            Category::Financial => "financial",
+        }
+    }
+
     /// Destructive, execute and financial tools are privileged (A.8.2).
     pub fn is_privileged(self) -> bool {
         matches!(self, Category::Destructive | Category::Execute | Category::Financial)

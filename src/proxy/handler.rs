@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,7 +18,7 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, PARSE_ERROR, SERVER_ERROR};
 use super::session::Session;
@@ -25,7 +26,10 @@ use super::{Active, State};
 use crate::policy::eval::may_allow;
 use crate::policy::{Call, evaluate_grant};
 use crate::snapshot::{Grant, Snapshot};
-use crate::units::Date;
+use crate::audit::log::AuditLog;
+use crate::audit::{CallRecord, arg_keys};
+use crate::quota::Subject;
+use crate::units::{Date, now_rfc3339_ms};
 use crate::upstream::UpstreamError;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -495,18 +499,20 @@ async fn call_tool(
         Some(a @ Value::Object(_)) => a.clone(),
         Some(_) => return jsonrpc::error(id, INVALID_PARAMS, "invalid params: arguments must be an object"),
     };
-    let unknown = |id| jsonrpc::error(id, INVALID_PARAMS, format!("Unknown tool: {name}"));
     let grant = cx.grant();
+    let snap = &cx.active.snapshot;
     let (server, tool) = match cx.endpoint() {
         Some(s) => (s, name),
-        None => match name.split_once("__") {
-            Some(st) => st,
-            None => return unknown(id),
-        },
+        None => name.split_once("__").unwrap_or(("", name)),
     };
-    let snap = &cx.active.snapshot;
+    let call = Call { identity: &grant.identity, server, tool, args: &args };
+    let record = Recorder::new(cx, session, server, tool, &args);
+    // Hidden, ungranted and unknown tools do not exist for this caller; the attempt is recorded.
     if !snap.servers.contains_key(server) || !may_allow(snap, grant, server, tool) {
-        return unknown(id);
+        let d = evaluate_grant(snap, grant, &call);
+        let (rule, message) = if d.is_allow() { (Arc::from(UNKNOWN_TOOL), Arc::from("no such tool")) } else { (d.rule, d.message) };
+        record.denied(&rule, &message).await;
+        return jsonrpc::error(id, INVALID_PARAMS, format!("Unknown tool: {name}"));
     }
     let upstream = match connect(cx, server).await {
         Ok(u) => u,
@@ -514,32 +520,159 @@ async fn call_tool(
     };
     match upstream.list_tools().await {
         Ok(tools) if tools.iter().any(|t| t.get("name").and_then(Value::as_str) == Some(tool)) => {}
-        Ok(_) => return unknown(id),
+        Ok(_) => {
+            record.denied(UNKNOWN_TOOL, "the upstream does not offer this tool").await;
+            return jsonrpc::error(id, INVALID_PARAMS, format!("Unknown tool: {name}"));
+        }
         Err(e) => return upstream_error(id, server, e),
     }
-    let decision = evaluate_grant(snap, grant, &Call { identity: &grant.identity, server, tool, args: &args });
-    info!(
-        commit = snap.short_commit(),
-        grant = %grant.name,
-        server,
-        tool,
-        verdict = ?decision.verdict,
-        rule = %decision.rule,
-        "tools/call"
-    );
+    let decision = evaluate_grant(snap, grant, &call);
+    info!(commit = snap.short_commit(), grant = %grant.name, server, tool, verdict = ?decision.verdict, rule = %decision.rule, "tools/call");
+    let deny = |rule: &str, message: &str| {
+        jsonrpc::tool_error(id.clone(), format!("denied by policy: {message} (rule {rule}, commit {})", snap.short_commit()))
+    };
     if !decision.is_allow() {
-        let text = format!("denied by policy: {} (rule {}, commit {})", decision.message, decision.rule, snap.short_commit());
-        return jsonrpc::tool_error(id, text);
+        record.denied(&decision.rule, &decision.message).await;
+        return deny(&decision.rule, &decision.message);
+    }
+    // Quotas: reserve before anything reaches the upstream; a refused call consumes nothing.
+    let who = Subject { identity: &grant.identity, server };
+    let reservation = match cx.state.quotas.reserve(&decision.quotas, &who, &args, unix_now()) {
+        Ok(r) => r,
+        Err(exceeded) => {
+            let rule = exceeded.quota.id.clone();
+            record.denied(&rule, &exceeded.why).await;
+            record.event("quota_exceeded", json!({ "rule": &*rule, "quota": exceeded.quota.name, "limit": exceeded.quota.describe() })).await;
+            return deny(&rule, &exceeded.why);
+        }
+    };
+    // Write-ahead: the decision is durable before the upstream hears of the call, or the call
+    // is refused.
+    if let Err(e) = record.allowed(&decision.rule, &decision.message).await {
+        cx.state.quotas.rollback(reservation);
+        error!(error = %e, server, tool, "audit log unavailable: call refused");
+        return deny(AUDIT_UNAVAILABLE, "the audit log is unavailable, so no call is forwarded");
     }
     // Forward on a task of its own so that notifications/cancelled can abort it; dropping the
     // upstream request future tells the upstream to cancel too.
+    let started = Instant::now();
     let forwarded = json!({ "name": tool, "arguments": args });
     let task = tokio::spawn(async move { upstream.request("tools/call", forwarded, progress).await });
     let _guard = session.track(id.to_string(), task.abort_handle());
-    match task.await {
-        Ok(Ok(result)) => jsonrpc::result(id, result),
-        Ok(Err(e)) => upstream_error(id, server, e),
-        Err(_) => jsonrpc::error(id, REQUEST_CANCELLED, "request cancelled"),
+    let (reply, outcome) = match task.await {
+        Ok(Ok(result)) => {
+            let failed = result.get("isError").and_then(Value::as_bool) == Some(true);
+            (jsonrpc::result(id, result), if failed { "upstream_error" } else { "ok" })
+        }
+        Ok(Err(e)) => {
+            let outcome = if matches!(e, UpstreamError::Timeout(_)) { "timeout" } else { "upstream_error" };
+            (upstream_error(id, server, e), outcome)
+        }
+        Err(_) => (jsonrpc::error(id, REQUEST_CANCELLED, "request cancelled"), "unknown"),
+    };
+    // Only calls that reached the upstream and succeeded count against quotas.
+    if outcome == "ok" {
+        cx.state.quotas.commit(reservation);
+    } else {
+        cx.state.quotas.rollback(reservation);
+    }
+    record.outcome(&decision.rule, &decision.message, outcome, started.elapsed());
+    reply
+}
+
+/// Rule id of a call to a tool the upstream does not offer.
+const UNKNOWN_TOOL: &str = "gatehouse:unknown-tool";
+/// Rule id of a call refused because its decision record could not be written.
+const AUDIT_UNAVAILABLE: &str = "gatehouse:audit-unavailable";
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Builds and writes the call records of one `tools/call`, all from the request's snapshot.
+struct Recorder {
+    base: Option<CallRecord>,
+    log: Option<AuditLog>,
+}
+
+impl Recorder {
+    fn new(cx: &Ctx, session: &Session, server: &str, tool: &str, args: &Value) -> Recorder {
+        let Some(log) = cx.state.audit.get().cloned() else { return Recorder { base: None, log: None } };
+        let snap = &cx.active.snapshot;
+        let grant = cx.grant();
+        let category = snap.servers.get(server).and_then(|s| s.tools.get(tool)).and_then(|t| t.category).map(|c| c.as_str().to_string());
+        let base = CallRecord {
+            seq: 0,
+            ts: String::new(),
+            replica: cx.state.replica.clone(),
+            session: session.id.clone(),
+            identity: grant.identity.clone(),
+            grant: grant.file.clone(),
+            server: server.to_string(),
+            tool: tool.to_string(),
+            category,
+            arg_keys: arg_keys(args),
+            verdict: String::new(),
+            rule: String::new(),
+            message: String::new(),
+            policy_commit: snap.commit.clone(),
+            snapshot_digest: snap.digest.clone(),
+            outcome: String::new(),
+            latency_ms: None,
+            prev_hash: String::new(),
+            hash: None,
+        };
+        Recorder { base: Some(base), log: Some(log) }
+    }
+
+    fn record(&self, verdict: &str, rule: &str, message: &str, outcome: &str, latency: Option<Duration>) -> Option<CallRecord> {
+        let mut r = self.base.clone()?;
+        r.ts = now_rfc3339_ms();
+        r.verdict = verdict.to_string();
+        r.rule = rule.to_string();
+        r.message = message.to_string();
+        r.outcome = outcome.to_string();
+        r.latency_ms = latency.map(|d| d.as_millis() as u64);
+        Some(r)
+    }
+
+    /// A denial: recorded (a failure to record it is logged; the call is refused anyway).
+    async fn denied(&self, rule: &str, message: &str) {
+        if let (Some(log), Some(r)) = (&self.log, self.record("deny", rule, message, "denied", None)) {
+            if let Err(e) = log.append(r).await {
+                error!(error = %e, "audit log unavailable: a denial was not recorded");
+            }
+        }
+    }
+
+    /// The write-ahead decision record of an allowed call.
+    async fn allowed(&self, rule: &str, message: &str) -> Result<(), crate::store::StoreError> {
+        match (&self.log, self.record("allow", rule, message, "unknown", None)) {
+            (Some(log), Some(r)) => log.append(r).await.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The outcome record; written in the background (the decision record is already durable).
+    fn outcome(&self, rule: &str, message: &str, outcome: &str, latency: Duration) {
+        if let (Some(log), Some(r)) = (self.log.clone(), self.record("allow", rule, message, outcome, Some(latency))) {
+            tokio::spawn(async move {
+                if let Err(e) = log.append(r).await {
+                    error!(error = %e, "audit log unavailable: an outcome was not recorded");
+                }
+            });
+        }
+    }
+
+    async fn event(&self, kind: &'static str, mut detail: Value) {
+        if let (Some(log), Some(b)) = (&self.log, &self.base) {
+            detail["identity"] = json!(b.identity);
+            detail["server"] = json!(b.server);
+            detail["tool"] = json!(b.tool);
+            if let Err(e) = log.event(kind, now_rfc3339_ms(), detail).await {
+                error!(error = %e, "audit log unavailable: a monitoring event was not recorded");
+            }
+        }
     }
 }
 

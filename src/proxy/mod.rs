@@ -26,7 +26,10 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::audit::log::AuditLog;
+use crate::quota::Quotas;
 use crate::secrets::BoundSecrets;
+use crate::store::Store;
 use crate::snapshot::Snapshot;
 use crate::upstream::http_client;
 
@@ -71,6 +74,12 @@ pub struct State {
     pub trigger: OnceLock<mpsc::Sender<()>>,
     /// When set, `POST /-/reconcile` requires a valid `X-Hub-Signature-256`.
     pub webhook_secret: OnceLock<Vec<u8>>,
+    /// The call log. `serve` always sets it; a state without one (benchmarks measuring the
+    /// audit path's cost) forwards calls unrecorded.
+    pub audit: OnceLock<AuditLog>,
+    pub quotas: Quotas,
+    /// This gateway's name in call records (`--replica`, default the host name).
+    pub replica: String,
 }
 
 /// The reconciler's state, in the shape of a Flux status.
@@ -149,7 +158,18 @@ impl State {
             metrics: Metrics::default(),
             trigger: OnceLock::new(),
             webhook_secret: OnceLock::new(),
+            audit: OnceLock::new(),
+            quotas: Quotas::load(None, 0),
+            replica: hostname(),
         }
+    }
+
+    /// A state whose calls are recorded in `store` and whose quotas persist there.
+    pub fn with_store(config: Config, store: Store) -> State {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let state = State { quotas: Quotas::load(Some(store.clone()), now), ..State::new(config) };
+        let _ = state.audit.set(AuditLog::new(store));
+        state
     }
 
     /// Makes `active` the snapshot that decides calls (one atomic pointer store).
@@ -197,6 +217,10 @@ impl Metrics {
         out.push_str(&format!("# HELP gatehouse_sessions Open client sessions.\n# TYPE gatehouse_sessions gauge\ngatehouse_sessions {sessions}\n"));
         out
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into())
 }
 
 /// After a swap: closes the sessions whose token was revoked or expired (their streams end),

@@ -35,6 +35,34 @@ const MIGRATIONS: &[&str] = &[
         reason        TEXT
      );
      CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: the call log (hash-chained, A.8.15), monitoring events (A.8.16), quota counters.
+    "CREATE TABLE calls (
+        seq           INTEGER PRIMARY KEY,   -- gapless, assigned by the writer
+        ts            TEXT NOT NULL,
+        record        TEXT NOT NULL,         -- canonical JSON of the record without hash: what is hashed
+        hash          TEXT NOT NULL,         -- sha256(prev_hash || record), hex
+        identity      TEXT NOT NULL,
+        server        TEXT NOT NULL,
+        tool          TEXT NOT NULL,
+        category      TEXT,
+        verdict       TEXT NOT NULL,
+        outcome       TEXT NOT NULL
+     );
+     CREATE INDEX calls_by_ts ON calls(ts);
+     CREATE TABLE events (
+        id            INTEGER PRIMARY KEY,
+        ts            TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        detail        TEXT NOT NULL          -- JSON
+     );
+     CREATE INDEX events_by_ts ON events(ts);
+     CREATE TABLE quota_counters (
+        counter       TEXT NOT NULL,
+        subject       TEXT NOT NULL,
+        window_start  INTEGER NOT NULL,      -- unix seconds, calendar-aligned UTC
+        value         REAL NOT NULL,
+        PRIMARY KEY (counter, subject, window_start)
+     );",
 ];
 
 /// Brings the schema up to date; a no-op when it already is.

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use gatehouse::proxy::{self, Active, Config, State};
 use gatehouse::repo::{Files, compile};
 use gatehouse::secrets::{SecretSource, bind};
+use gatehouse::store::Store;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -25,6 +26,9 @@ use tokio::sync::oneshot;
 pub struct Gateway {
     pub url: String,
     pub state: Arc<State>,
+    /// The state database (call log, quotas) of this gateway.
+    pub store: Store,
+    pub data: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -47,7 +51,9 @@ impl Gateway {
         let compiled = compile(&Files::from_memory(files.iter().copied())).unwrap_or_else(|d| panic!("{d}"));
         let snapshot = Arc::new(compiled.snapshot);
         let secrets = Arc::new(bind(&snapshot, &secrets).unwrap_or_else(|e| panic!("{e:?}")));
-        let state = Arc::new(State::new(config));
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(data.path()).unwrap();
+        let state = Arc::new(State::with_store(config, store.clone()));
         state.activate(Active { snapshot, secrets });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -60,18 +66,20 @@ impl Gateway {
             .await
             .unwrap()
         });
-        Gateway { url: format!("http://{addr}"), state, stop: Some(stop) }
+        Gateway { url: format!("http://{addr}"), state, store, data, stop: Some(stop) }
     }
 
     /// A gateway with no snapshot active yet.
     pub async fn start_unready() -> Gateway {
-        let state = Arc::new(State::new(Config::default()));
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(data.path()).unwrap();
+        let state = Arc::new(State::with_store(Config::default(), store.clone()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let st = state.clone();
         tokio::spawn(async move { proxy::serve(listener, st, async { let _ = stopped.await; }).await.unwrap() });
-        Gateway { url: format!("http://{addr}"), state, stop: Some(stop) }
+        Gateway { url: format!("http://{addr}"), state, store, data, stop: Some(stop) }
     }
 }
 
@@ -185,7 +193,8 @@ async fn mock_handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<HeaderMap>>>, c
             { "name": "echo_headers", "description": "echo", "inputSchema": { "type": "object" } },
             { "name": "add", "description": "a+b", "inputSchema": { "type": "object" } },
             { "name": "slow", "description": "sleeps", "inputSchema": { "type": "object" } },
-            { "name": "delete_all", "description": "danger", "inputSchema": { "type": "object" } } ] }),
+            { "name": "delete_all", "description": "danger", "inputSchema": { "type": "object" } },
+            { "name": "fail", "description": "always fails", "inputSchema": { "type": "object" } } ] }),
         "tools/call" => {
             calls.lock().unwrap().push(msg["params"].clone());
             match msg["params"]["name"].as_str().unwrap_or("") {
@@ -196,6 +205,10 @@ async fn mock_handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<HeaderMap>>>, c
                 "add" => {
                     let a = &msg["params"]["arguments"];
                     json!({ "content": [ { "type": "text", "text": (a["a"].as_i64().unwrap_or(0) + a["b"].as_i64().unwrap_or(0)).to_string() } ] })
+                }
+                "fail" => {
+                    let e = json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": "upstream broke" } });
+                    return Ok(json_resp(e));
                 }
                 "slow" => {
                     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -1,0 +1,99 @@
+//! Appending to the call log through the store's writer: the chain head is read inside the same
+//! transaction that appends, so a failed group commit can never leave the chain and the table
+//! disagreeing.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{CallRecord, GENESIS, chain_hash};
+use crate::store::{Store, StoreError};
+
+/// How long a call waits for its decision record to become durable before it is refused.
+pub const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The call log of one state database.
+#[derive(Clone)]
+pub struct AuditLog {
+    store: Store,
+}
+
+// === impl AuditLog ===
+
+impl AuditLog {
+    pub fn new(store: Store) -> AuditLog {
+        AuditLog { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Appends `record` (its seq, prev_hash and hash are assigned here); resolves once it is
+    /// durable, with its seq. Err (or no answer within [`APPEND_TIMEOUT`]) means the record is
+    /// not written: the caller must fail closed.
+    pub async fn append(&self, record: CallRecord) -> Result<u64, StoreError> {
+        let write = self.store.write(move |c| append_in(c, record));
+        match tokio::time::timeout(APPEND_TIMEOUT, write).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Sqlite(format!("no durable write within {} s", APPEND_TIMEOUT.as_secs()))),
+        }
+    }
+
+    /// Records a monitoring event (A.8.16), e.g. a quota threshold hit.
+    pub async fn event(&self, kind: &'static str, ts: String, detail: serde_json::Value) -> Result<(), StoreError> {
+        self.store
+            .write(move |c| c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, ?2, ?3)", params![ts, kind, detail.to_string()]).map(|_| ()))
+            .await
+    }
+}
+
+/// The chain head: (last seq, its hash); after pruning, the anchor the retained part starts from.
+pub fn head(c: &Connection) -> rusqlite::Result<(u64, String)> {
+    let last: Option<(i64, String)> = c.query_row("SELECT seq, hash FROM calls ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    if let Some((seq, hash)) = last {
+        return Ok((seq as u64, hash));
+    }
+    anchor(c).map(|a| a.unwrap_or((0, GENESIS.to_string())))
+}
+
+/// The (seq, hash) of the last pruned record, if records were pruned.
+pub fn anchor(c: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
+    let v: Option<String> = c.query_row("SELECT value FROM kv WHERE key = 'chain_anchor'", [], |r| r.get(0)).optional()?;
+    Ok(v.and_then(|v| {
+        let (seq, hash) = v.split_once(':')?;
+        Some((seq.parse().ok()?, hash.to_string()))
+    }))
+}
+
+/// Appends one record in the writer's transaction.
+pub fn append_in(c: &Connection, mut r: CallRecord) -> rusqlite::Result<u64> {
+    let (seq, prev) = head(c)?;
+    r.seq = seq + 1;
+    r.prev_hash = prev;
+    r.hash = None;
+    let canonical = r.canonical();
+    let hash = chain_hash(&r.prev_hash, &canonical);
+    c.prepare_cached(
+        "INSERT INTO calls (seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![r.seq as i64, r.ts, canonical, hash, r.identity, r.server, r.tool, r.category, r.verdict, r.outcome])?;
+    Ok(r.seq)
+}
+
+/// Deletes records older than `cutoff` (RFC 3339), keeping the chain verifiable: the hash of
+/// the last deleted record becomes the anchor the retained part starts from. Returns how many
+/// were deleted.
+pub fn prune_in(c: &Connection, cutoff: &str) -> rusqlite::Result<usize> {
+    let last: Option<(i64, String)> = c
+        .query_row("SELECT seq, hash FROM calls WHERE ts < ?1 ORDER BY seq DESC LIMIT 1", [cutoff], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((seq, hash)) = last else { return Ok(0) };
+    let n = c.execute("DELETE FROM calls WHERE seq <= ?1", [seq])?;
+    c.execute(
+        "INSERT INTO kv (key, value) VALUES ('chain_anchor', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
+        [format!("{seq}:{hash}")],
+    )?;
+    Ok(n)
+}

@@ -1,0 +1,162 @@
+//! Reading the call log back: verify the chain, export a period with a manifest, tail.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::log::anchor;
+use super::{CallRecord, GENESIS, chain_hash};
+
+/// What `verify` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record checked: (count, first seq, last seq).
+    Intact { count: u64, first: u64, last: u64 },
+    /// The first record that does not verify, and why.
+    Broken { seq: u64, why: String },
+}
+
+/// Recomputes the chain from the anchor (or genesis) to the last record.
+pub fn verify(c: &Connection) -> Result<Verdict> {
+    let (mut expect_seq, mut prev) = match anchor(c)? {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_string()),
+    };
+    let first = expect_seq;
+    let mut stmt = c.prepare("SELECT seq, record, hash FROM calls ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut count = 0u64;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let seq = seq as u64;
+        let text: String = row.get(1)?;
+        let hash: String = row.get(2)?;
+        if seq != expect_seq {
+            return Ok(Verdict::Broken { seq: expect_seq, why: format!("record {expect_seq} is missing (next is {seq})") });
+        }
+        let record: CallRecord = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => return Ok(Verdict::Broken { seq, why: format!("not a call record: {e}") }),
+        };
+        if record.seq != seq {
+            return Ok(Verdict::Broken { seq, why: format!("the record says seq {}", record.seq) });
+        }
+        if record.prev_hash != prev {
+            return Ok(Verdict::Broken { seq, why: "prev_hash does not match the previous record's hash".into() });
+        }
+        if chain_hash(&prev, &text) != hash {
+            return Ok(Verdict::Broken { seq, why: "hash does not match the record".into() });
+        }
+        prev = hash;
+        expect_seq += 1;
+        count += 1;
+    }
+    Ok(Verdict::Intact { count, first, last: expect_seq - 1 })
+}
+
+/// Output formats of `export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+/// Columns of the CSV export, in order.
+const COLUMNS: [&str; 20] = [
+    "seq", "ts", "replica", "session", "identity", "grant", "server", "tool", "category", "arg_keys", "verdict", "rule",
+    "message", "policy_commit", "snapshot_digest", "outcome", "latency_ms", "prev_hash", "hash", "",
+];
+
+/// Writes the records with `since <= ts < until` to `out` and a manifest beside it
+/// (`<out>.manifest.json`: count, first/last seq, period, sha256 of the file). Returns the
+/// manifest.
+pub fn export(c: &Connection, since: &str, until: &str, format: Format, out: &Path) -> Result<Value> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
+    let columns = &COLUMNS[..COLUMNS.len() - 1];
+    if format == Format::Csv {
+        writeln!(file, "{}", columns.join(","))?;
+    }
+    let mut stmt = c.prepare("SELECT seq, record, hash FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY seq")?;
+    let mut rows = stmt.query([since, until])?;
+    let (mut count, mut first, mut last) = (0u64, None, None);
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let text: String = row.get(1)?;
+        let hash: String = row.get(2)?;
+        let mut v: Value = serde_json::from_str(&text)?;
+        v["hash"] = Value::String(hash);
+        match format {
+            Format::Jsonl => writeln!(file, "{v}")?,
+            Format::Csv => {
+                let cells: Vec<String> = columns.iter().map(|k| csv_cell(&v[*k])).collect();
+                writeln!(file, "{}", cells.join(","))?;
+            }
+        }
+        count += 1;
+        first.get_or_insert(seq);
+        last = Some(seq);
+    }
+    file.flush()?;
+    drop(file);
+    let digest = hex::encode(Sha256::digest(std::fs::read(out)?));
+    let manifest = json!({
+        "file": out.file_name().and_then(|n| n.to_str()),
+        "format": match format { Format::Jsonl => "jsonl", Format::Csv => "csv" },
+        "since": since,
+        "until": until,
+        "count": count,
+        "first_seq": first,
+        "last_seq": last,
+        "sha256": digest,
+    });
+    std::fs::write(manifest_path(out), serde_json::to_string_pretty(&manifest)? + "\n")?;
+    Ok(manifest)
+}
+
+pub fn manifest_path(out: &Path) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(".manifest.json");
+    PathBuf::from(p)
+}
+
+fn csv_cell(v: &Value) -> String {
+    let s = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(";"),
+        other => other.to_string(),
+    };
+    // Quote always; a leading = + - @ is neutralised so a spreadsheet never runs it.
+    let s = if s.starts_with(['=', '+', '-', '@']) { format!("'{s}") } else { s };
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The records after `after_seq` (at most `limit`), as JSON lines with their hash.
+pub fn since_seq(c: &Connection, after_seq: u64, limit: usize) -> Result<Vec<(u64, String)>> {
+    let mut stmt = c.prepare("SELECT seq, record, hash FROM calls WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let rows = stmt.query_map([after_seq as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, text, hash) = row?;
+        let mut v: Value = serde_json::from_str(&text)?;
+        v["hash"] = Value::String(hash);
+        out.push((seq as u64, v.to_string()));
+    }
+    Ok(out)
+}
+
+/// Checks an RFC 3339-ish bound given on the command line (`2026-11-01` or a full timestamp).
+pub fn bound(s: &str) -> Result<String> {
+    if crate::units::Date::parse(s).is_ok() {
+        return Ok(format!("{s}T00:00:00.000Z"));
+    }
+    if s.len() >= 20 && s.as_bytes()[10] == b'T' && s.ends_with('Z') && crate::units::Date::parse(&s[..10]).is_ok() {
+        // Records carry milliseconds; compare like with like.
+        return Ok(if s.contains('.') { s.to_string() } else { format!("{}.000Z", &s[..s.len() - 1]) });
+    }
+    bail!("invalid time {s:?}: expected YYYY-MM-DD or an RFC 3339 UTC time (2026-11-01T00:00:00Z)")
+}

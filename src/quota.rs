@@ -1,0 +1,174 @@
+//! Quota counters: rate limits and spend caps, reserved before the upstream call, committed on
+//! success, rolled back on failure.
+//!
+//! Counting happens under one lock, so N concurrent calls against a cap of K reserve at most K.
+//! Windows are calendar-aligned UTC (a minute starts at :00). Committed values are persisted in
+//! the state database (through the store's writer) so they survive reloads and restarts; a
+//! counter is keyed by the quota's counter name, not by the snapshot, so a new commit that keeps
+//! a quota keeps its count.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::params;
+use serde_json::Value;
+
+use crate::policy::{Increment, Quota, Scope};
+use crate::store::Store;
+
+/// One counter in one window for one subject.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    counter: String,
+    subject: String,
+    window_start: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Count {
+    committed: f64,
+    reserved: f64,
+}
+
+/// All counters.
+pub struct Quotas {
+    counts: Mutex<HashMap<Key, Count>>,
+    store: Option<Store>,
+}
+
+/// What one call reserved; hand it back to [`Quotas::commit`] or [`Quotas::rollback`].
+#[derive(Debug, Default)]
+pub struct Reservation {
+    parts: Vec<(Key, f64)>,
+}
+
+/// The quota that refused a call.
+#[derive(Debug)]
+pub struct Exceeded {
+    pub quota: Arc<Quota>,
+    pub why: String,
+}
+
+/// Who a call is counted as.
+pub struct Subject<'a> {
+    pub identity: &'a str,
+    pub server: &'a str,
+}
+
+// === impl Quotas ===
+
+impl Quotas {
+    /// Counters persisted in `store` (loaded for windows still open at `now`), or in memory only.
+    pub fn load(store: Option<Store>, now: i64) -> Quotas {
+        let mut counts = HashMap::new();
+        if let Some(s) = &store {
+            if let Ok(c) = s.reader() {
+                // The longest window is a day: older rows can never matter again.
+                if let Ok(mut stmt) = c.prepare("SELECT counter, subject, window_start, value FROM quota_counters WHERE window_start > ?1") {
+                    let rows = stmt.query_map([now - 86_400], |r| {
+                        Ok((Key { counter: r.get(0)?, subject: r.get(1)?, window_start: r.get(2)? }, r.get::<_, f64>(3)?))
+                    });
+                    for (k, v) in rows.into_iter().flatten().flatten() {
+                        counts.insert(k, Count { committed: v, reserved: 0.0 });
+                    }
+                }
+            }
+        }
+        Quotas { counts: Mutex::new(counts), store }
+    }
+
+    /// Reserves what the call would add to each quota, or refuses with the first quota it
+    /// would exceed (then nothing is reserved). `now` is unix seconds.
+    pub fn reserve(&self, quotas: &[Arc<Quota>], who: &Subject, args: &Value, now: i64) -> Result<Reservation, Exceeded> {
+        let mut wanted = Vec::with_capacity(quotas.len());
+        for q in quotas {
+            let inc = match &q.increment {
+                Increment::One => 1.0,
+                Increment::Const(n) => *n,
+                Increment::Nothing => 0.0,
+                Increment::Arg(path) => match path.resolve(args).and_then(Value::as_f64) {
+                    Some(n) if n >= 0.0 => n,
+                    _ => return Err(Exceeded { quota: q.clone(), why: format!("{path} must be a non-negative number for quota {:?}", q.name) }),
+                },
+            };
+            let subject = match q.per {
+                Scope::Identity => who.identity,
+                Scope::Server => who.server,
+                Scope::Global => "*",
+            };
+            let secs = q.window.seconds() as i64;
+            let key = Key { counter: q.counter.clone(), subject: subject.to_string(), window_start: now - now.rem_euclid(secs) };
+            wanted.push((key, inc, q));
+        }
+        let mut counts = self.counts.lock().expect("quota lock");
+        // Several quotas of one call may share a counter: add up what this call asks of each.
+        let mut asked: HashMap<&Key, f64> = HashMap::new();
+        for (key, inc, q) in &wanted {
+            let total = asked.entry(key).or_default();
+            *total += inc;
+            let c = counts.get(key).copied().unwrap_or_default();
+            let after = c.committed + c.reserved + *total;
+            let ok = if q.inclusive { after <= q.max } else { after < q.max };
+            if !ok {
+                return Err(Exceeded { quota: (*q).clone(), why: format!("quota {:?} exceeded ({})", q.name, q.describe()) });
+            }
+        }
+        let mut r = Reservation::default();
+        for (key, inc, _) in wanted {
+            counts.entry(key.clone()).or_default().reserved += inc;
+            r.parts.push((key, inc));
+        }
+        Ok(r)
+    }
+
+    /// The call reached the upstream and succeeded: the reservation counts.
+    pub fn commit(&self, r: Reservation) {
+        let mut rows = Vec::with_capacity(r.parts.len());
+        {
+            let mut counts = self.counts.lock().expect("quota lock");
+            for (key, inc) in &r.parts {
+                let c = counts.entry(key.clone()).or_default();
+                c.reserved -= inc;
+                c.committed += inc;
+                rows.push((key.clone(), c.committed));
+            }
+        }
+        if let (Some(store), false) = (&self.store, rows.is_empty()) {
+            // Persisted through the writer's group commit; not awaited (see ARCHITECTURE.md).
+            let store = store.clone();
+            tokio::spawn(async move {
+                let write = store.write(move |c| {
+                    let mut stmt = c.prepare_cached(
+                        "INSERT INTO quota_counters (counter, subject, window_start, value) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (counter, subject, window_start) DO UPDATE SET value = max(value, ?4)",
+                    )?;
+                    for (k, v) in &rows {
+                        stmt.execute(params![k.counter, k.subject, k.window_start, v])?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = write.await {
+                    tracing::error!(error = %e, "quota counters not persisted");
+                }
+            });
+        }
+    }
+
+    /// The call failed or was refused after reserving: nothing counts.
+    pub fn rollback(&self, r: Reservation) {
+        let mut counts = self.counts.lock().expect("quota lock");
+        for (key, inc) in r.parts {
+            if let Some(c) = counts.get_mut(&key) {
+                c.reserved -= inc;
+            }
+        }
+    }
+
+    /// Drops counters of windows that have closed (bounded memory).
+    pub fn sweep(&self, now: i64) {
+        self.counts.lock().expect("quota lock").retain(|k, c| k.window_start > now - 86_400 || c.reserved > 0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests;
