@@ -211,6 +211,7 @@ fn main() {
     }
 
     print_table(&rows);
+    print_cpu(&rows);
     if s.allocs {
         print_allocs(&rows);
     }
@@ -434,6 +435,8 @@ struct Sample {
     wall: Duration,
     /// (allocations, bytes) per part during the sample (with LOAD_ALLOCS=1).
     allocs: [(u64, u64); 4],
+    /// CPU nanoseconds per part during the sample.
+    cpu: [u64; 4],
 }
 
 struct Stats {
@@ -443,6 +446,8 @@ struct Stats {
     per_sec: f64,
     /// (allocations, bytes) per call, per part.
     allocs: [(f64, f64); 4],
+    /// CPU microseconds per call, per part.
+    cpu_us: [f64; 4],
 }
 
 struct Row {
@@ -479,6 +484,7 @@ impl Sample {
             calls: n,
             per_sec: n as f64 / self.wall.as_secs_f64(),
             allocs: self.allocs.map(per_call),
+            cpu_us: self.cpu.map(|ns| ns as f64 / 1e3 / n.max(1) as f64),
         }
     }
 }
@@ -495,7 +501,10 @@ impl Row {
     }
     fn json(&self) -> Value {
         let stats = |s: &Stats| {
-            let mut v = json!({ "p50_ms": r3(s.p50_ms), "p99_ms": r3(s.p99_ms), "calls": s.calls, "calls_per_s": r1(s.per_sec) });
+            let cpu: serde_json::Map<String, Value> =
+                (0..4).map(|i| (PARTS[i].to_string(), json!(r1(s.cpu_us[i])))).collect();
+            let mut v = json!({ "p50_ms": r3(s.p50_ms), "p99_ms": r3(s.p99_ms), "calls": s.calls,
+                                "calls_per_s": r1(s.per_sec), "cpu_us_per_call": cpu });
             if COUNTING.load(Ordering::Relaxed) {
                 let parts: serde_json::Map<String, Value> = (1..4)
                     .map(|i| (PARTS[i].to_string(), json!({ "allocs": r1(s.allocs[i].0), "bytes": r1(s.allocs[i].1) })))
@@ -554,6 +563,9 @@ impl Sample {
             mine.0 += theirs.0;
             mine.1 += theirs.1;
         }
+        for (mine, theirs) in self.cpu.iter_mut().zip(other.cpu) {
+            *mine += theirs;
+        }
     }
 }
 
@@ -601,6 +613,7 @@ fn request(target: &Target, session: Option<&HeaderValue>, body: String) -> Requ
 async fn run(callers: &[Arc<Caller>], dur: Duration, expected: &Arc<Value>, errors: &Arc<Errors>) -> Sample {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let before = counted();
+    let cpu_before = cpu_by_part();
     let start = Instant::now();
     let deadline = start + dur;
     let tasks: Vec<_> = callers
@@ -626,7 +639,36 @@ async fn run(callers: &[Arc<Caller>], dur: Duration, expected: &Arc<Value>, erro
     }
     let wall = start.elapsed();
     let after = counted();
-    Sample { latencies, wall, allocs: std::array::from_fn(|i| (after[i].0 - before[i].0, after[i].1 - before[i].1)) }
+    let cpu_after = cpu_by_part();
+    Sample {
+        latencies,
+        wall,
+        allocs: std::array::from_fn(|i| (after[i].0 - before[i].0, after[i].1 - before[i].1)),
+        cpu: std::array::from_fn(|i| cpu_after[i].saturating_sub(cpu_before[i])),
+    }
+}
+
+/// CPU time (ns) used so far by the threads of each part, from `/proc/self/task/*/schedstat`
+/// (threads are named after their runtime). Zeros where /proc is not available.
+fn cpu_by_part() -> [u64; 4] {
+    let mut out = [0u64; 4];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else { continue };
+        let part = match comm.trim() {
+            "client" => CLIENT,
+            "gateway" => GATEWAY,
+            "upstream" => UPSTREAM,
+            _ => 0,
+        };
+        let ns = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0);
+        out[part] += ns;
+    }
+    out
 }
 
 /// One `tools/call`; its latency in nanoseconds if it was a successful echo.
@@ -676,6 +718,30 @@ fn print_table(rows: &[Row]) {
             r.gateway.per_sec,
             r.ratio()
         );
+    }
+    println!();
+}
+
+fn print_cpu(rows: &[Row]) {
+    println!("CPU time per call (microseconds), by the part whose threads used it:");
+    println!(
+        "{:>7} {:>8} | {:>8} {:>8} {:>8} {:>8} | {:>8}",
+        "clients", "path", "client", "gateway", "upstream", "other", "total"
+    );
+    for r in rows {
+        for (path, st) in [("direct", &r.direct), ("gateway", &r.gateway)] {
+            let c = st.cpu_us;
+            println!(
+                "{:>7} {:>8} | {:>8.1} {:>8.1} {:>8.1} {:>8.1} | {:>8.1}",
+                r.clients,
+                path,
+                c[CLIENT],
+                c[GATEWAY],
+                c[UPSTREAM],
+                c[0],
+                c.iter().sum::<f64>()
+            );
+        }
     }
     println!();
 }

@@ -50,7 +50,6 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -932,7 +931,8 @@ fn generate(c: Counts) -> Generated {
         if i < targeted && i % 3 == 0 && generic > 0 {
             doc.insert("policy".into(), json!(policy_path(targeted + i % generic, targeted)));
         }
-        doc.insert("timeout".into(), json!(["10s", "30s", "2m"][i % 3]));
+        let timeout = ["10s", "30s", "2m"][i % 3];
+        doc.insert("timeout".into(), json!(timeout));
         let external = i % 4 != 0;
         let risk = ["low", "medium", "high"][i % 3];
         let data: &[&str] = [&["source-code"][..], &["customer-data", "pii"][..], &["metrics"][..]][i % 3];
@@ -962,7 +962,7 @@ fn generate(c: Counts) -> Generated {
 
     // Access entries (roles and grants).
     let mut with_policy = 0;
-    let mut access = |rng: &mut Rng, with_policy: &mut usize| -> Value {
+    let access = |rng: &mut Rng, with_policy: &mut usize| -> Value {
         let s = rng.popular(c.servers);
         let st = &tools[s];
         let mut e = Map::new();

@@ -96,8 +96,19 @@ drain() {  # wait for every check job, then print their verdicts in order
 }
 
 GW_DEAD=""
+# The gateway's stdio children, as "pid:starttime" (so that cleanup never signals a reused pid),
+# noted at each section: a gateway that dies abruptly may leave them behind.
+starttime() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
+note_children() {
+  local c
+  [ -n "$GW_PID" ] || return 0
+  for c in $(ps -o pid= --ppid "$GW_PID" 2>/dev/null); do
+    [[ " $GW_CHILDREN " == *" $c:"* ]] || GW_CHILDREN+=" $c:$(starttime "$c")"
+  done
+}
 section() {  # drains, notices a gateway that died since the last section, prints a heading
   drain
+  note_children
   if [ -n "$GW_PID" ] && [ -z "$GW_DEAD" ] && ! kill -0 "$GW_PID" 2>/dev/null; then
     GW_DEAD=1; wait "$GW_PID" 2>/dev/null
     report "the gateway is still running" "it exited (status $?) before: $*" "$(tail -n 20 "$GW_LOG")"
@@ -182,12 +193,14 @@ cleanup() {
     kill -TERM "$p" 2>/dev/null
   done
   if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
-    GW_CHILDREN="$GW_CHILDREN $(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr '\n' ' ')"
+    note_children
     kill -TERM "$GW_PID" 2>/dev/null
     for _ in $(seq 1 50); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$GW_PID" 2>/dev/null
   fi
-  for c in $GW_CHILDREN; do kill -KILL "$c" 2>/dev/null; done
+  for c in $GW_CHILDREN; do   # only if it is still the process we saw
+    [ "$(starttime "${c%%:*}")" = "${c#*:}" ] && kill -KILL "${c%%:*}" 2>/dev/null
+  done
   if [ -n "$RUN" ]; then bash "$PEERS_KIT/stop-servers.sh" "$RUN" >>"$LOGS/cleanup.log" 2>&1; fi
   if [ "$FAIL" -eq 0 ] && [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; fi
 }
@@ -708,8 +721,9 @@ fi
 # --- shutdown --------------------------------------------------------------------------------
 
 section "gateway shutdown"
-GW_CHILDREN=$(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr '\n' ' ')
-nchildren=$(echo "$GW_CHILDREN" | wc -w)
+note_children
+LIVE_CHILDREN=$(ps -o pid= --ppid "$GW_PID" 2>/dev/null | tr '\n' ' ')
+nchildren=$(echo "$LIVE_CHILDREN" | wc -w)
 # Both grants used both stdio servers; DESIGN.md §3: no child is shared between two grants.
 result "one stdio child per grant and stdio server (4)" "$([ "$nchildren" -eq 4 ] || echo "found $nchildren children: $(ps -o pid=,args= --ppid "$GW_PID" | cut -c1-120)")"
 kill -TERM "$GW_PID"
@@ -720,7 +734,7 @@ result "SIGTERM stops the gateway within 15 s (exit 0)" \
   "$([ -n "$stopped" ] || echo "still running after 15 s"; [ -z "$stopped" ] || [ "$GW_RC" -eq 0 ] || echo "exit $GW_RC")"
 [ -n "$stopped" ] && GW_PID=""
 sleep 0.5
-left=""; for c in $GW_CHILDREN; do kill -0 "$c" 2>/dev/null && left+=" $c($(ps -o comm= -p "$c"))"; done
+left=""; for c in $LIVE_CHILDREN; do kill -0 "$c" 2>/dev/null && left+=" $c($(ps -o comm= -p "$c"))"; done
 result "stdio children are gone after shutdown" "$([ -z "$left" ] || echo "still running:$left")"
 result "the gateway log has no panic" "$(! grep -n -i -m3 'panicked' "$GW_LOG" || true)"
 

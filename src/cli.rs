@@ -76,6 +76,11 @@ pub enum Command {
         #[arg(long, env = "USER")]
         by: String,
     },
+    /// The call log: verify the hash chain, follow it, export a period.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print a daemon's /status.
     Status {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -108,6 +113,52 @@ pub enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+}
+
+fn audit(command: AuditCommand) -> Result<i32> {
+    use crate::audit::verify::{self, Verdict};
+    match command {
+        AuditCommand::Verify { data_dir } => {
+            let c = crate::store::open_read_only(&data_dir)?;
+            match verify::verify(&c)? {
+                Verdict::Intact { count, first, last } => {
+                    println!("ok: {count} records, seq {first}..{last}, the chain verifies");
+                    Ok(0)
+                }
+                Verdict::Broken { seq, why } => {
+                    println!("broken at seq {seq}: {why}");
+                    Ok(1)
+                }
+            }
+        }
+        AuditCommand::Tail { data_dir, lines, follow } => {
+            let c = crate::store::open_read_only(&data_dir)?;
+            let last: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM calls", [], |r| r.get(0))?;
+            let mut after = (last as u64).saturating_sub(lines);
+            loop {
+                for (seq, line) in verify::since_seq(&c, after, 1000)? {
+                    println!("{line}");
+                    after = seq;
+                }
+                if !follow {
+                    return Ok(0);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        }
+        AuditCommand::Export { data_dir, since, until, format, out } => {
+            let (since, until) = (verify::bound(&since)?, verify::bound(&until)?);
+            let ext = match format {
+                verify::Format::Jsonl => "jsonl",
+                verify::Format::Csv => "csv",
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("calls-{}-{}.{ext}", &since[..10], &until[..10])));
+            let c = crate::store::open_read_only(&data_dir)?;
+            let manifest = verify::export(&c, &since, &until, format, &out)?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            Ok(0)
+        }
+    }
 }
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
@@ -143,6 +194,40 @@ struct EvalOutput<'a> {
     quotas: Vec<Value>,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Recompute the hash chain; exit 0 intact, 1 broken (naming the first broken seq).
+    Verify {
+        #[arg(long, default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
+    },
+    /// Print the last records and, with --follow, new ones as they are written (JSON lines).
+    Tail {
+        #[arg(long, default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Write the records of [--since, --until) to a file, with a manifest (count, seq range, sha256).
+    Export {
+        #[arg(long, default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
+        /// Start (inclusive): YYYY-MM-DD or RFC 3339 UTC.
+        #[arg(long)]
+        since: String,
+        /// End (exclusive).
+        #[arg(long)]
+        until: String,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: crate::audit::verify::Format,
+        /// Output file (default: calls-<since>-<until>.<format>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -158,6 +243,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Status { url } => status(&url),
+        Command::Audit { command } => audit(command),
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),
         Command::Eval { repo, identity, server, tool, args } => eval(&repo, &identity, &server, &tool, &args),

@@ -85,7 +85,27 @@ pub async fn start(settings: Settings) -> Result<Daemon> {
         Source::Remote { .. } => None,
     };
     let reconciler = tokio::spawn(reconcile::run(rs, store.clone(), state.clone(), rx, applied));
+    tokio::spawn(retention(state.clone(), store.clone()));
     Ok(Daemon { state, store, _watcher: watcher, reconciler })
+}
+
+/// Every hour: prune call records older than `audit.retention_days` of the active snapshot (the
+/// chain stays verifiable from the stored anchor), and forget closed quota windows.
+async fn retention(state: Arc<State>, store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        state.quotas.sweep(now);
+        let days = state.active.load().as_ref().and_then(|a| a.snapshot.settings.audit_retention_days);
+        let Some(days) = days else { continue };
+        let cutoff = crate::units::rfc3339(now - i64::from(days) * 86_400, 0).replace('Z', ".000Z");
+        match store.write(move |c| crate::audit::log::prune_in(c, &cutoff)).await {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, days, "call records past retention pruned"),
+            Err(e) => tracing::error!(error = %e, "pruning the call log failed"),
+        }
+    }
 }
 
 /// Runs the daemon until a shutdown signal.

@@ -174,16 +174,33 @@ fn writer(conn: Connection, rx: std_mpsc::Receiver<Job>) {
             continue;
         }
         let mut done: Vec<Done> = Vec::with_capacity(group.len());
-        for job in group {
+        let mut jobs = group.into_iter();
+        let mut aborted = None;
+        for job in jobs.by_ref() {
             let _ = conn.execute_batch("SAVEPOINT job");
             let (ok, reply) = (job.run)(Some(&conn));
-            if !ok {
-                let _ = conn.execute_batch("ROLLBACK TO job");
-            }
-            let _ = conn.execute_batch("RELEASE job");
             done.push(reply);
+            if ok {
+                let _ = conn.execute_batch("RELEASE job");
+            } else if conn.is_autocommit() {
+                // SQLITE_FULL, IOERR and friends roll the whole transaction back: the jobs
+                // before this one are gone too, and the rest must not run outside it.
+                aborted = Some(StoreError::Sqlite("the transaction was rolled back by the database (disk full or I/O error)".into()));
+                break;
+            } else {
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            }
         }
-        let committed = conn.execute_batch("COMMIT").map_err(sql);
+        let committed = match aborted {
+            Some(e) => {
+                for job in jobs {
+                    let (_, reply) = (job.run)(None);
+                    done.push(reply);
+                }
+                Err(e)
+            }
+            None => conn.execute_batch("COMMIT").map_err(sql),
+        };
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }

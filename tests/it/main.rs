@@ -1,5 +1,6 @@
 //! The one integration-test binary: scenarios driven the way a user drives gatehouse.
 
+mod audit;
 mod check;
 mod cli;
 mod e2e;

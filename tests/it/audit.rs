@@ -1,0 +1,203 @@
+//! The call log and quotas as an auditor and an operator see them: every call recorded before it
+//! is forwarded, a chain that exposes tampering, fail-closed when the log cannot be written,
+//! quotas that hold under concurrency, and no argument value anywhere on disk.
+
+use gatehouse::audit::verify::{Format, Verdict, export, verify};
+use gatehouse::proxy::Config;
+use gatehouse::secrets::SecretSource;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::gateway::{Gateway, MockUpstream, call, initialize, post, token_hash};
+use crate::support::gatehouse;
+
+const TOKEN: &str = "audit-token-0123456789";
+const CANARY: &str = "CANARY-4815162342";
+
+async fn world(up: &MockUpstream) -> Gateway {
+    let server = format!("name: mock\ntransport: streamable-http\nurl: {}\ntimeout: 2s\nsupplier: {{ operated_by: internal }}\ntools: {{ add: {{ category: financial }} }}\n", up.url);
+    let policy = "tools:\n  echo_headers: {}\n  fail:\n    limits: [ { name: fail cap, rate_limit: 1/minute } ]\n  add:\n    deny_if: [ { name: big, conditions: [ { path: args.a, op: gt, value: 1000 } ] } ]\n    limits: [ { name: adds per minute, rate_limit: 100/minute, per: global } ]\n";
+    let grant = format!("identity: agent\nkind: agent\nowner: o@x\ntokens: [ {{ sha256: {} }} ]\naccess: [ {{ server: mock, tools: \"*\", policy: policies/p.yaml }} ]\n", token_hash(TOKEN));
+    Gateway::start(
+        &[("servers/mock.yaml", &server), ("policies/p.yaml", policy), ("grants/agent.yaml", &grant)],
+        SecretSource::default(),
+        Config::default(),
+    )
+    .await
+}
+
+fn records(gw: &Gateway) -> Vec<Value> {
+    let c = gw.store.reader().unwrap();
+    let mut stmt = c.prepare("SELECT record, hash FROM calls ORDER BY seq").unwrap();
+    stmt.query_map([], |r| {
+        let mut v: Value = serde_json::from_str(&r.get::<_, String>(0)?).unwrap();
+        v["hash"] = Value::String(r.get(1)?);
+        Ok(v)
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// Waits for the background outcome records.
+async fn settle(gw: &Gateway, n: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let r = records(gw);
+        if r.len() >= n {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    records(gw)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_call_leaves_chained_records_and_tampering_is_found() {
+    let up = MockUpstream::start().await;
+    let gw = world(&up).await;
+    let url = format!("{}/mcp", gw.url);
+    let s = initialize(&url, TOKEN, "2025-11-25").await;
+    post(&url, TOKEN, Some(&s), call(1, "mock__add", json!({ "a": 1, "b": 2, "note": CANARY }))).await;
+    post(&url, TOKEN, Some(&s), call(2, "mock__add", json!({ "a": 5000, "b": 2 }))).await;
+    post(&url, TOKEN, Some(&s), call(3, "mock__delete_all", json!({}))).await;
+    let recs = settle(&gw, 4).await;
+    let view: Vec<(String, String, String)> = recs.iter().map(|r| (r["verdict"].as_str().unwrap().into(), r["outcome"].as_str().unwrap().into(), r["rule"].as_str().unwrap().into())).collect();
+    assert_eq!(view[0], ("allow".into(), "unknown".into(), "grants/agent.yaml#/access/0".into()), "the write-ahead decision");
+    assert!(view.contains(&("allow".into(), "ok".into(), "grants/agent.yaml#/access/0".into())), "the outcome: {view:?}");
+    assert!(view.contains(&("deny".into(), "denied".into(), "policies/p.yaml#/tools/add/deny_if/big".into())), "{view:?}");
+    assert!(view.contains(&("deny".into(), "denied".into(), "policies/p.yaml#/default".into())), "an unlisted tool is recorded: {view:?}");
+    let first = &recs[0];
+    for field in ["seq", "ts", "replica", "session", "identity", "grant", "server", "tool", "category", "arg_keys", "verdict", "rule", "message", "policy_commit", "snapshot_digest", "outcome", "latency_ms", "prev_hash", "hash"] {
+        assert!(first.get(field).is_some(), "field {field} missing: {first}");
+    }
+    assert_eq!(first["arg_keys"], json!(["a", "b", "note"]));
+    assert_eq!(first["category"], "financial");
+    assert_eq!(first["session"], s);
+    assert_eq!(first["snapshot_digest"].as_str().unwrap().len(), 64);
+
+    let c = gw.store.reader().unwrap();
+    assert!(matches!(verify(&c).unwrap(), Verdict::Intact { count: 4, first: 1, last: 4 }));
+
+    // Tampering, each on a fresh copy of the database.
+    let tamper = |sql: &str| -> Verdict {
+        let copy = tempfile::tempdir().unwrap();
+        let path = copy.path().join("gatehouse.db");
+        c.execute(&format!("VACUUM INTO '{}'", path.display()), []).unwrap();
+        let t = rusqlite::Connection::open(&path).unwrap();
+        t.execute_batch(sql).unwrap();
+        verify(&t).unwrap()
+    };
+    let flipped = tamper("UPDATE calls SET record = replace(record, '\"verdict\":\"deny\"', '\"verdict\":\"allow\"') WHERE seq = 3");
+    assert_eq!(flipped, Verdict::Broken { seq: 3, why: "hash does not match the record".into() });
+    let deleted = tamper("DELETE FROM calls WHERE seq = 2");
+    assert!(matches!(deleted, Verdict::Broken { seq: 2, .. }), "{deleted:?}");
+    let swapped = tamper(
+        "UPDATE calls SET seq = -2 WHERE seq = 2; UPDATE calls SET seq = 2 WHERE seq = 3; UPDATE calls SET seq = 3 WHERE seq = -2;",
+    );
+    assert!(matches!(swapped, Verdict::Broken { seq: 2, .. }), "{swapped:?}");
+
+    // The command line says the same.
+    let dir = gw.data.path().to_str().unwrap().to_string();
+    let ok = tokio::task::spawn_blocking(move || gatehouse(&["audit", "verify", "--data-dir", &dir])).await.unwrap();
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.starts_with("ok: 4 records"), "{}", ok.stdout);
+
+    // Export: a file and a manifest; no argument value anywhere on disk.
+    let out = gw.data.path().join("export.jsonl");
+    let manifest = export(&c, "2000-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z", Format::Jsonl, &out).unwrap();
+    assert_eq!(manifest["count"], 4);
+    assert_eq!((manifest["first_seq"].as_i64(), manifest["last_seq"].as_i64()), (Some(1), Some(4)));
+    let body = std::fs::read(&out).unwrap();
+    use sha2::Digest;
+    assert_eq!(manifest["sha256"], hex::encode(sha2::Sha256::digest(&body)));
+    let csv = gw.data.path().join("export.csv");
+    export(&c, "2000-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z", Format::Csv, &csv).unwrap();
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 5, "header + 4 records");
+    drop(c);
+    for entry in std::fs::read_dir(gw.data.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!bytes.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()), "argument value found in {}", path.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_that_cannot_be_written_refuses_calls_before_the_upstream() {
+    // "full": the database may not grow past its current pages, which are then filled up, as
+    // on a full disk. "read-only": the writer's connection refuses writes.
+    let fill = "CREATE TABLE IF NOT EXISTS filler (b BLOB);";
+    for (what, sql) in [("full", fill), ("read-only", "PRAGMA query_only = ON")] {
+        let up = MockUpstream::start().await;
+        let gw = world(&up).await;
+        let url = format!("{}/mcp", gw.url);
+        let s = initialize(&url, TOKEN, "2025-11-25").await;
+        let ok = post(&url, TOKEN, Some(&s), call(1, "mock__echo_headers", json!({}))).await.json();
+        assert!(ok["result"]["isError"] != true, "{ok}");
+        let sql = sql.to_string();
+        gw.store.write(move |c| c.execute_batch(&sql)).await.unwrap();
+        if what == "full" {
+            // The database may not grow past its current pages; fill them (each insert its own
+            // transaction: a full database rolls back the transaction that hits the limit).
+            gw.store.write(|c| c.query_row("PRAGMA max_page_count = 1", [], |_| Ok(()))).await.unwrap();
+            for size in [4096i64, 512, 64, 8, 1] {
+                while gw.store.write(move |c| c.execute("INSERT INTO filler VALUES (zeroblob(?1))", [size])).await.is_ok() {}
+            }
+        }
+        // Calls go on while the last pages still have room; once a decision record cannot be
+        // written, the call is refused and the upstream hears nothing of it, nor of any after.
+        let mut refused = 0;
+        for i in 2..200 {
+            let before = up.calls.lock().unwrap().len();
+            let r = post(&url, TOKEN, Some(&s), call(i, "mock__echo_headers", json!({}))).await.json();
+            if r["result"]["isError"] == true {
+                assert!(r["result"]["content"][0]["text"].as_str().unwrap().contains("gatehouse:audit-unavailable"), "{what}: {r}");
+                assert_eq!(up.calls.lock().unwrap().len(), before, "{what}: nothing reached the upstream");
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            } else {
+                assert_eq!(refused, 0, "{what}: a call went through after the log failed: {r}");
+            }
+        }
+        assert_eq!(refused, 3, "{what}: the log never failed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_calls_against_a_cap_of_one_hundred_forward_exactly_one_hundred() {
+    let up = MockUpstream::start().await;
+    let gw = world(&up).await;
+    let url = format!("{}/mcp", gw.url);
+    let sessions: Vec<String> = futures_util::future::join_all((0..8).map(|_| initialize(&url, TOKEN, "2025-11-25"))).await;
+    let replies = futures_util::future::join_all((0..200).map(|i| {
+        let (url, s) = (url.clone(), sessions[i % 8].clone());
+        async move { post(&url, TOKEN, Some(&s), call(i as i64, "mock__add", json!({ "a": 1, "b": 1 }))).await }
+    }))
+    .await;
+    let allowed = replies.iter().filter(|r| r.status == StatusCode::OK && r.json()["result"]["isError"] != true).count();
+    let denied: Vec<Value> = replies.iter().map(|r| r.json()).filter(|r| r["result"]["isError"] == true).collect();
+    assert_eq!(allowed, 100);
+    assert_eq!(denied.len(), 100);
+    assert!(denied[0]["result"]["content"][0]["text"].as_str().unwrap().contains("rule policies/p.yaml#/tools/add/limits/adds per minute"), "{}", denied[0]);
+    assert_eq!(up.calls.lock().unwrap().len(), 100, "exactly 100 reached the upstream");
+    let c = gw.store.reader().unwrap();
+    let events: i64 = c.query_row("SELECT count(*) FROM events WHERE kind = 'quota_exceeded'", [], |r| r.get(0)).unwrap();
+    assert_eq!(events, 100, "each threshold hit is a monitoring event");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_upstream_call_consumes_no_quota() {
+    let up = MockUpstream::start().await;
+    let gw = world(&up).await;
+    let url = format!("{}/mcp", gw.url);
+    let s = initialize(&url, TOKEN, "2025-11-25").await;
+    // `fail` has a cap of 1/minute and always fails upstream: it never uses up its quota.
+    for i in 0..3 {
+        let r = post(&url, TOKEN, Some(&s), call(i, "mock__fail", json!({}))).await.json();
+        assert_eq!(r["error"]["message"], "upstream broke", "call {i}: {r}");
+    }
+    assert_eq!(up.calls.lock().unwrap().len(), 3, "every failed call was let through");
+    let recs = settle(&gw, 6).await;
+    assert!(recs.iter().any(|r| r["outcome"] == "upstream_error"), "outcomes are recorded");
+}
