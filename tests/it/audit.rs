@@ -201,3 +201,52 @@ async fn a_failed_upstream_call_consumes_no_quota() {
     let recs = settle(&gw, 6).await;
     assert!(recs.iter().any(|r| r["outcome"] == "upstream_error"), "outcomes are recorded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_keeps_the_rest_of_the_chain_verifiable() {
+    let up = MockUpstream::start().await;
+    let gw = world(&up).await;
+    let url = format!("{}/mcp", gw.url);
+    let s = initialize(&url, TOKEN, "2025-11-25").await;
+    for i in 0..3 {
+        post(&url, TOKEN, Some(&s), call(i, "mock__add", json!({ "a": 5000 }))).await; // denied: one record each
+    }
+    let recs = settle(&gw, 3).await;
+    let cutoff = recs[2]["ts"].as_str().unwrap().to_string();
+    let pruned = gw.store.write(move |c| gatehouse::audit::log::prune_in(c, &cutoff)).await.unwrap();
+    assert_eq!(pruned, 2);
+    post(&url, TOKEN, Some(&s), call(9, "mock__add", json!({ "a": 5000 }))).await;
+    let c = gw.store.reader().unwrap();
+    assert_eq!(verify(&c).unwrap(), Verdict::Intact { count: 2, first: 3, last: 4 });
+    drop(c);
+    gw.store.write(|c| c.execute("UPDATE kv SET value = '2:0000' WHERE key = 'chain_anchor'", [])).await.unwrap();
+    let c = gw.store.reader().unwrap();
+    assert!(matches!(verify(&c).unwrap(), Verdict::Broken { seq: 3, .. }), "a forged anchor is found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_counts_survive_a_restart() {
+    let up = MockUpstream::start().await;
+    let gw = world(&up).await;
+    let url = format!("{}/mcp", gw.url);
+    let s = initialize(&url, TOKEN, "2025-11-25").await;
+    for i in 0..5 {
+        post(&url, TOKEN, Some(&s), call(i, "mock__add", json!({ "a": 1, "b": 1 }))).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // counters are persisted in the background
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let reloaded = gatehouse::quota::Quotas::load(Some(gw.store.clone()), now);
+    let snap = gw.state.active.load_full().unwrap();
+    let grant = snap.snapshot.grant("agent").unwrap();
+    let args = json!({ "a": 1, "b": 1 });
+    let d = gatehouse::policy::evaluate_grant(&snap.snapshot, grant, &gatehouse::policy::Call { identity: "agent", server: "mock", tool: "add", args: &args });
+    let who = gatehouse::quota::Subject { identity: "agent", server: "mock" };
+    // 100/minute: 5 used before the "restart", so 95 more fit and the 96th does not.
+    let window_left = 60 - now.rem_euclid(60);
+    if window_left > 2 {
+        for _ in 0..95 {
+            reloaded.reserve(&d.quotas, &who, &args, now).unwrap();
+        }
+        assert!(reloaded.reserve(&d.quotas, &who, &args, now).is_err(), "the count was reloaded");
+    }
+}
