@@ -38,6 +38,7 @@
 //! | `RECONCILE_BUILDS` | 3 | timed snapshot builds at scale (median reported) |
 //! | `RECONCILE_DAEMON_COMMITS` | 3 | commits through the daemon at scale (0: skip) |
 //! | `RECONCILE_PARTS` | latency,scale | which parts to run |
+//! | `RECONCILE_SPLIT` | 1 | 0: skip the split of compile's time (subsets, parsers alone) |
 //! | `RECONCILE_KEEP` | 0 | 1: keep the generated repository and print its path (for profiling) |
 //! | `RECONCILE_ENFORCE` | 0 | 1: exit 3 when a target is missed |
 //!
@@ -57,7 +58,7 @@ use bytes::Bytes;
 use gatehouse::access;
 use gatehouse::git::PolicyRepo;
 use gatehouse::proxy::{self, Config};
-use gatehouse::repo::{self, Files};
+use gatehouse::repo::{self, Entry, Files};
 use gatehouse::secrets::{self, SecretSource};
 use gatehouse::serve::{self, Daemon};
 use http::{Request, Response, StatusCode};
@@ -158,6 +159,7 @@ struct Settings {
     scaled: bool,
     keep: bool,
     enforce: bool,
+    split: bool,
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -180,6 +182,7 @@ fn settings() -> Settings {
         scaled: parts.split(',').any(|p| p.trim() == "scale"),
         keep: env("RECONCILE_KEEP", 0u8) == 1,
         enforce: env("RECONCILE_ENFORCE", 0u8) == 1,
+        split: env("RECONCILE_SPLIT", 1u8) == 1,
     }
 }
 
@@ -1140,12 +1143,23 @@ struct Build {
     read: f64,
     compile: f64,
     bind: f64,
+    /// CPU time of this thread over the build, and time it waited for a CPU (run queue).
+    cpu: f64,
+    wait: f64,
     files: usize,
     snapshot: gatehouse::snapshot::Snapshot,
     secrets: secrets::BoundSecrets,
 }
 
+/// (on-CPU ms, run-queue wait ms) of the calling thread so far (`/proc/thread-self/schedstat`).
+fn thread_cpu() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let mut it = text.split_whitespace().map(|x| x.parse::<f64>().unwrap_or(f64::NAN) / 1e6);
+    (it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN))
+}
+
 fn build(path: &Path, source: &SecretSource) -> Build {
+    let (cpu0, wait0) = thread_cpu();
     let t = Instant::now();
     let pr = PolicyRepo::discover(path).expect("a git repository");
     let id = pr.resolve("HEAD").expect("HEAD");
@@ -1160,7 +1174,86 @@ fn build(path: &Path, source: &SecretSource) -> Build {
     let bound = secrets::bind(&compiled.snapshot, source).unwrap_or_else(|e| panic!("{e:?}"));
     let bind = ms(t.elapsed());
     drop(files);
-    Build { read, compile, bind, files: n, snapshot: compiled.snapshot, secrets: bound }
+    let (cpu1, wait1) = thread_cpu();
+    Build { read, compile, bind, cpu: cpu1 - cpu0, wait: wait1 - wait0, files: n, snapshot: compiled.snapshot, secrets: bound }
+}
+
+// --- where compile's time goes ---
+
+struct SplitRow {
+    name: String,
+    files: usize,
+    wall: f64,
+    cpu: f64,
+}
+
+fn copy_entry(e: &Entry) -> Entry {
+    match e {
+        Entry::Blob(b) => Entry::Blob(b.clone()),
+        Entry::Symlink => Entry::Symlink,
+        Entry::TooLarge(n) => Entry::TooLarge(*n),
+    }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let (c0, _) = thread_cpu();
+    let t = Instant::now();
+    let v = f();
+    let wall = ms(t.elapsed());
+    let (c1, _) = thread_cpu();
+    (v, wall, c1 - c0)
+}
+
+struct NoEvents;
+
+impl yaml_rust2::parser::MarkedEventReceiver for NoEvents {
+    fn on_event(&mut self, _ev: yaml_rust2::parser::Event, _mark: yaml_rust2::scanner::Marker) {}
+}
+
+/// Compiles growing subsets of the repository (each subset is valid on its own), so the cost per
+/// kind of file shows as a difference; then runs each YAML parser alone over every file.
+fn split(path: &Path) -> Vec<SplitRow> {
+    let pr = PolicyRepo::discover(path).expect("a git repository");
+    let id = pr.resolve("HEAD").expect("HEAD");
+    let all = pr.files_at(id).expect("files at HEAD");
+    let mut rows = Vec::new();
+    let stages: [(&str, &[&str]); 4] = [
+        ("compile: settings + policies", &["gatehouse.yaml", "policies/"]),
+        ("compile: + servers", &["gatehouse.yaml", "policies/", "servers/"]),
+        ("compile: + roles", &["gatehouse.yaml", "policies/", "servers/", "roles/"]),
+        ("compile: + grants (the whole repository)", &["gatehouse.yaml", "policies/", "servers/", "roles/", "grants/", "README.md"]),
+    ];
+    for (name, prefixes) in stages {
+        let entries = all.iter().filter(|(p, _)| prefixes.iter().any(|x| p.starts_with(x))).map(|(p, e)| (p.clone(), copy_entry(e))).collect();
+        let files = Files { commit: Some(id.to_string()), entries };
+        let (compiled, wall, cpu) = timed(|| repo::compile(&files));
+        assert!(compiled.is_ok(), "{name}: the subset does not compile");
+        rows.push(SplitRow { name: name.into(), files: files.entries.len(), wall, cpu });
+    }
+    let texts: Vec<(&str, &str)> = all
+        .iter()
+        .filter_map(|(p, e)| match e {
+            Entry::Blob(b) if p.ends_with(".yaml") || p.ends_with(".json") => Some((p.as_str(), std::str::from_utf8(b).ok()?)),
+            _ => None,
+        })
+        .collect();
+    let (n, wall, cpu) = timed(|| {
+        texts
+            .iter()
+            .map(|(p, t)| if p.ends_with(".json") { serde_json::from_str::<Value>(t).is_ok() } else { serde_yaml::from_str::<Value>(t).is_ok() })
+            .filter(|ok| *ok)
+            .count()
+    });
+    rows.push(SplitRow { name: "parse only: serde_yaml (JSON: serde_json) → Value".into(), files: n, wall, cpu });
+    let (n, wall, cpu) = timed(|| {
+        texts
+            .iter()
+            .map(|(_, t)| yaml_rust2::parser::Parser::new_from_str(t).load(&mut NoEvents, false).is_ok())
+            .filter(|ok| *ok)
+            .count()
+    });
+    rows.push(SplitRow { name: "parse only: yaml-rust2 events (what Locator walks)".into(), files: n, wall, cpu });
+    rows
 }
 
 // --- memory, in a child process ---
@@ -1292,8 +1385,11 @@ struct Scale {
     compile: Vec<f64>,
     bind: Vec<f64>,
     total: Vec<f64>,
+    cpu: Vec<f64>,
+    wait: Vec<f64>,
     matrix: Vec<f64>,
     cells: usize,
+    split: Vec<SplitRow>,
     memory: Option<Memory>,
     /// Daemon on the generated repository: start-up until the first snapshot is active.
     daemon_start_ms: Option<f64>,
@@ -1336,9 +1432,18 @@ impl Scale {
         row("repo::compile", &self.compile);
         row("secrets::bind", &self.bind);
         row("snapshot build = read + compile + bind", &self.total);
+        row("  its CPU time (this thread, schedstat)", &self.cpu);
+        row("  its wait for a CPU (other load on the machine)", &self.wait);
         row(&format!("access::matrix ({} cells)", self.cells), &self.matrix);
         let step: Vec<f64> = self.total.iter().zip(&self.matrix).map(|(t, m)| t + 2.0 * m).collect();
         row("reconcile step estimate = build + 2 matrices", &step);
+        if !self.split.is_empty() {
+            println!("  where compile's time goes (one run each; compile of growing subsets, and the two YAML parsers alone):");
+            println!("    {:<50} {:>7} {:>9} {:>9} {:>10}", "", "files", "wall ms", "cpu ms", "cpu us/file");
+            for r in &self.split {
+                println!("    {:<50} {:>7} {:>9.0} {:>9.0} {:>10.0}", r.name, r.files, r.wall, r.cpu, r.cpu * 1e3 / r.files.max(1) as f64);
+            }
+        }
         if let Some(m) = &self.memory {
             let f = |k: &str| m.raw[k].as_f64().unwrap_or(f64::NAN);
             println!("  memory (fresh child process; VmRSS/VmHWM from /proc/self/status, heap from a counting allocator):");
@@ -1379,6 +1484,8 @@ impl Scale {
             "files": self.files, "repository_mib": r1(self.mib),
             "generate_ms": r1(self.generate_ms), "git_commit_ms": r1(self.git_commit_ms),
             "read_ms": st(&self.read), "compile_ms": st(&self.compile), "bind_ms": st(&self.bind), "build_ms": st(&self.total),
+            "build_cpu_ms": st(&self.cpu), "build_cpu_wait_ms": st(&self.wait),
+            "compile_split": self.split.iter().map(|r| json!({ "name": r.name, "files": r.files, "wall_ms": r1(r.wall), "cpu_ms": r1(r.cpu) })).collect::<Vec<_>>(),
             "matrix_ms": st(&self.matrix), "matrix_cells": self.cells,
             "memory": self.memory.as_ref().map(|m| m.raw.clone()),
             "daemon_start_ms": self.daemon_start_ms.map(r1),
@@ -1420,8 +1527,11 @@ fn scale_part(s: &Settings, rt: &Runtime) -> Scale {
         compile: Vec::new(),
         bind: Vec::new(),
         total: Vec::new(),
+        cpu: Vec::new(),
+        wait: Vec::new(),
         matrix: Vec::new(),
         cells: 0,
+        split: Vec::new(),
         memory: None,
         daemon_start_ms: None,
         daemon_commit: Vec::new(),
@@ -1448,21 +1558,29 @@ fn scale_part(s: &Settings, rt: &Runtime) -> Scale {
         let matrix_ms = ms(t.elapsed());
         out.cells = m.len();
         println!(
-            "scale: build {}: {} files, read {:.0} ms + compile {:.0} ms + bind {:.1} ms = {:.0} ms; matrix {:.0} ms",
+            "scale: build {}: {} files, read {:.0} ms + compile {:.0} ms + bind {:.1} ms = {:.0} ms (on CPU {:.0} ms, waiting for a CPU {:.0} ms); matrix {:.0} ms",
             run + 1,
             b.files,
             b.read,
             b.compile,
             b.bind,
             b.read + b.compile + b.bind,
+            b.cpu,
+            b.wait,
             matrix_ms
         );
         out.read.push(b.read);
         out.compile.push(b.compile);
         out.bind.push(b.bind);
         out.total.push(b.read + b.compile + b.bind);
+        out.cpu.push(b.cpu);
+        out.wait.push(b.wait);
         out.matrix.push(matrix_ms);
         drop((m, b));
+    }
+
+    if s.split {
+        out.split = split(dir.path());
     }
 
     // The daemon on the generated repository.

@@ -22,6 +22,7 @@
 #   GATEHOUSE_BIN   gateway binary to test (default: cargo build, target/debug when it is already
 #                   built there, else cargo build --release)
 #   CLIENT_TIMEOUT  seconds allowed per client run (default 60); a hang is a failure
+#   JOBS            client checks run at once (default 4; verdicts are printed in order)
 #   KEEP_WORK=1     keep the temporary directory (repository, logs) even when everything passed
 #
 # Only loopback addresses are used; ports are picked free at start. Every process started here
@@ -334,7 +335,7 @@ cat >"$REPO/servers/files.yaml" <<EOF
 name: files
 description: server-filesystem over stdio, confined to the interop fixture
 transport: stdio
-command: [$NODE, $PEERS_FILESYSTEM_JS, $FSROOT]
+command: ["$NODE", "$PEERS_FILESYSTEM_JS", "$FSROOT"]
 policy: policies/files-sandbox.yaml
 timeout: 20s
 $SUPPLIER
@@ -350,7 +351,7 @@ cat >"$REPO/servers/time.yaml" <<EOF
 name: time
 description: mcp-server-time over stdio
 transport: stdio
-command: [$PEERS_DIR/venv/bin/mcp-server-time, --local-timezone, UTC]
+command: ["$PEERS_DIR/venv/bin/mcp-server-time", --local-timezone, UTC]
 timeout: 20s
 $SUPPLIER
 tools:
@@ -378,13 +379,13 @@ tools:
   list_allowed_directories: {}
   read_text_file:
     require:
-      - { path: args.path, op: path_within, value: [$FSROOT] }
+      - { path: args.path, op: path_within, value: ["$FSROOT"] }
   list_directory:
     require:
-      - { path: args.path, op: path_within, value: [$FSROOT] }
+      - { path: args.path, op: path_within, value: ["$FSROOT"] }
   write_file:
     require:
-      - { path: args.path, op: path_within, value: [$FSROOT] }
+      - { path: args.path, op: path_within, value: ["$FSROOT"] }
 EOF
 cat >"$REPO/policies/time-zones.yaml" <<'EOF'
 # Approved time zones (seed style for get_current_time, rules style for convert_time).
@@ -577,7 +578,7 @@ check "py-sdk path_within denies /etc/passwd with the rule id" \
   --has "$DENIED" --has "policies/files-sandbox.yaml#/tools/read_text_file/require/0" --lacks "root:" \
   -- "${PY[@]}" "${AGENT[@]}" --expect-error --call files__read_text_file --args '{"path":"/etc/passwd"}'
 for p in "$FSROOT/../outside.txt" "$FSROOT/sub/../../outside.txt" "$FSROOT/%2e%2e/outside.txt" "$FSROOT/./../outside.txt"; do
-  check "py-sdk path traversal denied by the gateway: $(basename "$(dirname "$p")")/$(basename "$p")" \
+  check "py-sdk path traversal denied by the gateway: ${p#"$WORK"/}" \
     --has "$DENIED" --has "read_text_file/require/0" --lacks "$SECRET_WORD" \
     -- "${PY[@]}" "${AGENT[@]}" --expect-error --call files__read_text_file --args "{\"path\":\"$p\"}"
 done
@@ -709,7 +710,7 @@ inspector_suite() {  # inspector_suite LABEL DENY_RC UNKNOWN_TEXT BAD_TOKEN_FLAG
 section "MCP Inspector CLI $(node -e "console.log(require('$PEERS_DIR/inspector/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $(node --version))"
 inspector_suite "inspector 1.x" 0 "Unknown tool: everything__no-such-tool" "" -- "${INSP1[@]}"
 if [ ${#INSP2[@]} -gt 0 ]; then
-  echo "== MCP Inspector CLI $("$PEERS_NODE22" -e "console.log(require('$PEERS_DIR/inspector2/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $("$PEERS_NODE22" --version))"
+  section "MCP Inspector CLI $("$PEERS_NODE22" -e "console.log(require('$PEERS_DIR/inspector2/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $("$PEERS_NODE22" --version))"
   inspector_suite "inspector 2.x" 5 "Tool 'everything__no-such-tool' not found" "--stored-auth-only" -- "${INSP2[@]}"
   check "inspector 2.x --protocol-era auto (server/discover probe, falls back to initialize)" --has "sum of 6 and 7 is 13" \
     -- "${INSP2[@]}" "$GW/mcp" --transport http --header "Authorization: Bearer $OPS_TOKEN" --protocol-era auto \

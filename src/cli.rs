@@ -105,6 +105,23 @@ pub enum Command {
         #[arg(long, default_value = "{}")]
         args: String,
     },
+    /// Issue, revoke or review a grant's tokens: edits grants/NAME.yaml for you to commit.
+    Grant {
+        #[command(subcommand)]
+        command: GrantCommand,
+    },
+    /// Who gains or loses which tool between two revisions: exit 0 no access change, 1 access
+    /// changes, 2 error (an invalid head prints its errors).
+    Plan {
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        head: String,
+        #[arg(long, value_enum, default_value = "md")]
+        format: PlanFormat,
+    },
     /// Serve a simulated upstream MCP server on stdio (what the example repository's servers run).
     ExampleUpstream {
         flavor: crate::example_upstream::Flavor,
@@ -113,6 +130,69 @@ pub enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+}
+
+/// `gatehouse grant`: the token goes to stdout alone (so `TOKEN=$(gatehouse grant issue …)`
+/// works), everything else to stderr.
+fn grant(command: GrantCommand) -> Result<i32> {
+    use crate::grant_cmd;
+    let today = crate::units::Date::today();
+    match command {
+        GrantCommand::Issue { name, kind, owner, expires, repo } => {
+            let i = grant_cmd::issue(&repo, &name, kind, owner.as_deref(), Some(expires), today)?;
+            eprintln!("warning: the token below is shown once and stored nowhere; put it in the client's secret store now");
+            println!("{}", i.token);
+            let until = i.expires.map_or_else(|| "never expires".to_string(), |e| format!("expires {e}"));
+            let verb = if i.created { "created" } else { "added to" };
+            eprintln!("{verb} {}: token sha256 {}… for {} ({until})", i.file.display(), &i.sha256[..12], i.identity);
+            eprintln!("commit it: git add {} && git commit", i.file.display());
+            Ok(0)
+        }
+        GrantCommand::Revoke { name, token_prefix, repo } => {
+            let r = grant_cmd::revoke(&repo, &name, token_prefix.as_deref())?;
+            if r.removed.is_empty() {
+                println!("{} has no tokens: nothing revoked", r.file.display());
+                return Ok(0);
+            }
+            for h in &r.removed {
+                println!("revoked token sha256 {h}…");
+            }
+            println!(
+                "{}: {} token(s) left; commit it: the revocation takes effect once the gateway applies the commit",
+                r.file.display(),
+                r.remaining
+            );
+            Ok(0)
+        }
+        GrantCommand::Review { name, by, repo } => {
+            let file = grant_cmd::review(&repo, &name, &by, today)?;
+            println!("{}: review: {{ on: {today}, by: {} }}; commit it", file.display(), by.trim());
+            Ok(0)
+        }
+    }
+}
+
+fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat) -> Result<i32> {
+    let mut compiled = Vec::new();
+    for (which, rev) in [("base", base), ("head", head)] {
+        let files = repo::read(dir, Some(rev))?;
+        match repo::compile(&files) {
+            Ok(c) => compiled.push((files, c.snapshot)),
+            Err(d) => {
+                print!("{d}");
+                println!("{}: the {which} revision {rev:?} is invalid", d.summary());
+                return Ok(EXIT_INVALID);
+            }
+        }
+    }
+    let (head_files, head_snap) = compiled.pop().expect("two revisions");
+    let (base_files, base_snap) = compiled.pop().expect("two revisions");
+    let p = crate::plan::plan(&base_files, &base_snap, &head_files, &head_snap, crate::units::Date::today());
+    match format {
+        PlanFormat::Md => print!("{}", crate::plan::markdown(&p)),
+        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+    }
+    Ok(if p.changes_access() { 1 } else { 0 })
 }
 
 fn audit(command: AuditCommand) -> Result<i32> {
@@ -228,6 +308,52 @@ pub enum AuditCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum GrantCommand {
+    /// Create a token: printed once on stdout; only its SHA-256 goes into grants/NAME.yaml.
+    Issue {
+        /// The grant file's name: grants/NAME.yaml (created when missing).
+        name: String,
+        /// human, or agent (an agent names its accountable human in --owner).
+        #[arg(long, value_enum)]
+        kind: crate::grant_cmd::Kind,
+        /// The accountable human: required for a new agent; a new human grant's identity.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Lifetime: 90d, 12w, a date (2026-12-31), or never.
+        #[arg(long, default_value = "90d")]
+        expires: crate::grant_cmd::Expiry,
+        /// The policy repository's working tree.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Remove token hashes from grants/NAME.yaml: the one --token-prefix picks, or all of them.
+    Revoke {
+        name: String,
+        /// At least 8 hex digits of the token's sha256 (as in the file), or the whole token.
+        #[arg(long)]
+        token_prefix: Option<String>,
+        /// The policy repository's working tree.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+    /// Record an access review: sets review: { on: TODAY, by: ID }.
+    Review {
+        name: String,
+        #[arg(long)]
+        by: String,
+        /// The policy repository's working tree.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    Md,
+    Json,
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -244,6 +370,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Status { url } => status(&url),
         Command::Audit { command } => audit(command),
+        Command::Plan { repo, base, head, format } => plan(&repo, &base, &head, format),
+        Command::Grant { command } => grant(command),
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),
         Command::Eval { repo, identity, server, tool, args } => eval(&repo, &identity, &server, &tool, &args),

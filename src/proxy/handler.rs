@@ -275,6 +275,10 @@ fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<(usize, [u8; 32]
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > 4096 {
         return Err("malformed authorization header");
     }
+    // A gatehouse token carries a checksum: a mistyped or forged one is refused before any lookup.
+    if !crate::token::admissible(token) {
+        return Err("malformed token");
+    }
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let (grant, token) = snap.grant_index_by_token_hash(&hash).ok_or("unknown token")?;
     if snap.grants[grant].tokens[token].expires.is_some_and(|e| e <= Date::today()) {
@@ -682,7 +686,12 @@ fn upstream_error(id: Value, server: &str, e: UpstreamError) -> Value {
         UpstreamError::Timeout(d) => {
             jsonrpc::error(id, UPSTREAM_TIMEOUT, format!("upstream {server} did not answer within {} ms", d.as_millis()))
         }
-        other => jsonrpc::error(id, INTERNAL_ERROR, format!("upstream {server} failed: {other}")),
+        other => {
+            // Transport details (addresses, TLS, OS errors) go to the log, not to the client.
+            warn!(server, error = %other, "upstream call failed");
+            let what = if matches!(other, UpstreamError::Unavailable(_)) { "is unavailable" } else { "answered something that is not MCP" };
+            jsonrpc::error(id, INTERNAL_ERROR, format!("upstream {server} {what}"))
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod load;
 mod locate;
 mod policy;
 mod raw;
+pub mod rules;
 mod scan;
 
 use std::collections::BTreeMap;

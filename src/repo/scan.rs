@@ -9,6 +9,7 @@ use regex::Regex;
 use crate::diag::{Diagnostics, Pos};
 
 const PATTERN: &str = concat!(
+    r"\bgh_[0-9A-Za-z]{49}\b|",
     r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,})\b",
     r"|\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b",
     r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
@@ -21,6 +22,7 @@ const PATTERN: &str = concat!(
 /// What a match looks like, for the message (the value itself is never printed).
 fn kind(m: &str) -> &'static str {
     match m.as_bytes() {
+        [b'g', b'h', b'_', ..] => "a gatehouse token",
         [b'g', b'h', ..] | [b'g', b'i', ..] => "a GitHub token",
         [b's', b'k', b'_', ..] | [b'r', b'k', b'_', ..] => "a Stripe key",
         [b'A', b'K', ..] | [b'A', b'S', ..] => "an AWS access key id",

@@ -9,128 +9,35 @@ use std::time::{Duration, Instant};
 
 use gatehouse::proxy::Config;
 use gatehouse::secrets::SecretSource;
-use rmcp::ServiceExt;
-use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ProgressNotificationParam, ServerCapabilities, ServerConfig};
-use rmcp::service::{RequestContext, RunningService};
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{RoleClient, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use crate::gateway::{Gateway, call as call_msg, initialize, post, send, token_hash};
+use crate::rmcp_peer::rmcp;
 
 const TOKEN: &str = "rmcp-client-token-0123456789";
 const NARROW: &str = "narrow-client-token-0123456789";
 
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct Echo {
-    text: String,
-}
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct Add {
-    a: i64,
-    b: i64,
-}
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct Sleep {
-    ms: u64,
-}
-
-#[derive(Clone)]
-struct Upstream {
-    tool_router: ToolRouter<Self>,
-    /// Set when a `sleep` call was cancelled by the gateway.
-    cancelled: Arc<AtomicBool>,
-}
-
-#[tool_router]
-impl Upstream {
-    #[tool(description = "Echo the text")]
-    fn echo(&self, Parameters(Echo { text }): Parameters<Echo>) -> String {
-        text
-    }
-
-    #[tool(description = "Add two integers")]
-    fn add(&self, Parameters(Add { a, b }): Parameters<Add>) -> String {
-        (a + b).to_string()
-    }
-
-    #[tool(description = "Report three steps of progress")]
-    async fn count(&self, ctx: RequestContext<RoleServer>) -> String {
-        if let Some(token) = ctx.meta.get_progress_token() {
-            for step in 1..=3 {
-                let _ = ctx.peer.notify_progress(ProgressNotificationParam::new(token.clone(), step as f64)).await;
-            }
-        }
-        "counted".into()
-    }
-
-    #[tool(description = "Sleep, unless cancelled")]
-    async fn sleep(&self, Parameters(Sleep { ms }): Parameters<Sleep>, ctx: RequestContext<RoleServer>) -> String {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(ms)) => "slept".into(),
-            _ = ctx.ct.cancelled() => {
-                self.cancelled.store(true, Ordering::SeqCst);
-                "cancelled".into()
-            }
-        }
-    }
-
-    #[tool(description = "Drop every table")]
-    fn drop_everything(&self) -> String {
-        "dropped".into()
-    }
-}
-
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for Upstream {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-    }
-}
-
-/// An rmcp Streamable HTTP server on 127.0.0.1:0; returns its URL.
-async fn rmcp_http_upstream(cancelled: Arc<AtomicBool>) -> String {
-    let service = StreamableHttpService::new(
-        move || Ok(Upstream { tool_router: Upstream::tool_router(), cancelled: cancelled.clone() }),
-        LocalSessionManager::default().into(),
-        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let svc = hyper_util::service::TowerToHyperService::new(service.clone());
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}/mcp")
-}
-
 /// The rmcp stdio server built from examples/rmcp_stdio_upstream.rs by `cargo test`.
 fn rmcp_stdio_upstream() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"));
-    bin.parent().unwrap().join("examples/rmcp_stdio_upstream")
+    let path = bin.parent().unwrap().join("examples/rmcp_stdio_upstream");
+    assert!(path.exists(), "{} is missing: run `cargo test` (which builds examples) or `cargo build --examples`", path.display());
+    path
 }
 
 async fn world() -> Gateway {
-    world_watching(Arc::new(AtomicBool::new(false))).await
+    world_watching().await.0
 }
 
-async fn world_watching(cancelled: Arc<AtomicBool>) -> Gateway {
-    let http = rmcp_http_upstream(cancelled).await;
+/// The gateway, and the flag the rmcp upstream sets when a call was cancelled.
+async fn world_watching() -> (Gateway, Arc<AtomicBool>) {
+    let peer = rmcp(true, http::StatusCode::NOT_FOUND).await;
+    let http = peer.url.clone();
     let rmcp_http = format!("name: api\ntransport: streamable-http\nurl: {http}\ntimeout: 5s\nsupplier: {{ operated_by: internal }}\n");
     let rmcp_stdio = format!(
         "name: words\ntransport: stdio\ncommand: [{}]\ntimeout: 5s\nsupplier: {{ operated_by: internal }}\n",
@@ -147,7 +54,7 @@ async fn world_watching(cancelled: Arc<AtomicBool>) -> Gateway {
         token_hash(TOKEN)
     );
     let narrow = format!("identity: narrow\nkind: human\ntokens: [ {{ sha256: {} }} ]\naccess: [ {{ server: words, tools: [env_names] }} ]\n", token_hash(NARROW));
-    Gateway::start(
+    let gw = Gateway::start(
         &[
             ("servers/api.yaml", &rmcp_http),
             ("servers/words.yaml", &rmcp_stdio),
@@ -160,7 +67,8 @@ async fn world_watching(cancelled: Arc<AtomicBool>) -> Gateway {
         SecretSource::default(),
         Config::default(),
     )
-    .await
+    .await;
+    (gw, peer.cancelled)
 }
 
 async fn client(url: &str, token: &str) -> Result<RunningService<RoleClient, ()>, String> {
@@ -254,8 +162,7 @@ async fn progress_is_relayed_with_the_clients_token_over_sse() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_call_is_cancelled_upstream() {
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let gw = world_watching(cancelled.clone()).await;
+    let (gw, cancelled) = world_watching().await;
     let url = format!("{}/mcp", gw.url);
     let s = initialize(&url, TOKEN, "2025-11-25").await;
     let (u, s2) = (url.clone(), s.clone());

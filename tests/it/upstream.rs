@@ -19,17 +19,11 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
-use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::Extension;
-use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ProgressNotificationParam, ServerCapabilities, ServerConfig};
-use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+use crate::rmcp_peer::rmcp;
 
 const TOKEN: &str = "Bearer upstream-secret-0123456789";
 
@@ -103,133 +97,6 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
         .header("content-type", content_type)
         .body(Full::new(body.into()).boxed())
         .unwrap()
-}
-
-// --- an rmcp server ---
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct EchoArgs {
-    text: String,
-}
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct AddArgs {
-    a: i64,
-    b: i64,
-}
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct SleepArgs {
-    ms: u64,
-}
-
-#[derive(Clone)]
-struct Demo {
-    tool_router: ToolRouter<Self>,
-    /// Set when a `sleep` call was cancelled.
-    cancelled: Arc<AtomicBool>,
-}
-
-#[tool_router]
-impl Demo {
-    #[tool(description = "Echo the text")]
-    fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
-        text
-    }
-
-    #[tool(description = "Add two integers")]
-    fn add(&self, Parameters(AddArgs { a, b }): Parameters<AddArgs>) -> String {
-        (a + b).to_string()
-    }
-
-    #[tool(description = "Sleep, unless cancelled")]
-    async fn sleep(
-        &self,
-        Parameters(SleepArgs { ms }): Parameters<SleepArgs>,
-        ctx: RequestContext<RoleServer>,
-    ) -> String {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(ms)) => "slept".into(),
-            _ = ctx.ct.cancelled() => {
-                self.cancelled.store(true, Ordering::SeqCst);
-                "cancelled".into()
-            }
-        }
-    }
-
-    #[tool(description = "The Authorization header the gateway sent")]
-    fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> String {
-        let h = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        json!({ "authorization": h("authorization"), "protocol": h("mcp-protocol-version") }).to_string()
-    }
-
-    #[tool(description = "Report three steps of progress")]
-    async fn count(&self, ctx: RequestContext<RoleServer>) -> String {
-        if let Some(token) = ctx.meta.get_progress_token() {
-            for step in 1..=3 {
-                let _ = ctx.peer.notify_progress(ProgressNotificationParam::new(token.clone(), step as f64)).await;
-            }
-        }
-        "counted".into()
-    }
-
-    #[tool(description = "Say the tool list changed")]
-    async fn change(&self, ctx: RequestContext<RoleServer>) -> String {
-        let _ = ctx.peer.notify_tool_list_changed().await;
-        "changed".into()
-    }
-}
-
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for Demo {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
-    }
-}
-
-/// An rmcp Streamable HTTP server.
-struct Rmcp {
-    url: String,
-    /// Its sessions: clearing them makes it forget ours.
-    sessions: Arc<LocalSessionManager>,
-    /// How many sessions (handshakes) it has served.
-    sessions_opened: Arc<AtomicUsize>,
-    cancelled: Arc<AtomicBool>,
-}
-
-/// `stateful`: sessions and SSE answers; else stateless JSON answers. `dead_session`: the
-/// status it answers an unknown session with (rmcp says 404; real servers often say 400).
-async fn rmcp(stateful: bool, dead_session: StatusCode) -> Rmcp {
-    let sessions = Arc::new(LocalSessionManager::default());
-    let opened = Arc::new(AtomicUsize::new(0));
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let config = StreamableHttpServerConfig::default()
-        .with_sse_keep_alive(None)
-        .with_legacy_session_mode(stateful)
-        .with_json_response(!stateful);
-    let service = {
-        let (opened, cancelled) = (opened.clone(), cancelled.clone());
-        StreamableHttpService::new(
-            move || {
-                opened.fetch_add(1, Ordering::SeqCst);
-                Ok(Demo { tool_router: Demo::tool_router(), cancelled: cancelled.clone() })
-            },
-            sessions.clone(),
-            config,
-        )
-    };
-    let addr = serve(move |req: Request<Incoming>| {
-        let mut service = service.clone();
-        async move {
-            let mut resp = tower::Service::call(&mut service, req).await.unwrap();
-            if resp.status() == StatusCode::NOT_FOUND {
-                *resp.status_mut() = dead_session;
-            }
-            resp
-        }
-    })
-    .await;
-    Rmcp { url: format!("http://{addr}/mcp"), sessions, sessions_opened: opened, cancelled }
 }
 
 #[tokio::test]

@@ -1,0 +1,409 @@
+//! The state database side of the evidence: call records (streamed, chain-verified), monitoring
+//! events, change records and history rewrites. Everything is read in one read transaction, so
+//! counts, seq ranges and rows agree even while a daemon keeps writing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Value, json};
+
+use super::Period;
+use super::write::Sink;
+use crate::audit::{CallRecord, GENESIS, chain_hash};
+
+pub(crate) const EVENT_COLUMNS: [&str; 8] = ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"];
+
+pub(crate) const CHANGE_COLUMNS: [&str; 16] = [
+    "commit",
+    "status",
+    "author",
+    "author_time",
+    "committer",
+    "commit_time",
+    "pull_request",
+    "message",
+    "parents",
+    "files",
+    "signed",
+    "gained",
+    "lost",
+    "errors",
+    "applied_at",
+    "recorded_at",
+];
+
+pub(crate) const REWRITE_COLUMNS: [&str; 8] =
+    ["id", "detected_at", "old_tip", "new_tip", "vanished", "accepted_at", "accepted_by", "reason"];
+
+/// Tool categories whose calls are privileged (A.8.2).
+const PRIVILEGED: [&str; 3] = ["destructive", "execute", "financial"];
+
+/// A read transaction on the state database.
+pub(crate) struct Db {
+    conn: Connection,
+}
+
+/// The seq range of the period's call records (by `ts`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeqRange {
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+    pub count: u64,
+}
+
+/// Where one pass over the call log sends its rows.
+#[derive(Default)]
+pub(crate) struct Pass<'a> {
+    pub calls: Option<&'a mut dyn Sink>,
+    pub privileged: Option<&'a mut dyn Sink>,
+}
+
+/// What one pass over the call log found.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Records in the period, and those of privileged tools.
+    pub calls: u64,
+    pub privileged: u64,
+    /// Server → traffic.
+    pub traffic: BTreeMap<String, Traffic>,
+    pub chain: Chain,
+}
+
+/// One server's traffic in the period.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Traffic {
+    /// Calls (decision records), allowed and denied.
+    pub calls: u64,
+    pub allowed: u64,
+    pub denials: u64,
+    /// Outcome records `upstream_error` or `timeout`.
+    pub errors: u64,
+    /// Every record (decisions and outcomes).
+    pub records: u64,
+}
+
+/// The hash chain over the exported seq range.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Chain {
+    /// Records whose hash was recomputed.
+    pub checked: u64,
+    /// The first record that does not verify, and why.
+    pub broken: Option<(u64, String)>,
+    /// Whether the first record links to the one before it (None: nothing to link to).
+    pub linked: Option<bool>,
+}
+
+// === impl Db ===
+
+impl Db {
+    pub fn open(data_dir: &Path) -> Result<Db> {
+        let file = data_dir.join(crate::store::FILE);
+        if !file.exists() {
+            anyhow::bail!("no state database at {} (pass --data-dir)", file.display());
+        }
+        let conn = crate::store::open_read_only(data_dir)?;
+        conn.execute_batch("BEGIN DEFERRED").context("starting a read transaction")?;
+        Ok(Db { conn })
+    }
+
+    pub fn seq_range(&self, p: &Period) -> Result<SeqRange> {
+        let (first, last, count): (Option<i64>, Option<i64>, i64) = self.conn.query_row(
+            "SELECT min(seq), max(seq), count(*) FROM calls WHERE ts >= ?1 AND ts < ?2",
+            params![p.since, p.until],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(SeqRange { first: first.map(|s| s as u64), last: last.map(|s| s as u64), count: count as u64 })
+    }
+
+    /// (records, records of privileged tools) in the period.
+    pub fn counts(&self, p: &Period, range: &SeqRange) -> Result<(u64, u64)> {
+        let (Some(first), Some(last)) = (range.first, range.last) else { return Ok((0, 0)) };
+        let (n, privileged): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(category IN ('destructive', 'execute', 'financial')), 0) FROM calls
+             WHERE seq BETWEEN ?1 AND ?2 AND +ts >= ?3 AND +ts < ?4",
+            params![first as i64, last as i64, p.since, p.until],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((n as u64, privileged as u64))
+    }
+
+    /// Streams the period's call records (in seq order) to the pass's sinks, recomputing the
+    /// hash chain over the whole seq range (records of the range outside the period, possible
+    /// at its edges when clocks and appends interleave, are verified but not exported), and
+    /// counts each server's traffic.
+    pub fn scan_calls(&self, p: &Period, range: &SeqRange, pass: &mut Pass) -> Result<Scan> {
+        let mut scan = Scan::default();
+        let (Some(first), Some(last)) = (range.first, range.last) else { return Ok(scan) };
+        let mut prev = self.hash_before(first)?;
+        scan.chain.linked = prev.as_ref().map(|_| true);
+        let mut expect = first;
+        let mut stmt = self.conn.prepare("SELECT seq, ts, record, hash FROM calls WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")?;
+        let mut rows = stmt.query(params![first as i64, last as i64])?;
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)? as u64;
+            let ts = row.get_ref(1)?.as_str()?;
+            let text = row.get_ref(2)?.as_str()?;
+            let hash = row.get_ref(3)?.as_str()?;
+            let record: Result<CallRecord, _> = serde_json::from_str(text);
+            if scan.chain.broken.is_none() {
+                let why = if seq != expect {
+                    Some(format!("record {expect} is missing (next is {seq})"))
+                } else {
+                    match &record {
+                        Err(e) => Some(format!("not a call record: {e}")),
+                        Ok(r) if r.seq != seq => Some(format!("the record says seq {}", r.seq)),
+                        Ok(r) if prev.as_deref().is_some_and(|p| p != r.prev_hash) => {
+                            if seq == first {
+                                scan.chain.linked = Some(false);
+                            }
+                            Some("prev_hash does not match the previous record's hash".into())
+                        }
+                        Ok(r) if chain_hash(&r.prev_hash, text) != hash => Some("hash does not match the record".into()),
+                        Ok(_) => None,
+                    }
+                };
+                match why {
+                    Some(why) => scan.chain.broken = Some((if seq != expect { expect } else { seq }, why)),
+                    None => scan.chain.checked += 1,
+                }
+            }
+            prev = Some(hash.to_string());
+            expect = seq + 1;
+            if !p.contains_ts(ts) {
+                continue;
+            }
+            scan.calls += 1;
+            let (privileged, cells) = match record {
+                Ok(r) => {
+                    let t = scan.traffic.entry(r.server.clone()).or_default();
+                    t.records += 1;
+                    if r.verdict == "deny" || r.latency_ms.is_none() {
+                        t.calls += 1;
+                        if r.verdict == "deny" {
+                            t.denials += 1;
+                        } else {
+                            t.allowed += 1;
+                        }
+                    }
+                    if matches!(r.outcome.as_str(), "upstream_error" | "timeout") {
+                        t.errors += 1;
+                    }
+                    let privileged = r.category.as_deref().is_some_and(|c| PRIVILEGED.contains(&c));
+                    (privileged, call_cells(r, hash))
+                }
+                Err(e) => {
+                    // Unreadable (tampered) record: exported with what the table's columns say,
+                    // so the population stays complete; the chain already names it.
+                    let (identity, server, tool, category, verdict, outcome): (String, String, String, Option<String>, String, String) =
+                        self.conn.query_row(
+                            "SELECT identity, server, tool, category, verdict, outcome FROM calls WHERE seq = ?1",
+                            [seq as i64],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                        )?;
+                    let privileged = category.as_deref().is_some_and(|c| PRIVILEGED.contains(&c));
+                    let mut cells = vec![Value::Null; 19];
+                    cells[0] = json!(seq);
+                    cells[1] = json!(ts);
+                    cells[4] = json!(identity);
+                    cells[6] = json!(server);
+                    cells[7] = json!(tool);
+                    cells[8] = json!(category);
+                    cells[10] = json!(verdict);
+                    cells[12] = json!(format!("unreadable record: {e}"));
+                    cells[15] = json!(outcome);
+                    cells[18] = json!(hash);
+                    (privileged, cells)
+                }
+            };
+            if privileged {
+                scan.privileged += 1;
+            }
+            match (privileged.then_some(()).and(pass.privileged.as_deref_mut()), pass.calls.as_deref_mut()) {
+                (Some(p), Some(c)) => {
+                    p.row(cells.clone())?;
+                    c.row(cells)?;
+                }
+                (Some(p), None) => p.row(cells)?,
+                (None, Some(c)) => c.row(cells)?,
+                (None, None) => {}
+            }
+        }
+        Ok(scan)
+    }
+
+    /// The hash the record `seq` must link to: the previous record's, the pruning anchor's, or
+    /// genesis; None when it cannot be known.
+    fn hash_before(&self, seq: u64) -> Result<Option<String>> {
+        if seq <= 1 {
+            return Ok(Some(GENESIS.to_string()));
+        }
+        let h: Option<String> =
+            self.conn.query_row("SELECT hash FROM calls WHERE seq = ?1", [(seq - 1) as i64], |r| r.get(0)).optional()?;
+        if h.is_some() {
+            return Ok(h);
+        }
+        Ok(crate::audit::log::anchor(&self.conn)?.filter(|(s, _)| *s == seq - 1).map(|(_, h)| h))
+    }
+
+    pub fn count_events(&self, p: &Period) -> Result<u64> {
+        let n: i64 =
+            self.conn.query_row("SELECT count(*) FROM events WHERE ts >= ?1 AND ts < ?2", params![p.since, p.until], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Streams the period's monitoring events; returns how many.
+    pub fn events(&self, p: &Period, sink: &mut dyn Sink) -> Result<u64> {
+        let mut stmt = self.conn.prepare("SELECT id, ts, kind, detail FROM events WHERE ts >= ?1 AND ts < ?2 ORDER BY id")?;
+        let mut rows = stmt.query(params![p.since, p.until])?;
+        let mut n = 0;
+        while let Some(row) = rows.next()? {
+            let detail_text: String = row.get(3)?;
+            let detail: Value = serde_json::from_str(&detail_text).unwrap_or(Value::String(detail_text));
+            let field = |k: &str| detail.get(k).cloned().unwrap_or(Value::Null);
+            sink.row(vec![
+                json!(row.get::<_, i64>(0)?),
+                json!(row.get::<_, String>(1)?),
+                json!(row.get::<_, String>(2)?),
+                field("identity"),
+                field("server"),
+                field("tool"),
+                field("rule"),
+                detail.clone(),
+            ])?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Change records recorded in the period (by `recorded_at`), in the order recorded.
+    pub fn changes(&self, p: &Period) -> Result<Vec<Vec<Value>>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT commit_id, status, author, author_time, committer, commit_time, pull_request, message, parents, files,
+                    signed, access_diff, errors, applied_at, recorded_at
+             FROM changes WHERE recorded_at >= ?1 AND recorded_at < ?2 ORDER BY id",
+        )?;
+        let mut rows = stmt.query(params![p.since, p.until])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let parse = |i: usize| -> Result<Value> {
+                let t: String = r.get(i)?;
+                Ok(serde_json::from_str(&t).unwrap_or(Value::String(t)))
+            };
+            let signed = parse(10)?;
+            let signed = match (signed["present"].as_bool(), signed["verified"].as_bool()) {
+                (Some(true), Some(true)) => json!("signed (verified)"),
+                (Some(true), _) => json!("signed (not verified)"),
+                (Some(false), _) => json!("unsigned"),
+                _ => signed,
+            };
+            let diff = parse(11)?;
+            let side = |k: &str| -> Value {
+                match diff.get(k).and_then(Value::as_array) {
+                    Some(cells) => Value::Array(
+                        cells
+                            .iter()
+                            .map(|c| {
+                                json!(format!(
+                                    "{}: {}/{}",
+                                    c["identity"].as_str().unwrap_or("?"),
+                                    c["server"].as_str().unwrap_or("?"),
+                                    c["tool"].as_str().unwrap_or("?")
+                                ))
+                            })
+                            .collect(),
+                    ),
+                    None => Value::Null,
+                }
+            };
+            out.push(vec![
+                json!(r.get::<_, String>(0)?),
+                json!(r.get::<_, String>(1)?),
+                json!(r.get::<_, String>(2)?),
+                json!(r.get::<_, String>(3)?),
+                json!(r.get::<_, String>(4)?),
+                json!(r.get::<_, String>(5)?),
+                json!(r.get::<_, Option<i64>>(6)?),
+                json!(r.get::<_, String>(7)?),
+                parse(8)?,
+                parse(9)?,
+                signed,
+                side("gained"),
+                side("lost"),
+                parse(12)?,
+                json!(r.get::<_, Option<String>>(13)?),
+                json!(r.get::<_, String>(14)?),
+            ]);
+        }
+        Ok(out)
+    }
+
+    /// History rewrites detected in the period.
+    pub fn rewrites(&self, p: &Period) -> Result<Vec<Vec<Value>>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, detected_at, old_tip, new_tip, vanished, accepted_at, accepted_by, reason
+             FROM rewrites WHERE detected_at >= ?1 AND detected_at < ?2 ORDER BY id",
+        )?;
+        let mut rows = stmt.query(params![p.since, p.until])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let vanished: String = r.get(4)?;
+            out.push(vec![
+                json!(r.get::<_, i64>(0)?),
+                json!(r.get::<_, String>(1)?),
+                json!(r.get::<_, String>(2)?),
+                json!(r.get::<_, String>(3)?),
+                serde_json::from_str(&vanished).unwrap_or(Value::String(vanished)),
+                json!(r.get::<_, Option<String>>(5)?),
+                json!(r.get::<_, Option<String>>(6)?),
+                json!(r.get::<_, Option<String>>(7)?),
+            ]);
+        }
+        Ok(out)
+    }
+}
+
+/// A record's cells in [`super::CALL_COLUMNS`] order.
+fn call_cells(r: CallRecord, hash: &str) -> Vec<Value> {
+    let opt = |s: Option<String>| s.map_or(Value::Null, Value::String);
+    vec![
+        json!(r.seq),
+        Value::String(r.ts),
+        Value::String(r.replica),
+        Value::String(r.session),
+        Value::String(r.identity),
+        Value::String(r.grant),
+        Value::String(r.server),
+        Value::String(r.tool),
+        opt(r.category),
+        Value::Array(r.arg_keys.into_iter().map(Value::String).collect()),
+        Value::String(r.verdict),
+        Value::String(r.rule),
+        Value::String(r.message),
+        opt(r.policy_commit),
+        Value::String(r.snapshot_digest),
+        Value::String(r.outcome),
+        r.latency_ms.map_or(Value::Null, |l| json!(l)),
+        Value::String(r.prev_hash),
+        Value::String(hash.to_string()),
+    ]
+}
+
+// === impl SeqRange ===
+
+impl SeqRange {
+    pub fn to_json(&self) -> Value {
+        json!({ "first_seq": self.first, "last_seq": self.last, "count": self.count })
+    }
+
+    /// With the chain verification over the range.
+    pub fn to_json_with(&self, chain: &Chain) -> Value {
+        let mut v = self.to_json();
+        v["chain"] = match &chain.broken {
+            None => json!({ "intact": true, "checked": chain.checked, "linked_to_previous": chain.linked }),
+            Some((seq, why)) => json!({ "intact": false, "checked": chain.checked, "broken_at": seq, "why": why, "linked_to_previous": chain.linked }),
+        };
+        v
+    }
+}

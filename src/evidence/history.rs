@@ -1,0 +1,681 @@
+//! The git side of the evidence: the state of the policy repository at the end of the period
+//! (access review, supplier register) and, commit by commit, how each grant's effective access
+//! changed during it (provisioning).
+//!
+//! History is the first-parent chain of the revision (the branch as merged: a merged pull request
+//! is one step, its merge commit). A commit that does not compile is skipped — the gateway would
+//! have kept the previous valid snapshot — and its changes show up with the next valid commit.
+//!
+//! Provisioning is incremental, so that thousands of commits stay cheap: a commit that touches
+//! only `grants/` is compiled with the repository's other policy files (servers, policies, roles,
+//! settings: unchanged since the last valid commit) and just the grant files changed since then,
+//! plus the checks that span grants (one identity per file, one grant per token hash). Any other
+//! change compiles the whole repository. Both give the same snapshot of those grants that a full
+//! compile would.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use git2::{Commit, ObjectType, Oid, Tree};
+use serde_json::{Value, json};
+
+use super::db::Traffic;
+use super::{Control, Period, Table};
+use crate::access;
+use crate::git::PolicyRepo;
+use crate::repo::{self, Entry, Files, MAX_FILE_BYTES};
+use crate::snapshot::{Category, Snapshot, Transport};
+use crate::units::{Date, rfc3339};
+
+pub(crate) const ACCESS_REVIEW_COLUMNS: [&str; 15] = [
+    "identity",
+    "grant",
+    "kind",
+    "owner",
+    "tools",
+    "categories",
+    "privileged_tools",
+    "tokens",
+    "token_issued",
+    "token_expires",
+    "token_status",
+    "review_on",
+    "review_by",
+    "review_age_days",
+    "as_of_commit",
+];
+
+pub(crate) const PROVISIONING_COLUMNS: [&str; 16] = [
+    "identity",
+    "grant",
+    "change",
+    "commit",
+    "date",
+    "author",
+    "committer",
+    "pull_request",
+    "merged_authors",
+    "subject",
+    "gained",
+    "lost",
+    "tokens_added",
+    "tokens_removed",
+    "tokens_changed",
+    "review",
+];
+
+pub(crate) const SUPPLIER_COLUMNS: [&str; 19] = [
+    "server",
+    "registered",
+    "description",
+    "transport",
+    "endpoint",
+    "operated_by",
+    "vendor",
+    "risk",
+    "data",
+    "agreement",
+    "reviewed_on",
+    "reviewed_by",
+    "tools",
+    "privileged_tools",
+    "calls",
+    "allowed",
+    "denials",
+    "errors",
+    "as_of_commit",
+];
+
+/// The policy repository's history around a period.
+pub(crate) struct History {
+    pr: PolicyRepo,
+    rev: String,
+    period: Period,
+    tip: Oid,
+    /// The last commit before the period (the state provisioning starts from).
+    base: Option<Oid>,
+    /// The last commit before the end of the period.
+    end: Option<Oid>,
+    /// The commits of the period, oldest first.
+    commits: Vec<Oid>,
+}
+
+/// The valid state in force at the end of the period.
+pub(crate) struct EndState {
+    pub commit: Oid,
+    pub commit_time: String,
+    pub snapshot: Snapshot,
+    /// Commits after it (up to the end of the period) that did not compile.
+    pub skipped: Vec<String>,
+    pub as_of: Date,
+}
+
+/// What an access review row and a provisioning comparison need of one grant.
+#[derive(Debug, Clone, PartialEq)]
+struct GrantState {
+    identity: String,
+    /// (server, tool) the grant could be allowed to call.
+    cells: BTreeSet<(String, String)>,
+    /// sha256 hex → (issued, expires).
+    tokens: BTreeMap<String, (Option<Date>, Option<Date>)>,
+    review: Option<(Date, String)>,
+}
+
+/// The facts of a commit that a provisioning row shows.
+struct Meta {
+    commit: String,
+    date: String,
+    author: String,
+    committer: String,
+    pull_request: Option<u64>,
+    merged_authors: Vec<String>,
+    subject: String,
+}
+
+// === impl History ===
+
+impl History {
+    pub fn open(repo: &Path, rev: &str, period: &Period) -> Result<History> {
+        let pr = PolicyRepo::discover(repo)?;
+        let tip = pr.resolve(rev)?;
+        let (mut base, mut end, mut commits) = (None, None, Vec::new());
+        {
+            let mut cur = Some(pr.repo.find_commit(tip)?);
+            while let Some(c) = cur {
+                let ms = c.time().seconds() * 1000;
+                if ms < period.until_ms() {
+                    end.get_or_insert(c.id());
+                    if ms < period.since_ms() {
+                        base = Some(c.id());
+                        break;
+                    }
+                    commits.push(c.id());
+                }
+                cur = c.parents().next();
+            }
+        }
+        commits.reverse();
+        Ok(History { pr, rev: rev.to_string(), period: period.clone(), tip, base, end, commits })
+    }
+
+    /// The commits of the period and the states at both ends (for the manifest).
+    pub fn commit_range(&self, end: Option<&EndState>) -> Value {
+        let hex = |o: Option<Oid>| o.map(|o| o.to_string());
+        json!({
+            "rev": self.rev,
+            "tip": self.tip.to_string(),
+            "base": hex(self.base),
+            "end": hex(self.end),
+            "count": self.commits.len(),
+            "first": hex(self.commits.first().copied()),
+            "last": hex(self.commits.last().copied()),
+            "git_log": match (self.base, self.end) {
+                (Some(b), Some(e)) => format!("git log --first-parent {b}..{e}"),
+                (None, Some(e)) => format!("git log --first-parent {e}"),
+                _ => String::new(),
+            },
+            "state_at_until": end.map(|e| e.commit.to_string()),
+            "skipped_invalid": end.map(|e| e.skipped.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// The valid state in force at the end of the period: the last commit before `until` that
+    /// compiles (None when there is none).
+    pub fn end_state(&self) -> Result<Option<EndState>> {
+        let Some(end) = self.end else { return Ok(None) };
+        let mut skipped = Vec::new();
+        let mut cur = Some(self.pr.repo.find_commit(end)?);
+        while let Some(c) = cur {
+            if let Some((_, snapshot)) = self.build(c.id())? {
+                let t = c.time();
+                return Ok(Some(EndState {
+                    commit: c.id(),
+                    commit_time: rfc3339(t.seconds(), 0),
+                    snapshot,
+                    skipped,
+                    as_of: self.period.last_day(),
+                }));
+            }
+            skipped.push(c.id().to_string());
+            cur = c.parents().next();
+        }
+        Ok(None)
+    }
+
+    /// Reads and compiles the repository at `id`; None when it is not valid there.
+    fn build(&self, id: Oid) -> Result<Option<(Files, Snapshot)>> {
+        let Ok(entries) = self.pr.files_at(id) else { return Ok(None) };
+        let mut files = Files { commit: Some(id.to_string()), entries };
+        match repo::compile(&files) {
+            Ok(c) => {
+                files.entries.retain(|p, _| is_context(p));
+                Ok(Some((files, c.snapshot)))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The policy repository's tree at a commit (None when the subtree does not exist there).
+    fn policy_tree<'r>(&'r self, c: &Commit<'r>) -> Result<Option<Tree<'r>>> {
+        let root = c.tree()?;
+        if self.pr.prefix.is_empty() {
+            return Ok(Some(root));
+        }
+        Ok(match root.get_path(Path::new(&self.pr.prefix)) {
+            Ok(e) => e.to_object(&self.pr.repo)?.into_tree().ok(),
+            Err(_) => None,
+        })
+    }
+
+    /// The entry of `path` in `tree`, read as `PolicyRepo::files_at` does.
+    fn entry_at(&self, tree: Option<&Tree>, path: &str) -> Result<Option<Entry>> {
+        let Some(tree) = tree else { return Ok(None) };
+        let Ok(e) = tree.get_path(Path::new(path)) else { return Ok(None) };
+        if e.kind() != Some(ObjectType::Blob) {
+            return Ok(None);
+        }
+        if e.filemode() == 0o120000 {
+            return Ok(Some(Entry::Symlink));
+        }
+        let blob = self.pr.repo.find_blob(e.id()).with_context(|| format!("reading {path}"))?;
+        Ok(Some(if blob.size() as u64 > MAX_FILE_BYTES {
+            Entry::TooLarge(blob.size() as u64)
+        } else {
+            Entry::Blob(blob.content().to_vec())
+        }))
+    }
+
+    fn meta(&self, c: &Commit) -> Result<Meta> {
+        let sig = |s: git2::Signature| format!("{} <{}>", s.name().unwrap_or("?"), s.email().unwrap_or("?"));
+        let message = c.message().unwrap_or("");
+        let mut merged_authors = Vec::new();
+        if c.parent_count() > 1 {
+            let mut walk = self.pr.repo.revwalk()?;
+            walk.push(c.parent_id(1)?)?;
+            walk.hide(c.parent_id(0)?)?;
+            for id in walk {
+                let a = sig(self.pr.repo.find_commit(id?)?.author());
+                if !merged_authors.contains(&a) {
+                    merged_authors.push(a);
+                }
+            }
+        }
+        Ok(Meta {
+            commit: c.id().to_string(),
+            date: rfc3339(c.time().seconds(), 0),
+            author: sig(c.author()),
+            committer: sig(c.committer()),
+            pull_request: crate::git::pull_request(message),
+            merged_authors,
+            subject: message.lines().next().unwrap_or("").to_string(),
+        })
+    }
+
+    /// A.5.16/A.5.18: every commit of the period that created, widened, narrowed, re-reviewed or
+    /// revoked a grant, grant by grant.
+    pub fn provisioning(&self) -> Result<Table> {
+        let repo = &self.pr.repo;
+        let mut state: BTreeMap<String, GrantState> = BTreeMap::new();
+        // Policy files other than grants at the last valid commit; `dirty` when they may have
+        // changed since (then only a full compile tells the new state).
+        let mut context: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut dirty = true;
+        // Grant files changed since the last valid commit.
+        let mut pending: BTreeSet<String> = BTreeSet::new();
+        if let Some(base) = self.base {
+            let mut cur = Some(repo.find_commit(base)?);
+            while let Some(c) = cur {
+                if let Some((files, snapshot)) = self.build(c.id())? {
+                    state = states(&snapshot);
+                    context = files.entries;
+                    dirty = c.id() != base;
+                    break;
+                }
+                cur = c.parents().next();
+            }
+        }
+        let mut rows: Vec<(String, Vec<Value>)> = Vec::new();
+        for &id in &self.commits {
+            let c = repo.find_commit(id)?;
+            let new_tree = self.policy_tree(&c)?;
+            let old_tree = match c.parents().next() {
+                Some(p) => self.policy_tree(&p)?,
+                None => None,
+            };
+            if new_tree.as_ref().map(Tree::id) == old_tree.as_ref().map(Tree::id) {
+                continue;
+            }
+            let diff = repo.diff_tree_to_tree(old_tree.as_ref(), new_tree.as_ref(), None)?;
+            let mut changed_grants = Vec::new();
+            for d in diff.deltas() {
+                for f in [d.old_file(), d.new_file()] {
+                    let Some(p) = f.path().and_then(Path::to_str) else { continue };
+                    if p.starts_with("grants/") {
+                        changed_grants.push(p.to_string());
+                    } else {
+                        dirty = true;
+                    }
+                }
+            }
+            pending.extend(changed_grants);
+            let (old, new, considered): (BTreeMap<String, GrantState>, BTreeMap<String, GrantState>, Vec<String>) = if dirty {
+                let Some((files, snapshot)) = self.build(id)? else { continue };
+                let new = states(&snapshot);
+                let considered: BTreeSet<String> = state.keys().chain(new.keys()).cloned().collect();
+                context = files.entries;
+                dirty = false;
+                pending.clear();
+                (std::mem::take(&mut state), new, considered.into_iter().collect())
+            } else {
+                let mut work = Files { commit: Some(id.to_string()), entries: std::mem::take(&mut context) };
+                for f in &pending {
+                    if let Some(e) = self.entry_at(new_tree.as_ref(), f)? {
+                        work.entries.insert(f.clone(), e);
+                    }
+                }
+                let compiled = repo::compile(&work);
+                for f in &pending {
+                    work.entries.remove(f);
+                }
+                context = work.entries;
+                let Ok(compiled) = compiled else { continue };
+                let new = states(&compiled.snapshot);
+                if conflicts(&state, &pending, &new) {
+                    continue;
+                }
+                let considered: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
+                let old: BTreeMap<String, GrantState> = considered.iter().filter_map(|f| state.remove(f).map(|s| (f.clone(), s))).collect();
+                (old, new, considered)
+            };
+            let mut meta = None;
+            for f in &considered {
+                let changes = match (old.get(f), new.get(f)) {
+                    (Some(o), Some(n)) if o.identity != n.identity => vec![classify(Some(o), None), classify(None, Some(n))],
+                    (o, n) => vec![classify(o, n)],
+                };
+                for (identity, ch) in changes.into_iter().flatten() {
+                    if meta.is_none() {
+                        meta = Some(self.meta(&c)?);
+                    }
+                    let m = meta.as_ref().expect("set above");
+                    rows.push((identity.clone(), ch.row(&identity, f, m)));
+                }
+            }
+            // The new state: everything the full compile saw, or the old state plus what changed.
+            // The new state: what the full compile saw, or the rest plus the grants compiled
+            // (a deleted grant was removed from `state` with `old`).
+            for (f, s) in new {
+                state.insert(f, s);
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0)); // stable: each identity's commits stay in order
+        let rows: Vec<Vec<Value>> = rows.into_iter().map(|(_, r)| r).collect();
+        Ok(Table {
+            name: "provisioning",
+            control: Control::Provisioning,
+            columns: PROVISIONING_COLUMNS.to_vec(),
+            population: rows.len() as u64,
+            rows,
+            source: json!({
+                "base": self.base.map(|o| o.to_string()),
+                "end": self.end.map(|o| o.to_string()),
+                "commits": self.commits.len(),
+            }),
+        })
+    }
+}
+
+/// Whether a path is one of the policy files other than grants and tests (what a grant's
+/// compilation depends on).
+fn is_context(path: &str) -> bool {
+    matches!(path, "gatehouse.yaml" | "gatehouse.yml")
+        || ["servers/", "policies/", "roles/"].iter().any(|d| path.starts_with(d))
+}
+
+/// Each grant's state, by file.
+fn states(snap: &Snapshot) -> BTreeMap<String, GrantState> {
+    let mut cells: HashMap<String, BTreeSet<(String, String)>> = HashMap::new();
+    for c in access::matrix(snap) {
+        cells.entry(c.identity).or_default().insert((c.server, c.tool));
+    }
+    snap.grants
+        .iter()
+        .map(|g| {
+            let state = GrantState {
+                identity: g.identity.clone(),
+                cells: cells.remove(&g.identity).unwrap_or_default(),
+                tokens: g.tokens.iter().map(|t| (hex::encode(t.sha256), (t.issued, t.expires))).collect(),
+                review: g.review.as_ref().map(|r| (r.on, r.by.clone())),
+            };
+            (g.file.clone(), state)
+        })
+        .collect()
+}
+
+/// Whether grants compiled on their own clash with the others (the same identity in two files,
+/// one token hash in two grants): a full compile would reject the commit.
+fn conflicts(state: &BTreeMap<String, GrantState>, pending: &BTreeSet<String>, new: &BTreeMap<String, GrantState>) -> bool {
+    if new.is_empty() {
+        return false;
+    }
+    let mut identities: HashMap<&str, &str> = HashMap::new();
+    let mut tokens: HashMap<&str, &str> = HashMap::new();
+    for (f, s) in state.iter().filter(|(f, _)| !pending.contains(*f)) {
+        identities.insert(&s.identity, f);
+        for t in s.tokens.keys() {
+            tokens.insert(t, f);
+        }
+    }
+    new.values().any(|s| identities.contains_key(s.identity.as_str()) || s.tokens.keys().any(|t| tokens.contains_key(t.as_str())))
+}
+
+/// How a grant changed.
+struct Change {
+    kind: &'static str,
+    gained: Vec<String>,
+    lost: Vec<String>,
+    tokens_added: Vec<String>,
+    tokens_removed: Vec<String>,
+    tokens_changed: Vec<String>,
+    review: Option<String>,
+}
+
+/// Classifies the change from `old` to `new` (None: no grant). Precedence: created, revoked
+/// (the file is gone, or the grant had a token and a tool and now lacks either), widened (a tool
+/// gained, a token added or its expiry extended), narrowed (a tool lost, a token removed or its
+/// expiry brought forward), re-reviewed (only the review changed). Other edits (owner, kind,
+/// quotas, comments) are not provisioning events.
+fn classify(old: Option<&GrantState>, new: Option<&GrantState>) -> Option<(String, Change)> {
+    let empty = GrantState { identity: String::new(), cells: BTreeSet::new(), tokens: BTreeMap::new(), review: None };
+    let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let identity = new.or(old)?.identity.clone();
+    let cell = |(s, t): &(String, String)| format!("{s}/{t}");
+    let gained: Vec<String> = n.cells.difference(&o.cells).map(cell).collect();
+    let lost: Vec<String> = o.cells.difference(&n.cells).map(cell).collect();
+    let token = |h: &str, (issued, expires): &(Option<Date>, Option<Date>)| {
+        let d = |x: &Option<Date>| x.map_or("-".to_string(), |d| d.to_string());
+        format!("sha256:{} (issued {}, expires {})", &h[..12.min(h.len())], d(issued), d(expires))
+    };
+    let tokens_added: Vec<String> = n.tokens.iter().filter(|(h, _)| !o.tokens.contains_key(*h)).map(|(h, v)| token(h, v)).collect();
+    let tokens_removed: Vec<String> = o.tokens.iter().filter(|(h, _)| !n.tokens.contains_key(*h)).map(|(h, v)| token(h, v)).collect();
+    let (mut extended, mut shortened, mut tokens_changed) = (false, false, Vec::new());
+    for (h, (_, new_exp)) in &n.tokens {
+        let Some((_, old_exp)) = o.tokens.get(h) else { continue };
+        if old_exp != new_exp {
+            // None is "never expires": later than any date.
+            let later = match (old_exp, new_exp) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some(a), Some(b)) => b > a,
+            };
+            extended |= later;
+            shortened |= !later;
+            let d = |x: &Option<Date>| x.map_or("never".to_string(), |d| d.to_string());
+            tokens_changed.push(format!("sha256:{} expires {} → {}", &h[..12.min(h.len())], d(old_exp), d(new_exp)));
+        }
+    }
+    let review_changed = o.review != n.review;
+    let review = match (&n.review, review_changed || old.is_none()) {
+        (Some((on, by)), true) => Some(format!("{on} by {by}")),
+        (None, true) if o.review.is_some() => Some("removed".into()),
+        _ => None,
+    };
+    let usable = |s: &GrantState| !s.tokens.is_empty() && !s.cells.is_empty();
+    let kind = if old.is_none() {
+        "created"
+    } else if new.is_none() || (usable(o) && !usable(n)) {
+        "revoked"
+    } else if !gained.is_empty() || !tokens_added.is_empty() || extended {
+        "widened"
+    } else if !lost.is_empty() || !tokens_removed.is_empty() || shortened {
+        "narrowed"
+    } else if review_changed {
+        "re-reviewed"
+    } else {
+        return None;
+    };
+    Some((identity, Change { kind, gained, lost, tokens_added, tokens_removed, tokens_changed, review }))
+}
+
+impl Change {
+    fn row(self, identity: &str, file: &str, m: &Meta) -> Vec<Value> {
+        vec![
+            json!(identity),
+            json!(file),
+            json!(self.kind),
+            json!(m.commit),
+            json!(m.date),
+            json!(m.author),
+            json!(m.committer),
+            json!(m.pull_request),
+            json!(m.merged_authors),
+            json!(m.subject),
+            json!(self.gained),
+            json!(self.lost),
+            json!(self.tokens_added),
+            json!(self.tokens_removed),
+            json!(self.tokens_changed),
+            json!(self.review),
+        ]
+    }
+}
+
+/// `server/tool (category)` and the category, for one cell of the matrix.
+fn tool_label(snap: &Snapshot, server: &str, tool: &str) -> (String, Option<Category>) {
+    if tool == "*" {
+        return (format!("{server}/* (any tool the upstream offers)"), None);
+    }
+    let category = snap.servers.get(server).and_then(|s| s.tools.get(tool)).and_then(|t| t.category);
+    let label = format!("{server}/{tool} ({})", category.map_or("unclassified", Category::as_str));
+    (label, category)
+}
+
+/// A.5.18: one row per identity of the state in force at the end of the period.
+pub(crate) fn access_review(period: &Period, end: Option<&EndState>) -> Table {
+    let mut rows = Vec::new();
+    let source = match end {
+        Some(e) => json!({ "as_of": period.until, "commit": e.commit.to_string(), "commit_time": e.commit_time, "skipped_invalid": e.skipped }),
+        None => json!({ "as_of": period.until, "commit": null }),
+    };
+    if let Some(e) = end {
+        let snap = &e.snapshot;
+        let mut cells: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+        let matrix = access::matrix(snap);
+        for c in &matrix {
+            cells.entry(c.identity.as_str()).or_default().push((c.server.clone(), c.tool.clone()));
+        }
+        let mut grants: Vec<_> = snap.grants.iter().collect();
+        grants.sort_by(|a, b| a.identity.cmp(&b.identity));
+        for g in grants {
+            let (mut tools, mut categories, mut privileged) = (Vec::new(), BTreeSet::new(), Vec::new());
+            for (server, tool) in cells.get(g.identity.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+                let (label, cat) = tool_label(snap, server, tool);
+                categories.insert(match cat {
+                    Some(c) => c.as_str(),
+                    None if tool == "*" => "any",
+                    None => "unclassified",
+                });
+                if cat.is_some_and(Category::is_privileged) {
+                    privileged.push(format!("{server}/{tool}"));
+                }
+                tools.push(label);
+            }
+            let d = |x: Option<Date>| x.map_or(String::new(), |d| d.to_string());
+            let tokens: Vec<String> = g.tokens.iter().map(|t| format!("sha256:{}", &hex::encode(t.sha256)[..12])).collect();
+            let issued: Vec<String> = g.tokens.iter().map(|t| d(t.issued)).collect();
+            let expires: Vec<String> = g.tokens.iter().map(|t| d(t.expires)).collect();
+            let status = if g.tokens.is_empty() {
+                "none"
+            } else if g.tokens.iter().all(|t| t.expires.is_some_and(|x| x <= e.as_of)) {
+                "expired"
+            } else {
+                "active"
+            };
+            rows.push(vec![
+                json!(g.identity),
+                json!(g.file),
+                json!(g.kind),
+                json!(g.owner),
+                json!(tools),
+                json!(categories),
+                json!(privileged),
+                json!(tokens),
+                json!(issued),
+                json!(expires),
+                json!(status),
+                json!(g.review.as_ref().map(|r| r.on.to_string())),
+                json!(g.review.as_ref().map(|r| r.by.clone())),
+                json!(g.review.as_ref().map(|r| e.as_of.days_since_epoch() - r.on.days_since_epoch())),
+                json!(e.commit.to_string()),
+            ]);
+        }
+    }
+    Table {
+        name: "access-review",
+        control: Control::AccessReview,
+        columns: ACCESS_REVIEW_COLUMNS.to_vec(),
+        population: rows.len() as u64,
+        rows,
+        source,
+    }
+}
+
+/// One registered server's supplier facts (the registry part of a suppliers row).
+pub(crate) struct RegistryRow {
+    pub server: String,
+    pub cells: Vec<Value>,
+    pub commit: String,
+}
+
+/// The server registry at the end of the period.
+pub(crate) fn registry(end: Option<&EndState>) -> Vec<RegistryRow> {
+    let Some(e) = end else { return Vec::new() };
+    let snap = &e.snapshot;
+    snap.server_names()
+        .into_iter()
+        .map(|name| {
+            let s = &snap.servers[name];
+            let (transport, endpoint) = match &s.transport {
+                Transport::StreamableHttp { url } => ("streamable-http", url.clone()),
+                Transport::Sse { url } => ("sse", url.clone()),
+                Transport::Stdio { command } => ("stdio", command.join(" ")),
+            };
+            let sup = s.supplier.as_ref();
+            let tools: Vec<String> = s
+                .tools
+                .iter()
+                .map(|(t, info)| format!("{t} ({})", info.category.map_or("unclassified", Category::as_str)))
+                .collect();
+            let privileged: Vec<&String> =
+                s.tools.iter().filter(|(_, i)| i.category.is_some_and(Category::is_privileged)).map(|(t, _)| t).collect();
+            let cells = vec![
+                json!(s.description),
+                json!(transport),
+                json!(endpoint),
+                json!(sup.and_then(|x| x.operated_by.clone())),
+                json!(sup.and_then(|x| x.vendor.clone())),
+                json!(sup.and_then(|x| x.risk.clone())),
+                json!(sup.map(|x| x.data.clone()).unwrap_or_default()),
+                json!(sup.and_then(|x| x.agreement.clone())),
+                json!(sup.and_then(|x| x.reviewed.as_ref()).map(|r| r.on.to_string())),
+                json!(sup.and_then(|x| x.reviewed.as_ref()).map(|r| r.by.clone())),
+                json!(tools),
+                json!(privileged),
+            ];
+            RegistryRow { server: name.to_string(), cells, commit: e.commit.to_string() }
+        })
+        .collect()
+}
+
+/// A.5.19–5.23: every registered server with its traffic, then every server that had traffic in
+/// the period but is not registered at its end (removed, or a name no server had).
+pub(crate) fn suppliers(registry: Vec<RegistryRow>, traffic: &BTreeMap<String, Traffic>) -> Table {
+    let none = Traffic::default();
+    let commit = registry.first().map(|r| r.commit.clone());
+    let count = |t: &Traffic| vec![json!(t.calls), json!(t.allowed), json!(t.denials), json!(t.errors)];
+    let mut rows = Vec::new();
+    let registered: BTreeSet<String> = registry.iter().map(|r| r.server.clone()).collect();
+    for r in registry {
+        let mut row = vec![json!(r.server), json!("yes")];
+        row.extend(r.cells);
+        row.extend(count(traffic.get(&r.server).unwrap_or(&none)));
+        row.push(json!(r.commit));
+        rows.push(row);
+    }
+    for (server, t) in traffic.iter().filter(|(s, _)| !registered.contains(*s)) {
+        let mut row = vec![json!(server), json!("no")];
+        row.extend(std::iter::repeat_n(Value::Null, 12));
+        row.extend(count(t));
+        row.push(json!(commit));
+        rows.push(row);
+    }
+    Table {
+        name: "suppliers",
+        control: Control::Suppliers,
+        columns: SUPPLIER_COLUMNS.to_vec(),
+        population: rows.len() as u64,
+        rows,
+        source: json!({ "registry_commit": commit }),
+    }
+}

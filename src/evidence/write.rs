@@ -1,0 +1,269 @@
+//! The file formats: CSV (RFC 4180: CRLF, every cell quoted, a leading `= + - @` (or tab, CR)
+//! neutralised with `'` so that a spreadsheet never evaluates it; lists joined with `; `) and
+//! JSON (`{"control", "table", "iso", "period", "population", "source", "columns", "rows"}`,
+//! one row object per line, keys in column order). Files are hashed while they are written.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{Control, Format, PREVIEW_ROWS, Period, Table, Written};
+
+/// Where rows go: a file being written, or a table in memory.
+pub(crate) trait Sink {
+    fn row(&mut self, cells: Vec<Value>) -> Result<()>;
+}
+
+impl Sink for Vec<Vec<Value>> {
+    fn row(&mut self, cells: Vec<Value>) -> Result<()> {
+        self.push(cells);
+        Ok(())
+    }
+}
+
+/// What a file states before its rows.
+pub(crate) struct Header<'a> {
+    pub table: &'static str,
+    pub control: Control,
+    pub period: &'a Period,
+    pub population: u64,
+    pub source: &'a Value,
+    pub columns: &'a [&'static str],
+}
+
+/// Writes `table` as CSV: a header line, then one line per row.
+pub fn write_csv(table: &Table, w: &mut dyn Write) -> Result<()> {
+    let mut buf = Vec::new();
+    csv_line(table.columns.iter().map(|c| Value::String(c.to_string())).collect::<Vec<_>>().as_slice(), &mut buf);
+    for row in &table.rows {
+        csv_line(row, &mut buf);
+        if buf.len() > 1 << 16 {
+            w.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+/// Writes `table` as one JSON document: control, period, population, columns and rows.
+pub fn write_json(table: &Table, period: &Period, w: &mut dyn Write) -> Result<()> {
+    let header = Header {
+        table: table.name,
+        control: table.control,
+        period,
+        population: table.population,
+        source: &table.source,
+        columns: &table.columns,
+    };
+    let mut buf = Vec::new();
+    json_header(&header, &mut buf);
+    for (i, row) in table.rows.iter().enumerate() {
+        json_row(&table.columns, row, i == 0, &mut buf);
+        if buf.len() > 1 << 16 {
+            w.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    buf.extend_from_slice(b"\n]}\n");
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+/// A file being written row by row, hashed on the way, keeping the first rows as a preview.
+pub(crate) struct FileOut {
+    path: PathBuf,
+    format: Format,
+    columns: Vec<&'static str>,
+    w: BufWriter<Hashing<File>>,
+    rows: u64,
+    preview: Vec<Vec<Value>>,
+    buf: Vec<u8>,
+}
+
+impl FileOut {
+    pub fn create(path: &Path, format: Format, header: &Header) -> Result<FileOut> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut out = FileOut {
+            path: path.to_path_buf(),
+            format,
+            columns: header.columns.to_vec(),
+            w: BufWriter::with_capacity(1 << 20, Hashing { inner: file, hasher: Sha256::new(), bytes: 0 }),
+            rows: 0,
+            preview: Vec::new(),
+            buf: Vec::with_capacity(4096),
+        };
+        match format {
+            Format::Csv => {
+                let names: Vec<Value> = header.columns.iter().map(|c| Value::String(c.to_string())).collect();
+                csv_line(&names, &mut out.buf);
+            }
+            Format::Json => json_header(header, &mut out.buf),
+        }
+        out.w.write_all(&out.buf)?;
+        Ok(out)
+    }
+
+    /// Closes the file; `meta` gives the table's name, control, population and source.
+    pub fn finish(mut self, meta: &Table) -> Result<Written> {
+        if self.format == Format::Json {
+            self.w.write_all(b"\n]}\n")?;
+        }
+        let hashing = self.w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", self.path.display()))?;
+        hashing.inner.sync_all().with_context(|| format!("writing {}", self.path.display()))?;
+        debug_assert_eq!(self.rows, meta.population);
+        Ok(Written {
+            path: self.path,
+            table: meta.name,
+            control: meta.control,
+            population: self.rows,
+            bytes: hashing.bytes,
+            sha256: hex::encode(hashing.hasher.finalize()),
+            columns: meta.columns.clone(),
+            preview: self.preview,
+            source: meta.source.clone(),
+        })
+    }
+}
+
+impl Sink for FileOut {
+    fn row(&mut self, cells: Vec<Value>) -> Result<()> {
+        self.buf.clear();
+        match self.format {
+            Format::Csv => csv_line(&cells, &mut self.buf),
+            Format::Json => json_row(&self.columns, &cells, self.rows == 0, &mut self.buf),
+        }
+        self.w.write_all(&self.buf).with_context(|| format!("writing {}", self.path.display()))?;
+        self.rows += 1;
+        if self.preview.len() < PREVIEW_ROWS {
+            self.preview.push(cells);
+        }
+        Ok(())
+    }
+}
+
+impl FileOut {
+    /// Writes a row given by reference (for in-memory tables).
+    pub fn row_ref(&mut self, cells: &[Value]) -> Result<()> {
+        Sink::row(self, cells.to_vec())
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+// === Encoding ===
+
+/// The text of a cell: null → empty, lists joined with `; `, objects as JSON.
+pub(crate) fn cell_text(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => {}
+        Value::String(s) => out.push_str(s),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str("; ");
+                }
+                match item {
+                    Value::String(s) => out.push_str(s),
+                    other => out.push_str(&other.to_string()),
+                }
+            }
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn csv_line(cells: &[Value], buf: &mut Vec<u8>) {
+    let mut text = String::new();
+    for (i, v) in cells.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        text.clear();
+        cell_text(v, &mut text);
+        buf.push(b'"');
+        if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            buf.push(b'\'');
+        }
+        for b in text.bytes() {
+            if b == b'"' {
+                buf.push(b'"');
+            }
+            buf.push(b);
+        }
+        buf.push(b'"');
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+fn json_header(h: &Header, buf: &mut Vec<u8>) {
+    let s = |v: &str| serde_json::to_string(v).expect("a string serializes");
+    buf.extend_from_slice(
+        format!(
+            "{{\"control\":{},\"table\":{},\"iso\":{},\"period\":{},\"population\":{},\"source\":{},\"columns\":{},\"rows\":[",
+            s(h.control.name()),
+            s(h.table),
+            s(h.control.iso()),
+            h.period.to_json(),
+            h.population,
+            h.source,
+            serde_json::to_string(h.columns).expect("strings serialize"),
+        )
+        .as_bytes(),
+    );
+}
+
+fn json_row(columns: &[&str], cells: &[Value], first: bool, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(if first { b"\n{" } else { b",\n{" });
+    for (i, (k, v)) in columns.iter().zip(cells).enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut *buf, k).expect("writing to a Vec");
+        buf.push(b':');
+        serde_json::to_writer(&mut *buf, v).expect("writing to a Vec");
+    }
+    buf.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn csv_cells_are_quoted_and_neutralised() {
+        let mut buf = Vec::new();
+        csv_line(&[json!("=SUM(A1)"), json!("a \"b\""), Value::Null, json!(["x", "y"]), json!(12), json!("-1"), json!("@x")], &mut buf);
+        assert_eq!(String::from_utf8(buf).unwrap(), "\"'=SUM(A1)\",\"a \"\"b\"\"\",\"\",\"x; y\",\"12\",\"'-1\",\"'@x\"\r\n");
+    }
+
+    #[test]
+    fn json_rows_follow_the_columns() {
+        let mut buf = Vec::new();
+        json_row(&["b", "a"], &[json!(1), json!(["x"])], true, &mut buf);
+        assert_eq!(String::from_utf8(buf).unwrap(), "\n{\"b\":1,\"a\":[\"x\"]}");
+    }
+}

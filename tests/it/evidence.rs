@@ -1,0 +1,745 @@
+//! `gatehouse evidence` against a scripted history: a policy repository (in a subdirectory of its
+//! git repository) whose commits have explicit authors, committers and times inside and outside
+//! the period, merges of pull requests, a grant created, widened through a role, narrowed,
+//! re-reviewed after an invalid commit, and revoked twice (file deleted, last token removed); and
+//! a state database with call records, monitoring events, change records and a history rewrite.
+//! Every export's columns and row counts are checked exactly; the bundle's manifest verifies and
+//! stops verifying when a byte of a file flips.
+
+use std::path::{Path, PathBuf};
+
+use gatehouse::audit::CallRecord;
+use gatehouse::evidence::{self, CALL_COLUMNS, Control, Format, Inputs, Table};
+use gatehouse::store::Store;
+use git2::{FileMode, Oid, Repository, Signature, Time};
+use rusqlite::params;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const SINCE: &str = "2026-11-01";
+const UNTIL: &str = "2026-12-01";
+
+/// Seconds since the epoch of a UTC day and hour.
+fn at(date: &str, hour: i64) -> i64 {
+    gatehouse::units::Date::parse(date).unwrap().days_since_epoch() * 86_400 + hour * 3600
+}
+
+fn token(name: &str) -> String {
+    hex::encode(Sha256::digest(format!("evidence-token-{name}").as_bytes()))
+}
+
+/// A git repository whose policy repository is `policy/`, committed to with git2 only.
+struct Script {
+    dir: tempfile::TempDir,
+    repo: Repository,
+}
+
+/// Who and when.
+struct By<'a> {
+    author: (&'a str, &'a str),
+    committer: (&'a str, &'a str),
+    time: i64,
+    /// Minutes east of UTC that the signature is shown at.
+    offset: i32,
+}
+
+fn by<'a>(name: &'a str, email: &'a str, time: i64) -> By<'a> {
+    By { author: (name, email), committer: (name, email), time, offset: 0 }
+}
+
+impl Script {
+    fn new() -> Script {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("policy")).unwrap();
+        Script { dir, repo }
+    }
+
+    fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policy")
+    }
+
+    /// A commit with `parents` whose tree is the first parent's with `files` written (Some) or
+    /// deleted (None); paths are inside `policy/` unless they start with `/`.
+    fn commit(&self, parents: &[Oid], files: &[(&str, Option<&str>)], who: By, message: &str) -> Oid {
+        let base = match parents.first() {
+            Some(p) => self.repo.find_commit(*p).unwrap().tree().unwrap(),
+            None => {
+                let empty = self.repo.treebuilder(None).unwrap().write().unwrap();
+                self.repo.find_tree(empty).unwrap()
+            }
+        };
+        let mut b = git2::build::TreeUpdateBuilder::new();
+        for (path, text) in files {
+            let full = match path.strip_prefix('/') {
+                Some(top) => top.to_string(),
+                None => format!("policy/{path}"),
+            };
+            match text {
+                Some(t) => {
+                    let blob = self.repo.blob(t.as_bytes()).unwrap();
+                    b.upsert(full, blob, FileMode::Blob);
+                }
+                None => {
+                    b.remove(full);
+                }
+            }
+        }
+        let tree = self.repo.find_tree(b.create_updated(&self.repo, &base).unwrap()).unwrap();
+        let a = Signature::new(who.author.0, who.author.1, &Time::new(who.time, who.offset)).unwrap();
+        let c = Signature::new(who.committer.0, who.committer.1, &Time::new(who.time, who.offset)).unwrap();
+        let parents: Vec<git2::Commit> = parents.iter().map(|p| self.repo.find_commit(*p).unwrap()).collect();
+        let refs: Vec<&git2::Commit> = parents.iter().collect();
+        self.repo.commit(None, &a, &c, message, &tree, &refs).unwrap()
+    }
+
+    /// Moves `main` (and HEAD) to `id`.
+    fn main(&self, id: Oid) {
+        self.repo.reference("refs/heads/main", id, true, "test").unwrap();
+        self.repo.set_head("refs/heads/main").unwrap();
+    }
+}
+
+const GITHUB: &str = "name: github
+description: GitHub's hosted MCP server
+transport: streamable-http
+url: https://api.example.com/mcp/
+supplier:
+  operated_by: external
+  vendor: GitHub, Inc.
+  risk: high
+  data: [source-code]
+  agreement: MSA-2024-031
+  reviewed: { on: 2026-10-02, by: sec@example.com }
+tools:
+  list_issues: { category: read }
+  create_issue: { category: write }
+  delete_repository: { category: destructive }
+";
+
+const PAYMENTS: &str = "name: payments
+transport: stdio
+command: [pay-server, --live]
+supplier: { operated_by: external, vendor: Example Payments Ltd., risk: high, data: [payment-data] }
+tools:
+  list_charges: { category: read }
+  create_charge: { category: financial }
+";
+
+const FILES: &str = "name: files
+transport: stdio
+command: [files-server]
+supplier: { operated_by: internal, vendor: Platform team, risk: medium }
+tools:
+  read_file: { category: read }
+  run_script: { category: execute }
+";
+
+fn grant(identity: &str, kind: &str, owner: &str, tokens: &[(&str, &str, &str)], access: &str, review: Option<(&str, &str)>) -> String {
+    let mut s = format!("identity: {identity}\nkind: {kind}\nowner: {owner}\ntokens:\n");
+    if tokens.is_empty() {
+        s = format!("identity: {identity}\nkind: {kind}\nowner: {owner}\ntokens: []\n");
+    }
+    for (name, issued, expires) in tokens {
+        let mut t = format!("  - {{ sha256: {}", token(name));
+        if !issued.is_empty() {
+            t.push_str(&format!(", issued: {issued}"));
+        }
+        if !expires.is_empty() {
+            t.push_str(&format!(", expires: {expires}"));
+        }
+        s.push_str(&t);
+        s.push_str(" }\n");
+    }
+    s.push_str(&format!("access:\n{access}"));
+    if let Some((on, who)) = review {
+        s.push_str(&format!("review: {{ on: {on}, by: {who} }}\n"));
+    }
+    s
+}
+
+/// The scripted history; returns the script and the commits by name.
+fn history() -> (Script, std::collections::HashMap<&'static str, Oid>) {
+    let s = Script::new();
+    let mut ids = std::collections::HashMap::new();
+    let alice = |tools: &str| {
+        grant(
+            "alice@example.com",
+            "human",
+            "alice@example.com",
+            &[("alice", "2026-09-01", "2027-03-01")],
+            &format!("  - {{ server: github, tools: [{tools}] }}\n"),
+            Some(("2026-09-15", "carol@example.com")),
+        )
+    };
+    let bob = |tokens: &[(&str, &str, &str)]| {
+        grant("bob-bot", "agent", "alice@example.com", tokens, "  - role: repo-reader\n", None)
+    };
+    let dave = |review: &str| {
+        grant(
+            "dave@example.com",
+            "human",
+            "dave@example.com",
+            &[("dave", "2026-06-01", "2026-11-30")],
+            "  - { server: payments, tools: [create_charge] }\n",
+            Some((review, "carol@example.com")),
+        )
+    };
+    let erin = grant("erin@example.com", "human", "erin@example.com", &[("erin", "", "")], "  - { server: github, tools: [list_issues] }\n", None);
+    let gina = grant(
+        "gina-bot",
+        "agent",
+        "frank@example.com",
+        &[("gina", "2026-11-03", "2027-02-01")],
+        "  - { server: files, tools: [read_file, run_script] }\n",
+        None,
+    );
+    let role = |tools: &str| format!("description: Read issues\naccess:\n  - {{ server: github, tools: [{tools}] }}\n");
+
+    // Before the period.
+    let c0 = s.commit(
+        &[],
+        &[
+            ("/README.md", Some("# policy\n")),
+            ("servers/github.yaml", Some(GITHUB)),
+            ("servers/payments.yaml", Some(PAYMENTS)),
+            ("servers/files.yaml", Some(FILES)),
+            ("roles/repo-reader.yaml", Some(&role("list_issues"))),
+            ("grants/alice.yaml", Some(&alice("list_issues, create_issue"))),
+            ("grants/bob.yaml", Some(&bob(&[("bob", "", "")]))),
+            ("grants/dave.yaml", Some(&dave("2026-09-15"))),
+        ],
+        by("Admin", "admin@example.com", at("2026-10-01", 9)),
+        "Initial policy repository",
+    );
+    let c1 = s.commit(&[c0], &[("grants/erin.yaml", Some(&erin))], by("Erin", "erin@example.com", at("2026-10-20", 9)), "Grant erin (#10)");
+    // In the period: a pull request creating gina, merged by carol.
+    let f1 = s.commit(&[c1], &[("grants/gina.yaml", Some(&gina))], by("Frank", "frank@example.com", at("2026-11-03", 10)), "Add gina-bot");
+    let m1 = s.commit(
+        &[c1, f1],
+        &[("grants/gina.yaml", Some(&gina))],
+        By { author: ("Carol", "carol@example.com"), committer: ("GitHub", "noreply@github.com"), time: at("2026-11-03", 12), offset: 120 },
+        "Merge pull request #11 from org/gina\n\nAdd gina-bot",
+    );
+    // The role widens bob (authored by alice, committed by bob: a squash merge).
+    let c2 = s.commit(
+        &[m1],
+        &[("roles/repo-reader.yaml", Some(&role("list_issues, create_issue")))],
+        By { author: ("Alice", "alice@example.com"), committer: ("Bob", "bob@example.com"), time: at("2026-11-05", 9), offset: -300 },
+        "Readers may open issues (#12)",
+    );
+    let c3 = s.commit(&[c2], &[("grants/alice.yaml", Some(&alice("list_issues")))], by("Carol", "carol@example.com", at("2026-11-10", 9)), "Narrow alice (#13)");
+    // An invalid commit (the gateway rejects it), then the fix that also re-reviews dave.
+    let c4 = s.commit(
+        &[c3],
+        &[("grants/dave.yaml", Some(&(dave("2026-11-12") + "colour: blue\n")))],
+        by("Dave", "dave@example.com", at("2026-11-12", 9)),
+        "Review dave",
+    );
+    let c5 = s.commit(&[c4], &[("grants/dave.yaml", Some(&dave("2026-11-13")))], by("Dave", "dave@example.com", at("2026-11-13", 9)), "Fix dave's review");
+    // A pull request revoking erin.
+    let f2 = s.commit(&[c5], &[("grants/erin.yaml", None)], by("Henry", "henry@example.com", at("2026-11-19", 9)), "Revoke erin");
+    let m2 = s.commit(
+        &[c5, f2],
+        &[("grants/erin.yaml", None)],
+        By { author: ("Carol", "carol@example.com"), committer: ("GitHub", "noreply@github.com"), time: at("2026-11-20", 9), offset: 0 },
+        "Merge pull request #14 from org/revoke-erin",
+    );
+    // Not an access change (and outside the policy repository).
+    let c7 = s.commit(&[m2], &[("/README.md", Some("# policy\n\nSee docs.\n")), ("/other/notes.txt", Some("x"))], by("Ivan", "ivan@example.com", at("2026-11-25", 9)), "Docs");
+    // bob's last token removed: revoked.
+    let c8 = s.commit(&[c7], &[("grants/bob.yaml", Some(&bob(&[])))], by("Alice", "alice@example.com", at("2026-11-27", 9)), "Revoke bob-bot's token (#15)");
+    // After the period.
+    let c9 = s.commit(&[c8], &[("grants/alice.yaml", None)], by("Carol", "carol@example.com", at("2026-12-05", 9)), "Remove alice (#16)");
+    s.main(c9);
+    for (k, v) in [("c0", c0), ("c1", c1), ("f1", f1), ("m1", m1), ("c2", c2), ("c3", c3), ("c4", c4), ("c5", c5), ("f2", f2), ("m2", m2), ("c7", c7), ("c8", c8), ("c9", c9)] {
+        ids.insert(k, v);
+    }
+    (s, ids)
+}
+
+/// One call record (seq, hashes are assigned by the log).
+#[allow(clippy::too_many_arguments)]
+fn rec(ts: &str, identity: &str, server: &str, tool: &str, category: Option<&str>, verdict: &str, outcome: &str, latency: Option<u64>) -> CallRecord {
+    CallRecord {
+        seq: 0,
+        ts: ts.into(),
+        replica: "gw-1".into(),
+        session: "s-1".into(),
+        identity: identity.into(),
+        grant: format!("grants/{}.yaml", identity.split('@').next().unwrap()),
+        server: server.into(),
+        tool: tool.into(),
+        category: category.map(str::to_string),
+        arg_keys: vec!["a".into(), "b.c".into()],
+        verdict: verdict.into(),
+        rule: if verdict == "deny" { "gatehouse:tool-not-granted".into() } else { "grants/x.yaml#/access/0".into() },
+        message: if verdict == "deny" { "=HYPERLINK(\"x\")".into() } else { "allowed".into() },
+        policy_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        snapshot_digest: "d".repeat(64),
+        outcome: outcome.into(),
+        latency_ms: latency,
+        prev_hash: String::new(),
+        hash: None,
+    }
+}
+
+/// The scripted call log: 2 records before the period, 12 in it, 3 after.
+fn call_log() -> Vec<CallRecord> {
+    let d = |day: &str, t: &str| format!("2026-{day}T{t}.000Z");
+    vec![
+        rec(&d("10-31", "23:59:58"), "alice@example.com", "github", "list_issues", Some("read"), "allow", "unknown", None),
+        rec(&d("10-31", "23:59:59"), "alice@example.com", "github", "list_issues", Some("read"), "allow", "ok", Some(5)),
+        // In the period.
+        rec(&d("11-02", "10:00:00"), "alice@example.com", "github", "list_issues", Some("read"), "allow", "unknown", None),
+        rec(&d("11-02", "10:00:01"), "alice@example.com", "github", "list_issues", Some("read"), "allow", "ok", Some(12)),
+        rec(&d("11-03", "10:00:00"), "dave@example.com", "payments", "create_charge", Some("financial"), "allow", "unknown", None),
+        rec(&d("11-03", "10:00:01"), "dave@example.com", "payments", "create_charge", Some("financial"), "allow", "ok", Some(30)),
+        rec(&d("11-04", "10:00:00"), "dave@example.com", "payments", "create_charge", Some("financial"), "deny", "denied", None),
+        rec(&d("11-05", "10:00:00"), "bob-bot", "github", "delete_repository", Some("destructive"), "deny", "denied", None),
+        rec(&d("11-06", "10:00:00"), "gina-bot", "files", "run_script", Some("execute"), "allow", "unknown", None),
+        rec(&d("11-06", "10:00:01"), "gina-bot", "files", "run_script", Some("execute"), "allow", "upstream_error", Some(40)),
+        rec(&d("11-07", "10:00:00"), "gina-bot", "files", "read_file", Some("read"), "allow", "unknown", None),
+        rec(&d("11-07", "10:00:30"), "gina-bot", "files", "read_file", Some("read"), "allow", "timeout", Some(30_000)),
+        rec(&d("11-08", "10:00:00"), "mallory", "ghost", "exfiltrate", None, "deny", "denied", None),
+        rec("2026-11-30T23:59:59.999Z", "alice@example.com", "github", "create_issue", Some("write"), "allow", "unknown", None),
+        // After the period (the outcome of the last call lands on the boundary).
+        rec("2026-12-01T00:00:00.000Z", "alice@example.com", "github", "create_issue", Some("write"), "allow", "ok", Some(3)),
+        rec(&d("12-02", "10:00:00"), "bob-bot", "github", "list_issues", Some("read"), "allow", "unknown", None),
+        rec(&d("12-02", "10:00:01"), "bob-bot", "github", "list_issues", Some("read"), "allow", "ok", Some(4)),
+    ]
+}
+
+/// A state database with the call log, events, change records and rewrites.
+fn state(ids: &std::collections::HashMap<&'static str, Oid>) -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    let records = call_log();
+    let commits: Vec<(String, &str, &str, Option<i64>, Value, Vec<&str>, Option<&str>)> = vec![
+        // (commit, status, recorded_at, pull request, access diff, errors, applied_at)
+        (ids["c1"].to_string(), "applied", "2026-10-20T09:00:02.000Z", Some(10), json!({ "gained": [], "lost": [] }), vec![], Some("2026-10-20T09:00:02.000Z")),
+        (
+            ids["m1"].to_string(),
+            "applied",
+            "2026-11-03T12:00:02.000Z",
+            Some(11),
+            json!({ "gained": [ { "identity": "gina-bot", "server": "files", "tool": "read_file" } ], "lost": [] }),
+            vec![],
+            Some("2026-11-03T12:00:02.000Z"),
+        ),
+        (ids["c3"].to_string(), "superseded", "2026-11-12T09:00:02.000Z", Some(13), Value::Null, vec![], None),
+        (ids["c4"].to_string(), "rejected", "2026-11-12T09:00:02.000Z", None, Value::Null, vec!["grants/dave.yaml:12:1: error: unknown field `colour`"], None),
+        (ids["c9"].to_string(), "applied", "2026-12-05T09:00:02.000Z", Some(16), json!({ "gained": [], "lost": [] }), vec![], Some("2026-12-05T09:00:02.000Z")),
+    ];
+    store
+        .write_blocking(move |c| {
+            for r in records {
+                gatehouse::audit::log::append_in(c, r)?;
+            }
+            for (ts, who) in [("2026-10-15T10:00:00.000Z", "dave@example.com"), ("2026-11-04T10:00:00.000Z", "dave@example.com"), ("2026-11-15T10:00:00.000Z", "gina-bot"), ("2026-12-03T10:00:00.000Z", "bob-bot")] {
+                let detail = json!({ "rule": "policies/p.yaml#/tools/x/limits/cap", "quota": "cap", "limit": "1/minute", "identity": who, "server": "payments", "tool": "create_charge" });
+                c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, 'quota_exceeded', ?2)", params![ts, detail.to_string()])?;
+            }
+            for (commit, status, recorded, pr, diff, errors, applied) in commits {
+                c.execute(
+                    "INSERT INTO changes (commit_id, parents, author, author_time, committer, commit_time, message, pull_request,
+                                          signed, files, access_diff, status, errors, applied_at, recorded_at)
+                     VALUES (?1, '[]', 'A <a@example.com>', ?2, 'A <a@example.com>', ?2, 'message\nbody', ?3, '{\"present\":false,\"verified\":false}',
+                             '[\"grants/x.yaml\"]', ?4, ?5, ?6, ?7, ?2)",
+                    params![commit, recorded, pr, diff.to_string(), status, serde_json::to_string(&errors).unwrap(), applied],
+                )?;
+            }
+            c.execute(
+                "INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at, accepted_at, accepted_by, reason)
+                 VALUES ('aaaa', 'bbbb', '[\"cccc\"]', '2026-11-21T10:00:00.000Z', '2026-11-21T11:00:00.000Z', 'ops', 'squashed a secret')",
+                [],
+            )?;
+            c.execute("INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at) VALUES ('bbbb', 'dddd', '[]', '2026-12-02T10:00:00.000Z')", [])?;
+            Ok(())
+        })
+        .unwrap();
+    data
+}
+
+fn inputs(s: &Script, data: &Path) -> Inputs {
+    Inputs::new(s.policy_dir(), data, SINCE, UNTIL)
+}
+
+fn col(t: &Table, name: &str) -> usize {
+    t.columns.iter().position(|c| *c == name).unwrap_or_else(|| panic!("{} has no column {name}", t.name))
+}
+
+fn cell<'a>(t: &'a Table, row: usize, name: &str) -> &'a Value {
+    &t.rows[row][col(t, name)]
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+}
+
+/// A small RFC 4180 reader: records of fields (quotes, doubled quotes, CRLF).
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let (mut records, mut record, mut field) = (Vec::new(), Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (false, c) => panic!("unquoted character {c:?} in a CSV cell"),
+        }
+    }
+    assert!(record.is_empty() && field.is_empty(), "the file ends with a complete record");
+    records
+}
+
+#[test]
+fn access_review_is_the_valid_state_at_the_end_of_the_period() {
+    let (s, ids) = history();
+    let data = state(&ids);
+    let t = evidence::access_review(&inputs(&s, data.path())).unwrap();
+    assert_eq!(
+        t.columns,
+        [
+            "identity", "grant", "kind", "owner", "tools", "categories", "privileged_tools", "tokens", "token_issued", "token_expires",
+            "token_status", "review_on", "review_by", "review_age_days", "as_of_commit"
+        ]
+    );
+    assert_eq!(t.population, 4, "alice, bob-bot, dave, gina-bot (erin revoked, alice's removal is after the period)");
+    let who: Vec<&str> = t.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(who, ["alice@example.com", "bob-bot", "dave@example.com", "gina-bot"]);
+    assert_eq!(strs(cell(&t, 0, "tools")), ["github/list_issues (read)"]);
+    assert_eq!(strs(cell(&t, 1, "tools")), ["github/create_issue (write)", "github/list_issues (read)"], "widened through the role");
+    assert_eq!(cell(&t, 1, "token_status"), "none");
+    assert_eq!(cell(&t, 1, "owner"), "alice@example.com");
+    assert_eq!(cell(&t, 1, "kind"), "agent");
+    assert_eq!(strs(cell(&t, 2, "privileged_tools")), ["payments/create_charge"]);
+    assert_eq!(strs(cell(&t, 2, "categories")), ["financial"]);
+    assert_eq!(cell(&t, 2, "token_status"), "expired", "expires 2026-11-30, the period's last day");
+    assert_eq!(strs(cell(&t, 2, "token_issued")), ["2026-06-01"]);
+    assert_eq!(strs(cell(&t, 2, "token_expires")), ["2026-11-30"]);
+    assert_eq!(cell(&t, 2, "review_on"), "2026-11-13");
+    assert_eq!(cell(&t, 2, "review_by"), "carol@example.com");
+    assert_eq!(cell(&t, 2, "review_age_days"), 17);
+    assert_eq!(strs(cell(&t, 3, "categories")), ["execute", "read"]);
+    assert_eq!(strs(cell(&t, 3, "tokens")), [format!("sha256:{}", &token("gina")[..12])]);
+    assert!(t.rows.iter().all(|r| r[col(&t, "as_of_commit")] == ids["c8"].to_string()));
+
+    // Just after the invalid commit: the state of the last valid one, and the skip is stated.
+    let mut i = inputs(&s, data.path());
+    i.until = "2026-11-12T12:00:00Z".into();
+    let t = evidence::access_review(&i).unwrap();
+    assert_eq!(t.population, 5, "erin still there");
+    assert_eq!(t.source["commit"], ids["c3"].to_string());
+    assert_eq!(t.source["skipped_invalid"], json!([ids["c4"].to_string()]));
+    assert_eq!(cell(&t, 2, "review_on"), "2026-09-15");
+
+    // A commit exactly at --until is after the period.
+    i.until = "2026-11-10T09:00:00Z".into();
+    assert_eq!(evidence::access_review(&i).unwrap().source["commit"], ids["c2"].to_string());
+}
+
+#[test]
+fn provisioning_lists_every_grant_change_of_the_period() {
+    let (s, ids) = history();
+    let data = state(&ids);
+    let t = evidence::provisioning(&inputs(&s, data.path())).unwrap();
+    assert_eq!(
+        t.columns,
+        [
+            "identity", "grant", "change", "commit", "date", "author", "committer", "pull_request", "merged_authors", "subject", "gained",
+            "lost", "tokens_added", "tokens_removed", "tokens_changed", "review"
+        ]
+    );
+    let view: Vec<(String, String, String, Value)> = t
+        .rows
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().to_string(), r[2].as_str().unwrap().to_string(), r[3].as_str().unwrap().to_string(), r[7].clone()))
+        .collect();
+    let row = |who: &str, change: &str, commit: &str, pr: Value| (who.to_string(), change.to_string(), ids[commit].to_string(), pr);
+    assert_eq!(
+        view,
+        [
+            row("alice@example.com", "narrowed", "c3", json!(13)),
+            row("bob-bot", "widened", "c2", json!(12)),
+            row("bob-bot", "revoked", "c8", json!(15)),
+            row("dave@example.com", "re-reviewed", "c5", Value::Null),
+            row("erin@example.com", "revoked", "m2", json!(14)),
+            row("gina-bot", "created", "m1", json!(11)),
+        ]
+    );
+    assert_eq!(t.population, 6);
+    // alice narrowed by carol; bob widened through the role, authored by alice, committed by bob.
+    assert_eq!(strs(cell(&t, 0, "lost")), ["github/create_issue"]);
+    assert_eq!(cell(&t, 0, "author"), "Carol <carol@example.com>");
+    assert_eq!(strs(cell(&t, 1, "gained")), ["github/create_issue"]);
+    assert_eq!(cell(&t, 1, "author"), "Alice <alice@example.com>");
+    assert_eq!(cell(&t, 1, "committer"), "Bob <bob@example.com>");
+    assert_eq!(cell(&t, 1, "date"), "2026-11-05T09:00:00Z", "UTC whatever the signature's offset");
+    assert_eq!(strs(cell(&t, 2, "tokens_removed")), [format!("sha256:{} (issued -, expires -)", &token("bob")[..12])]);
+    assert_eq!(cell(&t, 3, "review"), "2026-11-13 by carol@example.com");
+    assert_eq!(cell(&t, 3, "subject"), "Fix dave's review");
+    // Pull requests: the merge commit, its merger, and who wrote the merged commits.
+    assert_eq!(strs(cell(&t, 4, "merged_authors")), ["Henry <henry@example.com>"]);
+    assert_eq!(strs(cell(&t, 5, "merged_authors")), ["Frank <frank@example.com>"]);
+    assert_eq!(cell(&t, 5, "committer"), "GitHub <noreply@github.com>");
+    assert_eq!(strs(cell(&t, 5, "gained")), ["files/read_file", "files/run_script"]);
+    assert_eq!(strs(cell(&t, 5, "tokens_added")), [format!("sha256:{} (issued 2026-11-03, expires 2027-02-01)", &token("gina")[..12])]);
+    assert_eq!(t.source["commits"], 8, "m1 c2 c3 c4 c5 m2 c7 c8 on the first-parent chain; not f1, f2 or c9");
+
+    // A period that starts with no history at all: everything is created.
+    let mut i = inputs(&s, data.path());
+    i.since = "2026-01-01".into();
+    i.until = "2026-10-21".into();
+    let t = evidence::provisioning(&i).unwrap();
+    let created: Vec<&str> = t.rows.iter().map(|r| r[2].as_str().unwrap()).collect();
+    assert_eq!(created, ["created"; 4], "alice, bob, dave, erin");
+}
+
+#[test]
+fn call_log_exports_count_exactly() {
+    let (s, ids) = history();
+    let data = state(&ids);
+    let i = inputs(&s, data.path());
+
+    let calls = evidence::calls(&i).unwrap();
+    assert_eq!(calls.columns, CALL_COLUMNS);
+    assert_eq!(calls.population, 12);
+    assert_eq!(calls.rows.len(), 12);
+    let seqs: Vec<u64> = calls.rows.iter().map(|r| r[0].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (3..=14).collect::<Vec<_>>());
+    assert_eq!(calls.source, json!({ "first_seq": 3, "last_seq": 14, "count": 12 }));
+    assert_eq!(calls.rows[0][col(&calls, "arg_keys")], json!(["a", "b.c"]));
+    assert_eq!(calls.rows[0][col(&calls, "hash")].as_str().unwrap().len(), 64);
+
+    let privileged = evidence::privileged(&i).unwrap();
+    assert_eq!(privileged.columns, CALL_COLUMNS);
+    assert_eq!(privileged.population, 6, "2 financial + 1 financial denial + 1 destructive + 2 execute");
+    let cats: Vec<&str> = privileged.rows.iter().map(|r| r[col(&privileged, "category")].as_str().unwrap()).collect();
+    assert_eq!(cats, ["financial", "financial", "financial", "destructive", "execute", "execute"]);
+
+    let events = evidence::events(&i).unwrap();
+    assert_eq!(events.columns, ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"]);
+    assert_eq!(events.population, 2);
+    assert_eq!(cell(&events, 0, "identity"), "dave@example.com");
+    assert_eq!(cell(&events, 1, "kind"), "quota_exceeded");
+
+    let changes = evidence::changes(&i).unwrap();
+    assert_eq!(
+        changes.columns,
+        [
+            "commit", "status", "author", "author_time", "committer", "commit_time", "pull_request", "message", "parents", "files", "signed",
+            "gained", "lost", "errors", "applied_at", "recorded_at"
+        ]
+    );
+    let statuses: Vec<&str> = changes.rows.iter().map(|r| r[1].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["applied", "superseded", "rejected"]);
+    assert_eq!(strs(cell(&changes, 0, "gained")), ["gina-bot: files/read_file"]);
+    assert_eq!(cell(&changes, 1, "gained"), &Value::Null, "no diff computed");
+    assert_eq!(strs(cell(&changes, 2, "errors")), ["grants/dave.yaml:12:1: error: unknown field `colour`"]);
+    assert_eq!(cell(&changes, 0, "signed"), "unsigned");
+    assert_eq!(cell(&changes, 0, "pull_request"), 11);
+
+    let rewrites = evidence::rewrites(&i).unwrap();
+    assert_eq!(rewrites.columns, ["id", "detected_at", "old_tip", "new_tip", "vanished", "accepted_at", "accepted_by", "reason"]);
+    assert_eq!(rewrites.population, 1);
+    assert_eq!(cell(&rewrites, 0, "reason"), "squashed a secret");
+
+    let suppliers = evidence::suppliers(&i).unwrap();
+    assert_eq!(
+        suppliers.columns,
+        [
+            "server", "registered", "description", "transport", "endpoint", "operated_by", "vendor", "risk", "data", "agreement",
+            "reviewed_on", "reviewed_by", "tools", "privileged_tools", "calls", "allowed", "denials", "errors", "as_of_commit"
+        ]
+    );
+    let traffic: Vec<(String, String, u64, u64, u64, u64)> = suppliers
+        .rows
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[col(&suppliers, k)].as_u64().unwrap();
+            (r[0].as_str().unwrap().into(), r[1].as_str().unwrap().into(), n("calls"), n("allowed"), n("denials"), n("errors"))
+        })
+        .collect();
+    let t = |s: &str, reg: &str, c, a, d, e| (s.to_string(), reg.to_string(), c, a, d, e);
+    assert_eq!(
+        traffic,
+        [t("files", "yes", 2, 2, 0, 2), t("github", "yes", 3, 2, 1, 0), t("payments", "yes", 2, 1, 1, 0), t("ghost", "no", 1, 0, 1, 0)]
+    );
+    assert_eq!(suppliers.population, 4);
+    assert_eq!(cell(&suppliers, 1, "vendor"), "GitHub, Inc.");
+    assert_eq!(cell(&suppliers, 1, "agreement"), "MSA-2024-031");
+    assert_eq!(cell(&suppliers, 1, "reviewed_on"), "2026-10-02");
+    assert_eq!(strs(cell(&suppliers, 1, "privileged_tools")), ["delete_repository"]);
+    assert_eq!(cell(&suppliers, 2, "endpoint"), "pay-server --live");
+    // Every call of the period is accounted for by exactly one supplier row.
+    let decisions = calls.rows.iter().filter(|r| r[col(&calls, "verdict")] == "deny" || r[col(&calls, "latency_ms")].is_null()).count();
+    assert_eq!(traffic.iter().map(|x| x.2).sum::<u64>(), decisions as u64);
+}
+
+#[test]
+fn files_state_their_population_in_csv_and_json() {
+    let (s, ids) = history();
+    let data = state(&ids);
+    let i = inputs(&s, data.path());
+    let out = tempfile::tempdir().unwrap();
+
+    let written = evidence::export(&i, Control::Calls, Format::Csv, out.path()).unwrap();
+    let names: Vec<String> = written.iter().map(|w| w.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["calls.csv", "events.csv"]);
+    assert_eq!((written[0].population, written[1].population), (12, 2));
+    let text = std::fs::read_to_string(out.path().join("calls.csv")).unwrap();
+    assert!(text.contains("\r\n") && text.starts_with("\"seq\",\"ts\","), "RFC 4180 with a quoted header");
+    let csv = parse_csv(&text);
+    assert_eq!(csv[0], CALL_COLUMNS);
+    assert_eq!(csv.len(), 1 + 12);
+    assert!(csv.iter().skip(1).all(|r| r.len() == CALL_COLUMNS.len()));
+    let message = CALL_COLUMNS.iter().position(|c| *c == "message").unwrap();
+    assert_eq!(csv[6][message], "'=HYPERLINK(\"x\")", "a formula is neutralised, quotes doubled");
+    assert_eq!(csv[1][9], "a; b.c", "lists joined");
+    let sidecar: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("calls.csv.manifest.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["population"], 12);
+    assert_eq!(sidecar["sha256"], hex::encode(Sha256::digest(text.as_bytes())));
+    assert_eq!(sidecar["period"], json!({ "since": "2026-11-01T00:00:00.000Z", "until": "2026-12-01T00:00:00.000Z" }));
+
+    for control in [Control::AccessReview, Control::Provisioning, Control::Privileged, Control::Changes, Control::Suppliers] {
+        let dir = tempfile::tempdir().unwrap();
+        let written = evidence::export(&i, control, Format::Json, dir.path()).unwrap();
+        let tables = evidence::tables(&i, control).unwrap();
+        assert_eq!(written.len(), tables.len());
+        for (w, t) in written.iter().zip(&tables) {
+            let doc: Value = serde_json::from_str(&std::fs::read_to_string(&w.path).unwrap()).unwrap();
+            assert_eq!(doc["control"], control.name());
+            assert_eq!(doc["table"], t.name);
+            assert_eq!(doc["population"], t.population, "{}", t.name);
+            assert_eq!(doc["rows"].as_array().unwrap().len() as u64, t.population);
+            assert_eq!(doc["columns"], json!(t.columns));
+            assert_eq!(doc["period"]["since"], "2026-11-01T00:00:00.000Z");
+            for (row, expected) in doc["rows"].as_array().unwrap().iter().zip(&t.rows) {
+                let keys: Vec<&String> = row.as_object().unwrap().keys().collect();
+                assert_eq!(keys.len(), t.columns.len());
+                for (k, v) in t.columns.iter().zip(expected) {
+                    assert_eq!(&row[*k], v);
+                }
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let w = evidence::export(&i, Control::Calls, Format::Json, dir.path()).unwrap();
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&w[0].path).unwrap()).unwrap();
+    assert_eq!((doc["population"].as_u64(), doc["rows"].as_array().unwrap().len()), (Some(12), 12));
+    assert_eq!(doc["source"]["first_seq"], 3);
+}
+
+#[test]
+fn bundle_has_every_export_an_index_and_a_manifest_that_verifies() {
+    let (s, ids) = history();
+    let data = state(&ids);
+    let i = inputs(&s, data.path());
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("bundle");
+    let b = evidence::bundle(&i, Format::Csv, &dir).unwrap();
+    let populations: Vec<(&str, u64)> = b.files.iter().map(|w| (w.table, w.population)).collect();
+    assert_eq!(
+        populations,
+        [
+            ("access-review", 4),
+            ("provisioning", 6),
+            ("privileged", 6),
+            ("calls", 12),
+            ("events", 2),
+            ("changes", 3),
+            ("rewrites", 1),
+            ("suppliers", 4)
+        ]
+    );
+    // Each CSV holds exactly its population.
+    for w in &b.files {
+        let rows = parse_csv(&std::fs::read_to_string(&w.path).unwrap());
+        assert_eq!(rows.len() as u64, 1 + w.population, "{}", w.table);
+        assert_eq!(rows[0], w.columns, "{}", w.table);
+    }
+    let m = &b.manifest;
+    assert_eq!(m["period"], json!({ "since": "2026-11-01T00:00:00.000Z", "until": "2026-12-01T00:00:00.000Z" }));
+    assert_eq!(m["commits"]["base"], ids["c1"].to_string());
+    assert_eq!(m["commits"]["end"], ids["c8"].to_string());
+    assert_eq!(m["commits"]["first"], ids["m1"].to_string());
+    assert_eq!(m["commits"]["count"], 8);
+    assert_eq!(m["audit"]["first_seq"], 3);
+    assert_eq!(m["audit"]["last_seq"], 14);
+    assert_eq!(m["audit"]["count"], 12);
+    assert_eq!(m["audit"]["chain"]["intact"], true);
+    assert_eq!(m["audit"]["chain"]["checked"], 12);
+    assert_eq!(m["audit"]["chain"]["linked_to_previous"], true);
+    let listed: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        listed,
+        ["access-review.csv", "provisioning.csv", "privileged.csv", "calls.csv", "events.csv", "changes.csv", "rewrites.csv", "suppliers.csv", "index.html"]
+    );
+    assert_eq!(evidence::verify_manifest(&dir).unwrap(), 9);
+
+    // index.html: self-contained, one section per control with its population and a preview.
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    for tag in ["html", "head", "body", "table", "section", "tr", "style"] {
+        assert_eq!(html.matches(&format!("<{tag}")).count(), html.matches(&format!("</{tag}>")).count(), "<{tag}> balanced");
+    }
+    assert_eq!(html.matches("<section").count(), 6);
+    for control in Control::ALL {
+        assert!(html.contains(&format!("<section id=\"{}\">", control.name())));
+    }
+    assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("src="), "no external assets");
+    assert!(html.contains("Population: <span class=\"pop\">12</span>"));
+    assert!(html.contains(&ids["c8"].to_string()));
+    assert!(html.contains("seq 3 to 14"));
+    assert!(html.contains("=HYPERLINK(&quot;x&quot;)"), "cells escaped");
+
+    // A flipped byte in any file, or an extra file, fails verification.
+    let calls = dir.join("calls.csv");
+    let mut bytes = std::fs::read(&calls).unwrap();
+    let k = bytes.len() / 2;
+    bytes[k] ^= 0x01;
+    std::fs::write(&calls, &bytes).unwrap();
+    let err = evidence::verify_manifest(&dir).unwrap_err().to_string();
+    assert!(err.contains("calls.csv: sha256"), "{err}");
+    bytes[k] ^= 0x01;
+    std::fs::write(&calls, &bytes).unwrap();
+    evidence::verify_manifest(&dir).unwrap();
+    std::fs::write(dir.join("extra.csv"), "x").unwrap();
+    assert!(evidence::verify_manifest(&dir).unwrap_err().to_string().contains("extra.csv: not listed"));
+
+    // A second bundle into a folder holding anything else is refused; an earlier bundle is replaced.
+    assert!(evidence::bundle(&i, Format::Csv, &dir).is_err());
+    std::fs::remove_file(dir.join("extra.csv")).unwrap();
+    let again = evidence::bundle(&i, Format::Json, &dir).unwrap();
+    assert_eq!(again.files.len(), 8);
+    assert_eq!(evidence::verify_manifest(&dir).unwrap(), 9);
+    assert!(!dir.join("calls.csv").exists());
+}
+
+#[test]
+fn a_tampered_call_log_is_exported_whole_and_flagged() {
+    let (s, ids) = history();
+    let data = state(&ids);
+    let c = rusqlite::Connection::open(data.path().join("gatehouse.db")).unwrap();
+    c.execute("UPDATE calls SET record = replace(record, '\"verdict\":\"deny\"', '\"verdict\":\"allow\"') WHERE seq = 7", []).unwrap();
+    drop(c);
+    let out = tempfile::tempdir().unwrap();
+    let b = evidence::bundle(&inputs(&s, data.path()), Format::Csv, &out.path().join("b")).unwrap();
+    assert_eq!(b.manifest["audit"]["chain"]["intact"], false);
+    assert_eq!(b.manifest["audit"]["chain"]["broken_at"], 7);
+    assert_eq!(b.files.iter().find(|w| w.table == "calls").unwrap().population, 12, "still every record");
+    let html = std::fs::read_to_string(out.path().join("b/index.html")).unwrap();
+    assert!(html.contains("broken at seq 7"));
+}
