@@ -231,7 +231,7 @@ fn generate_repo(dir: &Path, grants: usize, commits: usize) -> (usize, usize) {
     let tree = repo.find_tree(b.create_updated(&repo, &empty).unwrap()).unwrap();
     let sig = Signature::new("Admin", "admin@example.com", &Time::new(epoch("2025-12-15"), 0)).unwrap();
     let root = repo.commit(None, &sig, &sig, "Initial policy repository", &tree, &[]).unwrap();
-    let mut gen = Gen { repo: &repo, tip: root };
+    let mut git = Gen { repo: &repo, tip: root };
     let (t0, t1) = (epoch(SINCE), epoch(UNTIL));
     let step = (t1 - t0 - 3600) / commits as i64;
     let mut written = 1;
@@ -292,16 +292,16 @@ fn generate_repo(dir: &Path, grants: usize, commits: usize) -> (usize, usize) {
         };
         let who = people[n % people.len()];
         if n % 3 == 0 {
-            let feature = gen.commit(&[gen.tip], &change, who, time - 1800, &what);
+            let feature = git.commit(&[git.tip], &change, who, time - 1800, &what);
             let merger = people[(n + 1) % people.len()];
-            gen.tip = gen.commit(&[gen.tip, feature], &change, merger, time, &format!("Merge pull request #{} from org/change-{n}\n\n{what}", n + 1));
+            git.tip = git.commit(&[git.tip, feature], &change, merger, time, &format!("Merge pull request #{} from org/change-{n}\n\n{what}", n + 1));
             written += 2;
         } else {
-            gen.tip = gen.commit(&[gen.tip], &change, who, time, &format!("{what} (#{})", n + 1));
+            git.tip = git.commit(&[git.tip], &change, who, time, &format!("{what} (#{})", n + 1));
             written += 1;
         }
     }
-    repo.reference("refs/heads/main", gen.tip, true, "bench").unwrap();
+    repo.reference("refs/heads/main", git.tip, true, "bench").unwrap();
     repo.set_head("refs/heads/main").unwrap();
     (written, gs.iter().filter(|g| g.is_some()).count())
 }

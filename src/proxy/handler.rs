@@ -531,7 +531,8 @@ async fn call_tool(
         Err(e) => return upstream_error(id, server, e),
     }
     let decision = evaluate_grant(snap, grant, &call);
-    info!(commit = snap.short_commit(), grant = %grant.name, server, tool, verdict = ?decision.verdict, rule = %decision.rule, "tools/call");
+    // debug, not info: every call is in the audit log; a log line per call costs a write(2).
+    debug!(commit = snap.short_commit(), grant = %grant.name, server, tool, verdict = ?decision.verdict, rule = %decision.rule, "tools/call");
     let deny = |rule: &str, message: &str| {
         jsonrpc::tool_error(id.clone(), format!("denied by policy: {message} (rule {rule}, commit {})", snap.short_commit()))
     };
