@@ -171,7 +171,7 @@ async fn reconcile_once(settings: &Settings, store: &Store, state: &Arc<State>, 
             if let Err(e) = write.await {
                 error!(commit = %&tip_hex[..12], error = %e, "cannot record the change; not applying it");
                 set_attempt(state, &tip_hex, "error", vec![e.to_string()], &now);
-                state.metrics.reconcile(label_for_error(), started.elapsed());
+                state.metrics.reconcile("error", started.elapsed());
                 return;
             }
             let old = state.active.load_full();
@@ -228,10 +228,6 @@ async fn reconcile_once(settings: &Settings, store: &Store, state: &Arc<State>, 
         }
     }
     state.metrics.reconcile(label, started.elapsed());
-}
-
-fn label_for_error() -> &'static str {
-    "error"
 }
 
 fn set_attempt(state: &State, commit: &str, outcome: &'static str, errors: Vec<String>, now: &str) {
