@@ -50,9 +50,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gatehouse::audit::CallRecord;
 use gatehouse::audit::log::{AuditLog, append_in};
 use gatehouse::audit::verify::{Verdict, verify};
-use gatehouse::audit::CallRecord;
 use gatehouse::proxy::{self, Active, Config, State};
 use gatehouse::repo::{Files, compile};
 use gatehouse::secrets::{SecretSource, bind};
@@ -102,13 +102,21 @@ fn settings(cores: usize) -> Settings {
         }
     }
     let list = |name: &str, default: &str| -> Vec<String> {
-        std::env::var(name).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+        std::env::var(name)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
     };
     let lat_clients: Vec<usize> = list("AUDIT_LAT_CLIENTS", "1,32")
         .iter()
         .map(|c| c.parse().unwrap_or_else(|_| panic!("AUDIT_LAT_CLIENTS: {c:?} is not a number")))
         .collect();
-    assert!(lat_clients.iter().all(|&c| c > 0 && c <= 60), "AUDIT_LAT_CLIENTS: 1 to 60 clients (64 sessions per grant)");
+    assert!(
+        lat_clients.iter().all(|&c| c > 0 && c <= 60),
+        "AUDIT_LAT_CLIENTS: 1 to 60 clients (64 sessions per grant)"
+    );
     Settings {
         parts: list("AUDIT_PARTS", "write,latency,verify"),
         write_seconds: var("AUDIT_WRITE_SECONDS", 3.0),
@@ -159,7 +167,8 @@ fn main() {
         let v = verify_part(&s);
         v.print();
         let per_million = v.cli_s * 1e6 / v.records as f64;
-        let scaled = if v.records == 1_000_000 { String::new() } else { format!(" (scaled from {} records)", v.records) };
+        let scaled =
+            if v.records == 1_000_000 { String::new() } else { format!(" (scaled from {} records)", v.records) };
         verdicts.push((
             format!("audit verify of 1,000,000 records < {TARGET_VERIFY_S_PER_MILLION} s"),
             per_million < TARGET_VERIFY_S_PER_MILLION,
@@ -179,7 +188,12 @@ fn main() {
 }
 
 fn runtime(name: &str, threads: usize) -> Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).thread_name(name).enable_all().build().expect("a tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
 
 // --- measuring the disk side ---
@@ -352,7 +366,8 @@ impl WritePart {
 }
 
 fn write_part(s: &Settings) -> WritePart {
-    let dir = tempfile::Builder::new().prefix("gatehouse-audit-write").tempdir_in(&s.dir).expect("a temporary directory");
+    let dir =
+        tempfile::Builder::new().prefix("gatehouse-audit-write").tempdir_in(&s.dir).expect("a temporary directory");
     let store = Store::open(dir.path()).expect("the store opens");
     let db = store.path().to_path_buf();
     let log = AuditLog::new(store);
@@ -414,7 +429,14 @@ async fn one_at_a_time(log: &AuditLog, n: u64, cap: Duration, db: &Path, dir: &P
     finish(lat, wall, c0, wal_commits(db), f0, device_flushes(dir))
 }
 
-fn finish(mut lat: Vec<u64>, wall: Duration, c0: Option<u32>, c1: Option<u32>, f0: Option<u64>, f1: Option<u64>) -> WriteRun {
+fn finish(
+    mut lat: Vec<u64>,
+    wall: Duration,
+    c0: Option<u32>,
+    c1: Option<u32>,
+    f0: Option<u64>,
+    f1: Option<u64>,
+) -> WriteRun {
     lat.sort_unstable();
     let records = lat.len() as u64;
     WriteRun {
@@ -471,14 +493,31 @@ impl LatRow {
 
 fn print_latency(rows: &[LatRow]) {
     println!();
-    println!("latency: tools/call through the gateway, audit on (State::with_store) vs off (State::new), same upstream");
+    println!(
+        "latency: tools/call through the gateway, audit on (State::with_store) vs off (State::new), same upstream"
+    );
     println!(
         "{:>7} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>8} {:>8} {:>6} | {:>10}",
-        "clients", "off p50", "p99", "on p50", "p99", "ratio p50", "p99", "added p50", "p99", "off /s", "on /s", "ratio", "rec/commit"
+        "clients",
+        "off p50",
+        "p99",
+        "on p50",
+        "p99",
+        "ratio p50",
+        "p99",
+        "added p50",
+        "p99",
+        "off /s",
+        "on /s",
+        "ratio",
+        "rec/commit"
     );
     println!("{}", "-".repeat(140));
     for r in rows {
-        let per_commit = r.commits.filter(|c| *c > 0).map_or_else(|| "n/a".into(), |c| format!("{:.1}", 2.0 * r.on.calls as f64 / c as f64));
+        let per_commit = r
+            .commits
+            .filter(|c| *c > 0)
+            .map_or_else(|| "n/a".into(), |c| format!("{:.1}", 2.0 * r.on.calls as f64 / c as f64));
         println!(
             "{:>7} | {:>7.3}ms {:>7.3}ms | {:>7.3}ms {:>7.3}ms | {:>8.2}x {:>8.2}x | {:>7.3}ms {:>7.3}ms | {:>8.0} {:>8.0} {:>5.2}x | {:>10}",
             r.clients,
@@ -496,14 +535,18 @@ fn print_latency(rows: &[LatRow]) {
             per_commit,
         );
     }
-    println!("(each allowed call writes 2 records: the durable decision before the upstream call, the outcome after, in the background)");
+    println!(
+        "(each allowed call writes 2 records: the durable decision before the upstream call, the outcome after, in the background)"
+    );
 }
 
 fn latency_part(s: &Settings) -> Vec<LatRow> {
-    let (up_rt, gw_rt, cl_rt) = (runtime("upstream", s.threads), runtime("gateway", s.threads), runtime("client", s.threads));
+    let (up_rt, gw_rt, cl_rt) =
+        (runtime("upstream", s.threads), runtime("gateway", s.threads), runtime("client", s.threads));
     let upstream_addr = up_rt.block_on(start_upstream());
     let upstream_url = format!("http://{upstream_addr}/mcp");
-    let data = tempfile::Builder::new().prefix("gatehouse-audit-latency").tempdir_in(&s.dir).expect("a temporary directory");
+    let data =
+        tempfile::Builder::new().prefix("gatehouse-audit-latency").tempdir_in(&s.dir).expect("a temporary directory");
     let store = Store::open(data.path()).expect("the store opens");
     let db = store.path().to_path_buf();
     let (on_addr, on_stop, on_served) = start_gateway(&gw_rt, &upstream_url, Some(store));
@@ -512,14 +555,13 @@ fn latency_part(s: &Settings) -> Vec<LatRow> {
     let (on, off) = (target(on_addr), target(off_addr));
     let expected: Value = serde_json::from_str(ARGS).unwrap();
     let errors = Arc::new(AtomicU64::new(0));
-    let rows: Vec<LatRow> = s
-        .lat_clients
-        .iter()
-        .map(|&n| cl_rt.block_on(measure(n, s, &on, &off, &expected, &errors, &db)))
-        .collect();
+    let rows: Vec<LatRow> =
+        s.lat_clients.iter().map(|&n| cl_rt.block_on(measure(n, s, &on, &off, &expected, &errors, &db))).collect();
     let _ = on_stop.send(());
     let _ = off_stop.send(());
-    let _ = gw_rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), futures_util::future::join(on_served, off_served)).await });
+    let _ = gw_rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), futures_util::future::join(on_served, off_served)).await
+    });
     cl_rt.shutdown_timeout(Duration::from_secs(1));
     gw_rt.shutdown_timeout(Duration::from_secs(1));
     up_rt.shutdown_timeout(Duration::from_secs(1));
@@ -531,7 +573,9 @@ fn latency_part(s: &Settings) -> Vec<LatRow> {
     // Every measured call left its records: the log verifies.
     let c = gatehouse::store::open_read_only(data.path()).expect("a reader");
     match verify(&c).expect("verify runs") {
-        Verdict::Intact { count, .. } => println!("latency: the audit-on gateway's log holds {count} records and verifies"),
+        Verdict::Intact { count, .. } => {
+            println!("latency: the audit-on gateway's log holds {count} records and verifies")
+        }
         broken => panic!("the audit-on gateway's log does not verify: {broken:?}"),
     }
     rows
@@ -639,7 +683,11 @@ fn start_gateway(
         "identity: agent@example.com\nkind: agent\nowner: ops@example.com\ntokens: [ {{ sha256: {token_hash} }} ]\n\
          access: [ {{ server: files, tools: [read_file], policy: policies/files.yaml }} ]\n"
     );
-    let files = [("servers/files.yaml", server.as_str()), ("policies/files.yaml", policy), ("grants/agent.yaml", grant.as_str())];
+    let files = [
+        ("servers/files.yaml", server.as_str()),
+        ("policies/files.yaml", policy),
+        ("grants/agent.yaml", grant.as_str()),
+    ];
     let compiled = compile(&Files::from_memory(files)).unwrap_or_else(|d| panic!("the bench repository: {d}"));
     let snapshot = Arc::new(compiled.snapshot);
     let secrets = Arc::new(bind(&snapshot, &SecretSource::default()).unwrap_or_else(|e| panic!("{e:?}")));
@@ -796,7 +844,9 @@ async fn run(callers: &[Arc<Caller>], dur: Duration, expected: &Arc<Value>, erro
 
 /// One `tools/call`; its latency in nanoseconds if it was a successful echo.
 async fn call(c: &Caller, id: u64, expected: &Value) -> Result<u64, String> {
-    let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"files__read_file","arguments":{ARGS}}}}}"#);
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"files__read_file","arguments":{ARGS}}}}}"#
+    );
     let req = request(&c.target, Some(&c.session), body);
     let t0 = Instant::now();
     let resp = c.http.request(req).await.map_err(|e| format!("request failed: {e}"))?;
@@ -810,7 +860,8 @@ async fn call(c: &Caller, id: u64, expected: &Value) -> Result<u64, String> {
     let ok = v["id"] == id
         && v.get("error").is_none()
         && v["result"]["isError"] != true
-        && v["result"]["content"][0]["text"].as_str().and_then(|t| serde_json::from_str::<Value>(t).ok()).as_ref() == Some(expected);
+        && v["result"]["content"][0]["text"].as_str().and_then(|t| serde_json::from_str::<Value>(t).ok()).as_ref()
+            == Some(expected);
     if ok { Ok(ns) } else { Err(format!("not a successful call: {v}")) }
 }
 
@@ -836,7 +887,9 @@ impl VerifyPart {
         );
         println!("{:>34} | {:>8} | {:>10}", "run", "s", "records/s");
         println!("{}", "-".repeat(58));
-        for (name, t) in [("audit::verify::verify (in-process)", self.library_s), ("gatehouse audit verify (command)", self.cli_s)] {
+        for (name, t) in
+            [("audit::verify::verify (in-process)", self.library_s), ("gatehouse audit verify (command)", self.cli_s)]
+        {
             println!("{:>34} | {:>8.3} | {:>10.0}", name, t, self.records as f64 / t);
         }
         println!("command said: {}", self.cli_output.trim());
@@ -857,7 +910,8 @@ impl VerifyPart {
 
 fn verify_part(s: &Settings) -> VerifyPart {
     let n = s.verify_records;
-    let dir = tempfile::Builder::new().prefix("gatehouse-audit-verify").tempdir_in(&s.dir).expect("a temporary directory");
+    let dir =
+        tempfile::Builder::new().prefix("gatehouse-audit-verify").tempdir_in(&s.dir).expect("a temporary directory");
     let path = {
         // Create and migrate through the store; its writer stops when the handle is dropped.
         let store = Store::open(dir.path()).expect("the store opens");
@@ -901,7 +955,11 @@ fn verify_part(s: &Settings) -> VerifyPart {
         .expect("running gatehouse audit verify");
     let cli_s = t0.elapsed().as_secs_f64();
     let cli_output = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "gatehouse audit verify failed: {cli_output}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gatehouse audit verify failed: {cli_output}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(cli_output.starts_with(&format!("ok: {n} records")), "{cli_output}");
     VerifyPart { records: n, db_bytes, generate_s, library_s, cli_s, cli_output }
 }

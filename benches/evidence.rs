@@ -6,7 +6,8 @@
 //!    quota events and one change record per commit — appended with `audit::log::append_in` in raw
 //!    rusqlite transactions of 50,000 records. And a git repository (git2 only, trees built with
 //!    `TreeUpdateBuilder`) whose policy repository starts before the period with 30 servers (10
-//!    classified tools each), 20 policies (with regex conditions), 10 roles and `EVIDENCE_GRANTS`
+//!    classified tools each), 20 policies (two regex conditions each, as in the seed's examples),
+//!    10 roles and `EVIDENCE_GRANTS`
 //!    grants (default 500), then `EVIDENCE_COMMITS` first-parent commits (default 2,000) in the
 //!    period: grants created, widened, narrowed, re-reviewed, token rotations and revocations,
 //!    role, policy and server edits, test and README edits; every third one is a pull request
@@ -104,12 +105,18 @@ fn server_yaml(s: usize, extra_tools: usize) -> String {
     y
 }
 
+/// A policy listing `listed` tools, two of them with a condition like the seed's (a
+/// case-insensitive regex on a query, a look-around regex on a path).
 fn policy_yaml(p: usize, listed: usize) -> String {
     let mut y = "version: \"1\"\ndefault: deny\ntools:\n".to_string();
     for t in 0..listed.min(TOOLS) {
-        y.push_str(&format!(
-            "  t{t}:\n    deny_if: [ {{ name: r{p}-{t}, conditions: [ {{ path: args.q, op: regex, value: \"(?i)(drop|truncate)\\\\s+{p}\" }} ] }} ]\n"
-        ));
+        match t {
+            0 => y.push_str(&format!(
+                "  t0:\n    deny_if: [ {{ name: ddl-{p}, conditions: [ {{ path: args.q, op: regex, value: \"(?i)(DROP|TRUNCATE|DELETE|ALTER)\\\\s\" }} ] }} ]\n"
+            )),
+            1 => y.push_str("  t1:\n    deny_if: [ { conditions: [ { path: args.path, op: regex, value: \"^(?!/srv/projects/)\" } ] } ]\n"),
+            _ => y.push_str(&format!("  t{t}: {{}}\n")),
+        }
     }
     y
 }
@@ -448,18 +455,45 @@ fn main() {
     };
 
     let work = tempfile::tempdir().unwrap();
-    let (repo_dir, data_dir) = (work.path().join("repo"), work.path().join("data"));
-    std::fs::create_dir_all(&repo_dir).unwrap();
-    let t = Instant::now();
-    let (objects, alive) = generate_repo(&repo_dir, grants, commits);
-    let gen_repo = t.elapsed();
-    let t = Instant::now();
-    generate_db(&data_dir, calls, grants + commits / 4);
-    change_records(&data_dir, &repo_dir);
-    let gen_db = t.elapsed();
-    eprintln!("generated: {objects} commits ({alive} grants at the end) in {:.1} s; {calls} call records in {:.1} s", gen_repo.as_secs_f64(), gen_db.as_secs_f64());
+    // EVIDENCE_REUSE=DIR keeps the generated repository and database in DIR across runs (for
+    // profiling); it must have been made with the same counts.
+    let gen_dir = std::env::var("EVIDENCE_REUSE").map(std::path::PathBuf::from).unwrap_or_else(|_| work.path().to_path_buf());
+    let (repo_dir, data_dir) = (gen_dir.join("repo"), gen_dir.join("data"));
+    let objects = if repo_dir.join(".git").exists() && data_dir.exists() {
+        eprintln!("reusing {}", gen_dir.display());
+        0
+    } else {
+        std::fs::create_dir_all(&repo_dir).unwrap();
+        let t = Instant::now();
+        let (objects, alive) = generate_repo(&repo_dir, grants, commits);
+        let gen_repo = t.elapsed();
+        let t = Instant::now();
+        generate_db(&data_dir, calls, grants + commits / 4);
+        change_records(&data_dir, &repo_dir);
+        let gen_db = t.elapsed();
+        eprintln!("generated: {objects} commits ({alive} grants at the end) in {:.1} s; {calls} call records in {:.1} s", gen_repo.as_secs_f64(), gen_db.as_secs_f64());
+        objects
+    };
 
     let inputs = Inputs::new(&repo_dir, &data_dir, SINCE, UNTIL);
+    let tip = gatehouse::repo::read(&repo_dir, Some("HEAD")).unwrap();
+    if let Err(d) = gatehouse::repo::compile(&tip) {
+        panic!("the generated repository does not compile:\n{d}");
+    }
+    // Profiling aid: EVIDENCE_PROFILE=calls|git|bundle repeats one part EVIDENCE_RUNS times, then exits.
+    if let Ok(part) = std::env::var("EVIDENCE_PROFILE") {
+        eprintln!("PROFILE-START");
+        for i in 0..runs {
+            let t = Instant::now();
+            match part.as_str() {
+                "calls" => drop(evidence::export(&inputs, Control::Calls, format, &work.path().join(format!("p{i}"))).unwrap()),
+                "git" => drop(evidence::provisioning(&inputs).unwrap()),
+                _ => drop(evidence::bundle(&inputs, format, &work.path().join(format!("p{i}"))).unwrap()),
+            }
+            eprintln!("{part} {:.1} ms", ms(t.elapsed()));
+        }
+        return;
+    }
     // Warm the page cache the same way for both measurements.
     let _ = baseline_scan(&data_dir);
     let (baseline, scanned, bytes) = baseline_scan(&data_dir);

@@ -205,9 +205,15 @@ fn main() {
         s.builds,
         s.daemon_commits
     );
+    let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let mut result = Map::new();
     result.insert("cores".into(), json!(cores));
+    // The machine may be shared: wall times then include waiting for a CPU (see the CPU rows).
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load1: f64 = load.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
+    println!("load average (1 min) at start: {load1:.2} on {cores} cores");
+    result.insert("load_average_at_start".into(), json!(load1));
     let mut verdicts: Vec<(String, bool, String)> = Vec::new();
 
     // Scale first: its memory child and timings see a machine not yet busy with the daemon.
@@ -230,7 +236,7 @@ fn main() {
         verdicts.push((
             "snapshot build < 2 s".into(),
             sc.build_ms() < TARGET_BUILD_MS,
-            format!("read + compile + bind median {:.0} ms", sc.build_ms()),
+            format!("read + compile + bind median {:.0} ms wall, {:.0} ms on CPU", sc.build_ms(), median(&sc.cpu)),
         ));
         if let Some(m) = &sc.memory {
             verdicts.push((
@@ -251,6 +257,8 @@ fn main() {
         "targets".into(),
         verdicts.iter().map(|(n, ok, d)| json!({ "name": n, "met": ok, "detail": d })).collect::<Vec<_>>().into(),
     );
+    println!("bench time: {:.0} s", started.elapsed().as_secs_f64());
+    result.insert("bench_seconds".into(), json!(r1(started.elapsed().as_secs_f64())));
     println!("RESULT {}", Value::Object(result));
     rt.shutdown_timeout(Duration::from_secs(1));
     if s.enforce && verdicts.iter().any(|v| !v.1) {
@@ -317,15 +325,25 @@ impl Latency {
         self.samples.iter().zip(&self.reconcile).map(|(a, b)| a - b).collect()
     }
 
+    /// From the start of the commit (file write) instead of its return: the watcher fires on the
+    /// ref update inside the commit call, so part of the reconcile overlaps the commit's tail.
+    fn from_start(&self) -> Vec<f64> {
+        self.samples.iter().zip(&self.commit).map(|(a, b)| a + b).collect()
+    }
+
     fn print(&self) {
-        println!("commit → first call decided by it ({} commits, local repository, ref watcher only)", self.samples.len());
+        println!(
+            "commit → first call decided by it ({} commits, local repository, ref watcher only)",
+            self.samples.len()
+        );
         println!("  {:<44} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
         let row = |name: &str, v: &[f64]| {
             println!("  {:<44} {:>9.2} {:>9.2} {:>9.2}", name, median(v), percentile(v, 99.0), max(v));
         };
-        row("commit → decision (measured)", &self.samples);
+        row("commit returned → decision (measured)", &self.samples);
         row("  of which: reconcile (resolve → swap)", &self.reconcile);
         row("  of which: the rest (watch, trigger, call)", &self.overhead());
+        row("commit started → decision (commit included)", &self.from_start());
         row("deciding call round trip", &self.call);
         println!("  {:<44} {:>9.2}", "baseline: git commit itself (median)", median(&self.commit));
         println!("  {:<44} {:>9.2}", "baseline: repo::read + compile (median)", median(&self.read_compile));
@@ -340,6 +358,7 @@ impl Latency {
             "commit_to_decision_ms": stats(&self.samples),
             "reconcile_ms": stats(&self.reconcile),
             "rest_ms": stats(&self.overhead()),
+            "commit_start_to_decision_ms": stats(&self.from_start()),
             "call_ms": stats(&self.call),
             "git_commit_median_ms": r3(median(&self.commit)),
             "read_compile_median_ms": r3(median(&self.read_compile)),
@@ -523,7 +542,10 @@ async fn denial(client: &HttpClient, url: &str, session: &mut String, id: u64) -
             continue;
         }
         let v: Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body));
-        return v["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("not a tool result: {v}")).to_string();
+        return v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a tool result: {v}"))
+            .to_string();
     }
 }
 
@@ -580,7 +602,10 @@ fn latency_part(s: &Settings, rt: &Runtime) -> Latency {
                     assert!(text.contains(&format!("deny_if/v{version}")), "{text}");
                     return (t0.elapsed(), ms(t_call.elapsed()), probes);
                 }
-                assert!(t0.elapsed() < Duration::from_secs(10), "commit {commit} not deciding calls after 10 s: {text}");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "commit {commit} not deciding calls after 10 s: {text}"
+                );
                 tokio::time::sleep(s.poll).await;
             }
         });
@@ -644,7 +669,9 @@ async fn upstream_handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>
     let result = match msg["method"].as_str().unwrap_or("") {
         "initialize" => json!({ "protocolVersion": msg["params"]["protocolVersion"], "capabilities": { "tools": {} },
                                 "serverInfo": { "name": "mock", "version": "1" } }),
-        "tools/list" => json!({ "tools": [ { "name": "add", "description": "a+b", "inputSchema": { "type": "object" } } ] }),
+        "tools/list" => {
+            json!({ "tools": [ { "name": "add", "description": "a+b", "inputSchema": { "type": "object" } } ] })
+        }
         "tools/call" => {
             let a = &msg["params"]["arguments"];
             json!({ "content": [ { "type": "text", "text": (a["a"].as_i64().unwrap_or(0) + a["b"].as_i64().unwrap_or(0)).to_string() } ] })
@@ -699,8 +726,8 @@ const VERBS: [&str; 20] = [
     "approve", "delete", "purge", "run", "execute", "charge", "refund",
 ];
 const NOUNS: [&str; 20] = [
-    "issue", "file", "page", "record", "user", "message", "repo", "table", "ticket", "invoice", "event", "document", "task",
-    "build", "report", "customer", "order", "channel", "dataset", "branch",
+    "issue", "file", "page", "record", "user", "message", "repo", "table", "ticket", "invoice", "event", "document",
+    "task", "build", "report", "customer", "order", "channel", "dataset", "branch",
 ];
 
 fn category(verb: &str) -> &'static str {
@@ -727,7 +754,13 @@ impl Counts {
     fn scaled(f: f64) -> Counts {
         let n = |x: usize| ((x as f64 * f).round() as usize).max(1);
         let servers = n(SERVERS).max(3);
-        Counts { servers, tools: n(TOOLS).max(servers), grants: n(GRANTS), policies: n(POLICIES).max(3), roles: n(ROLES) }
+        Counts {
+            servers,
+            tools: n(TOOLS).max(servers),
+            grants: n(GRANTS),
+            policies: n(POLICIES).max(3),
+            roles: n(ROLES),
+        }
     }
 }
 
@@ -822,7 +855,9 @@ fn seed_entry(rng: &mut Rng, tool: &str, cat: &str, n: usize) -> Value {
 fn rules_entry(rng: &mut Rng, tool: &str, cat: &str) -> Value {
     match cat {
         "read" if rng.chance(0.5) => json!({}),
-        "read" => json!({ "rules": [ { "name": "page size", "conditions": [ { "path": "args.limit", "op": "lte", "value": 500 } ], "on_deny": "At most 500 rows" } ] }),
+        "read" => {
+            json!({ "rules": [ { "name": "page size", "conditions": [ { "path": "args.limit", "op": "lte", "value": 500 } ], "on_deny": "At most 500 rows" } ] })
+        }
         "write" => json!({ "rules": [
             { "name": "known project", "conditions": [ { "path": "args.project", "op": "in", "value": ["alpha", "beta", "gamma"] } ], "on_deny": "Unknown project" },
             { "name": "write rate", "rate_limit": "20/minute" } ] }),
@@ -861,7 +896,10 @@ fn generate(c: Counts) -> Generated {
                 entries.insert(tool.clone(), e);
             }
             if p % 4 == 1 {
-                entries.insert("*".into(), json!({ "rules": [ { "name": "global rate limit", "rate_limit": "60/minute" } ] }));
+                entries.insert(
+                    "*".into(),
+                    json!({ "rules": [ { "name": "global rate limit", "rate_limit": "60/minute" } ] }),
+                );
             }
             if let Some((t, _)) = server_tools.iter().find(|(_, cat)| *cat == "destructive")
                 && !entries.contains_key(t)
@@ -879,7 +917,10 @@ fn generate(c: Counts) -> Generated {
             if p % 2 == 0 {
                 entries.insert("*".into(), json!({ "limits": [ { "name": "everything", "rate_limit": "600/hour" } ] }));
             } else {
-                entries.insert("*".into(), json!({ "rules": [ { "name": "global rate limit", "rate_limit": "60/minute" } ] }));
+                entries.insert(
+                    "*".into(),
+                    json!({ "rules": [ { "name": "global rate limit", "rate_limit": "60/minute" } ] }),
+                );
                 entries.insert(
                     "delete_record".into(),
                     json!({ "rules": [ { "name": "block deletion", "action": "deny", "conditions": [ { "path": "args.all", "op": "eq", "value": true } ] } ] }),
@@ -911,7 +952,10 @@ fn generate(c: Counts) -> Generated {
                 doc.insert("transport".into(), json!("streamable-http"));
                 doc.insert("url".into(), json!(format!("https://mcp-{i:05}.example.com/mcp")));
                 if i % 3 != 0 {
-                    doc.insert("credentials".into(), json!({ "headers": { "Authorization": format!("Bearer ${{secret:{secret}}}") } }));
+                    doc.insert(
+                        "credentials".into(),
+                        json!({ "headers": { "Authorization": format!("Bearer ${{secret:{secret}}}") } }),
+                    );
                 }
             }
             5 | 6 => {
@@ -919,7 +963,10 @@ fn generate(c: Counts) -> Generated {
                 doc.insert("transport".into(), json!("sse"));
                 doc.insert("url".into(), json!(format!("https://sse-{i:05}.example.org/sse")));
                 if i % 3 != 0 {
-                    doc.insert("credentials".into(), json!({ "headers": { "X-Api-Key": format!("${{secret:{secret}}}") } }));
+                    doc.insert(
+                        "credentials".into(),
+                        json!({ "headers": { "X-Api-Key": format!("${{secret:{secret}}}") } }),
+                    );
                 }
             }
             _ => {
@@ -927,7 +974,10 @@ fn generate(c: Counts) -> Generated {
                 doc.insert("transport".into(), json!("stdio"));
                 doc.insert("command".into(), json!(["node", format!("/opt/mcp/{name}/dist/index.js"), "--stdio"]));
                 if i % 3 != 0 {
-                    doc.insert("credentials".into(), json!({ "env": { "API_TOKEN": format!("${{secret:{secret}}}") } }));
+                    doc.insert(
+                        "credentials".into(),
+                        json!({ "env": { "API_TOKEN": format!("${{secret:{secret}}}") } }),
+                    );
                 }
             }
         }
@@ -1008,7 +1058,11 @@ fn generate(c: Counts) -> Generated {
         let toks: Vec<Value> = (0..n_tokens)
             .map(|k| {
                 let h = token_hash(&format!("gatehouse-bench-token-{g}-{k}"));
-                if k == 0 { json!({ "sha256": h, "issued": "2026-01-05", "expires": "2027-01-05" }) } else { json!({ "sha256": h }) }
+                if k == 0 {
+                    json!({ "sha256": h, "issued": "2026-01-05", "expires": "2027-01-05" })
+                } else {
+                    json!({ "sha256": h })
+                }
             })
             .collect();
         tokens += n_tokens;
@@ -1102,7 +1156,10 @@ fn flow(v: &Value) -> String {
         Value::String(s) => scalar(s),
         Value::Array(a) => format!("[{}]", a.iter().map(flow).collect::<Vec<_>>().join(", ")),
         Value::Object(m) if m.is_empty() => "{}".into(),
-        Value::Object(m) => format!("{{ {} }}", m.iter().map(|(k, v)| format!("{}: {}", scalar(k), flow(v))).collect::<Vec<_>>().join(", ")),
+        Value::Object(m) => format!(
+            "{{ {} }}",
+            m.iter().map(|(k, v)| format!("{}: {}", scalar(k), flow(v))).collect::<Vec<_>>().join(", ")
+        ),
         other => other.to_string(),
     }
 }
@@ -1113,7 +1170,10 @@ fn scalar(s: &str) -> String {
         && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || " _-./@".contains(c))
         && !s.ends_with(' ')
-        && !matches!(s.to_ascii_lowercase().as_str(), "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n");
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
+        );
     if plain { s.to_string() } else { serde_json::to_string(s).unwrap() }
 }
 
@@ -1147,6 +1207,7 @@ struct Build {
     cpu: f64,
     wait: f64,
     files: usize,
+    warnings: usize,
     snapshot: gatehouse::snapshot::Snapshot,
     secrets: secrets::BoundSecrets,
 }
@@ -1175,7 +1236,17 @@ fn build(path: &Path, source: &SecretSource) -> Build {
     let bind = ms(t.elapsed());
     drop(files);
     let (cpu1, wait1) = thread_cpu();
-    Build { read, compile, bind, cpu: cpu1 - cpu0, wait: wait1 - wait0, files: n, snapshot: compiled.snapshot, secrets: bound }
+    Build {
+        read,
+        compile,
+        bind,
+        cpu: cpu1 - cpu0,
+        wait: wait1 - wait0,
+        files: n,
+        warnings: compiled.warnings.len(),
+        snapshot: compiled.snapshot,
+        secrets: bound,
+    }
 }
 
 // --- where compile's time goes ---
@@ -1185,6 +1256,8 @@ struct SplitRow {
     files: usize,
     wall: f64,
     cpu: f64,
+    /// Heap held by the results (parsers alone), measured in a separate pass.
+    heap_mib: Option<f64>,
 }
 
 fn copy_entry(e: &Entry) -> Entry {
@@ -1221,30 +1294,67 @@ fn split(path: &Path) -> Vec<SplitRow> {
         ("compile: settings + policies", &["gatehouse.yaml", "policies/"]),
         ("compile: + servers", &["gatehouse.yaml", "policies/", "servers/"]),
         ("compile: + roles", &["gatehouse.yaml", "policies/", "servers/", "roles/"]),
-        ("compile: + grants (the whole repository)", &["gatehouse.yaml", "policies/", "servers/", "roles/", "grants/", "README.md"]),
+        (
+            "compile: + grants (the whole repository)",
+            &["gatehouse.yaml", "policies/", "servers/", "roles/", "grants/", "README.md"],
+        ),
     ];
     for (name, prefixes) in stages {
-        let entries = all.iter().filter(|(p, _)| prefixes.iter().any(|x| p.starts_with(x))).map(|(p, e)| (p.clone(), copy_entry(e))).collect();
+        let entries = all
+            .iter()
+            .filter(|(p, _)| prefixes.iter().any(|x| p.starts_with(x)))
+            .map(|(p, e)| (p.clone(), copy_entry(e)))
+            .collect();
         let files = Files { commit: Some(id.to_string()), entries };
         let (compiled, wall, cpu) = timed(|| repo::compile(&files));
         assert!(compiled.is_ok(), "{name}: the subset does not compile");
-        rows.push(SplitRow { name: name.into(), files: files.entries.len(), wall, cpu });
+        rows.push(SplitRow { name: name.into(), files: files.entries.len(), wall, cpu, heap_mib: None });
     }
     let texts: Vec<(&str, &str)> = all
         .iter()
         .filter_map(|(p, e)| match e {
-            Entry::Blob(b) if p.ends_with(".yaml") || p.ends_with(".json") => Some((p.as_str(), std::str::from_utf8(b).ok()?)),
+            Entry::Blob(b) if p.ends_with(".yaml") || p.ends_with(".json") => {
+                Some((p.as_str(), std::str::from_utf8(b).ok()?))
+            }
             _ => None,
         })
         .collect();
     let (n, wall, cpu) = timed(|| {
         texts
             .iter()
-            .map(|(p, t)| if p.ends_with(".json") { serde_json::from_str::<Value>(t).is_ok() } else { serde_yaml::from_str::<Value>(t).is_ok() })
+            .map(|(p, t)| {
+                if p.ends_with(".json") {
+                    serde_json::from_str::<Value>(t).is_ok()
+                } else {
+                    serde_yaml::from_str::<Value>(t).is_ok()
+                }
+            })
             .filter(|ok| *ok)
             .count()
     });
-    rows.push(SplitRow { name: "parse only: serde_yaml (JSON: serde_json) → Value".into(), files: n, wall, cpu });
+    // The heap all those values hold at once (compile keeps every parsed document to the end).
+    COUNTING.store(true, Ordering::Relaxed);
+    let base = heap_live();
+    let values: Vec<Value> = texts
+        .iter()
+        .map(|(p, t)| {
+            if p.ends_with(".json") {
+                serde_json::from_str(t).unwrap_or_default()
+            } else {
+                serde_yaml::from_str(t).unwrap_or_default()
+            }
+        })
+        .collect();
+    let held = mib(heap_live() - base);
+    drop(values);
+    COUNTING.store(false, Ordering::Relaxed);
+    rows.push(SplitRow {
+        name: "parse only: serde_yaml (JSON: serde_json) → Value".into(),
+        files: n,
+        wall,
+        cpu,
+        heap_mib: Some(held),
+    });
     let (n, wall, cpu) = timed(|| {
         texts
             .iter()
@@ -1252,7 +1362,13 @@ fn split(path: &Path) -> Vec<SplitRow> {
             .filter(|ok| *ok)
             .count()
     });
-    rows.push(SplitRow { name: "parse only: yaml-rust2 events (what Locator walks)".into(), files: n, wall, cpu });
+    rows.push(SplitRow {
+        name: "parse only: yaml-rust2 events (what Locator walks)".into(),
+        files: n,
+        wall,
+        cpu,
+        heap_mib: None,
+    });
     rows
 }
 
@@ -1422,8 +1538,17 @@ impl Scale {
             self.files,
             self.mib
         );
-        println!("  generated in {:.0} ms, committed (git2, loose objects) in {:.0} ms", self.generate_ms, self.git_commit_ms);
-        println!("  {:<52} {:>9} {:>9} {:>9}", format!("(median of {} builds)", self.total.len()), "median ms", "min ms", "max ms");
+        println!(
+            "  generated in {:.0} ms, committed (git2, loose objects) in {:.0} ms",
+            self.generate_ms, self.git_commit_ms
+        );
+        println!(
+            "  {:<52} {:>9} {:>9} {:>9}",
+            format!("(median of {} builds)", self.total.len()),
+            "median ms",
+            "min ms",
+            "max ms"
+        );
         let row = |name: &str, v: &[f64]| {
             let min = v.iter().copied().fold(f64::NAN, f64::min);
             println!("  {:<52} {:>9.1} {:>9.1} {:>9.1}", name, median(v), min, max(v));
@@ -1438,20 +1563,48 @@ impl Scale {
         let step: Vec<f64> = self.total.iter().zip(&self.matrix).map(|(t, m)| t + 2.0 * m).collect();
         row("reconcile step estimate = build + 2 matrices", &step);
         if !self.split.is_empty() {
-            println!("  where compile's time goes (one run each; compile of growing subsets, and the two YAML parsers alone):");
-            println!("    {:<50} {:>7} {:>9} {:>9} {:>10}", "", "files", "wall ms", "cpu ms", "cpu us/file");
+            println!(
+                "  where compile's time goes (one run each; compile of growing subsets, and the two YAML parsers alone):"
+            );
+            println!(
+                "    {:<50} {:>7} {:>9} {:>9} {:>11} {:>9}",
+                "", "files", "wall ms", "cpu ms", "cpu us/file", "held MiB"
+            );
             for r in &self.split {
-                println!("    {:<50} {:>7} {:>9.0} {:>9.0} {:>10.0}", r.name, r.files, r.wall, r.cpu, r.cpu * 1e3 / r.files.max(1) as f64);
+                let held = r.heap_mib.map_or(String::new(), |h| format!("{h:.1}"));
+                println!(
+                    "    {:<50} {:>7} {:>9.0} {:>9.0} {:>11.0} {:>9}",
+                    r.name,
+                    r.files,
+                    r.wall,
+                    r.cpu,
+                    r.cpu * 1e3 / r.files.max(1) as f64,
+                    held
+                );
             }
         }
         if let Some(m) = &self.memory {
             let f = |k: &str| m.raw[k].as_f64().unwrap_or(f64::NAN);
-            println!("  memory (fresh child process; VmRSS/VmHWM from /proc/self/status, heap from a counting allocator):");
+            println!(
+                "  memory (fresh child process; VmRSS/VmHWM from /proc/self/status, heap from a counting allocator):"
+            );
             println!("    {:<58} {:>8.1} MiB", "VmRSS at start", f("rss_start_mib"));
-            println!("    {:<58} {:>8.1} MiB", "VmRSS holding the snapshot (+ bound secrets)", f("rss_holding_snapshot_mib"));
+            println!(
+                "    {:<58} {:>8.1} MiB",
+                "VmRSS holding the snapshot (+ bound secrets)",
+                f("rss_holding_snapshot_mib")
+            );
             println!("    {:<58} {:>8.1} MiB", "VmHWM during the first build", f("hwm_first_build_mib"));
-            println!("    {:<58} {:>8.1} MiB", "VmRSS holding the snapshot and its access matrix", f("rss_holding_snapshot_and_matrix_mib"));
-            println!("    {:<58} {:>8.1} MiB", "VmHWM across a reconcile step (old + new snapshot, 2 matrices)", f("hwm_step_mib"));
+            println!(
+                "    {:<58} {:>8.1} MiB",
+                "VmRSS holding the snapshot and its access matrix",
+                f("rss_holding_snapshot_and_matrix_mib")
+            );
+            println!(
+                "    {:<58} {:>8.1} MiB",
+                "VmHWM across a reconcile step (old + new snapshot, 2 matrices)",
+                f("hwm_step_mib")
+            );
             println!("    {:<58} {:>8.1} MiB", "heap held by one snapshot + secrets", f("heap_snapshot_mib"));
             println!("    {:<58} {:>8.1} MiB", "heap peak during the first build", f("heap_peak_first_build_mib"));
             println!("    {:<58} {:>8.1} MiB", "heap held by one access matrix", f("heap_matrix_mib"));
@@ -1485,7 +1638,7 @@ impl Scale {
             "generate_ms": r1(self.generate_ms), "git_commit_ms": r1(self.git_commit_ms),
             "read_ms": st(&self.read), "compile_ms": st(&self.compile), "bind_ms": st(&self.bind), "build_ms": st(&self.total),
             "build_cpu_ms": st(&self.cpu), "build_cpu_wait_ms": st(&self.wait),
-            "compile_split": self.split.iter().map(|r| json!({ "name": r.name, "files": r.files, "wall_ms": r1(r.wall), "cpu_ms": r1(r.cpu) })).collect::<Vec<_>>(),
+            "compile_split": self.split.iter().map(|r| json!({ "name": r.name, "files": r.files, "wall_ms": r1(r.wall), "cpu_ms": r1(r.cpu), "held_mib": r.heap_mib.map(r1) })).collect::<Vec<_>>(),
             "matrix_ms": st(&self.matrix), "matrix_cells": self.cells,
             "memory": self.memory.as_ref().map(|m| m.raw.clone()),
             "daemon_start_ms": self.daemon_start_ms.map(r1),
@@ -1497,7 +1650,10 @@ impl Scale {
 
 fn scale_part(s: &Settings, rt: &Runtime) -> Scale {
     let c = Counts::scaled(s.scale);
-    println!("scale: generating {} servers, {} tools, {} grants, {} roles, {} policies", c.servers, c.tools, c.grants, c.roles, c.policies);
+    println!(
+        "scale: generating {} servers, {} tools, {} grants, {} roles, {} policies",
+        c.servers, c.tools, c.grants, c.roles, c.policies
+    );
     let t = Instant::now();
     let generated = generate(c);
     let generate_ms = ms(t.elapsed());
@@ -1511,7 +1667,13 @@ fn scale_part(s: &Settings, rt: &Runtime) -> Scale {
     let t = Instant::now();
     let head = commit_tree(&repo, &generated.files, "Generated repository at the scale of the public MCP ecosystem");
     let git_commit_ms = ms(t.elapsed());
-    println!("scale: {} files ({:.1} MiB) generated in {:.0} ms, committed in {:.0} ms", generated.files.len(), generated.bytes as f64 / 1048576.0, generate_ms, git_commit_ms);
+    println!(
+        "scale: {} files ({:.1} MiB) generated in {:.0} ms, committed in {:.0} ms",
+        generated.files.len(),
+        generated.bytes as f64 / 1048576.0,
+        generate_ms,
+        git_commit_ms
+    );
     let mut out = Scale {
         gen_counts: generated.counts,
         transports: generated.transports,
@@ -1544,7 +1706,10 @@ fn scale_part(s: &Settings, rt: &Runtime) -> Scale {
     // Memory first, in a fresh process.
     out.memory = run_memory_child(dir.path(), secrets_dir.path());
     if let Some(m) = &out.memory {
-        println!("scale: memory child: VmHWM {:.0} MiB (first build), {:.0} MiB (reconcile step)", m.hwm_first_mib, m.hwm_step_mib);
+        println!(
+            "scale: memory child: VmHWM {:.0} MiB (first build), {:.0} MiB (reconcile step)",
+            m.hwm_first_mib, m.hwm_step_mib
+        );
     }
 
     for run in 0..s.builds {
@@ -1558,9 +1723,10 @@ fn scale_part(s: &Settings, rt: &Runtime) -> Scale {
         let matrix_ms = ms(t.elapsed());
         out.cells = m.len();
         println!(
-            "scale: build {}: {} files, read {:.0} ms + compile {:.0} ms + bind {:.1} ms = {:.0} ms (on CPU {:.0} ms, waiting for a CPU {:.0} ms); matrix {:.0} ms",
+            "scale: build {}: {} files ({} warnings), read {:.0} ms + compile {:.0} ms + bind {:.1} ms = {:.0} ms (on CPU {:.0} ms, waiting for a CPU {:.0} ms); matrix {:.0} ms",
             run + 1,
             b.files,
+            b.warnings,
             b.read,
             b.compile,
             b.bind,
@@ -1608,7 +1774,12 @@ fn scale_part(s: &Settings, rt: &Runtime) -> Scale {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             };
-            println!("scale: daemon commit {}: active after {:.0} ms (reconcile {:.0} ms)", n + 1, took, sum_after - sum_before);
+            println!(
+                "scale: daemon commit {}: active after {:.0} ms (reconcile {:.0} ms)",
+                n + 1,
+                took,
+                sum_after - sum_before
+            );
             out.daemon_commit.push(took);
             out.daemon_reconcile.push(sum_after - sum_before);
         }

@@ -124,7 +124,8 @@ enum Failure {
 
 fn main() {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let code = runtime.block_on(run(args));
     runtime.shutdown_timeout(Duration::from_millis(200));
     std::process::exit(code);
@@ -155,7 +156,8 @@ async fn run(args: Args) -> i32 {
     for _ in 0..shared.args.sessions {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(shared.args.per_session).build(connector);
+        let http =
+            Client::builder(TokioExecutor::new()).pool_max_idle_per_host(shared.args.per_session).build(connector);
         let session = Arc::new(Session { http, id: tokio::sync::Mutex::new(None) });
         for _ in 0..shared.args.per_session {
             loops.push(tokio::spawn(call_loop(shared.clone(), session.clone())));
@@ -200,7 +202,8 @@ async fn call_loop(shared: Arc<Shared>, session: Arc<Session>) {
         };
         n += 1;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let path = if a.denied_every > 0 && n % a.denied_every == 0 { &a.denied_path } else { &a.allowed_path };
+        let path =
+            if a.denied_every > 0 && n.is_multiple_of(a.denied_every) { &a.denied_path } else { &a.allowed_path };
         let probe = format!("probe_{id}");
         let mut arguments = json!({ "path": path });
         arguments[&probe] = json!(0);
@@ -266,7 +269,8 @@ async fn current_session(shared: &Shared, session: &Session) -> Result<HeaderVal
     if v.get("result").is_none() {
         return Err(Failure::Other(format!("initialize failed: {v}")));
     }
-    let id = headers.get("mcp-session-id").cloned().ok_or_else(|| Failure::Other("initialize: no Mcp-Session-Id".into()))?;
+    let id =
+        headers.get("mcp-session-id").cloned().ok_or_else(|| Failure::Other("initialize: no Mcp-Session-Id".into()))?;
     let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     exchange(shared, &session.http, Some(&id), &note).await?;
     if shared.reopened.fetch_add(1, Ordering::Relaxed) >= shared.args.sessions as u64 {
@@ -277,7 +281,12 @@ async fn current_session(shared: &Shared, session: &Session) -> Result<HeaderVal
 }
 
 /// One POST; the response headers and JSON body (Null for 202) once the whole body arrived.
-async fn exchange(shared: &Shared, http: &Http, session: Option<&HeaderValue>, body: &Value) -> Result<(http::HeaderMap, Value), Failure> {
+async fn exchange(
+    shared: &Shared,
+    http: &Http,
+    session: Option<&HeaderValue>,
+    body: &Value,
+) -> Result<(http::HeaderMap, Value), Failure> {
     let mut req = Request::new(Full::new(Bytes::from(body.to_string())));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = shared.args.url.clone();
@@ -309,7 +318,8 @@ async fn exchange(shared: &Shared, http: &Http, session: Option<&HeaderValue>, b
     if status != StatusCode::OK {
         return Err(Failure::Other(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))));
     }
-    let v = serde_json::from_slice(&bytes).map_err(|e| Failure::Other(format!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))))?;
+    let v = serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::Other(format!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))))?;
     Ok((headers, v))
 }
 

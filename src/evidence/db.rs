@@ -9,9 +9,13 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
+use std::borrow::Cow;
+
+use sha2::{Digest, Sha256};
+
 use super::Period;
-use super::write::Sink;
-use crate::audit::{CallRecord, GENESIS, chain_hash};
+use super::write::{CellRef, Sink};
+use crate::audit::GENESIS;
 
 pub(crate) const EVENT_COLUMNS: [&str; 8] = ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"];
 
@@ -132,21 +136,25 @@ impl Db {
     /// Streams the period's call records (in seq order) to the pass's sinks, recomputing the
     /// hash chain over the whole seq range (records of the range outside the period, possible
     /// at its edges when clocks and appends interleave, are verified but not exported), and
-    /// counts each server's traffic.
+    /// counts each server's traffic. Records are parsed in place (borrowed strings): nothing is
+    /// allocated per record on the way to a file.
     pub fn scan_calls(&self, p: &Period, range: &SeqRange, pass: &mut Pass) -> Result<Scan> {
         let mut scan = Scan::default();
         let (Some(first), Some(last)) = (range.first, range.last) else { return Ok(scan) };
-        let mut prev = self.hash_before(first)?;
-        scan.chain.linked = prev.as_ref().map(|_| true);
+        let before = self.hash_before(first)?;
+        scan.chain.linked = before.as_ref().map(|_| true);
+        let mut prev = before.unwrap_or_default();
+        let mut check_link = scan.chain.linked.is_some();
         let mut expect = first;
         let mut stmt = self.conn.prepare("SELECT seq, ts, record, hash FROM calls WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")?;
         let mut rows = stmt.query(params![first as i64, last as i64])?;
+        let mut stored = [0u8; 32];
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
             let ts = row.get_ref(1)?.as_str()?;
             let text = row.get_ref(2)?.as_str()?;
             let hash = row.get_ref(3)?.as_str()?;
-            let record: Result<CallRecord, _> = serde_json::from_str(text);
+            let record: Result<Rec, _> = serde_json::from_str(text);
             if scan.chain.broken.is_none() {
                 let why = if seq != expect {
                     Some(format!("record {expect} is missing (next is {seq})"))
@@ -154,14 +162,17 @@ impl Db {
                     match &record {
                         Err(e) => Some(format!("not a call record: {e}")),
                         Ok(r) if r.seq != seq => Some(format!("the record says seq {}", r.seq)),
-                        Ok(r) if prev.as_deref().is_some_and(|p| p != r.prev_hash) => {
+                        Ok(r) if check_link && prev != r.prev_hash => {
                             if seq == first {
                                 scan.chain.linked = Some(false);
                             }
                             Some("prev_hash does not match the previous record's hash".into())
                         }
-                        Ok(r) if chain_hash(&r.prev_hash, text) != hash => Some("hash does not match the record".into()),
-                        Ok(_) => None,
+                        Ok(r) => {
+                            let digest = Sha256::new().chain_update(r.prev_hash.as_bytes()).chain_update(text.as_bytes()).finalize();
+                            let same = hex::decode_to_slice(hash, &mut stored).is_ok() && digest.as_slice() == stored;
+                            (!same).then(|| "hash does not match the record".to_string())
+                        }
                     }
                 };
                 match why {
@@ -169,68 +180,107 @@ impl Db {
                     None => scan.chain.checked += 1,
                 }
             }
-            prev = Some(hash.to_string());
+            check_link = true;
+            prev.clear();
+            prev.push_str(hash);
             expect = seq + 1;
             if !p.contains_ts(ts) {
                 continue;
             }
             scan.calls += 1;
-            let (privileged, cells) = match record {
-                Ok(r) => {
-                    let t = scan.traffic.entry(r.server.clone()).or_default();
-                    t.records += 1;
-                    if r.verdict == "deny" || r.latency_ms.is_none() {
-                        t.calls += 1;
-                        if r.verdict == "deny" {
-                            t.denials += 1;
-                        } else {
-                            t.allowed += 1;
-                        }
-                    }
-                    if matches!(r.outcome.as_str(), "upstream_error" | "timeout") {
-                        t.errors += 1;
-                    }
-                    let privileged = r.category.as_deref().is_some_and(|c| PRIVILEGED.contains(&c));
-                    (privileged, call_cells(r, hash))
-                }
+            let r = match record {
+                Ok(r) => r,
                 Err(e) => {
-                    // Unreadable (tampered) record: exported with what the table's columns say,
-                    // so the population stays complete; the chain already names it.
-                    let (identity, server, tool, category, verdict, outcome): (String, String, String, Option<String>, String, String) =
-                        self.conn.query_row(
-                            "SELECT identity, server, tool, category, verdict, outcome FROM calls WHERE seq = ?1",
-                            [seq as i64],
-                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-                        )?;
-                    let privileged = category.as_deref().is_some_and(|c| PRIVILEGED.contains(&c));
-                    let mut cells = vec![Value::Null; 19];
-                    cells[0] = json!(seq);
-                    cells[1] = json!(ts);
-                    cells[4] = json!(identity);
-                    cells[6] = json!(server);
-                    cells[7] = json!(tool);
-                    cells[8] = json!(category);
-                    cells[10] = json!(verdict);
-                    cells[12] = json!(format!("unreadable record: {e}"));
-                    cells[15] = json!(outcome);
-                    cells[18] = json!(hash);
-                    (privileged, cells)
+                    self.unreadable(seq, ts, hash, &e, &mut scan, pass)?;
+                    continue;
                 }
             };
+            let t = match scan.traffic.get_mut(&*r.server) {
+                Some(t) => t,
+                None => scan.traffic.entry(r.server.to_string()).or_default(),
+            };
+            t.records += 1;
+            if r.verdict == "deny" || r.latency_ms.is_none() {
+                t.calls += 1;
+                if r.verdict == "deny" {
+                    t.denials += 1;
+                } else {
+                    t.allowed += 1;
+                }
+            }
+            if matches!(&*r.outcome, "upstream_error" | "timeout") {
+                t.errors += 1;
+            }
+            let privileged = r.category.as_deref().is_some_and(|c| PRIVILEGED.contains(&c));
             if privileged {
                 scan.privileged += 1;
             }
-            match (privileged.then_some(()).and(pass.privileged.as_deref_mut()), pass.calls.as_deref_mut()) {
-                (Some(p), Some(c)) => {
-                    p.row(cells.clone())?;
-                    c.row(cells)?;
-                }
-                (Some(p), None) => p.row(cells)?,
-                (None, Some(c)) => c.row(cells)?,
-                (None, None) => {}
+            if pass.calls.is_none() && !(privileged && pass.privileged.is_some()) {
+                continue;
+            }
+            let cells = [
+                CellRef::Num(r.seq),
+                CellRef::Str(&r.ts),
+                CellRef::Str(&r.replica),
+                CellRef::Str(&r.session),
+                CellRef::Str(&r.identity),
+                CellRef::Str(&r.grant),
+                CellRef::Str(&r.server),
+                CellRef::Str(&r.tool),
+                opt(r.category.as_deref()),
+                CellRef::List(&r.arg_keys),
+                CellRef::Str(&r.verdict),
+                CellRef::Str(&r.rule),
+                CellRef::Str(&r.message),
+                opt(r.policy_commit.as_deref()),
+                CellRef::Str(&r.snapshot_digest),
+                CellRef::Str(&r.outcome),
+                r.latency_ms.map_or(CellRef::Null, CellRef::Num),
+                CellRef::Str(&r.prev_hash),
+                CellRef::Str(hash),
+            ];
+            if privileged && let Some(s) = pass.privileged.as_deref_mut() {
+                s.row_ref(&cells)?;
+            }
+            if let Some(s) = pass.calls.as_deref_mut() {
+                s.row_ref(&cells)?;
             }
         }
         Ok(scan)
+    }
+
+    /// A record that does not parse (tampered): exported with what the table's columns say, so
+    /// the population stays complete; the chain already names it.
+    fn unreadable(&self, seq: u64, ts: &str, hash: &str, e: &serde_json::Error, scan: &mut Scan, pass: &mut Pass) -> Result<()> {
+        let (identity, server, tool, category, verdict, outcome): (String, String, String, Option<String>, String, String) = self.conn.query_row(
+            "SELECT identity, server, tool, category, verdict, outcome FROM calls WHERE seq = ?1",
+            [seq as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )?;
+        let privileged = category.as_deref().is_some_and(|c| PRIVILEGED.contains(&c));
+        let t = scan.traffic.entry(server.clone()).or_default();
+        t.records += 1;
+        let mut cells = vec![Value::Null; 19];
+        cells[0] = json!(seq);
+        cells[1] = json!(ts);
+        cells[4] = json!(identity);
+        cells[6] = json!(server);
+        cells[7] = json!(tool);
+        cells[8] = json!(category);
+        cells[10] = json!(verdict);
+        cells[12] = json!(format!("unreadable record: {e}"));
+        cells[15] = json!(outcome);
+        cells[18] = json!(hash);
+        if privileged {
+            scan.privileged += 1;
+            if let Some(s) = pass.privileged.as_deref_mut() {
+                s.row(cells.clone())?;
+            }
+        }
+        if let Some(s) = pass.calls.as_deref_mut() {
+            s.row(cells)?;
+        }
+        Ok(())
     }
 
     /// The hash the record `seq` must link to: the previous record's, the pruning anchor's, or
@@ -364,30 +414,47 @@ impl Db {
     }
 }
 
-/// A record's cells in [`super::CALL_COLUMNS`] order.
-fn call_cells(r: CallRecord, hash: &str) -> Vec<Value> {
-    let opt = |s: Option<String>| s.map_or(Value::Null, Value::String);
-    vec![
-        json!(r.seq),
-        Value::String(r.ts),
-        Value::String(r.replica),
-        Value::String(r.session),
-        Value::String(r.identity),
-        Value::String(r.grant),
-        Value::String(r.server),
-        Value::String(r.tool),
-        opt(r.category),
-        Value::Array(r.arg_keys.into_iter().map(Value::String).collect()),
-        Value::String(r.verdict),
-        Value::String(r.rule),
-        Value::String(r.message),
-        opt(r.policy_commit),
-        Value::String(r.snapshot_digest),
-        Value::String(r.outcome),
-        r.latency_ms.map_or(Value::Null, |l| json!(l)),
-        Value::String(r.prev_hash),
-        Value::String(hash.to_string()),
-    ]
+fn opt(s: Option<&str>) -> CellRef<'_> {
+    s.map_or(CellRef::Null, CellRef::Str)
+}
+
+/// A call record as stored, parsed in place.
+#[derive(serde::Deserialize)]
+struct Rec<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    #[serde(borrow)]
+    replica: Cow<'a, str>,
+    #[serde(borrow)]
+    session: Cow<'a, str>,
+    #[serde(borrow)]
+    identity: Cow<'a, str>,
+    #[serde(borrow)]
+    grant: Cow<'a, str>,
+    #[serde(borrow)]
+    server: Cow<'a, str>,
+    #[serde(borrow)]
+    tool: Cow<'a, str>,
+    #[serde(borrow)]
+    category: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arg_keys: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    verdict: Cow<'a, str>,
+    #[serde(borrow)]
+    rule: Cow<'a, str>,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+    #[serde(borrow)]
+    policy_commit: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    snapshot_digest: Cow<'a, str>,
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    latency_ms: Option<u64>,
+    #[serde(borrow)]
+    prev_hash: Cow<'a, str>,
 }
 
 // === impl SeqRange ===

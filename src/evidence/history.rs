@@ -206,12 +206,9 @@ impl History {
     /// Reads and compiles the repository at `id`; None when it is not valid there.
     fn build(&self, id: Oid) -> Result<Option<(Files, Snapshot)>> {
         let Ok(entries) = self.pr.files_at(id) else { return Ok(None) };
-        let mut files = Files { commit: Some(id.to_string()), entries };
+        let files = Files { commit: Some(id.to_string()), entries };
         match repo::compile(&files) {
-            Ok(c) => {
-                files.entries.retain(|p, _| is_context(p));
-                Ok(Some((files, c.snapshot)))
-            }
+            Ok(c) => Ok(Some((files, c.snapshot))),
             Err(_) => Ok(None),
         }
     }
@@ -226,24 +223,6 @@ impl History {
             Ok(e) => e.to_object(&self.pr.repo)?.into_tree().ok(),
             Err(_) => None,
         })
-    }
-
-    /// The entry of `path` in `tree`, read as `PolicyRepo::files_at` does.
-    fn entry_at(&self, tree: Option<&Tree>, path: &str) -> Result<Option<Entry>> {
-        let Some(tree) = tree else { return Ok(None) };
-        let Ok(e) = tree.get_path(Path::new(path)) else { return Ok(None) };
-        if e.kind() != Some(ObjectType::Blob) {
-            return Ok(None);
-        }
-        if e.filemode() == 0o120000 {
-            return Ok(Some(Entry::Symlink));
-        }
-        let blob = self.pr.repo.find_blob(e.id()).with_context(|| format!("reading {path}"))?;
-        Ok(Some(if blob.size() as u64 > MAX_FILE_BYTES {
-            Entry::TooLarge(blob.size() as u64)
-        } else {
-            Entry::Blob(blob.content().to_vec())
-        }))
     }
 
     fn meta(&self, c: &Commit) -> Result<Meta> {
@@ -275,26 +254,30 @@ impl History {
     /// A.5.16/A.5.18: every commit of the period that created, widened, narrowed, re-reviewed or
     /// revoked a grant, grant by grant.
     pub fn provisioning(&self) -> Result<Table> {
+        self.provisioning_with(true)
+    }
+
+    /// `incremental: false` compiles every commit whole: the reference the shortcut is tested
+    /// against.
+    pub fn provisioning_with(&self, incremental: bool) -> Result<Table> {
         let repo = &self.pr.repo;
-        let mut state: BTreeMap<String, GrantState> = BTreeMap::new();
-        // Policy files other than grants at the last valid commit; `dirty` when they may have
-        // changed since (then only a full compile tells the new state).
-        let mut context: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut valid = Valid::default();
+        // Whether the next commit must be compiled whole (no valid state yet, or the state
+        // before the period is older than its last commit).
         let mut dirty = true;
-        // Grant files changed since the last valid commit.
-        let mut pending: BTreeSet<String> = BTreeSet::new();
         if let Some(base) = self.base {
             let mut cur = Some(repo.find_commit(base)?);
             while let Some(c) = cur {
                 if let Some((files, snapshot)) = self.build(c.id())? {
-                    state = states(&snapshot);
-                    context = files.entries;
+                    valid = Valid::full(files, &snapshot);
                     dirty = c.id() != base;
                     break;
                 }
                 cur = c.parents().next();
             }
         }
+        // Every path changed since the last valid commit.
+        let mut pending: BTreeSet<String> = BTreeSet::new();
         let mut rows: Vec<(String, Vec<Value>)> = Vec::new();
         for &id in &self.commits {
             let c = repo.find_commit(id)?;
@@ -307,47 +290,53 @@ impl History {
                 continue;
             }
             let diff = repo.diff_tree_to_tree(old_tree.as_ref(), new_tree.as_ref(), None)?;
-            let mut changed_grants = Vec::new();
             for d in diff.deltas() {
                 for f in [d.old_file(), d.new_file()] {
-                    let Some(p) = f.path().and_then(Path::to_str) else { continue };
-                    if p.starts_with("grants/") {
-                        changed_grants.push(p.to_string());
-                    } else {
-                        dirty = true;
+                    if let Some(p) = f.path().and_then(Path::to_str) {
+                        pending.insert(p.to_string());
                     }
                 }
             }
-            pending.extend(changed_grants);
-            let (old, new, considered): (BTreeMap<String, GrantState>, BTreeMap<String, GrantState>, Vec<String>) = if dirty {
-                let Some((files, snapshot)) = self.build(id)? else { continue };
-                let new = states(&snapshot);
-                let considered: BTreeSet<String> = state.keys().chain(new.keys()).cloned().collect();
-                context = files.entries;
-                dirty = false;
-                pending.clear();
-                (std::mem::take(&mut state), new, considered.into_iter().collect())
-            } else {
-                let mut work = Files { commit: Some(id.to_string()), entries: std::mem::take(&mut context) };
-                for f in &pending {
-                    if let Some(e) = self.entry_at(new_tree.as_ref(), f)? {
-                        work.entries.insert(f.clone(), e);
+            drop(diff);
+            let reader = Reader::new(repo, new_tree);
+            let step = if dirty || !incremental { None } else { self.incremental(&valid, &pending, &reader)? };
+            let (old, new, considered) = match step {
+                Some(Step { states: new, deps, affected }) => {
+                    let old: BTreeMap<String, GrantState> =
+                        affected.iter().filter_map(|f| valid.state.remove(f).map(|s| (f.clone(), s))).collect();
+                    for f in &affected {
+                        valid.gdeps.remove(f);
                     }
+                    valid.gdeps.extend(deps);
+                    for p in pending.iter().filter(|p| is_context(p)) {
+                        match reader.entry(p)? {
+                            Some(e) => {
+                                valid.cdeps.insert(p.clone(), refs_of(p, &e));
+                                valid.context.insert(p.clone(), e);
+                            }
+                            None => {
+                                valid.cdeps.remove(p);
+                                valid.context.remove(p);
+                            }
+                        }
+                    }
+                    (old, new, affected)
                 }
-                let compiled = repo::compile(&work);
-                for f in &pending {
-                    work.entries.remove(f);
+                None => {
+                    let Some((files, snapshot)) = self.build(id)? else {
+                        dirty = true; // invalid: the next commit is checked whole
+                        continue;
+                    };
+                    let next = Valid::full(files, &snapshot);
+                    let old = std::mem::take(&mut valid.state);
+                    let considered: Vec<String> = old.keys().chain(next.state.keys()).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+                    let new = next.state.clone();
+                    valid = Valid { state: BTreeMap::new(), ..next };
+                    (old, new, considered)
                 }
-                context = work.entries;
-                let Ok(compiled) = compiled else { continue };
-                let new = states(&compiled.snapshot);
-                if conflicts(&state, &pending, &new) {
-                    continue;
-                }
-                let considered: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
-                let old: BTreeMap<String, GrantState> = considered.iter().filter_map(|f| state.remove(f).map(|s| (f.clone(), s))).collect();
-                (old, new, considered)
             };
+            dirty = false;
+            pending.clear();
             let mut meta = None;
             for f in &considered {
                 let changes = match (old.get(f), new.get(f)) {
@@ -362,11 +351,9 @@ impl History {
                     rows.push((identity.clone(), ch.row(&identity, f, m)));
                 }
             }
-            // The new state: everything the full compile saw, or the old state plus what changed.
-            // The new state: what the full compile saw, or the rest plus the grants compiled
-            // (a deleted grant was removed from `state` with `old`).
+            // The new state: the grants compiled replace theirs (a deleted grant is gone).
             for (f, s) in new {
-                state.insert(f, s);
+                valid.state.insert(f, s);
             }
         }
         rows.sort_by(|a, b| a.0.cmp(&b.0)); // stable: each identity's commits stay in order
@@ -383,6 +370,243 @@ impl History {
                 "commits": self.commits.len(),
             }),
         })
+    }
+
+    /// The grants a commit affects, compiled with just what they and the changed files depend
+    /// on; None when that cannot tell (something did not compile, or grants clash): then a full
+    /// compile decides.
+    fn incremental(&self, valid: &Valid, pending: &BTreeSet<String>, tree: &Reader) -> Result<Option<Step>> {
+        // The changed files' current content.
+        let mut current: BTreeMap<&str, Option<Entry>> = BTreeMap::new();
+        for p in pending {
+            current.insert(p.as_str(), tree.entry(p)?);
+        }
+        // The policy files other than grants as they are now.
+        let ctx_deps = |p: &str| -> Option<BTreeSet<Key>> {
+            match current.get(p) {
+                Some(Some(e)) => refs_of(p, e),
+                Some(None) => Some(BTreeSet::new()),
+                None => valid.cdeps.get(p).cloned().unwrap_or_else(|| Some(BTreeSet::new())),
+            }
+        };
+        let ctx_paths: BTreeSet<&str> = valid
+            .context
+            .keys()
+            .map(String::as_str)
+            .chain(current.iter().filter(|(p, e)| is_context(p) && e.is_some()).map(|(p, _)| *p))
+            .filter(|p| !matches!(current.get(p), Some(None)))
+            .collect();
+        // Keys changed, then everything in the context that depends on them.
+        let mut changed: BTreeSet<Key> = pending.iter().filter(|p| is_context(p)).filter_map(|p| key_of(p)).collect();
+        let mut everything = false;
+        loop {
+            let before = changed.len();
+            for p in &ctx_paths {
+                match ctx_deps(p) {
+                    None => everything = true,
+                    Some(d) if d.iter().any(|k| changed.contains(k)) => {
+                        if let Some(k) = key_of(p) {
+                            changed.insert(k);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            if changed.len() == before {
+                break;
+            }
+        }
+        // The grants affected: changed ones, and those depending on a changed key.
+        let mut affected: BTreeSet<String> = pending.iter().filter(|p| p.starts_with("grants/")).cloned().collect();
+        if !changed.is_empty() {
+            for (g, d) in &valid.gdeps {
+                if d.as_ref().is_none_or(|d| d.iter().any(|k| changed.contains(k))) {
+                    affected.insert(g.clone());
+                }
+            }
+        }
+        let mut files = BTreeMap::new();
+        let mut deps: HashMap<String, Option<BTreeSet<Key>>> = HashMap::new();
+        let mut wanted: BTreeSet<Key> = changed.clone();
+        for g in &affected {
+            let entry = match current.get(g.as_str()) {
+                Some(e) => e.as_ref().map(dup),
+                None => tree.entry(g)?,
+            };
+            let Some(entry) = entry else { continue };
+            let d = if current.contains_key(g.as_str()) { refs_of(g, &entry) } else { valid.gdeps.get(g).cloned().flatten() };
+            match &d {
+                Some(d) => wanted.extend(d.iter().cloned()),
+                None => everything = true,
+            }
+            deps.insert(g.clone(), d);
+            files.insert(g.clone(), entry);
+        }
+        // The context they need, closed over references (roles → servers, policies; servers → policies).
+        let mut included: BTreeSet<&str> = BTreeSet::new();
+        loop {
+            let before = included.len();
+            for p in &ctx_paths {
+                let needed = everything || matches!(*p, "gatehouse.yaml" | "gatehouse.yml") || key_of(p).is_some_and(|k| wanted.contains(&k));
+                if needed && included.insert(p) {
+                    match ctx_deps(p) {
+                        Some(d) => wanted.extend(d),
+                        None => everything = true,
+                    }
+                }
+            }
+            if included.len() == before {
+                break;
+            }
+        }
+        for p in included {
+            let e = match current.get(p) {
+                Some(Some(e)) => dup(e),
+                _ => dup(&valid.context[p]),
+            };
+            files.insert(p.to_string(), e);
+        }
+        if std::env::var("EVDEBUG").is_ok() {
+            eprintln!("incremental: everything={everything} files={} changed={:?} affected={}", files.len(), changed, affected.len());
+        }
+        let Ok(compiled) = repo::compile(&Files { commit: None, entries: files }) else { return Ok(None) };
+        // Other files (tests, docs) only have errors of their own: compiled alone.
+        let others: BTreeMap<String, Entry> = current
+            .iter()
+            .filter(|(p, e)| !p.starts_with("grants/") && !is_context(p) && e.is_some())
+            .map(|(p, e)| (p.to_string(), dup(e.as_ref().expect("filtered"))))
+            .collect();
+        if !others.is_empty() && repo::compile(&Files { commit: None, entries: others }).is_err() {
+            return Ok(None);
+        }
+        let states = states(&compiled.snapshot);
+        if conflicts(&valid.state, &affected, &states) {
+            return Ok(None);
+        }
+        Ok(Some(Step { states, deps, affected: affected.into_iter().collect() }))
+    }
+}
+
+/// What `incremental` found: the affected grants' new states and references.
+struct Step {
+    states: BTreeMap<String, GrantState>,
+    deps: HashMap<String, Option<BTreeSet<Key>>>,
+    affected: Vec<String>,
+}
+
+/// A referenced file, by what references name: `s:<server>`, `r:<role>`, `p:<policy path>`,
+/// `settings`.
+type Key = String;
+
+/// The state of the last valid commit that provisioning needs.
+#[derive(Default)]
+struct Valid {
+    /// Policy files other than grants and tests.
+    context: BTreeMap<String, Entry>,
+    /// Their references (None: unreadable, depends on anything).
+    cdeps: HashMap<String, Option<BTreeSet<Key>>>,
+    /// Each grant's state, by file.
+    state: BTreeMap<String, GrantState>,
+    /// Each grant file's references.
+    gdeps: HashMap<String, Option<BTreeSet<Key>>>,
+}
+
+impl Valid {
+    fn full(files: Files, snapshot: &Snapshot) -> Valid {
+        let mut v = Valid { state: states(snapshot), ..Valid::default() };
+        for (p, e) in files.entries {
+            if p.starts_with("grants/") {
+                v.gdeps.insert(p.clone(), refs_of(&p, &e));
+            } else if is_context(&p) {
+                v.cdeps.insert(p.clone(), refs_of(&p, &e));
+                v.context.insert(p, e);
+            }
+        }
+        v
+    }
+}
+
+/// The key a context file is referenced by.
+fn key_of(path: &str) -> Option<Key> {
+    let stem = |name: &str| name.rsplit_once('.').map_or(name, |(s, _)| s).to_string();
+    if let Some(name) = path.strip_prefix("servers/") {
+        return Some(format!("s:{}", stem(name)));
+    }
+    if let Some(name) = path.strip_prefix("roles/") {
+        return Some(format!("r:{}", stem(name)));
+    }
+    if path.starts_with("policies/") {
+        return Some(format!("p:{path}"));
+    }
+    matches!(path, "gatehouse.yaml" | "gatehouse.yml").then(|| "settings".to_string())
+}
+
+/// What a grant, role or server file references (by key); None when it cannot be read.
+fn refs_of(path: &str, entry: &Entry) -> Option<BTreeSet<Key>> {
+    let mut out = BTreeSet::new();
+    let Entry::Blob(bytes) = entry else { return Some(out) };
+    let text = std::str::from_utf8(bytes).ok()?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).ok()?;
+    let Some(doc) = docs.first() else { return Some(out) };
+    let s = |y: &yaml_rust2::Yaml| y.as_str().map(str::to_string);
+    if path.starts_with("grants/") || path.starts_with("roles/") {
+        for item in doc["access"].as_vec().map(Vec::as_slice).unwrap_or(&[]) {
+            out.extend(s(&item["server"]).map(|v| format!("s:{v}")));
+            out.extend(s(&item["role"]).map(|v| format!("r:{v}")));
+            out.extend(s(&item["policy"]).map(|v| format!("p:{v}")));
+        }
+    } else if path.starts_with("servers/") {
+        out.extend(s(&doc["policy"]).map(|v| format!("p:{v}")));
+    }
+    Some(out)
+}
+
+fn dup(e: &Entry) -> Entry {
+    match e {
+        Entry::Blob(b) => Entry::Blob(b.clone()),
+        Entry::Symlink => Entry::Symlink,
+        Entry::TooLarge(n) => Entry::TooLarge(*n),
+    }
+}
+
+/// Reads files of one commit's policy tree as `PolicyRepo::files_at` does, each directory's tree
+/// object read once (a `grants/` of thousands of files is one object).
+struct Reader<'r> {
+    repo: &'r git2::Repository,
+    root: Option<Tree<'r>>,
+    dirs: std::cell::RefCell<HashMap<String, Option<Tree<'r>>>>,
+}
+
+impl<'r> Reader<'r> {
+    fn new(repo: &'r git2::Repository, root: Option<Tree<'r>>) -> Reader<'r> {
+        Reader { repo, root, dirs: Default::default() }
+    }
+
+    fn entry(&self, path: &str) -> Result<Option<Entry>> {
+        let Some(root) = &self.root else { return Ok(None) };
+        let e = match path.rsplit_once('/') {
+            None => root.get_name(path).map(|e| e.to_owned()),
+            Some((dir, name)) => {
+                let mut dirs = self.dirs.borrow_mut();
+                let sub = dirs.entry(dir.to_string()).or_insert_with(|| {
+                    root.get_path(Path::new(dir)).ok().and_then(|e| e.to_object(self.repo).ok()).and_then(|o| o.into_tree().ok())
+                });
+                sub.as_ref().and_then(|t| t.get_name(name).map(|e| e.to_owned()))
+            }
+        };
+        let Some(e) = e else { return Ok(None) };
+        if e.kind() != Some(ObjectType::Blob) {
+            return Ok(None);
+        }
+        if e.filemode() == 0o120000 {
+            return Ok(Some(Entry::Symlink));
+        }
+        let blob = self.repo.find_blob(e.id()).with_context(|| format!("reading {path}"))?;
+        Ok(Some(if blob.size() as u64 > MAX_FILE_BYTES {
+            Entry::TooLarge(blob.size() as u64)
+        } else {
+            Entry::Blob(blob.content().to_vec())
+        }))
     }
 }
 
@@ -415,13 +639,13 @@ fn states(snap: &Snapshot) -> BTreeMap<String, GrantState> {
 
 /// Whether grants compiled on their own clash with the others (the same identity in two files,
 /// one token hash in two grants): a full compile would reject the commit.
-fn conflicts(state: &BTreeMap<String, GrantState>, pending: &BTreeSet<String>, new: &BTreeMap<String, GrantState>) -> bool {
+fn conflicts(state: &BTreeMap<String, GrantState>, affected: &BTreeSet<String>, new: &BTreeMap<String, GrantState>) -> bool {
     if new.is_empty() {
         return false;
     }
     let mut identities: HashMap<&str, &str> = HashMap::new();
     let mut tokens: HashMap<&str, &str> = HashMap::new();
-    for (f, s) in state.iter().filter(|(f, _)| !pending.contains(*f)) {
+    for (f, s) in state.iter().filter(|(f, _)| !affected.contains(*f)) {
         identities.insert(&s.identity, f);
         for t in s.tokens.keys() {
             tokens.insert(t, f);

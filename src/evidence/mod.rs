@@ -340,6 +340,14 @@ pub fn provisioning(i: &Inputs) -> Result<Table> {
     history::History::open(&i.repo, &i.rev, &period)?.provisioning()
 }
 
+/// Provisioning computed the slow way, every commit of the period compiled whole: the reference
+/// the incremental computation is tested against.
+#[doc(hidden)]
+pub fn provisioning_reference(i: &Inputs) -> Result<Table> {
+    let period = i.period()?;
+    history::History::open(&i.repo, &i.rev, &period)?.provisioning_with(false)
+}
+
 /// A.8.2: call records of privileged tools (in memory: for tests and small periods; `export`
 /// streams).
 pub fn privileged(i: &Inputs) -> Result<Table> {
@@ -628,7 +636,7 @@ fn write_table(t: &Table, period: &Period, format: Format, dir: &Path) -> Result
     let header = write::Header { table: t.name, control: t.control, period, population: t.population, source: &t.source, columns: &t.columns };
     let mut w = write::FileOut::create(&path, format, &header)?;
     for row in &t.rows {
-        w.row_ref(row)?;
+        w.row_values(row)?;
     }
     w.finish(t)
 }

@@ -3,6 +3,7 @@
 //! JSON (`{"control", "table", "iso", "period", "population", "source", "columns", "rows"}`,
 //! one row object per line, keys in column order). Files are hashed while they are written.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,31 @@ use super::{Control, Format, PREVIEW_ROWS, Period, Table, Written};
 /// Where rows go: a file being written, or a table in memory.
 pub(crate) trait Sink {
     fn row(&mut self, cells: Vec<Value>) -> Result<()>;
+
+    /// A row of borrowed cells (the call log's hot path: nothing allocated to write it).
+    fn row_ref(&mut self, cells: &[CellRef]) -> Result<()> {
+        self.row(cells.iter().map(CellRef::to_value).collect())
+    }
+}
+
+/// A cell borrowed from a record being read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CellRef<'a> {
+    Null,
+    Str(&'a str),
+    Num(u64),
+    List(&'a [Cow<'a, str>]),
+}
+
+impl CellRef<'_> {
+    pub fn to_value(&self) -> Value {
+        match self {
+            CellRef::Null => Value::Null,
+            CellRef::Str(s) => Value::String(s.to_string()),
+            CellRef::Num(n) => Value::from(*n),
+            CellRef::List(items) => Value::Array(items.iter().map(|i| Value::String(i.to_string())).collect()),
+        }
+    }
 }
 
 impl Sink for Vec<Vec<Value>> {
@@ -113,8 +139,8 @@ impl FileOut {
         if self.format == Format::Json {
             self.w.write_all(b"\n]}\n")?;
         }
+        // Flushed, not fsynced: an export is re-creatable, and MANIFEST.json tells a torn one.
         let hashing = self.w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", self.path.display()))?;
-        hashing.inner.sync_all().with_context(|| format!("writing {}", self.path.display()))?;
         debug_assert_eq!(self.rows, meta.population);
         Ok(Written {
             path: self.path,
@@ -144,11 +170,25 @@ impl Sink for FileOut {
         }
         Ok(())
     }
+
+    fn row_ref(&mut self, cells: &[CellRef]) -> Result<()> {
+        if self.preview.len() < PREVIEW_ROWS {
+            return Sink::row(self, cells.iter().map(CellRef::to_value).collect());
+        }
+        self.buf.clear();
+        match self.format {
+            Format::Csv => csv_line_ref(cells, &mut self.buf),
+            Format::Json => json_row_ref(&self.columns, cells, self.rows == 0, &mut self.buf),
+        }
+        self.w.write_all(&self.buf).with_context(|| format!("writing {}", self.path.display()))?;
+        self.rows += 1;
+        Ok(())
+    }
 }
 
 impl FileOut {
     /// Writes a row given by reference (for in-memory tables).
-    pub fn row_ref(&mut self, cells: &[Value]) -> Result<()> {
+    pub fn row_values(&mut self, cells: &[Value]) -> Result<()> {
         Sink::row(self, cells.to_vec())
     }
 }
@@ -195,25 +235,58 @@ pub(crate) fn cell_text(v: &Value, out: &mut String) {
     }
 }
 
+/// One quoted CSV cell: a leading `= + - @` (tab, CR) neutralised with `'`, quotes doubled.
+fn csv_quote(text: &str, buf: &mut Vec<u8>) {
+    buf.push(b'"');
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        buf.push(b'\'');
+    }
+    if text.contains('"') {
+        for (i, part) in text.split('"').enumerate() {
+            if i > 0 {
+                buf.extend_from_slice(b"\"\"");
+            }
+            buf.extend_from_slice(part.as_bytes());
+        }
+    } else {
+        buf.extend_from_slice(text.as_bytes());
+    }
+    buf.push(b'"');
+}
+
 fn csv_line(cells: &[Value], buf: &mut Vec<u8>) {
     let mut text = String::new();
     for (i, v) in cells.iter().enumerate() {
         if i > 0 {
             buf.push(b',');
         }
-        text.clear();
-        cell_text(v, &mut text);
-        buf.push(b'"');
-        if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-            buf.push(b'\'');
+        match v {
+            Value::String(s) => csv_quote(s, buf),
+            other => {
+                text.clear();
+                cell_text(other, &mut text);
+                csv_quote(&text, buf);
+            }
         }
-        for b in text.bytes() {
-            if b == b'"' {
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+fn csv_line_ref(cells: &[CellRef], buf: &mut Vec<u8>) {
+    for (i, c) in cells.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        match c {
+            CellRef::Null => buf.extend_from_slice(b"\"\""),
+            CellRef::Str(s) => csv_quote(s, buf),
+            CellRef::Num(n) => {
+                buf.push(b'"');
+                buf.extend_from_slice(n.to_string().as_bytes());
                 buf.push(b'"');
             }
-            buf.push(b);
+            CellRef::List(items) => csv_quote(&items.join("; "), buf),
         }
-        buf.push(b'"');
     }
     buf.extend_from_slice(b"\r\n");
 }
@@ -248,6 +321,24 @@ fn json_row(columns: &[&str], cells: &[Value], first: bool, buf: &mut Vec<u8>) {
     buf.push(b'}');
 }
 
+fn json_row_ref(columns: &[&str], cells: &[CellRef], first: bool, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(if first { b"\n{" } else { b",\n{" });
+    for (i, (k, c)) in columns.iter().zip(cells).enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut *buf, k).expect("writing to a Vec");
+        buf.push(b':');
+        match c {
+            CellRef::Null => buf.extend_from_slice(b"null"),
+            CellRef::Str(s) => serde_json::to_writer(&mut *buf, s).expect("writing to a Vec"),
+            CellRef::Num(n) => buf.extend_from_slice(n.to_string().as_bytes()),
+            CellRef::List(items) => serde_json::to_writer(&mut *buf, items).expect("writing to a Vec"),
+        }
+    }
+    buf.push(b'}');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +349,22 @@ mod tests {
         let mut buf = Vec::new();
         csv_line(&[json!("=SUM(A1)"), json!("a \"b\""), Value::Null, json!(["x", "y"]), json!(12), json!("-1"), json!("@x")], &mut buf);
         assert_eq!(String::from_utf8(buf).unwrap(), "\"'=SUM(A1)\",\"a \"\"b\"\"\",\"\",\"x; y\",\"12\",\"'-1\",\"'@x\"\r\n");
+    }
+
+    #[test]
+    fn borrowed_cells_encode_like_values() {
+        let list = [Cow::Borrowed("x"), Cow::Borrowed("y")];
+        let refs = [CellRef::Str("=1"), CellRef::Null, CellRef::Num(7), CellRef::List(&list), CellRef::Str("a\"b")];
+        let values: Vec<Value> = refs.iter().map(CellRef::to_value).collect();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        csv_line_ref(&refs, &mut a);
+        csv_line(&values, &mut b);
+        assert_eq!(a, b);
+        let cols = ["a", "b", "c", "d", "e"];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        json_row_ref(&cols, &refs, false, &mut a);
+        json_row(&cols, &values, false, &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]
