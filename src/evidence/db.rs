@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use sha2::{Digest, Sha256};
 
 use super::Period;
-use super::write::{CellRef, Sink};
+use super::write::{CellRef, Sink, Text};
 use crate::audit::GENESIS;
 
 pub(crate) const EVENT_COLUMNS: [&str; 8] = ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"];
@@ -121,16 +121,16 @@ impl Db {
         Ok(SeqRange { first: first.map(|s| s as u64), last: last.map(|s| s as u64), count: count as u64 })
     }
 
-    /// (records, records of privileged tools) in the period.
-    pub fn counts(&self, p: &Period, range: &SeqRange) -> Result<(u64, u64)> {
-        let (Some(first), Some(last)) = (range.first, range.last) else { return Ok((0, 0)) };
-        let (n, privileged): (i64, i64) = self.conn.query_row(
-            "SELECT count(*), coalesce(sum(category IN ('destructive', 'execute', 'financial')), 0) FROM calls
-             WHERE seq BETWEEN ?1 AND ?2 AND +ts >= ?3 AND +ts < ?4",
+    /// Records of privileged tools in the period.
+    pub fn count_privileged(&self, p: &Period, range: &SeqRange) -> Result<u64> {
+        let (Some(first), Some(last)) = (range.first, range.last) else { return Ok(0) };
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM calls
+             WHERE seq BETWEEN ?1 AND ?2 AND +ts >= ?3 AND +ts < ?4 AND category IN ('destructive', 'execute', 'financial')",
             params![first as i64, last as i64, p.since, p.until],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )?;
-        Ok((n as u64, privileged as u64))
+        Ok(n as u64)
     }
 
     /// Streams the period's call records (in seq order) to the pass's sinks, recomputing the
@@ -146,14 +146,18 @@ impl Db {
         let mut prev = before.unwrap_or_default();
         let mut check_link = scan.chain.linked.is_some();
         let mut expect = first;
-        let mut stmt = self.conn.prepare("SELECT seq, ts, record, hash FROM calls WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, ts, record, hash, category FROM calls WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")?;
         let mut rows = stmt.query(params![first as i64, last as i64])?;
-        let mut stored = [0u8; 32];
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
             let ts = row.get_ref(1)?.as_str()?;
             let text = row.get_ref(2)?.as_str()?;
             let hash = row.get_ref(3)?.as_str()?;
+            // Privileged by the indexed column (what the counts use; a record whose text says
+            // otherwise fails the chain check anyway).
+            let privileged = row.get_ref(4)?.as_str_or_null()?.is_some_and(|c| PRIVILEGED.contains(&c));
             let record: Result<Rec, _> = serde_json::from_str(text);
             if scan.chain.broken.is_none() {
                 let why = if seq != expect {
@@ -169,9 +173,11 @@ impl Db {
                             Some("prev_hash does not match the previous record's hash".into())
                         }
                         Ok(r) => {
-                            let digest = Sha256::new().chain_update(r.prev_hash.as_bytes()).chain_update(text.as_bytes()).finalize();
-                            let same = hex::decode_to_slice(hash, &mut stored).is_ok() && digest.as_slice() == stored;
-                            (!same).then(|| "hash does not match the record".to_string())
+                            let digest = Sha256::new()
+                                .chain_update(r.prev_hash.as_bytes())
+                                .chain_update(text.as_bytes())
+                                .finalize();
+                            (!hex_eq(digest.as_slice(), hash)).then(|| "hash does not match the record".to_string())
                         }
                     }
                 };
@@ -191,7 +197,7 @@ impl Db {
             let r = match record {
                 Ok(r) => r,
                 Err(e) => {
-                    self.unreadable(seq, ts, hash, &e, &mut scan, pass)?;
+                    self.unreadable(seq, ts, hash, &e, privileged, &mut scan, pass)?;
                     continue;
                 }
             };
@@ -211,7 +217,7 @@ impl Db {
             if matches!(&*r.outcome, "upstream_error" | "timeout") {
                 t.errors += 1;
             }
-            let privileged = r.category.as_deref().is_some_and(|c| PRIVILEGED.contains(&c));
+            let category = r.category.as_ref().map(|c| &*c.0);
             if privileged {
                 scan.privileged += 1;
             }
@@ -227,23 +233,31 @@ impl Db {
                 CellRef::Str(&r.grant),
                 CellRef::Str(&r.server),
                 CellRef::Str(&r.tool),
-                opt(r.category.as_deref()),
+                opt(category),
                 CellRef::List(&r.arg_keys),
                 CellRef::Str(&r.verdict),
                 CellRef::Str(&r.rule),
                 CellRef::Str(&r.message),
-                opt(r.policy_commit.as_deref()),
+                opt(r.policy_commit.as_ref().map(|c| &*c.0)),
                 CellRef::Str(&r.snapshot_digest),
                 CellRef::Str(&r.outcome),
                 r.latency_ms.map_or(CellRef::Null, CellRef::Num),
                 CellRef::Str(&r.prev_hash),
                 CellRef::Str(hash),
             ];
-            if privileged && let Some(s) = pass.privileged.as_deref_mut() {
-                s.row_ref(&cells)?;
-            }
-            if let Some(s) = pass.calls.as_deref_mut() {
-                s.row_ref(&cells)?;
+            let privileged = if privileged { pass.privileged.as_deref_mut() } else { None };
+            match (pass.calls.as_deref_mut(), privileged) {
+                (Some(c), Some(p)) => {
+                    c.row_ref(&cells)?;
+                    // Same format and columns: the row is encoded once for both files.
+                    match c.last_row() {
+                        Some(bytes) => p.row_bytes(bytes, &cells)?,
+                        None => p.row_ref(&cells)?,
+                    }
+                }
+                (Some(c), None) => c.row_ref(&cells)?,
+                (None, Some(p)) => p.row_ref(&cells)?,
+                (None, None) => {}
             }
         }
         Ok(scan)
@@ -251,13 +265,29 @@ impl Db {
 
     /// A record that does not parse (tampered): exported with what the table's columns say, so
     /// the population stays complete; the chain already names it.
-    fn unreadable(&self, seq: u64, ts: &str, hash: &str, e: &serde_json::Error, scan: &mut Scan, pass: &mut Pass) -> Result<()> {
-        let (identity, server, tool, category, verdict, outcome): (String, String, String, Option<String>, String, String) = self.conn.query_row(
+    #[allow(clippy::too_many_arguments)]
+    fn unreadable(
+        &self,
+        seq: u64,
+        ts: &str,
+        hash: &str,
+        e: &serde_json::Error,
+        privileged: bool,
+        scan: &mut Scan,
+        pass: &mut Pass,
+    ) -> Result<()> {
+        let (identity, server, tool, category, verdict, outcome): (
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+        ) = self.conn.query_row(
             "SELECT identity, server, tool, category, verdict, outcome FROM calls WHERE seq = ?1",
             [seq as i64],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )?;
-        let privileged = category.as_deref().is_some_and(|c| PRIVILEGED.contains(&c));
         let t = scan.traffic.entry(server.clone()).or_default();
         t.records += 1;
         let mut cells = vec![Value::Null; 19];
@@ -289,8 +319,10 @@ impl Db {
         if seq <= 1 {
             return Ok(Some(GENESIS.to_string()));
         }
-        let h: Option<String> =
-            self.conn.query_row("SELECT hash FROM calls WHERE seq = ?1", [(seq - 1) as i64], |r| r.get(0)).optional()?;
+        let h: Option<String> = self
+            .conn
+            .query_row("SELECT hash FROM calls WHERE seq = ?1", [(seq - 1) as i64], |r| r.get(0))
+            .optional()?;
         if h.is_some() {
             return Ok(h);
         }
@@ -298,14 +330,18 @@ impl Db {
     }
 
     pub fn count_events(&self, p: &Period) -> Result<u64> {
-        let n: i64 =
-            self.conn.query_row("SELECT count(*) FROM events WHERE ts >= ?1 AND ts < ?2", params![p.since, p.until], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM events WHERE ts >= ?1 AND ts < ?2",
+            params![p.since, p.until],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
     }
 
     /// Streams the period's monitoring events; returns how many.
     pub fn events(&self, p: &Period, sink: &mut dyn Sink) -> Result<u64> {
-        let mut stmt = self.conn.prepare("SELECT id, ts, kind, detail FROM events WHERE ts >= ?1 AND ts < ?2 ORDER BY id")?;
+        let mut stmt =
+            self.conn.prepare("SELECT id, ts, kind, detail FROM events WHERE ts >= ?1 AND ts < ?2 ORDER BY id")?;
         let mut rows = stmt.query(params![p.since, p.until])?;
         let mut n = 0;
         while let Some(row) = rows.next()? {
@@ -414,6 +450,17 @@ impl Db {
     }
 }
 
+/// Whether `hex` is the lowercase hex of `bytes`.
+fn hex_eq(bytes: &[u8], hex: &str) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let h = hex.as_bytes();
+    h.len() == bytes.len() * 2
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| h[2 * i] == DIGITS[(b >> 4) as usize] && h[2 * i + 1] == DIGITS[(b & 15) as usize])
+}
+
 fn opt(s: Option<&str>) -> CellRef<'_> {
     s.map_or(CellRef::Null, CellRef::Str)
 }
@@ -437,9 +484,9 @@ struct Rec<'a> {
     #[serde(borrow)]
     tool: Cow<'a, str>,
     #[serde(borrow)]
-    category: Option<Cow<'a, str>>,
+    category: Option<Text<'a>>,
     #[serde(borrow)]
-    arg_keys: Vec<Cow<'a, str>>,
+    arg_keys: Vec<Text<'a>>,
     #[serde(borrow)]
     verdict: Cow<'a, str>,
     #[serde(borrow)]
@@ -447,7 +494,7 @@ struct Rec<'a> {
     #[serde(borrow)]
     message: Cow<'a, str>,
     #[serde(borrow)]
-    policy_commit: Option<Cow<'a, str>>,
+    policy_commit: Option<Text<'a>>,
     #[serde(borrow)]
     snapshot_digest: Cow<'a, str>,
     #[serde(borrow)]
@@ -469,8 +516,20 @@ impl SeqRange {
         let mut v = self.to_json();
         v["chain"] = match &chain.broken {
             None => json!({ "intact": true, "checked": chain.checked, "linked_to_previous": chain.linked }),
-            Some((seq, why)) => json!({ "intact": false, "checked": chain.checked, "broken_at": seq, "why": why, "linked_to_previous": chain.linked }),
+            Some((seq, why)) => {
+                json!({ "intact": false, "checked": chain.checked, "broken_at": seq, "why": why, "linked_to_previous": chain.linked })
+            }
         };
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_comparison() {
+        assert!(super::hex_eq(&[0x0f, 0xa0], "0fa0"));
+        assert!(!super::hex_eq(&[0x0f, 0xa0], "0FA0"));
+        assert!(!super::hex_eq(&[0x0f, 0xa0], "0fa"));
     }
 }

@@ -162,6 +162,7 @@ impl History {
     /// The commits of the period and the states at both ends (for the manifest).
     pub fn commit_range(&self, end: Option<&EndState>) -> Value {
         let hex = |o: Option<Oid>| o.map(|o| o.to_string());
+        let path = if self.pr.prefix.is_empty() { String::new() } else { format!(" -- {}", self.pr.prefix) };
         json!({
             "rev": self.rev,
             "tip": self.tip.to_string(),
@@ -171,8 +172,8 @@ impl History {
             "first": hex(self.commits.first().copied()),
             "last": hex(self.commits.last().copied()),
             "git_log": match (self.base, self.end) {
-                (Some(b), Some(e)) => format!("git log --first-parent {b}..{e}"),
-                (None, Some(e)) => format!("git log --first-parent {e}"),
+                (Some(b), Some(e)) => format!("git log --first-parent {b}..{e}{path}"),
+                (None, Some(e)) => format!("git log --first-parent {e}{path}"),
                 _ => String::new(),
             },
             "state_at_until": end.map(|e| e.commit.to_string()),
@@ -213,16 +214,17 @@ impl History {
         }
     }
 
-    /// The policy repository's tree at a commit (None when the subtree does not exist there).
-    fn policy_tree<'r>(&'r self, c: &Commit<'r>) -> Result<Option<Tree<'r>>> {
-        let root = c.tree()?;
+    /// The id of the policy repository's tree at a commit (None when the subtree does not exist
+    /// there).
+    fn policy_tree_id(&self, c: &Commit) -> Result<Option<Oid>> {
         if self.pr.prefix.is_empty() {
-            return Ok(Some(root));
+            return Ok(Some(c.tree_id()));
         }
-        Ok(match root.get_path(Path::new(&self.pr.prefix)) {
-            Ok(e) => e.to_object(&self.pr.repo)?.into_tree().ok(),
-            Err(_) => None,
-        })
+        Ok(c.tree()?
+            .get_path(Path::new(&self.pr.prefix))
+            .ok()
+            .filter(|e| e.kind() == Some(ObjectType::Tree))
+            .map(|e| e.id()))
     }
 
     fn meta(&self, c: &Commit) -> Result<Meta> {
@@ -279,31 +281,26 @@ impl History {
         // Every path changed since the last valid commit.
         let mut pending: BTreeSet<String> = BTreeSet::new();
         let mut rows: Vec<(String, Vec<Value>)> = Vec::new();
+        let trees = Trees::new(repo);
         for &id in &self.commits {
             let c = repo.find_commit(id)?;
-            let new_tree = self.policy_tree(&c)?;
+            let new_tree = self.policy_tree_id(&c)?;
             let old_tree = match c.parents().next() {
-                Some(p) => self.policy_tree(&p)?,
+                Some(p) => self.policy_tree_id(&p)?,
                 None => None,
             };
-            if new_tree.as_ref().map(Tree::id) == old_tree.as_ref().map(Tree::id) {
+            if new_tree == old_tree {
                 continue;
             }
-            let diff = repo.diff_tree_to_tree(old_tree.as_ref(), new_tree.as_ref(), None)?;
-            for d in diff.deltas() {
-                for f in [d.old_file(), d.new_file()] {
-                    if let Some(p) = f.path().and_then(Path::to_str) {
-                        pending.insert(p.to_string());
-                    }
-                }
-            }
-            drop(diff);
-            let reader = Reader::new(repo, new_tree);
+            let (old_tree, new_tree) =
+                (old_tree.map(|t| trees.get(t)).transpose()?, new_tree.map(|t| trees.get(t)).transpose()?);
+            trees.diff(old_tree.as_ref(), new_tree.as_ref(), "", &mut pending)?;
+            let reader = Reader { trees: &trees, root: new_tree };
             let step = if dirty || !incremental { None } else { self.incremental(&valid, &pending, &reader)? };
             let (old, new, considered) = match step {
                 Some(Step { states: new, deps, affected }) => {
                     let old: BTreeMap<String, GrantState> =
-                        affected.iter().filter_map(|f| valid.state.remove(f).map(|s| (f.clone(), s))).collect();
+                        affected.iter().filter_map(|f| valid.set(f.clone(), None).map(|s| (f.clone(), s))).collect();
                     for f in &affected {
                         valid.gdeps.remove(f);
                     }
@@ -329,9 +326,13 @@ impl History {
                     };
                     let next = Valid::full(files, &snapshot);
                     let old = std::mem::take(&mut valid.state);
-                    let considered: Vec<String> = old.keys().chain(next.state.keys()).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+                    let considered: Vec<String> =
+                        old.keys().chain(next.state.keys()).cloned().collect::<BTreeSet<_>>().into_iter().collect();
                     let new = next.state.clone();
-                    valid = Valid { state: BTreeMap::new(), ..next };
+                    valid = next;
+                    for f in new.keys() {
+                        valid.set(f.clone(), None);
+                    }
                     (old, new, considered)
                 }
             };
@@ -340,7 +341,9 @@ impl History {
             let mut meta = None;
             for f in &considered {
                 let changes = match (old.get(f), new.get(f)) {
-                    (Some(o), Some(n)) if o.identity != n.identity => vec![classify(Some(o), None), classify(None, Some(n))],
+                    (Some(o), Some(n)) if o.identity != n.identity => {
+                        vec![classify(Some(o), None), classify(None, Some(n))]
+                    }
                     (o, n) => vec![classify(o, n)],
                 };
                 for (identity, ch) in changes.into_iter().flatten() {
@@ -353,7 +356,7 @@ impl History {
             }
             // The new state: the grants compiled replace theirs (a deleted grant is gone).
             for (f, s) in new {
-                valid.state.insert(f, s);
+                valid.set(f, Some(s));
             }
         }
         rows.sort_by(|a, b| a.0.cmp(&b.0)); // stable: each identity's commits stay in order
@@ -375,7 +378,7 @@ impl History {
     /// The grants a commit affects, compiled with just what they and the changed files depend
     /// on; None when that cannot tell (something did not compile, or grants clash): then a full
     /// compile decides.
-    fn incremental(&self, valid: &Valid, pending: &BTreeSet<String>, tree: &Reader) -> Result<Option<Step>> {
+    fn incremental(&self, valid: &Valid, pending: &BTreeSet<String>, tree: &Reader<'_, '_>) -> Result<Option<Step>> {
         // The changed files' current content.
         let mut current: BTreeMap<&str, Option<Entry>> = BTreeMap::new();
         for p in pending {
@@ -396,20 +399,18 @@ impl History {
             .chain(current.iter().filter(|(p, e)| is_context(p) && e.is_some()).map(|(p, _)| *p))
             .filter(|p| !matches!(current.get(p), Some(None)))
             .collect();
+        // (path, key, references) of each; unreadable references (None) stand for "anything".
+        let ctx: Vec<CtxFile> = ctx_paths.iter().map(|p| (*p, key_of(p), ctx_deps(p))).collect();
+        let mut everything = ctx.iter().any(|(_, _, d)| d.is_none());
         // Keys changed, then everything in the context that depends on them.
         let mut changed: BTreeSet<Key> = pending.iter().filter(|p| is_context(p)).filter_map(|p| key_of(p)).collect();
-        let mut everything = false;
-        loop {
+        while !changed.is_empty() {
             let before = changed.len();
-            for p in &ctx_paths {
-                match ctx_deps(p) {
-                    None => everything = true,
-                    Some(d) if d.iter().any(|k| changed.contains(k)) => {
-                        if let Some(k) = key_of(p) {
-                            changed.insert(k);
-                        }
-                    }
-                    Some(_) => {}
+            for (_, key, deps) in &ctx {
+                if let Some(k) = key
+                    && deps.as_ref().is_none_or(|d| d.iter().any(|x| changed.contains(x)))
+                {
+                    changed.insert(k.clone());
                 }
             }
             if changed.len() == before {
@@ -434,7 +435,11 @@ impl History {
                 None => tree.entry(g)?,
             };
             let Some(entry) = entry else { continue };
-            let d = if current.contains_key(g.as_str()) { refs_of(g, &entry) } else { valid.gdeps.get(g).cloned().flatten() };
+            let d = if current.contains_key(g.as_str()) {
+                refs_of(g, &entry)
+            } else {
+                valid.gdeps.get(g).cloned().flatten()
+            };
             match &d {
                 Some(d) => wanted.extend(d.iter().cloned()),
                 None => everything = true,
@@ -443,31 +448,32 @@ impl History {
             files.insert(g.clone(), entry);
         }
         // The context they need, closed over references (roles → servers, policies; servers → policies).
-        let mut included: BTreeSet<&str> = BTreeSet::new();
+        let mut included = vec![false; ctx.len()];
         loop {
-            let before = included.len();
-            for p in &ctx_paths {
-                let needed = everything || matches!(*p, "gatehouse.yaml" | "gatehouse.yml") || key_of(p).is_some_and(|k| wanted.contains(&k));
-                if needed && included.insert(p) {
-                    match ctx_deps(p) {
-                        Some(d) => wanted.extend(d),
+            let mut grew = false;
+            for (i, (p, key, deps)) in ctx.iter().enumerate() {
+                let needed = everything
+                    || matches!(*p, "gatehouse.yaml" | "gatehouse.yml")
+                    || key.as_ref().is_some_and(|k| wanted.contains(k));
+                if needed && !included[i] {
+                    included[i] = true;
+                    grew = true;
+                    match deps {
+                        Some(d) => wanted.extend(d.iter().cloned()),
                         None => everything = true,
                     }
                 }
             }
-            if included.len() == before {
+            if !grew {
                 break;
             }
         }
-        for p in included {
+        for ((p, _, _), _) in ctx.iter().zip(&included).filter(|(_, inc)| **inc) {
             let e = match current.get(p) {
                 Some(Some(e)) => dup(e),
-                _ => dup(&valid.context[p]),
+                _ => dup(&valid.context[*p]),
             };
             files.insert(p.to_string(), e);
-        }
-        if std::env::var("EVDEBUG").is_ok() {
-            eprintln!("incremental: everything={everything} files={} changed={:?} affected={}", files.len(), changed, affected.len());
         }
         let Ok(compiled) = repo::compile(&Files { commit: None, entries: files }) else { return Ok(None) };
         // Other files (tests, docs) only have errors of their own: compiled alone.
@@ -480,7 +486,7 @@ impl History {
             return Ok(None);
         }
         let states = states(&compiled.snapshot);
-        if conflicts(&valid.state, &affected, &states) {
+        if valid.conflicts(&affected, &states) {
             return Ok(None);
         }
         Ok(Some(Step { states, deps, affected: affected.into_iter().collect() }))
@@ -493,6 +499,9 @@ struct Step {
     deps: HashMap<String, Option<BTreeSet<Key>>>,
     affected: Vec<String>,
 }
+
+/// A context file in `incremental`: its path, its key, and its references (None: unreadable).
+type CtxFile<'a> = (&'a str, Option<Key>, Option<BTreeSet<Key>>);
 
 /// A referenced file, by what references name: `s:<server>`, `r:<role>`, `p:<policy path>`,
 /// `settings`.
@@ -509,11 +518,17 @@ struct Valid {
     state: BTreeMap<String, GrantState>,
     /// Each grant file's references.
     gdeps: HashMap<String, Option<BTreeSet<Key>>>,
+    /// Identity → grant file, token hash → grant file (what must stay unique across grants).
+    identities: HashMap<String, String>,
+    tokens: HashMap<String, String>,
 }
 
 impl Valid {
     fn full(files: Files, snapshot: &Snapshot) -> Valid {
-        let mut v = Valid { state: states(snapshot), ..Valid::default() };
+        let mut v = Valid::default();
+        for (f, st) in states(snapshot) {
+            v.set(f, Some(st));
+        }
         for (p, e) in files.entries {
             if p.starts_with("grants/") {
                 v.gdeps.insert(p.clone(), refs_of(&p, &e));
@@ -523,6 +538,39 @@ impl Valid {
             }
         }
         v
+    }
+}
+
+impl Valid {
+    /// Replaces (None: removes) a grant's state, keeping the uniqueness indexes.
+    fn set(&mut self, file: String, new: Option<GrantState>) -> Option<GrantState> {
+        let old = self.state.remove(&file);
+        if let Some(o) = &old {
+            if self.identities.get(&o.identity) == Some(&file) {
+                self.identities.remove(&o.identity);
+            }
+            for t in o.tokens.keys() {
+                if self.tokens.get(t) == Some(&file) {
+                    self.tokens.remove(t);
+                }
+            }
+        }
+        if let Some(n) = new {
+            self.identities.insert(n.identity.clone(), file.clone());
+            for t in n.tokens.keys() {
+                self.tokens.insert(t.clone(), file.clone());
+            }
+            self.state.insert(file, n);
+        }
+        old
+    }
+
+    /// Whether grants compiled on their own clash with the others (the same identity in two
+    /// files, one token hash in two grants): a full compile would reject the commit.
+    fn conflicts(&self, affected: &BTreeSet<String>, new: &BTreeMap<String, GrantState>) -> bool {
+        let taken = |owner: Option<&String>| owner.is_some_and(|f| !affected.contains(f));
+        new.values()
+            .any(|s| taken(self.identities.get(&s.identity)) || s.tokens.keys().any(|t| taken(self.tokens.get(t))))
     }
 }
 
@@ -569,39 +617,127 @@ fn dup(e: &Entry) -> Entry {
     }
 }
 
-/// Reads files of one commit's policy tree as `PolicyRepo::files_at` does, each directory's tree
-/// object read once (a `grants/` of thousands of files is one object).
-struct Reader<'r> {
+/// The tree objects read during a walk, by id: consecutive commits share most of them, so a
+/// `grants/` of thousands of files is read (inflated, hash-checked) once per change, not once per
+/// lookup.
+struct Trees<'r> {
     repo: &'r git2::Repository,
-    root: Option<Tree<'r>>,
-    dirs: std::cell::RefCell<HashMap<String, Option<Tree<'r>>>>,
+    cache: std::cell::RefCell<HashMap<Oid, Tree<'r>>>,
 }
 
-impl<'r> Reader<'r> {
-    fn new(repo: &'r git2::Repository, root: Option<Tree<'r>>) -> Reader<'r> {
-        Reader { repo, root, dirs: Default::default() }
+impl<'r> Trees<'r> {
+    fn new(repo: &'r git2::Repository) -> Trees<'r> {
+        Trees { repo, cache: Default::default() }
     }
 
-    fn entry(&self, path: &str) -> Result<Option<Entry>> {
-        let Some(root) = &self.root else { return Ok(None) };
-        let e = match path.rsplit_once('/') {
-            None => root.get_name(path).map(|e| e.to_owned()),
-            Some((dir, name)) => {
-                let mut dirs = self.dirs.borrow_mut();
-                let sub = dirs.entry(dir.to_string()).or_insert_with(|| {
-                    root.get_path(Path::new(dir)).ok().and_then(|e| e.to_object(self.repo).ok()).and_then(|o| o.into_tree().ok())
-                });
-                sub.as_ref().and_then(|t| t.get_name(name).map(|e| e.to_owned()))
+    fn get(&self, id: Oid) -> Result<Tree<'r>> {
+        if let Some(t) = self.cache.borrow().get(&id) {
+            return Ok(t.clone());
+        }
+        let t = self.repo.find_tree(id)?;
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= 512 {
+            cache.clear();
+        }
+        cache.insert(id, t.clone());
+        Ok(t)
+    }
+
+    /// Adds to `out` every file path (below `dir`) that differs between two trees.
+    fn diff(
+        &self,
+        old: Option<&Tree<'r>>,
+        new: Option<&Tree<'r>>,
+        dir: &str,
+        out: &mut BTreeSet<String>,
+    ) -> Result<()> {
+        type Item = (Vec<u8>, Oid, bool);
+        let items = |t: Option<&Tree<'r>>| -> Vec<Item> {
+            let mut v: Vec<Item> = t
+                .map(|t| {
+                    t.iter().map(|e| (e.name_bytes().to_vec(), e.id(), e.kind() == Some(ObjectType::Tree))).collect()
+                })
+                .unwrap_or_default();
+            v.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+            v
+        };
+        let (a, b) = (items(old), items(new));
+        let (mut i, mut j) = (0, 0);
+        let path = |name: &[u8]| -> String {
+            let name = String::from_utf8_lossy(name);
+            if dir.is_empty() { name.into_owned() } else { format!("{dir}/{name}") }
+        };
+        // One side of a changed entry: a file is a changed path, a directory all of its files.
+        let side = |item: &Item, other_tree: Option<&Item>, out: &mut BTreeSet<String>| -> Result<()> {
+            let (name, id, is_tree) = item;
+            if *is_tree {
+                let t = self.get(*id)?;
+                match other_tree {
+                    Some((_, other, true)) => self.diff(Some(&self.get(*other)?), Some(&t), &path(name), out),
+                    _ => self.diff(None, Some(&t), &path(name), out),
+                }
+            } else {
+                out.insert(path(name));
+                Ok(())
             }
         };
-        let Some(e) = e else { return Ok(None) };
+        while i < a.len() || j < b.len() {
+            let order = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => x.0.cmp(&y.0).then(x.2.cmp(&y.2)),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Less => {
+                    side(&a[i], None, out)?;
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    side(&b[j], None, out)?;
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if a[i].1 != b[j].1 {
+                        side(&b[j], Some(&a[i]), out)?;
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads files of one commit's policy tree as `PolicyRepo::files_at` does.
+struct Reader<'t, 'r> {
+    trees: &'t Trees<'r>,
+    root: Option<Tree<'r>>,
+}
+
+impl Reader<'_, '_> {
+    fn entry(&self, path: &str) -> Result<Option<Entry>> {
+        let Some(root) = &self.root else { return Ok(None) };
+        let mut tree = root.clone();
+        let mut parts = path.split('/').peekable();
+        let e = loop {
+            let Some(name) = parts.next() else { return Ok(None) };
+            let Some(e) = tree.get_name(name).map(|e| e.to_owned()) else { return Ok(None) };
+            if parts.peek().is_none() {
+                break e;
+            }
+            if e.kind() != Some(ObjectType::Tree) {
+                return Ok(None);
+            }
+            tree = self.trees.get(e.id())?;
+        };
         if e.kind() != Some(ObjectType::Blob) {
             return Ok(None);
         }
         if e.filemode() == 0o120000 {
             return Ok(Some(Entry::Symlink));
         }
-        let blob = self.repo.find_blob(e.id()).with_context(|| format!("reading {path}"))?;
+        let blob = self.trees.repo.find_blob(e.id()).with_context(|| format!("reading {path}"))?;
         Ok(Some(if blob.size() as u64 > MAX_FILE_BYTES {
             Entry::TooLarge(blob.size() as u64)
         } else {
@@ -637,23 +773,6 @@ fn states(snap: &Snapshot) -> BTreeMap<String, GrantState> {
         .collect()
 }
 
-/// Whether grants compiled on their own clash with the others (the same identity in two files,
-/// one token hash in two grants): a full compile would reject the commit.
-fn conflicts(state: &BTreeMap<String, GrantState>, affected: &BTreeSet<String>, new: &BTreeMap<String, GrantState>) -> bool {
-    if new.is_empty() {
-        return false;
-    }
-    let mut identities: HashMap<&str, &str> = HashMap::new();
-    let mut tokens: HashMap<&str, &str> = HashMap::new();
-    for (f, s) in state.iter().filter(|(f, _)| !affected.contains(*f)) {
-        identities.insert(&s.identity, f);
-        for t in s.tokens.keys() {
-            tokens.insert(t, f);
-        }
-    }
-    new.values().any(|s| identities.contains_key(s.identity.as_str()) || s.tokens.keys().any(|t| tokens.contains_key(t.as_str())))
-}
-
 /// How a grant changed.
 struct Change {
     kind: &'static str,
@@ -681,8 +800,10 @@ fn classify(old: Option<&GrantState>, new: Option<&GrantState>) -> Option<(Strin
         let d = |x: &Option<Date>| x.map_or("-".to_string(), |d| d.to_string());
         format!("sha256:{} (issued {}, expires {})", &h[..12.min(h.len())], d(issued), d(expires))
     };
-    let tokens_added: Vec<String> = n.tokens.iter().filter(|(h, _)| !o.tokens.contains_key(*h)).map(|(h, v)| token(h, v)).collect();
-    let tokens_removed: Vec<String> = o.tokens.iter().filter(|(h, _)| !n.tokens.contains_key(*h)).map(|(h, v)| token(h, v)).collect();
+    let tokens_added: Vec<String> =
+        n.tokens.iter().filter(|(h, _)| !o.tokens.contains_key(*h)).map(|(h, v)| token(h, v)).collect();
+    let tokens_removed: Vec<String> =
+        o.tokens.iter().filter(|(h, _)| !n.tokens.contains_key(*h)).map(|(h, v)| token(h, v)).collect();
     let (mut extended, mut shortened, mut tokens_changed) = (false, false, Vec::new());
     for (h, (_, new_exp)) in &n.tokens {
         let Some((_, old_exp)) = o.tokens.get(h) else { continue };
@@ -759,7 +880,9 @@ fn tool_label(snap: &Snapshot, server: &str, tool: &str) -> (String, Option<Cate
 pub(crate) fn access_review(period: &Period, end: Option<&EndState>) -> Table {
     let mut rows = Vec::new();
     let source = match end {
-        Some(e) => json!({ "as_of": period.until, "commit": e.commit.to_string(), "commit_time": e.commit_time, "skipped_invalid": e.skipped }),
+        Some(e) => {
+            json!({ "as_of": period.until, "commit": e.commit.to_string(), "commit_time": e.commit_time, "skipped_invalid": e.skipped })
+        }
         None => json!({ "as_of": period.until, "commit": null }),
     };
     if let Some(e) = end {
@@ -786,7 +909,8 @@ pub(crate) fn access_review(period: &Period, end: Option<&EndState>) -> Table {
                 tools.push(label);
             }
             let d = |x: Option<Date>| x.map_or(String::new(), |d| d.to_string());
-            let tokens: Vec<String> = g.tokens.iter().map(|t| format!("sha256:{}", &hex::encode(t.sha256)[..12])).collect();
+            let tokens: Vec<String> =
+                g.tokens.iter().map(|t| format!("sha256:{}", &hex::encode(t.sha256)[..12])).collect();
             let issued: Vec<String> = g.tokens.iter().map(|t| d(t.issued)).collect();
             let expires: Vec<String> = g.tokens.iter().map(|t| d(t.expires)).collect();
             let status = if g.tokens.is_empty() {
@@ -851,8 +975,12 @@ pub(crate) fn registry(end: Option<&EndState>) -> Vec<RegistryRow> {
                 .iter()
                 .map(|(t, info)| format!("{t} ({})", info.category.map_or("unclassified", Category::as_str)))
                 .collect();
-            let privileged: Vec<&String> =
-                s.tools.iter().filter(|(_, i)| i.category.is_some_and(Category::is_privileged)).map(|(t, _)| t).collect();
+            let privileged: Vec<&String> = s
+                .tools
+                .iter()
+                .filter(|(_, i)| i.category.is_some_and(Category::is_privileged))
+                .map(|(t, _)| t)
+                .collect();
             let cells = vec![
                 json!(s.description),
                 json!(transport),

@@ -77,7 +77,11 @@ pub(crate) fn index(s: &Summary, files: &[Written]) -> String {
     let row = |h: &mut String, k: &str, v: &str| {
         let _ = writeln!(h, "<tr><th>{}</th><td>{v}</td></tr>", esc(k));
     };
-    row(&mut h, "Period", &format!("<code>{}</code> (inclusive) to <code>{}</code> (exclusive), UTC", esc(&p.since), esc(&p.until)));
+    row(
+        &mut h,
+        "Period",
+        &format!("<code>{}</code> (inclusive) to <code>{}</code> (exclusive), UTC", esc(&p.since), esc(&p.until)),
+    );
     let c = s.commits;
     let hex = |v: &Value| v.as_str().map_or("—".to_string(), |x| format!("<code>{}</code>", esc(x)));
     row(
@@ -96,7 +100,11 @@ pub(crate) fn index(s: &Summary, files: &[Written]) -> String {
     }
     row(&mut h, "Valid state at the end", &hex(&c["state_at_until"]));
     if let Some(skipped) = c["skipped_invalid"].as_array().filter(|v| !v.is_empty()) {
-        row(&mut h, "Invalid commits skipped", &format!("{} (the gateway kept the previous valid state)", skipped.len()));
+        row(
+            &mut h,
+            "Invalid commits skipped",
+            &format!("{} (the gateway kept the previous valid state)", skipped.len()),
+        );
     }
     let a = s.audit;
     row(
@@ -182,15 +190,24 @@ pub(crate) fn index(s: &Summary, files: &[Written]) -> String {
             }
             h.push_str("</table></div>\n");
             if (w.preview.len() as u64) < w.population {
-                let _ = writeln!(h, "<p class=\"muted\">The first {} of {} rows; the file has them all.</p>", w.preview.len(), w.population);
+                let _ = writeln!(
+                    h,
+                    "<p class=\"muted\">The first {} of {} rows; the file has them all.</p>",
+                    w.preview.len(),
+                    w.population
+                );
             }
         }
         h.push_str("</section>\n");
     }
-    let _ = write!(h, "<p class=\"muted\">Files are {}.</p>\n</body>\n</html>\n", match s.format {
-        Format::Csv => "CSV (RFC 4180, every cell quoted, lists joined with “; ”)",
-        Format::Json => "JSON (control, period, population, columns, rows)",
-    });
+    let _ = write!(
+        h,
+        "<p class=\"muted\">Files are {}.</p>\n</body>\n</html>\n",
+        match s.format {
+            Format::Csv => "CSV (RFC 4180, every cell quoted, lists joined with “; ”)",
+            Format::Json => "JSON (control, period, population, columns, rows)",
+        }
+    );
     h
 }
 

@@ -20,7 +20,25 @@
 //! Every table states its population (row count): in the JSON file itself, in the sidecar
 //! manifest of a single export, and in the bundle's `MANIFEST.json` and `index.html`.
 //! The call log is streamed (never held in memory) and its hash chain is verified over the
-//! exported seq range in the same pass.
+//! exported seq range in the same pass; a broken chain is stated, never a reason to leave a
+//! record out.
+//!
+//! What is counted where:
+//! - call records and events are in the period by their `ts`; change records by `recorded_at`
+//!   (when the gateway recorded them; every status: applied, superseded, rejected); rewrites by
+//!   `detected_at`;
+//! - a supplier's `calls` are decision records (a denial, or an allowed call's write-ahead
+//!   record), `denials` those denied, `errors` the outcome records `upstream_error` and `timeout`;
+//!   servers that had traffic but are not registered at `--until` get a row of their own, so the
+//!   rows add up to every call of the period;
+//! - a provisioning row is a commit that `created` a grant, `revoked` it (file deleted, or its
+//!   last token or last tool gone), `widened` it (a tool gained, a token added or its expiry
+//!   extended), `narrowed` it (the reverse) or only `re-reviewed` it, in that precedence; other
+//!   edits (owner, quotas, comments) are not provisioning events. A merge commit stands for its
+//!   pull request, with the authors of the commits it merged.
+//!
+//! Provisioning compiles, per commit, only the grants it affects and the files they reference
+//! (see `history`); a test checks it against compiling every commit whole.
 //!
 //! Blocking (git2, rusqlite): run it on a blocking thread.
 
@@ -153,7 +171,13 @@ const PREVIEW_ROWS: usize = 10;
 impl Inputs {
     /// Inputs with `rev` = `HEAD`.
     pub fn new(repo: impl Into<PathBuf>, data_dir: impl Into<PathBuf>, since: &str, until: &str) -> Inputs {
-        Inputs { repo: repo.into(), rev: "HEAD".into(), data_dir: data_dir.into(), since: since.into(), until: until.into() }
+        Inputs {
+            repo: repo.into(),
+            rev: "HEAD".into(),
+            data_dir: data_dir.into(),
+            since: since.into(),
+            until: until.into(),
+        }
     }
 
     pub fn period(&self) -> Result<Period> {
@@ -165,8 +189,14 @@ impl Inputs {
 
 impl Control {
     /// Every control but `bundle`, in the order of the bundle.
-    pub const ALL: [Control; 6] =
-        [Control::AccessReview, Control::Provisioning, Control::Privileged, Control::Calls, Control::Changes, Control::Suppliers];
+    pub const ALL: [Control; 6] = [
+        Control::AccessReview,
+        Control::Provisioning,
+        Control::Privileged,
+        Control::Calls,
+        Control::Changes,
+        Control::Suppliers,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -217,7 +247,9 @@ impl Control {
             Control::Privileged => {
                 "Every call record of the period for a destructive, execute or financial tool, with all record fields."
             }
-            Control::Calls => "Every call record (decisions and outcomes, hash-chained) and every monitoring event of the period.",
+            Control::Calls => {
+                "Every call record (decisions and outcomes, hash-chained) and every monitoring event of the period."
+            }
             Control::Changes => {
                 "Every change record of the period (applied, superseded or rejected) with author, pull request and access diff, and every history rewrite."
             }
@@ -415,7 +447,13 @@ pub fn tables(i: &Inputs, control: Control) -> Result<Vec<Table>> {
     })
 }
 
-fn table(name: &'static str, control: Control, columns: Vec<&'static str>, rows: Vec<Vec<Value>>, source: Value) -> Table {
+fn table(
+    name: &'static str,
+    control: Control,
+    columns: Vec<&'static str>,
+    rows: Vec<Vec<Value>>,
+    source: Value,
+) -> Table {
     Table { name, control, columns, population: rows.len() as u64, rows, source }
 }
 
@@ -462,7 +500,8 @@ pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> R
         }
         Control::Privileged | Control::Calls => {
             let db = db::Db::open(&i.data_dir)?;
-            let mut out = stream_calls(&db, &period, format, out_dir, control == Control::Calls, control == Control::Privileged)?;
+            let mut out =
+                stream_calls(&db, &period, format, out_dir, control == Control::Calls, control == Control::Privileged)?;
             if control == Control::Calls {
                 out.written.push(stream_events(&db, &period, format, out_dir)?);
             }
@@ -470,8 +509,10 @@ pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> R
         }
         Control::Changes => {
             let db = db::Db::open(&i.data_dir)?;
-            let changes = table("changes", Control::Changes, db::CHANGE_COLUMNS.to_vec(), db.changes(&period)?, json!({}));
-            let rewrites = table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
+            let changes =
+                table("changes", Control::Changes, db::CHANGE_COLUMNS.to_vec(), db.changes(&period)?, json!({}));
+            let rewrites =
+                table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
             vec![write_table(&changes, &period, format, out_dir)?, write_table(&rewrites, &period, format, out_dir)?]
         }
         Control::Suppliers => vec![write_table(&suppliers(i)?, &period, format, out_dir)?],
@@ -522,8 +563,10 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
         let dbside = (|| -> Result<_> {
             let calls = stream_calls(&db, &period, format, out_dir, true, true)?;
             let events = stream_events(&db, &period, format, out_dir)?;
-            let changes = table("changes", Control::Changes, db::CHANGE_COLUMNS.to_vec(), db.changes(&period)?, json!({}));
-            let rewrites = table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
+            let changes =
+                table("changes", Control::Changes, db::CHANGE_COLUMNS.to_vec(), db.changes(&period)?, json!({}));
+            let rewrites =
+                table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
             let w_changes = write_table(&changes, &period, format, out_dir)?;
             let w_rewrites = write_table(&rewrites, &period, format, out_dir)?;
             Ok((calls, events, w_changes, w_rewrites))
@@ -544,7 +587,8 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
 
     let audit = calls.range.to_json_with(&calls.scan.chain);
     let generated_at = crate::units::now_rfc3339_ms();
-    let summary = html::Summary { period: &period, commits: &commits, audit: &audit, generated_at: &generated_at, format };
+    let summary =
+        html::Summary { period: &period, commits: &commits, audit: &audit, generated_at: &generated_at, format };
     let index = html::index(&summary, &files);
     let index_path = out_dir.join("index.html");
     std::fs::write(&index_path, &index).with_context(|| format!("writing {}", index_path.display()))?;
@@ -563,7 +607,8 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
             })
         })
         .collect();
-    entries.push(json!({ "path": "index.html", "bytes": index.len(), "sha256": manifest::sha256_hex(index.as_bytes()) }));
+    entries
+        .push(json!({ "path": "index.html", "bytes": index.len(), "sha256": manifest::sha256_hex(index.as_bytes()) }));
     let manifest = json!({
         "gatehouse": env!("CARGO_PKG_VERSION"),
         "generated_at": generated_at,
@@ -582,14 +627,25 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
 /// `gatehouse evidence CONTROL`: writes the export(s) into `out`, prints each file with its
 /// population. Exit code 0; 1 when a bundle was written but the call log's hash chain does not
 /// verify over the exported range (the evidence is complete, and flagged).
-pub fn command(inputs: &Inputs, control: Control, format: Format, out: &Path, stdout: &mut dyn std::io::Write) -> Result<i32> {
+pub fn command(
+    inputs: &Inputs,
+    control: Control,
+    format: Format,
+    out: &Path,
+    stdout: &mut dyn std::io::Write,
+) -> Result<i32> {
     let period = inputs.period()?;
     let (files, code) = if control == Control::Bundle {
         let b = bundle(inputs, format, out)?;
         let audit = &b.manifest["audit"];
         let chain = &audit["chain"];
         let code = if chain["intact"] == false {
-            writeln!(stdout, "warning: the call log's hash chain is broken at seq {}: {}", chain["broken_at"], chain["why"].as_str().unwrap_or(""))?;
+            writeln!(
+                stdout,
+                "warning: the call log's hash chain is broken at seq {}: {}",
+                chain["broken_at"],
+                chain["why"].as_str().unwrap_or("")
+            )?;
             1
         } else {
             0
@@ -600,11 +656,15 @@ pub fn command(inputs: &Inputs, control: Control, format: Format, out: &Path, st
     };
     writeln!(stdout, "period {} to {} (exclusive)", period.since, period.until)?;
     for w in &files {
-        writeln!(stdout, "{}	{} rows	{} ({})", w.path.display(), w.population, w.control.name(), w.control.iso())?;
+        writeln!(stdout, "{}\t{} rows\t{} ({})", w.path.display(), w.population, w.control.name(), w.control.iso())?;
     }
     if control == Control::Bundle {
-        writeln!(stdout, "{}	{}", out.join("index.html").display(), "open in a browser")?;
-        writeln!(stdout, "{}	sha256 of every file, period, commit range, audit seq range", out.join(manifest::FILE).display())?;
+        writeln!(stdout, "{}\topen in a browser", out.join("index.html").display())?;
+        writeln!(
+            stdout,
+            "{}\tsha256 of every file, period, commit range, audit seq range",
+            out.join(manifest::FILE).display()
+        )?;
     }
     Ok(code)
 }
@@ -617,7 +677,11 @@ fn prepare_bundle_dir(dir: &Path) -> Result<()> {
         return Ok(());
     }
     let listed = manifest::listed(dir).with_context(|| {
-        format!("{} is not empty and holds no earlier bundle (no readable {}): choose another --out", dir.display(), manifest::FILE)
+        format!(
+            "{} is not empty and holds no earlier bundle (no readable {}): choose another --out",
+            dir.display(),
+            manifest::FILE
+        )
     })?;
     for n in &names {
         if n != manifest::FILE && !listed.contains(n) {
@@ -633,7 +697,14 @@ fn prepare_bundle_dir(dir: &Path) -> Result<()> {
 /// Writes an in-memory table as `<name>.<ext>` in `dir`.
 fn write_table(t: &Table, period: &Period, format: Format, dir: &Path) -> Result<Written> {
     let path = dir.join(format!("{}.{}", t.name, format.ext()));
-    let header = write::Header { table: t.name, control: t.control, period, population: t.population, source: &t.source, columns: &t.columns };
+    let header = write::Header {
+        table: t.name,
+        control: t.control,
+        period,
+        population: t.population,
+        source: &t.source,
+        columns: &t.columns,
+    };
     let mut w = write::FileOut::create(&path, format, &header)?;
     for row in &t.rows {
         w.row_values(row)?;
@@ -650,27 +721,36 @@ struct Streamed {
 
 /// Streams the period's call records into `calls.<ext>` and/or `privileged.<ext>` (in that order
 /// in `written`), verifying the chain and counting traffic on the way.
-fn stream_calls(db: &db::Db, period: &Period, format: Format, dir: &Path, calls: bool, privileged: bool) -> Result<Streamed> {
+fn stream_calls(
+    db: &db::Db,
+    period: &Period,
+    format: Format,
+    dir: &Path,
+    calls: bool,
+    privileged: bool,
+) -> Result<Streamed> {
     let range = db.seq_range(period)?;
     let source = range.to_json();
-    // JSON states the population before the rows: count first (in the same read transaction).
+    // JSON states the population before the rows: counted first, in the same read transaction
+    // (the period's records are the seq range's count; privileged ones take a pass of their own).
     let (n_calls, n_privileged) = match format {
-        Format::Json => db.counts(period, &range)?,
+        Format::Json => (range.count, if privileged { db.count_privileged(period, &range)? } else { 0 }),
         Format::Csv => (0, 0),
     };
     let open = |name: &'static str, control: Control, population: u64| -> Result<write::FileOut> {
         let path = dir.join(format!("{name}.{}", format.ext()));
-        let header = write::Header { table: name, control, period, population, source: &source, columns: &CALL_COLUMNS };
+        let header =
+            write::Header { table: name, control, period, population, source: &source, columns: &CALL_COLUMNS };
         write::FileOut::create(&path, format, &header)
     };
     let mut w_calls = if calls { Some(open("calls", Control::Calls, n_calls)?) } else { None };
     let mut w_priv = if privileged { Some(open("privileged", Control::Privileged, n_privileged)?) } else { None };
-    let mut pass = db::Pass::default();
-    pass.calls = w_calls.as_mut().map(|w| w as &mut dyn write::Sink);
-    pass.privileged = w_priv.as_mut().map(|w| w as &mut dyn write::Sink);
+    let mut pass = db::Pass {
+        calls: w_calls.as_mut().map(|w| w as &mut dyn write::Sink),
+        privileged: w_priv.as_mut().map(|w| w as &mut dyn write::Sink),
+    };
     let scan = db.scan_calls(period, &range, &mut pass)?;
-    drop(pass);
-    if format == Format::Json && (scan.calls, scan.privileged) != (n_calls, n_privileged) {
+    if format == Format::Json && (scan.calls != n_calls || (privileged && scan.privileged != n_privileged)) {
         bail!("the call log changed while it was read ({n_calls} then {} records)", scan.calls);
     }
     let mut written = Vec::new();
@@ -698,13 +778,27 @@ fn stream_events(db: &db::Db, period: &Period, format: Format, dir: &Path) -> Re
     };
     let path = dir.join(format!("events.{}", format.ext()));
     let source = json!({});
-    let header = write::Header { table: "events", control: Control::Calls, period, population, source: &source, columns: &db::EVENT_COLUMNS };
+    let header = write::Header {
+        table: "events",
+        control: Control::Calls,
+        period,
+        population,
+        source: &source,
+        columns: &db::EVENT_COLUMNS,
+    };
     let mut w = write::FileOut::create(&path, format, &header)?;
     let n = db.events(period, &mut w)?;
     if format == Format::Json && n != population {
         bail!("the events changed while they were read");
     }
-    w.finish(&Table { name: "events", control: Control::Calls, columns: db::EVENT_COLUMNS.to_vec(), rows: Vec::new(), population: n, source })
+    w.finish(&Table {
+        name: "events",
+        control: Control::Calls,
+        columns: db::EVENT_COLUMNS.to_vec(),
+        rows: Vec::new(),
+        population: n,
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -20,9 +20,23 @@ pub(crate) trait Sink {
 
     /// A row of borrowed cells (the call log's hot path: nothing allocated to write it).
     fn row_ref(&mut self, cells: &[CellRef]) -> Result<()> {
-        self.row(cells.iter().map(CellRef::to_value).collect())
+        self.row(cells.iter().map(|c| c.to_value()).collect())
+    }
+
+    /// The encoding of the row just written, when this sink encodes rows.
+    fn last_row(&self) -> Option<&[u8]> {
+        None
+    }
+
+    /// A row already encoded by a sink of the same format and columns (`bytes`), with its cells.
+    fn row_bytes(&mut self, _bytes: &[u8], cells: &[CellRef]) -> Result<()> {
+        self.row_ref(cells)
     }
 }
+
+/// A string read in place when it has no escapes.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Text<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 /// A cell borrowed from a record being read.
 #[derive(Debug, Clone, Copy)]
@@ -30,16 +44,16 @@ pub(crate) enum CellRef<'a> {
     Null,
     Str(&'a str),
     Num(u64),
-    List(&'a [Cow<'a, str>]),
+    List(&'a [Text<'a>]),
 }
 
 impl CellRef<'_> {
-    pub fn to_value(&self) -> Value {
+    pub fn to_value(self) -> Value {
         match self {
             CellRef::Null => Value::Null,
             CellRef::Str(s) => Value::String(s.to_string()),
-            CellRef::Num(n) => Value::from(*n),
-            CellRef::List(items) => Value::Array(items.iter().map(|i| Value::String(i.to_string())).collect()),
+            CellRef::Num(n) => Value::from(n),
+            CellRef::List(items) => Value::Array(items.iter().map(|i| Value::String(i.0.to_string())).collect()),
         }
     }
 }
@@ -89,7 +103,8 @@ pub fn write_json(table: &Table, period: &Period, w: &mut dyn Write) -> Result<(
     let mut buf = Vec::new();
     json_header(&header, &mut buf);
     for (i, row) in table.rows.iter().enumerate() {
-        json_row(&table.columns, row, i == 0, &mut buf);
+        buf.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        json_row(&table.columns, row, &mut buf);
         if buf.len() > 1 << 16 {
             w.write_all(&buf)?;
             buf.clear();
@@ -108,7 +123,9 @@ pub(crate) struct FileOut {
     w: BufWriter<Hashing<File>>,
     rows: u64,
     preview: Vec<Vec<Value>>,
+    /// The last row's encoding (without the separator before it).
     buf: Vec<u8>,
+    scratch: String,
 }
 
 impl FileOut {
@@ -122,6 +139,7 @@ impl FileOut {
             rows: 0,
             preview: Vec::new(),
             buf: Vec::with_capacity(4096),
+            scratch: String::new(),
         };
         match format {
             Format::Csv => {
@@ -131,7 +149,18 @@ impl FileOut {
             Format::Json => json_header(header, &mut out.buf),
         }
         out.w.write_all(&out.buf)?;
+        out.buf.clear();
         Ok(out)
+    }
+
+    /// Writes the row encoded in `buf`, after the separator the format needs.
+    fn put(&mut self, bytes: Option<&[u8]>) -> Result<()> {
+        if self.format == Format::Json {
+            self.w.write_all(if self.rows == 0 { b"\n" } else { b",\n" })?;
+        }
+        self.w.write_all(bytes.unwrap_or(&self.buf)).with_context(|| format!("writing {}", self.path.display()))?;
+        self.rows += 1;
+        Ok(())
     }
 
     /// Closes the file; `meta` gives the table's name, control, population and source.
@@ -140,7 +169,11 @@ impl FileOut {
             self.w.write_all(b"\n]}\n")?;
         }
         // Flushed, not fsynced: an export is re-creatable, and MANIFEST.json tells a torn one.
-        let hashing = self.w.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", self.path.display()))?;
+        let hashing = self
+            .w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", self.path.display()))?;
         debug_assert_eq!(self.rows, meta.population);
         Ok(Written {
             path: self.path,
@@ -161,10 +194,9 @@ impl Sink for FileOut {
         self.buf.clear();
         match self.format {
             Format::Csv => csv_line(&cells, &mut self.buf),
-            Format::Json => json_row(&self.columns, &cells, self.rows == 0, &mut self.buf),
+            Format::Json => json_row(&self.columns, &cells, &mut self.buf),
         }
-        self.w.write_all(&self.buf).with_context(|| format!("writing {}", self.path.display()))?;
-        self.rows += 1;
+        self.put(None)?;
         if self.preview.len() < PREVIEW_ROWS {
             self.preview.push(cells);
         }
@@ -173,16 +205,25 @@ impl Sink for FileOut {
 
     fn row_ref(&mut self, cells: &[CellRef]) -> Result<()> {
         if self.preview.len() < PREVIEW_ROWS {
-            return Sink::row(self, cells.iter().map(CellRef::to_value).collect());
+            return Sink::row(self, cells.iter().map(|c| c.to_value()).collect());
         }
         self.buf.clear();
         match self.format {
-            Format::Csv => csv_line_ref(cells, &mut self.buf),
-            Format::Json => json_row_ref(&self.columns, cells, self.rows == 0, &mut self.buf),
+            Format::Csv => csv_line_ref(cells, &mut self.buf, &mut self.scratch),
+            Format::Json => json_row_ref(&self.columns, cells, &mut self.buf),
         }
-        self.w.write_all(&self.buf).with_context(|| format!("writing {}", self.path.display()))?;
-        self.rows += 1;
-        Ok(())
+        self.put(None)
+    }
+
+    fn last_row(&self) -> Option<&[u8]> {
+        Some(&self.buf)
+    }
+
+    fn row_bytes(&mut self, bytes: &[u8], cells: &[CellRef]) -> Result<()> {
+        if self.preview.len() < PREVIEW_ROWS {
+            return self.row_ref(cells);
+        }
+        self.put(Some(bytes))
     }
 }
 
@@ -272,7 +313,7 @@ fn csv_line(cells: &[Value], buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"\r\n");
 }
 
-fn csv_line_ref(cells: &[CellRef], buf: &mut Vec<u8>) {
+fn csv_line_ref(cells: &[CellRef], buf: &mut Vec<u8>, scratch: &mut String) {
     for (i, c) in cells.iter().enumerate() {
         if i > 0 {
             buf.push(b',');
@@ -281,11 +322,18 @@ fn csv_line_ref(cells: &[CellRef], buf: &mut Vec<u8>) {
             CellRef::Null => buf.extend_from_slice(b"\"\""),
             CellRef::Str(s) => csv_quote(s, buf),
             CellRef::Num(n) => {
-                buf.push(b'"');
-                buf.extend_from_slice(n.to_string().as_bytes());
-                buf.push(b'"');
+                let _ = write!(buf, "\"{n}\"");
             }
-            CellRef::List(items) => csv_quote(&items.join("; "), buf),
+            CellRef::List(items) => {
+                scratch.clear();
+                for (i, t) in items.iter().enumerate() {
+                    if i > 0 {
+                        scratch.push_str("; ");
+                    }
+                    scratch.push_str(&t.0);
+                }
+                csv_quote(scratch, buf);
+            }
         }
     }
     buf.extend_from_slice(b"\r\n");
@@ -308,8 +356,9 @@ fn json_header(h: &Header, buf: &mut Vec<u8>) {
     );
 }
 
-fn json_row(columns: &[&str], cells: &[Value], first: bool, buf: &mut Vec<u8>) {
-    buf.extend_from_slice(if first { b"\n{" } else { b",\n{" });
+/// One row object (without the separator before it).
+fn json_row(columns: &[&str], cells: &[Value], buf: &mut Vec<u8>) {
+    buf.push(b'{');
     for (i, (k, v)) in columns.iter().zip(cells).enumerate() {
         if i > 0 {
             buf.push(b',');
@@ -321,8 +370,8 @@ fn json_row(columns: &[&str], cells: &[Value], first: bool, buf: &mut Vec<u8>) {
     buf.push(b'}');
 }
 
-fn json_row_ref(columns: &[&str], cells: &[CellRef], first: bool, buf: &mut Vec<u8>) {
-    buf.extend_from_slice(if first { b"\n{" } else { b",\n{" });
+fn json_row_ref(columns: &[&str], cells: &[CellRef], buf: &mut Vec<u8>) {
+    buf.push(b'{');
     for (i, (k, c)) in columns.iter().zip(cells).enumerate() {
         if i > 0 {
             buf.push(b',');
@@ -332,8 +381,19 @@ fn json_row_ref(columns: &[&str], cells: &[CellRef], first: bool, buf: &mut Vec<
         match c {
             CellRef::Null => buf.extend_from_slice(b"null"),
             CellRef::Str(s) => serde_json::to_writer(&mut *buf, s).expect("writing to a Vec"),
-            CellRef::Num(n) => buf.extend_from_slice(n.to_string().as_bytes()),
-            CellRef::List(items) => serde_json::to_writer(&mut *buf, items).expect("writing to a Vec"),
+            CellRef::Num(n) => {
+                let _ = write!(buf, "{n}");
+            }
+            CellRef::List(items) => {
+                buf.push(b'[');
+                for (i, t) in items.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    serde_json::to_writer(&mut *buf, &*t.0).expect("writing to a Vec");
+                }
+                buf.push(b']');
+            }
         }
     }
     buf.push(b'}');
@@ -347,30 +407,61 @@ mod tests {
     #[test]
     fn csv_cells_are_quoted_and_neutralised() {
         let mut buf = Vec::new();
-        csv_line(&[json!("=SUM(A1)"), json!("a \"b\""), Value::Null, json!(["x", "y"]), json!(12), json!("-1"), json!("@x")], &mut buf);
-        assert_eq!(String::from_utf8(buf).unwrap(), "\"'=SUM(A1)\",\"a \"\"b\"\"\",\"\",\"x; y\",\"12\",\"'-1\",\"'@x\"\r\n");
+        csv_line(
+            &[json!("=SUM(A1)"), json!("a \"b\""), Value::Null, json!(["x", "y"]), json!(12), json!("-1"), json!("@x")],
+            &mut buf,
+        );
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "\"'=SUM(A1)\",\"a \"\"b\"\"\",\"\",\"x; y\",\"12\",\"'-1\",\"'@x\"\r\n"
+        );
     }
 
     #[test]
     fn borrowed_cells_encode_like_values() {
-        let list = [Cow::Borrowed("x"), Cow::Borrowed("y")];
+        let list = [Text(Cow::Borrowed("x")), Text(Cow::Borrowed("y"))];
         let refs = [CellRef::Str("=1"), CellRef::Null, CellRef::Num(7), CellRef::List(&list), CellRef::Str("a\"b")];
-        let values: Vec<Value> = refs.iter().map(CellRef::to_value).collect();
+        let values: Vec<Value> = refs.iter().map(|c| c.to_value()).collect();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        csv_line_ref(&refs, &mut a);
+        csv_line_ref(&refs, &mut a, &mut String::new());
         csv_line(&values, &mut b);
         assert_eq!(a, b);
         let cols = ["a", "b", "c", "d", "e"];
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        json_row_ref(&cols, &refs, false, &mut a);
-        json_row(&cols, &values, false, &mut b);
+        json_row_ref(&cols, &refs, &mut a);
+        json_row(&cols, &values, &mut b);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn tables_write_as_csv_and_json() {
+        let t = Table {
+            name: "events",
+            control: Control::Calls,
+            columns: vec!["id", "kind"],
+            rows: vec![vec![json!(1), json!("a")], vec![json!(2), json!("+b")]],
+            population: 2,
+            source: json!({}),
+        };
+        let mut csv = Vec::new();
+        write_csv(&t, &mut csv).unwrap();
+        assert_eq!(String::from_utf8(csv).unwrap(), "\"id\",\"kind\"\r\n\"1\",\"a\"\r\n\"2\",\"'+b\"\r\n");
+        let period = Period::parse("2026-11-01", "2026-12-01").unwrap();
+        let mut out = Vec::new();
+        write_json(&t, &period, &mut out).unwrap();
+        let doc: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["control"], "calls");
+        assert_eq!(doc["table"], "events");
+        assert_eq!(doc["population"], 2);
+        assert_eq!(doc["period"]["until"], "2026-12-01T00:00:00.000Z");
+        assert_eq!(doc["columns"], json!(["id", "kind"]));
+        assert_eq!(doc["rows"], json!([{ "id": 1, "kind": "a" }, { "id": 2, "kind": "+b" }]));
     }
 
     #[test]
     fn json_rows_follow_the_columns() {
         let mut buf = Vec::new();
-        json_row(&["b", "a"], &[json!(1), json!(["x"])], true, &mut buf);
-        assert_eq!(String::from_utf8(buf).unwrap(), "\n{\"b\":1,\"a\":[\"x\"]}");
+        json_row(&["b", "a"], &[json!(1), json!(["x"])], &mut buf);
+        assert_eq!(String::from_utf8(buf).unwrap(), "{\"b\":1,\"a\":[\"x\"]}");
     }
 }

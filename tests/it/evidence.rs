@@ -135,7 +135,14 @@ tools:
   run_script: { category: execute }
 ";
 
-fn grant(identity: &str, kind: &str, owner: &str, tokens: &[(&str, &str, &str)], access: &str, review: Option<(&str, &str)>) -> String {
+fn grant(
+    identity: &str,
+    kind: &str,
+    owner: &str,
+    tokens: &[(&str, &str, &str)],
+    access: &str,
+    review: Option<(&str, &str)>,
+) -> String {
     let mut s = format!("identity: {identity}\nkind: {kind}\nowner: {owner}\ntokens:\n");
     if tokens.is_empty() {
         s = format!("identity: {identity}\nkind: {kind}\nowner: {owner}\ntokens: []\n");
@@ -185,7 +192,14 @@ fn history() -> (Script, std::collections::HashMap<&'static str, Oid>) {
             Some((review, "carol@example.com")),
         )
     };
-    let erin = grant("erin@example.com", "human", "erin@example.com", &[("erin", "", "")], "  - { server: github, tools: [list_issues] }\n", None);
+    let erin = grant(
+        "erin@example.com",
+        "human",
+        "erin@example.com",
+        &[("erin", "", "")],
+        "  - { server: github, tools: [list_issues] }\n",
+        None,
+    );
     let gina = grant(
         "gina-bot",
         "agent",
@@ -212,23 +226,48 @@ fn history() -> (Script, std::collections::HashMap<&'static str, Oid>) {
         by("Admin", "admin@example.com", at("2026-10-01", 9)),
         "Initial policy repository",
     );
-    let c1 = s.commit(&[c0], &[("grants/erin.yaml", Some(&erin))], by("Erin", "erin@example.com", at("2026-10-20", 9)), "Grant erin (#10)");
+    let c1 = s.commit(
+        &[c0],
+        &[("grants/erin.yaml", Some(&erin))],
+        by("Erin", "erin@example.com", at("2026-10-20", 9)),
+        "Grant erin (#10)",
+    );
     // In the period: a pull request creating gina, merged by carol.
-    let f1 = s.commit(&[c1], &[("grants/gina.yaml", Some(&gina))], by("Frank", "frank@example.com", at("2026-11-03", 10)), "Add gina-bot");
+    let f1 = s.commit(
+        &[c1],
+        &[("grants/gina.yaml", Some(&gina))],
+        by("Frank", "frank@example.com", at("2026-11-03", 10)),
+        "Add gina-bot",
+    );
     let m1 = s.commit(
         &[c1, f1],
         &[("grants/gina.yaml", Some(&gina))],
-        By { author: ("Carol", "carol@example.com"), committer: ("GitHub", "noreply@github.com"), time: at("2026-11-03", 12), offset: 120 },
+        By {
+            author: ("Carol", "carol@example.com"),
+            committer: ("GitHub", "noreply@github.com"),
+            time: at("2026-11-03", 12),
+            offset: 120,
+        },
         "Merge pull request #11 from org/gina\n\nAdd gina-bot",
     );
     // The role widens bob (authored by alice, committed by bob: a squash merge).
     let c2 = s.commit(
         &[m1],
         &[("roles/repo-reader.yaml", Some(&role("list_issues, create_issue")))],
-        By { author: ("Alice", "alice@example.com"), committer: ("Bob", "bob@example.com"), time: at("2026-11-05", 9), offset: -300 },
+        By {
+            author: ("Alice", "alice@example.com"),
+            committer: ("Bob", "bob@example.com"),
+            time: at("2026-11-05", 9),
+            offset: -300,
+        },
         "Readers may open issues (#12)",
     );
-    let c3 = s.commit(&[c2], &[("grants/alice.yaml", Some(&alice("list_issues")))], by("Carol", "carol@example.com", at("2026-11-10", 9)), "Narrow alice (#13)");
+    let c3 = s.commit(
+        &[c2],
+        &[("grants/alice.yaml", Some(&alice("list_issues")))],
+        by("Carol", "carol@example.com", at("2026-11-10", 9)),
+        "Narrow alice (#13)",
+    );
     // An invalid commit (the gateway rejects it), then the fix that also re-reviews dave.
     let c4 = s.commit(
         &[c3],
@@ -236,23 +275,67 @@ fn history() -> (Script, std::collections::HashMap<&'static str, Oid>) {
         by("Dave", "dave@example.com", at("2026-11-12", 9)),
         "Review dave",
     );
-    let c5 = s.commit(&[c4], &[("grants/dave.yaml", Some(&dave("2026-11-13")))], by("Dave", "dave@example.com", at("2026-11-13", 9)), "Fix dave's review");
+    let c5 = s.commit(
+        &[c4],
+        &[("grants/dave.yaml", Some(&dave("2026-11-13")))],
+        by("Dave", "dave@example.com", at("2026-11-13", 9)),
+        "Fix dave's review",
+    );
     // A pull request revoking erin.
-    let f2 = s.commit(&[c5], &[("grants/erin.yaml", None)], by("Henry", "henry@example.com", at("2026-11-19", 9)), "Revoke erin");
+    let f2 = s.commit(
+        &[c5],
+        &[("grants/erin.yaml", None)],
+        by("Henry", "henry@example.com", at("2026-11-19", 9)),
+        "Revoke erin",
+    );
     let m2 = s.commit(
         &[c5, f2],
         &[("grants/erin.yaml", None)],
-        By { author: ("Carol", "carol@example.com"), committer: ("GitHub", "noreply@github.com"), time: at("2026-11-20", 9), offset: 0 },
+        By {
+            author: ("Carol", "carol@example.com"),
+            committer: ("GitHub", "noreply@github.com"),
+            time: at("2026-11-20", 9),
+            offset: 0,
+        },
         "Merge pull request #14 from org/revoke-erin",
     );
     // Not an access change (and outside the policy repository).
-    let c7 = s.commit(&[m2], &[("/README.md", Some("# policy\n\nSee docs.\n")), ("/other/notes.txt", Some("x"))], by("Ivan", "ivan@example.com", at("2026-11-25", 9)), "Docs");
+    let c7 = s.commit(
+        &[m2],
+        &[("/README.md", Some("# policy\n\nSee docs.\n")), ("/other/notes.txt", Some("x"))],
+        by("Ivan", "ivan@example.com", at("2026-11-25", 9)),
+        "Docs",
+    );
     // bob's last token removed: revoked.
-    let c8 = s.commit(&[c7], &[("grants/bob.yaml", Some(&bob(&[])))], by("Alice", "alice@example.com", at("2026-11-27", 9)), "Revoke bob-bot's token (#15)");
+    let c8 = s.commit(
+        &[c7],
+        &[("grants/bob.yaml", Some(&bob(&[])))],
+        by("Alice", "alice@example.com", at("2026-11-27", 9)),
+        "Revoke bob-bot's token (#15)",
+    );
     // After the period.
-    let c9 = s.commit(&[c8], &[("grants/alice.yaml", None)], by("Carol", "carol@example.com", at("2026-12-05", 9)), "Remove alice (#16)");
+    let c9 = s.commit(
+        &[c8],
+        &[("grants/alice.yaml", None)],
+        by("Carol", "carol@example.com", at("2026-12-05", 9)),
+        "Remove alice (#16)",
+    );
     s.main(c9);
-    for (k, v) in [("c0", c0), ("c1", c1), ("f1", f1), ("m1", m1), ("c2", c2), ("c3", c3), ("c4", c4), ("c5", c5), ("f2", f2), ("m2", m2), ("c7", c7), ("c8", c8), ("c9", c9)] {
+    for (k, v) in [
+        ("c0", c0),
+        ("c1", c1),
+        ("f1", f1),
+        ("m1", m1),
+        ("c2", c2),
+        ("c3", c3),
+        ("c4", c4),
+        ("c5", c5),
+        ("f2", f2),
+        ("m2", m2),
+        ("c7", c7),
+        ("c8", c8),
+        ("c9", c9),
+    ] {
         ids.insert(k, v);
     }
     (s, ids)
@@ -260,7 +343,16 @@ fn history() -> (Script, std::collections::HashMap<&'static str, Oid>) {
 
 /// One call record (seq, hashes are assigned by the log).
 #[allow(clippy::too_many_arguments)]
-fn rec(ts: &str, identity: &str, server: &str, tool: &str, category: Option<&str>, verdict: &str, outcome: &str, latency: Option<u64>) -> CallRecord {
+fn rec(
+    ts: &str,
+    identity: &str,
+    server: &str,
+    tool: &str,
+    category: Option<&str>,
+    verdict: &str,
+    outcome: &str,
+    latency: Option<u64>,
+) -> CallRecord {
     CallRecord {
         seq: 0,
         ts: ts.into(),
@@ -288,23 +380,122 @@ fn rec(ts: &str, identity: &str, server: &str, tool: &str, category: Option<&str
 fn call_log() -> Vec<CallRecord> {
     let d = |day: &str, t: &str| format!("2026-{day}T{t}.000Z");
     vec![
-        rec(&d("10-31", "23:59:58"), "alice@example.com", "github", "list_issues", Some("read"), "allow", "unknown", None),
-        rec(&d("10-31", "23:59:59"), "alice@example.com", "github", "list_issues", Some("read"), "allow", "ok", Some(5)),
+        rec(
+            &d("10-31", "23:59:58"),
+            "alice@example.com",
+            "github",
+            "list_issues",
+            Some("read"),
+            "allow",
+            "unknown",
+            None,
+        ),
+        rec(
+            &d("10-31", "23:59:59"),
+            "alice@example.com",
+            "github",
+            "list_issues",
+            Some("read"),
+            "allow",
+            "ok",
+            Some(5),
+        ),
         // In the period.
-        rec(&d("11-02", "10:00:00"), "alice@example.com", "github", "list_issues", Some("read"), "allow", "unknown", None),
-        rec(&d("11-02", "10:00:01"), "alice@example.com", "github", "list_issues", Some("read"), "allow", "ok", Some(12)),
-        rec(&d("11-03", "10:00:00"), "dave@example.com", "payments", "create_charge", Some("financial"), "allow", "unknown", None),
-        rec(&d("11-03", "10:00:01"), "dave@example.com", "payments", "create_charge", Some("financial"), "allow", "ok", Some(30)),
-        rec(&d("11-04", "10:00:00"), "dave@example.com", "payments", "create_charge", Some("financial"), "deny", "denied", None),
-        rec(&d("11-05", "10:00:00"), "bob-bot", "github", "delete_repository", Some("destructive"), "deny", "denied", None),
+        rec(
+            &d("11-02", "10:00:00"),
+            "alice@example.com",
+            "github",
+            "list_issues",
+            Some("read"),
+            "allow",
+            "unknown",
+            None,
+        ),
+        rec(
+            &d("11-02", "10:00:01"),
+            "alice@example.com",
+            "github",
+            "list_issues",
+            Some("read"),
+            "allow",
+            "ok",
+            Some(12),
+        ),
+        rec(
+            &d("11-03", "10:00:00"),
+            "dave@example.com",
+            "payments",
+            "create_charge",
+            Some("financial"),
+            "allow",
+            "unknown",
+            None,
+        ),
+        rec(
+            &d("11-03", "10:00:01"),
+            "dave@example.com",
+            "payments",
+            "create_charge",
+            Some("financial"),
+            "allow",
+            "ok",
+            Some(30),
+        ),
+        rec(
+            &d("11-04", "10:00:00"),
+            "dave@example.com",
+            "payments",
+            "create_charge",
+            Some("financial"),
+            "deny",
+            "denied",
+            None,
+        ),
+        rec(
+            &d("11-05", "10:00:00"),
+            "bob-bot",
+            "github",
+            "delete_repository",
+            Some("destructive"),
+            "deny",
+            "denied",
+            None,
+        ),
         rec(&d("11-06", "10:00:00"), "gina-bot", "files", "run_script", Some("execute"), "allow", "unknown", None),
-        rec(&d("11-06", "10:00:01"), "gina-bot", "files", "run_script", Some("execute"), "allow", "upstream_error", Some(40)),
+        rec(
+            &d("11-06", "10:00:01"),
+            "gina-bot",
+            "files",
+            "run_script",
+            Some("execute"),
+            "allow",
+            "upstream_error",
+            Some(40),
+        ),
         rec(&d("11-07", "10:00:00"), "gina-bot", "files", "read_file", Some("read"), "allow", "unknown", None),
         rec(&d("11-07", "10:00:30"), "gina-bot", "files", "read_file", Some("read"), "allow", "timeout", Some(30_000)),
         rec(&d("11-08", "10:00:00"), "mallory", "ghost", "exfiltrate", None, "deny", "denied", None),
-        rec("2026-11-30T23:59:59.999Z", "alice@example.com", "github", "create_issue", Some("write"), "allow", "unknown", None),
+        rec(
+            "2026-11-30T23:59:59.999Z",
+            "alice@example.com",
+            "github",
+            "create_issue",
+            Some("write"),
+            "allow",
+            "unknown",
+            None,
+        ),
         // After the period (the outcome of the last call lands on the boundary).
-        rec("2026-12-01T00:00:00.000Z", "alice@example.com", "github", "create_issue", Some("write"), "allow", "ok", Some(3)),
+        rec(
+            "2026-12-01T00:00:00.000Z",
+            "alice@example.com",
+            "github",
+            "create_issue",
+            Some("write"),
+            "allow",
+            "ok",
+            Some(3),
+        ),
         rec(&d("12-02", "10:00:00"), "bob-bot", "github", "list_issues", Some("read"), "allow", "unknown", None),
         rec(&d("12-02", "10:00:01"), "bob-bot", "github", "list_issues", Some("read"), "allow", "ok", Some(4)),
     ]
@@ -315,9 +506,18 @@ fn state(ids: &std::collections::HashMap<&'static str, Oid>) -> tempfile::TempDi
     let data = tempfile::tempdir().unwrap();
     let store = Store::open(data.path()).unwrap();
     let records = call_log();
-    let commits: Vec<(String, &str, &str, Option<i64>, Value, Vec<&str>, Option<&str>)> = vec![
-        // (commit, status, recorded_at, pull request, access diff, errors, applied_at)
-        (ids["c1"].to_string(), "applied", "2026-10-20T09:00:02.000Z", Some(10), json!({ "gained": [], "lost": [] }), vec![], Some("2026-10-20T09:00:02.000Z")),
+    // (commit, status, recorded_at, pull request, access diff, errors, applied_at)
+    type Change<'a> = (String, &'a str, &'a str, Option<i64>, Value, Vec<&'a str>, Option<&'a str>);
+    let commits: Vec<Change> = vec![
+        (
+            ids["c1"].to_string(),
+            "applied",
+            "2026-10-20T09:00:02.000Z",
+            Some(10),
+            json!({ "gained": [], "lost": [] }),
+            vec![],
+            Some("2026-10-20T09:00:02.000Z"),
+        ),
         (
             ids["m1"].to_string(),
             "applied",
@@ -328,8 +528,24 @@ fn state(ids: &std::collections::HashMap<&'static str, Oid>) -> tempfile::TempDi
             Some("2026-11-03T12:00:02.000Z"),
         ),
         (ids["c3"].to_string(), "superseded", "2026-11-12T09:00:02.000Z", Some(13), Value::Null, vec![], None),
-        (ids["c4"].to_string(), "rejected", "2026-11-12T09:00:02.000Z", None, Value::Null, vec!["grants/dave.yaml:12:1: error: unknown field `colour`"], None),
-        (ids["c9"].to_string(), "applied", "2026-12-05T09:00:02.000Z", Some(16), json!({ "gained": [], "lost": [] }), vec![], Some("2026-12-05T09:00:02.000Z")),
+        (
+            ids["c4"].to_string(),
+            "rejected",
+            "2026-11-12T09:00:02.000Z",
+            None,
+            Value::Null,
+            vec!["grants/dave.yaml:12:1: error: unknown field `colour`"],
+            None,
+        ),
+        (
+            ids["c9"].to_string(),
+            "applied",
+            "2026-12-05T09:00:02.000Z",
+            Some(16),
+            json!({ "gained": [], "lost": [] }),
+            vec![],
+            Some("2026-12-05T09:00:02.000Z"),
+        ),
     ];
     store
         .write_blocking(move |c| {
@@ -412,15 +628,32 @@ fn access_review_is_the_valid_state_at_the_end_of_the_period() {
     assert_eq!(
         t.columns,
         [
-            "identity", "grant", "kind", "owner", "tools", "categories", "privileged_tools", "tokens", "token_issued", "token_expires",
-            "token_status", "review_on", "review_by", "review_age_days", "as_of_commit"
+            "identity",
+            "grant",
+            "kind",
+            "owner",
+            "tools",
+            "categories",
+            "privileged_tools",
+            "tokens",
+            "token_issued",
+            "token_expires",
+            "token_status",
+            "review_on",
+            "review_by",
+            "review_age_days",
+            "as_of_commit"
         ]
     );
     assert_eq!(t.population, 4, "alice, bob-bot, dave, gina-bot (erin revoked, alice's removal is after the period)");
     let who: Vec<&str> = t.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
     assert_eq!(who, ["alice@example.com", "bob-bot", "dave@example.com", "gina-bot"]);
     assert_eq!(strs(cell(&t, 0, "tools")), ["github/list_issues (read)"]);
-    assert_eq!(strs(cell(&t, 1, "tools")), ["github/create_issue (write)", "github/list_issues (read)"], "widened through the role");
+    assert_eq!(
+        strs(cell(&t, 1, "tools")),
+        ["github/create_issue (write)", "github/list_issues (read)"],
+        "widened through the role"
+    );
     assert_eq!(cell(&t, 1, "token_status"), "none");
     assert_eq!(cell(&t, 1, "owner"), "alice@example.com");
     assert_eq!(cell(&t, 1, "kind"), "agent");
@@ -458,16 +691,39 @@ fn provisioning_lists_every_grant_change_of_the_period() {
     assert_eq!(
         t.columns,
         [
-            "identity", "grant", "change", "commit", "date", "author", "committer", "pull_request", "merged_authors", "subject", "gained",
-            "lost", "tokens_added", "tokens_removed", "tokens_changed", "review"
+            "identity",
+            "grant",
+            "change",
+            "commit",
+            "date",
+            "author",
+            "committer",
+            "pull_request",
+            "merged_authors",
+            "subject",
+            "gained",
+            "lost",
+            "tokens_added",
+            "tokens_removed",
+            "tokens_changed",
+            "review"
         ]
     );
     let view: Vec<(String, String, String, Value)> = t
         .rows
         .iter()
-        .map(|r| (r[0].as_str().unwrap().to_string(), r[2].as_str().unwrap().to_string(), r[3].as_str().unwrap().to_string(), r[7].clone()))
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_string(),
+                r[2].as_str().unwrap().to_string(),
+                r[3].as_str().unwrap().to_string(),
+                r[7].clone(),
+            )
+        })
         .collect();
-    let row = |who: &str, change: &str, commit: &str, pr: Value| (who.to_string(), change.to_string(), ids[commit].to_string(), pr);
+    let row = |who: &str, change: &str, commit: &str, pr: Value| {
+        (who.to_string(), change.to_string(), ids[commit].to_string(), pr)
+    };
     assert_eq!(
         view,
         [
@@ -495,7 +751,10 @@ fn provisioning_lists_every_grant_change_of_the_period() {
     assert_eq!(strs(cell(&t, 5, "merged_authors")), ["Frank <frank@example.com>"]);
     assert_eq!(cell(&t, 5, "committer"), "GitHub <noreply@github.com>");
     assert_eq!(strs(cell(&t, 5, "gained")), ["files/read_file", "files/run_script"]);
-    assert_eq!(strs(cell(&t, 5, "tokens_added")), [format!("sha256:{} (issued 2026-11-03, expires 2027-02-01)", &token("gina")[..12])]);
+    assert_eq!(
+        strs(cell(&t, 5, "tokens_added")),
+        [format!("sha256:{} (issued 2026-11-03, expires 2027-02-01)", &token("gina")[..12])]
+    );
     assert_eq!(t.source["commits"], 8, "m1 c2 c3 c4 c5 m2 c7 c8 on the first-parent chain; not f1, f2 or c9");
 
     // A period that starts with no history at all: everything is created.
@@ -539,8 +798,22 @@ fn call_log_exports_count_exactly() {
     assert_eq!(
         changes.columns,
         [
-            "commit", "status", "author", "author_time", "committer", "commit_time", "pull_request", "message", "parents", "files", "signed",
-            "gained", "lost", "errors", "applied_at", "recorded_at"
+            "commit",
+            "status",
+            "author",
+            "author_time",
+            "committer",
+            "commit_time",
+            "pull_request",
+            "message",
+            "parents",
+            "files",
+            "signed",
+            "gained",
+            "lost",
+            "errors",
+            "applied_at",
+            "recorded_at"
         ]
     );
     let statuses: Vec<&str> = changes.rows.iter().map(|r| r[1].as_str().unwrap()).collect();
@@ -552,7 +825,10 @@ fn call_log_exports_count_exactly() {
     assert_eq!(cell(&changes, 0, "pull_request"), 11);
 
     let rewrites = evidence::rewrites(&i).unwrap();
-    assert_eq!(rewrites.columns, ["id", "detected_at", "old_tip", "new_tip", "vanished", "accepted_at", "accepted_by", "reason"]);
+    assert_eq!(
+        rewrites.columns,
+        ["id", "detected_at", "old_tip", "new_tip", "vanished", "accepted_at", "accepted_by", "reason"]
+    );
     assert_eq!(rewrites.population, 1);
     assert_eq!(cell(&rewrites, 0, "reason"), "squashed a secret");
 
@@ -560,8 +836,25 @@ fn call_log_exports_count_exactly() {
     assert_eq!(
         suppliers.columns,
         [
-            "server", "registered", "description", "transport", "endpoint", "operated_by", "vendor", "risk", "data", "agreement",
-            "reviewed_on", "reviewed_by", "tools", "privileged_tools", "calls", "allowed", "denials", "errors", "as_of_commit"
+            "server",
+            "registered",
+            "description",
+            "transport",
+            "endpoint",
+            "operated_by",
+            "vendor",
+            "risk",
+            "data",
+            "agreement",
+            "reviewed_on",
+            "reviewed_by",
+            "tools",
+            "privileged_tools",
+            "calls",
+            "allowed",
+            "denials",
+            "errors",
+            "as_of_commit"
         ]
     );
     let traffic: Vec<(String, String, u64, u64, u64, u64)> = suppliers
@@ -569,13 +862,25 @@ fn call_log_exports_count_exactly() {
         .iter()
         .map(|r| {
             let n = |k: &str| r[col(&suppliers, k)].as_u64().unwrap();
-            (r[0].as_str().unwrap().into(), r[1].as_str().unwrap().into(), n("calls"), n("allowed"), n("denials"), n("errors"))
+            (
+                r[0].as_str().unwrap().into(),
+                r[1].as_str().unwrap().into(),
+                n("calls"),
+                n("allowed"),
+                n("denials"),
+                n("errors"),
+            )
         })
         .collect();
     let t = |s: &str, reg: &str, c, a, d, e| (s.to_string(), reg.to_string(), c, a, d, e);
     assert_eq!(
         traffic,
-        [t("files", "yes", 2, 2, 0, 2), t("github", "yes", 3, 2, 1, 0), t("payments", "yes", 2, 1, 1, 0), t("ghost", "no", 1, 0, 1, 0)]
+        [
+            t("files", "yes", 2, 2, 0, 2),
+            t("github", "yes", 3, 2, 1, 0),
+            t("payments", "yes", 2, 1, 1, 0),
+            t("ghost", "no", 1, 0, 1, 0)
+        ]
     );
     assert_eq!(suppliers.population, 4);
     assert_eq!(cell(&suppliers, 1, "vendor"), "GitHub, Inc.");
@@ -584,7 +889,11 @@ fn call_log_exports_count_exactly() {
     assert_eq!(strs(cell(&suppliers, 1, "privileged_tools")), ["delete_repository"]);
     assert_eq!(cell(&suppliers, 2, "endpoint"), "pay-server --live");
     // Every call of the period is accounted for by exactly one supplier row.
-    let decisions = calls.rows.iter().filter(|r| r[col(&calls, "verdict")] == "deny" || r[col(&calls, "latency_ms")].is_null()).count();
+    let decisions = calls
+        .rows
+        .iter()
+        .filter(|r| r[col(&calls, "verdict")] == "deny" || r[col(&calls, "latency_ms")].is_null())
+        .count();
     assert_eq!(traffic.iter().map(|x| x.2).sum::<u64>(), decisions as u64);
 }
 
@@ -596,7 +905,8 @@ fn files_state_their_population_in_csv_and_json() {
     let out = tempfile::tempdir().unwrap();
 
     let written = evidence::export(&i, Control::Calls, Format::Csv, out.path()).unwrap();
-    let names: Vec<String> = written.iter().map(|w| w.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        written.iter().map(|w| w.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["calls.csv", "events.csv"]);
     assert_eq!((written[0].population, written[1].population), (12, 2));
     let text = std::fs::read_to_string(out.path().join("calls.csv")).unwrap();
@@ -608,12 +918,15 @@ fn files_state_their_population_in_csv_and_json() {
     let message = CALL_COLUMNS.iter().position(|c| *c == "message").unwrap();
     assert_eq!(csv[6][message], "'=HYPERLINK(\"x\")", "a formula is neutralised, quotes doubled");
     assert_eq!(csv[1][9], "a; b.c", "lists joined");
-    let sidecar: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("calls.csv.manifest.json")).unwrap()).unwrap();
+    let sidecar: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("calls.csv.manifest.json")).unwrap()).unwrap();
     assert_eq!(sidecar["population"], 12);
     assert_eq!(sidecar["sha256"], hex::encode(Sha256::digest(text.as_bytes())));
     assert_eq!(sidecar["period"], json!({ "since": "2026-11-01T00:00:00.000Z", "until": "2026-12-01T00:00:00.000Z" }));
 
-    for control in [Control::AccessReview, Control::Provisioning, Control::Privileged, Control::Changes, Control::Suppliers] {
+    for control in
+        [Control::AccessReview, Control::Provisioning, Control::Privileged, Control::Changes, Control::Suppliers]
+    {
         let dir = tempfile::tempdir().unwrap();
         let written = evidence::export(&i, control, Format::Json, dir.path()).unwrap();
         let tables = evidence::tables(&i, control).unwrap();
@@ -676,6 +989,7 @@ fn bundle_has_every_export_an_index_and_a_manifest_that_verifies() {
     assert_eq!(m["commits"]["end"], ids["c8"].to_string());
     assert_eq!(m["commits"]["first"], ids["m1"].to_string());
     assert_eq!(m["commits"]["count"], 8);
+    assert_eq!(m["commits"]["git_log"], format!("git log --first-parent {}..{} -- policy", ids["c1"], ids["c8"]));
     assert_eq!(m["audit"]["first_seq"], 3);
     assert_eq!(m["audit"]["last_seq"], 14);
     assert_eq!(m["audit"]["count"], 12);
@@ -685,7 +999,17 @@ fn bundle_has_every_export_an_index_and_a_manifest_that_verifies() {
     let listed: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert_eq!(
         listed,
-        ["access-review.csv", "provisioning.csv", "privileged.csv", "calls.csv", "events.csv", "changes.csv", "rewrites.csv", "suppliers.csv", "index.html"]
+        [
+            "access-review.csv",
+            "provisioning.csv",
+            "privileged.csv",
+            "calls.csv",
+            "events.csv",
+            "changes.csv",
+            "rewrites.csv",
+            "suppliers.csv",
+            "index.html"
+        ]
     );
     assert_eq!(evidence::verify_manifest(&dir).unwrap(), 9);
 
@@ -693,7 +1017,11 @@ fn bundle_has_every_export_an_index_and_a_manifest_that_verifies() {
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
     for tag in ["html", "head", "body", "table", "section", "tr", "style"] {
-        assert_eq!(html.matches(&format!("<{tag}")).count(), html.matches(&format!("</{tag}>")).count(), "<{tag}> balanced");
+        assert_eq!(
+            html.matches(&format!("<{tag}")).count(),
+            html.matches(&format!("</{tag}>")).count(),
+            "<{tag}> balanced"
+        );
     }
     assert_eq!(html.matches("<section").count(), 6);
     for control in Control::ALL {
@@ -733,7 +1061,11 @@ fn a_tampered_call_log_is_exported_whole_and_flagged() {
     let (s, ids) = history();
     let data = state(&ids);
     let c = rusqlite::Connection::open(data.path().join("gatehouse.db")).unwrap();
-    c.execute("UPDATE calls SET record = replace(record, '\"verdict\":\"deny\"', '\"verdict\":\"allow\"') WHERE seq = 7", []).unwrap();
+    c.execute(
+        "UPDATE calls SET record = replace(record, '\"verdict\":\"deny\"', '\"verdict\":\"allow\"') WHERE seq = 7",
+        [],
+    )
+    .unwrap();
     drop(c);
     let out = tempfile::tempdir().unwrap();
     let b = evidence::bundle(&inputs(&s, data.path()), Format::Csv, &out.path().join("b")).unwrap();
@@ -742,4 +1074,382 @@ fn a_tampered_call_log_is_exported_whole_and_flagged() {
     assert_eq!(b.files.iter().find(|w| w.table == "calls").unwrap().population, 12, "still every record");
     let html = std::fs::read_to_string(out.path().join("b/index.html")).unwrap();
     assert!(html.contains("broken at seq 7"));
+    // The command line's exit code says so (the evidence is still written).
+    let mut printed = Vec::new();
+    let code =
+        evidence::command(&inputs(&s, data.path()), Control::Bundle, Format::Csv, &out.path().join("b"), &mut printed)
+            .unwrap();
+    assert_eq!(code, 1);
+    assert!(String::from_utf8(printed).unwrap().starts_with("warning: the call log's hash chain is broken at seq 7"));
+}
+
+#[test]
+fn the_command_prints_each_file_with_its_population() {
+    let (s, ids) = history();
+    let data = state(&ids);
+    let out = tempfile::tempdir().unwrap();
+    let mut printed = Vec::new();
+    let code =
+        evidence::command(&inputs(&s, data.path()), Control::Calls, Format::Json, out.path(), &mut printed).unwrap();
+    assert_eq!(code, 0);
+    let text = String::from_utf8(printed).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "period 2026-11-01T00:00:00.000Z to 2026-12-01T00:00:00.000Z (exclusive)");
+    assert_eq!(lines[1], format!("{}\t12 rows\tcalls (A.8.15, A.8.16)", out.path().join("calls.json").display()));
+    assert_eq!(lines[2], format!("{}\t2 rows\tcalls (A.8.15, A.8.16)", out.path().join("events.json").display()));
+    assert!(out.path().join("events.json.manifest.json").exists());
+    // Bad periods are refused before anything is read.
+    let mut i = inputs(&s, data.path());
+    i.until = "2026-10-01".into();
+    assert!(evidence::command(&i, Control::Calls, Format::Csv, out.path(), &mut Vec::new()).is_err());
+}
+
+/// A deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A random history with every kind of change, including commits the gateway rejects (a broken
+/// grant, a missing role, a duplicate identity or token, a server still in use deleted, a bad
+/// test case, a token-shaped string in a README) and their fixes; returns the repository and the
+/// commit times.
+fn random_history(seed: u64, commits: usize) -> Script {
+    let s = Script::new();
+    let mut rng = Rng(seed);
+    let server = |n: usize, tools: usize, baseline: Option<usize>| {
+        let mut y = format!("name: s{n}\ntransport: stdio\ncommand: [srv]\nsupplier: {{ operated_by: internal }}\n");
+        if let Some(p) = baseline {
+            y.push_str(&format!("policy: policies/p{p}.yaml\n"));
+        }
+        y.push_str("tools:\n");
+        for t in 0..tools {
+            y.push_str(&format!(
+                "  t{t}: {{ category: {} }}\n",
+                ["read", "write", "destructive", "execute", "financial"][t % 5]
+            ));
+        }
+        y
+    };
+    let policy = |listed: usize, hide: bool, allow: bool| {
+        let mut y = format!("default: {}\n", if allow { "allow" } else { "deny" });
+        if hide {
+            y.push_str("hide: [t1]\n");
+        }
+        y.push_str("tools:\n");
+        for t in 0..listed {
+            y.push_str(&format!(
+                "  t{t}: {{ deny_if: [ {{ conditions: [ {{ path: args.q, op: regex, value: \"(?i)drop\" }} ] }} ] }}\n"
+            ));
+        }
+        if listed == 0 {
+            y.push_str("  t0: {}\n");
+        }
+        y
+    };
+    let role = |srv: usize, tools: &[usize]| {
+        let list: Vec<String> = tools.iter().map(|t| format!("t{t}")).collect();
+        format!("access:\n  - {{ server: s{srv}, tools: [{}] }}\n", list.join(", "))
+    };
+    let grant = |id: &str,
+                 tok: u64,
+                 srv: usize,
+                 tools: &[usize],
+                 role: Option<usize>,
+                 pol: Option<usize>,
+                 review: u32| {
+        let list: Vec<String> = tools.iter().map(|t| format!("t{t}")).collect();
+        let mut y = format!(
+            "identity: {id}\nkind: human\nowner: {id}\ntokens: [ {{ sha256: {}, expires: 2027-0{}-01 }} ]\naccess:\n  - server: s{srv}\n    tools: [{}]\n",
+            token(&tok.to_string()),
+            1 + tok % 9,
+            list.join(", ")
+        );
+        if let Some(p) = pol {
+            y.push_str(&format!("    policy: policies/p{p}.yaml\n"));
+        }
+        if let Some(r) = role {
+            y.push_str(&format!("  - role: r{r}\n"));
+        }
+        y.push_str(&format!("review: {{ on: 2026-0{}-1{}, by: rev@example.com }}\n", 1 + review % 9, review % 10));
+        y
+    };
+    let mut files: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for n in 0..6 {
+        files.insert(format!("servers/s{n}.yaml"), server(n, 4, None));
+    }
+    for n in 0..4 {
+        files.insert(format!("policies/p{n}.yaml"), policy(3, false, false));
+    }
+    for n in 0..3 {
+        files.insert(format!("roles/r{n}.yaml"), role(n, &[0, 1]));
+    }
+    files.insert(
+        "tests/t.yaml".into(),
+        "cases:\n  - { name: a, identity: u0, server: s0, tool: t0, expect: deny }\n".into(),
+    );
+    let next_grant = std::cell::Cell::new(0usize);
+    let new_grant = |rng: &mut Rng, files: &mut std::collections::BTreeMap<String, String>| {
+        let n = next_grant.get();
+        next_grant.set(n + 1);
+        let tools: Vec<usize> = (0..1 + rng.below(3)).map(|_| rng.below(4)).collect();
+        let role = (rng.below(3) == 0).then(|| rng.below(3));
+        let pol = (rng.below(3) == 0).then(|| rng.below(4));
+        files.insert(
+            format!("grants/u{n}.yaml"),
+            grant(&format!("u{n}"), n as u64 * 1000, rng.below(6), &tools, role, pol, rng.below(90) as u32),
+        );
+    };
+    for _ in 0..12 {
+        new_grant(&mut rng, &mut files);
+    }
+    let to_commit = |files: &std::collections::BTreeMap<String, String>,
+                     old: &std::collections::BTreeMap<String, String>| {
+        let mut change: Vec<(String, Option<String>)> = Vec::new();
+        for (p, t) in files {
+            if old.get(p) != Some(t) {
+                change.push((p.clone(), Some(t.clone())));
+            }
+        }
+        for p in old.keys().filter(|p| !files.contains_key(*p)) {
+            change.push((p.clone(), None));
+        }
+        change
+    };
+    let commit = |s: &Script, parent: Option<Oid>, change: &[(String, Option<String>)], time: i64, msg: &str| {
+        let refs: Vec<(&str, Option<&str>)> = change.iter().map(|(p, t)| (p.as_str(), t.as_deref())).collect();
+        let parents: Vec<Oid> = parent.into_iter().collect();
+        s.commit(&parents, &refs, by("Gen", "gen@example.com", time), msg)
+    };
+    let t0 = at("2026-10-01", 0);
+    let empty = std::collections::BTreeMap::new();
+    let mut tip = commit(&s, None, &to_commit(&files, &empty), t0, "initial");
+    let mut broken: Option<std::collections::BTreeMap<String, String>> = None;
+    for n in 0..commits {
+        let before = files.clone();
+        let grants: Vec<String> = files.keys().filter(|p| p.starts_with("grants/")).cloned().collect();
+        let pick = |rng: &mut Rng| grants[rng.below(grants.len())].clone();
+        let op = if broken.is_some() && rng.below(3) == 0 { 99 } else { rng.below(14) };
+        match op {
+            0 | 1 => new_grant(&mut rng, &mut files),
+            2..=4 if !grants.is_empty() => {
+                // Edit a grant: tools, role, policy, token or review.
+                let g = pick(&mut rng);
+                let n: usize = g.trim_start_matches("grants/u").trim_end_matches(".yaml").parse().unwrap();
+                let tools: Vec<usize> = (0..1 + rng.below(4)).map(|_| rng.below(5)).collect();
+                let role = (rng.below(3) == 0).then(|| rng.below(3));
+                let pol = (rng.below(3) == 0).then(|| rng.below(4));
+                // Tokens are n·1000 + a version: a rotation never collides with another grant.
+                let tok = n as u64 * 1000 + rng.below(3) as u64;
+                files.insert(g, grant(&format!("u{n}"), tok, rng.below(6), &tools, role, pol, rng.below(90) as u32));
+            }
+            5 if grants.len() > 3 => {
+                files.remove(&pick(&mut rng));
+            }
+            6 => {
+                let r = rng.below(3);
+                let tools: Vec<usize> = (0..1 + rng.below(3)).map(|_| rng.below(5)).collect();
+                files.insert(format!("roles/r{r}.yaml"), role(rng.below(6), &tools));
+            }
+            7 => {
+                let p = rng.below(4);
+                files.insert(format!("policies/p{p}.yaml"), policy(rng.below(5), rng.below(3) == 0, rng.below(4) == 0));
+            }
+            8 => {
+                let srv = rng.below(6);
+                files.insert(
+                    format!("servers/s{srv}.yaml"),
+                    server(srv, 2 + rng.below(4), (rng.below(3) == 0).then(|| rng.below(4))),
+                );
+            }
+            9 => {
+                files.insert("README.md".into(), format!("revision {n}\n"));
+            }
+            10 => {
+                files.insert(
+                    "tests/t.yaml".into(),
+                    format!("cases:\n  - {{ name: a{n}, identity: u1, server: s1, tool: t0, expect: deny }}\n"),
+                );
+            }
+            11..=13 if broken.is_none() && !grants.is_empty() => {
+                broken = Some(files.clone());
+                let g = pick(&mut rng);
+                match rng.below(7) {
+                    0 => {
+                        files.insert(g, "identity: [unclosed\n".into());
+                    }
+                    1 => {
+                        let t = files[&g].replace("access:\n", "access:\n  - role: nope\n");
+                        files.insert(g, t);
+                    }
+                    2 => {
+                        // A second file with the same identity.
+                        let t = files[&g].clone();
+                        let id = t.lines().next().unwrap().trim_start_matches("identity: ").to_string();
+                        files.insert("grants/dup.yaml".into(), grant(&id, 999_999, 0, &[0], None, None, 1));
+                    }
+                    3 => {
+                        // A token hash already used by another grant.
+                        let t = files[&g].clone();
+                        files.insert(
+                            "grants/dup.yaml".into(),
+                            t.replace("identity: u", "identity: copy-of-u").replace("owner: u", "owner: copy-of-u"),
+                        );
+                    }
+                    4 => {
+                        files.remove("servers/s0.yaml");
+                        files.remove("servers/s1.yaml");
+                    }
+                    5 => {
+                        files.insert(
+                            "tests/t.yaml".into(),
+                            "cases:\n  - { name: a, identity: u0, server: s0, tool: t0, expect: maybe }\n".into(),
+                        );
+                    }
+                    _ => {
+                        files.insert("README.md".into(), format!("key: ghp_{}\n", "a".repeat(36)));
+                    }
+                }
+            }
+            99 => {
+                // Fix: back to the files before the break, keeping what changed since elsewhere.
+                let good = broken.take().unwrap();
+                for p in ["grants/dup.yaml", "README.md", "tests/t.yaml", "servers/s0.yaml", "servers/s1.yaml"] {
+                    match good.get(p) {
+                        Some(t) => files.insert(p.to_string(), t.clone()),
+                        None => files.remove(p),
+                    };
+                }
+                for g in files.keys().filter(|p| p.starts_with("grants/")).cloned().collect::<Vec<_>>() {
+                    let t = &files[&g];
+                    if t.contains("[unclosed") || t.contains("role: nope") {
+                        match good.get(&g) {
+                            Some(ok) => files.insert(g.clone(), ok.clone()),
+                            None => files.remove(&g),
+                        };
+                    }
+                }
+            }
+            _ => {
+                files.insert("README.md".into(), format!("noop {n}\n"));
+            }
+        }
+        let change = to_commit(&files, &before);
+        if change.is_empty() {
+            continue;
+        }
+        tip = commit(&s, Some(tip), &change, t0 + (n as i64 + 1) * 3600, &format!("change {n} (#{n})"));
+    }
+    s.main(tip);
+    s
+}
+
+fn random_inputs(s: &Script, since: &str, until: &str) -> Inputs {
+    let mut i = Inputs::new(s.policy_dir(), "/nonexistent", since, until);
+    i.rev = "main".into();
+    i
+}
+
+#[test]
+fn incremental_provisioning_equals_compiling_every_commit_whole() {
+    // The shortcut (compile only what a commit affects) against the reference (compile every
+    // commit whole), over random histories and several periods.
+    let mut rejected = 0;
+    for seed in [7u64, 42] {
+        let s = random_history(seed, 100);
+        for (since, until) in [("2026-09-01", "2026-12-01"), ("2026-10-02T05:00:00Z", "2026-10-05T19:00:00Z")] {
+            let i = random_inputs(&s, since, until);
+            let fast = evidence::provisioning(&i).unwrap();
+            let slow = evidence::provisioning_reference(&i).unwrap();
+            assert_eq!(fast.rows, slow.rows, "seed {seed}, period {since}..{until}");
+            assert!(fast.population > 0, "seed {seed}, period {since}..{until}: the history has provisioning events");
+        }
+        // The history does exercise invalid commits.
+        let repo = gatehouse::git::PolicyRepo::discover(&s.policy_dir()).unwrap();
+        let tip = repo.resolve("main").unwrap();
+        for id in repo.range(None, tip).unwrap() {
+            let files = gatehouse::repo::Files { commit: None, entries: repo.files_at(id).unwrap() };
+            rejected += gatehouse::repo::compile(&files).is_err() as usize;
+        }
+    }
+    assert!(rejected > 10, "only {rejected} invalid commits");
+}
+
+#[test]
+fn streamed_rows_match_the_tables_cell_for_cell() {
+    // More rows than the preview keeps, with escapes and formulas in every kind of cell.
+    let (s, ids) = history();
+    let data = state(&ids);
+    let store = Store::open(data.path()).unwrap();
+    store
+        .write_blocking(|c| {
+            for n in 0..60u64 {
+                let cat = ["read", "destructive", "execute", "financial", "write"][n as usize % 5];
+                let mut r = rec(
+                    &format!("2026-11-20T10:{:02}:00.000Z", n % 60),
+                    "o\"dd@example.com",
+                    "github",
+                    "=cmd",
+                    Some(cat),
+                    "allow",
+                    "ok",
+                    Some(n),
+                );
+                r.arg_keys = vec!["+a".into(), "q\"uote".into(), "ünï".into()];
+                r.message = format!("line one\nline \"two\" {n}");
+                r.policy_commit = if n % 2 == 0 { None } else { Some("-x".into()) };
+                gatehouse::audit::log::append_in(c, r)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+    let i = inputs(&s, data.path());
+    let calls = evidence::calls(&i).unwrap();
+    let privileged = evidence::privileged(&i).unwrap();
+    assert_eq!((calls.population, privileged.population), (72, 6 + 36));
+    let text = |v: &Value| -> String {
+        let t = match v {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            Value::Array(items) => items.iter().map(|i| i.as_str().unwrap().to_string()).collect::<Vec<_>>().join("; "),
+            other => other.to_string(),
+        };
+        if t.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{t}") } else { t }
+    };
+    let out = tempfile::tempdir().unwrap();
+    let b = evidence::bundle(&i, Format::Csv, &out.path().join("csv")).unwrap();
+    for (table, expected) in [("calls", &calls), ("privileged", &privileged)] {
+        let w = b.files.iter().find(|w| w.table == table).unwrap();
+        let rows = parse_csv(&std::fs::read_to_string(&w.path).unwrap());
+        assert_eq!(rows.len() - 1, expected.rows.len());
+        for (got, want) in rows[1..].iter().zip(&expected.rows) {
+            let want: Vec<String> = want.iter().map(text).collect();
+            assert_eq!(got, &want);
+        }
+    }
+    let b = evidence::bundle(&i, Format::Json, &out.path().join("json")).unwrap();
+    for (table, expected) in [("calls", &calls), ("privileged", &privileged)] {
+        let w = b.files.iter().find(|w| w.table == table).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&w.path).unwrap()).unwrap();
+        assert_eq!(doc["population"], expected.population);
+        let rows = doc["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), expected.rows.len());
+        for (got, want) in rows.iter().zip(&expected.rows) {
+            for (k, v) in expected.columns.iter().zip(want) {
+                assert_eq!(&got[*k], v, "{table} column {k}");
+            }
+        }
+    }
+    evidence::verify_manifest(&out.path().join("json")).unwrap();
 }
