@@ -22,6 +22,7 @@ pub mod secrets;
 pub mod serve;
 pub mod snapshot;
 pub mod store;
+pub mod supply;
 pub mod testing;
 pub mod token;
 pub mod units;

@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub(crate) by_identity: HashMap<String, usize>,
     pub(crate) by_name: HashMap<String, usize>,
     pub(crate) by_token: HashMap<[u8; 32], (usize, usize)>,
+    /// Every server's declared tool names, for screening definitions (built on first use).
+    pub(crate) tool_names: std::sync::OnceLock<crate::supply::ToolNames>,
 }
 
 /// `gatehouse.yaml`.
@@ -52,6 +54,8 @@ pub struct Server {
     pub supplier: Option<Supplier>,
     /// Declared tools: classification and definition pins.
     pub tools: BTreeMap<String, ToolInfo>,
+    /// `pin: required`: a tool the upstream offers without a `sha256` pin here is quarantined.
+    pub pin_required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +179,18 @@ pub enum ToolSet {
 // === impl Snapshot ===
 
 impl Snapshot {
+    /// Every server's declared tool names (`servers/*.yaml` `tools:`), for the cross-server
+    /// rule of [`crate::supply::screen`].
+    pub fn tool_names(&self) -> &crate::supply::ToolNames {
+        self.tool_names.get_or_init(|| {
+            let mut names = crate::supply::ToolNames::default();
+            for (name, s) in &self.servers {
+                names.add(name, s.tools.keys().map(String::as_str));
+            }
+            names
+        })
+    }
+
     /// The grant of an identity, looked up by its `identity` field or by its file stem.
     pub fn grant(&self, identity: &str) -> Option<&Grant> {
         self.by_identity.get(identity).or_else(|| self.by_name.get(identity)).map(|&i| &self.grants[i])

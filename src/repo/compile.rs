@@ -166,6 +166,7 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
         by_identity,
         by_name,
         by_token,
+        tool_names: Default::default(),
     };
     Ok(Compiled { snapshot, tests, warnings: d.sorted().into_iter().cloned().collect() })
 }
@@ -424,6 +425,26 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
             }
         tools.insert(name.clone(), ToolInfo { category, sha256: t.sha256.as_ref().map(|s| s.to_ascii_lowercase()) });
     }
+    let pin_required = match raw.pin.as_deref() {
+        None | Some("optional") => false,
+        Some("required") => true,
+        Some(other) => {
+            doc.value_error(d, "/pin", format!("invalid pin {other:?}: expected required or optional"));
+            false
+        }
+    };
+    let unpinned = tools.values().filter(|t| t.sha256.is_none()).count();
+    if tools.is_empty() {
+        let what = if pin_required { "every tool the upstream offers will be quarantined" } else { "a changed definition goes unnoticed" };
+        doc.warning(d, "", format!("no tool definition is pinned ({what}): gatehouse scan --server {} --write pins them", raw.name));
+    } else if unpinned > 0 {
+        let what = if pin_required { "they will be quarantined" } else { "a changed definition goes unnoticed" };
+        doc.warning(
+            d,
+            "/tools",
+            format!("{unpinned} of {} declared tools have no sha256 pin ({what}): gatehouse scan --server {} --write pins them", tools.len(), raw.name),
+        );
+    }
     if d.errors().count() > before {
         return None;
     }
@@ -437,6 +458,7 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
         timeout,
         supplier,
         tools,
+        pin_required,
     })
 }
 

@@ -42,6 +42,8 @@ pub struct Server {
     pub policy: Option<String>,
     pub timeout: Option<String>,
     pub supplier: Option<Supplier>,
+    /// `required` | `optional` (default).
+    pub pin: Option<String>,
     pub tools: Option<BTreeMap<String, ToolClass>>,
 }
 

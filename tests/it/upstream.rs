@@ -40,6 +40,7 @@ fn server(transport: Transport, timeout: Duration) -> Arc<Server> {
         timeout,
         supplier: None,
         tools: BTreeMap::new(),
+        pin_required: false,
     })
 }
 
