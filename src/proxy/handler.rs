@@ -462,11 +462,12 @@ async fn list_tools(cx: &Ctx) -> Value {
                 return Vec::new();
             }
         };
+        let vetted = vet(cx, server, &tools).await;
         tools
             .iter()
             .filter_map(|t| {
                 let name = t.get("name")?.as_str()?;
-                if !may_allow(snap, grant, server, name) {
+                if vetted.quarantine(name).is_some() || !may_allow(snap, grant, server, name) {
                     return None;
                 }
                 let mut t = t.clone();
@@ -484,7 +485,42 @@ async fn list_tools(cx: &Ctx) -> Value {
 async fn connect(cx: &Ctx, server: &str) -> Result<Arc<crate::upstream::Upstream>, UpstreamError> {
     let s = &cx.active.snapshot.servers[server];
     let creds = cx.active.secrets.get(server).cloned().unwrap_or_default();
-    cx.state.pool.get(&cx.grant().name, s, &creds).await
+    let (upstream, opened) = cx.state.pool.get(&cx.grant().name, s, &creds).await?;
+    if opened {
+        tokio::spawn(relay_list_changes(Arc::downgrade(&cx.state), cx.grant().name.clone(), server.to_string(), upstream.subscribe(), Arc::downgrade(&upstream)));
+    }
+    Ok(upstream)
+}
+
+/// Follows one upstream connection's `notifications/tools/list_changed`: the new list is read and
+/// vetted at once (so a rug pull is recorded even before anyone calls the tool), and the grant's
+/// sessions that see this server are told their list changed. Ends with the connection.
+async fn relay_list_changes(
+    state: std::sync::Weak<State>,
+    grant: String,
+    server: String,
+    mut events: tokio::sync::broadcast::Receiver<crate::upstream::UpstreamEvent>,
+    upstream: std::sync::Weak<crate::upstream::Upstream>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(crate::upstream::UpstreamEvent::ToolsListChanged) | Err(RecvError::Lagged(_)) => {}
+            Ok(crate::upstream::UpstreamEvent::Closed) | Err(RecvError::Closed) => return,
+        }
+        let (Some(state), Some(upstream)) = (state.upgrade(), upstream.upgrade()) else { return };
+        let Some(active) = state.active.load_full() else { continue };
+        if active.snapshot.servers.contains_key(&server)
+            && let Ok(tools) = upstream.list_tools().await
+        {
+            vet_list(&state, &active.snapshot, &server, &tools).await;
+        }
+        for session in state.sessions.all() {
+            if session.grant == grant && session.endpoint.as_deref().is_none_or(|e| e == server) {
+                session.notify(json!({ "jsonrpc": "2.0", "method": "notifications/tools/list_changed" }));
+            }
+        }
+    }
 }
 
 /// `tools/call`: route, decide, forward. `progress` relays upstream progress to the client.
@@ -522,20 +558,26 @@ async fn call_tool(
         Ok(u) => u,
         Err(e) => return upstream_error(id, server, e),
     };
-    match upstream.list_tools().await {
-        Ok(tools) if tools.iter().any(|t| t.get("name").and_then(Value::as_str) == Some(tool)) => {}
+    let tools = match upstream.list_tools().await {
+        Ok(tools) if tools.iter().any(|t| t.get("name").and_then(Value::as_str) == Some(tool)) => tools,
         Ok(_) => {
             record.denied(UNKNOWN_TOOL, "the upstream does not offer this tool").await;
             return jsonrpc::error(id, INVALID_PARAMS, format!("Unknown tool: {name}"));
         }
         Err(e) => return upstream_error(id, server, e),
+    };
+    let deny = |rule: &str, message: &str| {
+        jsonrpc::tool_error(id.clone(), format!("denied by policy: {message} (rule {rule}, commit {})", snap.short_commit()))
+    };
+    // A tool whose definition is not the approved one never reaches the policy.
+    if let Some(q) = vet(cx, server, &tools).await.quarantine(tool) {
+        let message = q.message();
+        record.denied(QUARANTINED, &message).await;
+        return deny(QUARANTINED, &message);
     }
     let decision = evaluate_grant(snap, grant, &call);
     // debug, not info: every call is in the audit log; a log line per call costs a write(2).
     debug!(commit = snap.short_commit(), grant = %grant.name, server, tool, verdict = ?decision.verdict, rule = %decision.rule, "tools/call");
-    let deny = |rule: &str, message: &str| {
-        jsonrpc::tool_error(id.clone(), format!("denied by policy: {message} (rule {rule}, commit {})", snap.short_commit()))
-    };
     if !decision.is_allow() {
         record.denied(&decision.rule, &decision.message).await;
         return deny(&decision.rule, &decision.message);
@@ -585,6 +627,29 @@ async fn call_tool(
     reply
 }
 
+/// The upstream's tool list vetted against the active snapshot's pins; a quarantine seen for
+/// the first time is recorded as a `tool_quarantined` monitoring event.
+async fn vet(cx: &Ctx, server: &str, tools: &Arc<Vec<Value>>) -> Arc<crate::supply::Vetted> {
+    vet_list(&cx.state, &cx.active.snapshot, server, tools).await
+}
+
+async fn vet_list(state: &State, snap: &Arc<crate::snapshot::Snapshot>, server: &str, tools: &Arc<Vec<Value>>) -> Arc<crate::supply::Vetted> {
+    let (vetted, fresh) = state.vetting.vet(snap, &snap.servers[server], tools);
+    for q in fresh {
+        warn!(server = %q.server, tool = %q.detail["tool"], reason = %q.detail["reason"], "tool quarantined");
+        if let Some(log) = state.audit.get() {
+            let mut detail = q.detail;
+            detail["commit"] = json!(q.commit);
+            if let Err(e) = log.event("tool_quarantined", now_rfc3339_ms(), detail).await {
+                error!(error = %e, "audit log unavailable: a quarantine event was not recorded");
+            }
+        }
+    }
+    vetted
+}
+
+/// Rule id of a call to a tool whose definition is not the approved one.
+const QUARANTINED: &str = "gatehouse:tool-quarantined";
 /// Rule id of a call to a tool the upstream does not offer.
 const UNKNOWN_TOOL: &str = "gatehouse:unknown-tool";
 /// Rule id of a call refused because its decision record could not be written.

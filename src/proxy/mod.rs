@@ -8,6 +8,7 @@ mod handler;
 pub mod jsonrpc;
 mod pool;
 mod session;
+mod vetting;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -78,6 +79,8 @@ pub struct State {
     /// audit path's cost) forwards calls unrecorded.
     pub audit: OnceLock<AuditLog>,
     pub quotas: Quotas,
+    /// Upstream tool lists checked against the pins of the active snapshot.
+    pub vetting: vetting::Vetting,
     /// This gateway's name in call records (`--replica`, default the host name).
     pub replica: String,
 }
@@ -160,6 +163,7 @@ impl State {
             webhook_secret: OnceLock::new(),
             audit: OnceLock::new(),
             quotas: Quotas::load(None, 0),
+            vetting: Default::default(),
             replica: hostname(),
         }
     }

@@ -41,16 +41,17 @@ impl Pool {
         }
     }
 
-    /// The grant's live connection to `server`, opened if needed.
-    pub async fn get(&self, grant: &str, server: &Arc<Server>, creds: &Arc<Bound>) -> Result<Arc<Upstream>, UpstreamError> {
+    /// The grant's live connection to `server`, opened if needed; `true` when opened by this
+    /// call.
+    pub async fn get(&self, grant: &str, server: &Arc<Server>, creds: &Arc<Bound>) -> Result<(Arc<Upstream>, bool), UpstreamError> {
         let key = (grant.to_string(), server.name.clone());
         if let Some(u) = self.live_conn(&key, server) {
-            return Ok(u);
+            return Ok((u, false));
         }
         let gate = self.connecting.lock().expect("pool lock").entry(key.clone()).or_default().clone();
         let _one_at_a_time = gate.lock().await;
         if let Some(u) = self.live_conn(&key, server) {
-            return Ok(u);
+            return Ok((u, false));
         }
         match Upstream::connect(server.clone(), creds.clone(), self.http.clone()).await {
             Ok(u) => {
@@ -60,7 +61,7 @@ impl Pool {
                     tokio::spawn(async move { old.shutdown().await });
                 }
                 self.last_error.lock().expect("pool lock").remove(&server.name);
-                Ok(u)
+                Ok((u, true))
             }
             Err(e) => {
                 self.last_error.lock().expect("pool lock").insert(server.name.clone(), e.to_string());

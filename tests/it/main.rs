@@ -6,6 +6,7 @@ mod cli;
 mod e2e;
 mod evidence;
 mod gateway;
+mod pins;
 mod plan;
 mod props;
 mod reconcile;

@@ -25,9 +25,9 @@ const TOKEN: &str = "reconcile-token-0123456789";
 const OTHER: &str = "other-token-0123456789";
 
 /// A daemon on a repository, serving on a loopback port.
-struct Live {
-    url: String,
-    daemon: Daemon,
+pub struct Live {
+    pub url: String,
+    pub daemon: Daemon,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -39,7 +39,7 @@ impl Drop for Live {
     }
 }
 
-async fn live(repo: &std::path::Path, data: &std::path::Path, branch: Option<&str>) -> Live {
+pub async fn live(repo: &std::path::Path, data: &std::path::Path, branch: Option<&str>) -> Live {
     let settings = Settings {
         repo: repo.display().to_string(),
         branch: branch.map(str::to_string),
@@ -62,12 +62,12 @@ async fn live(repo: &std::path::Path, data: &std::path::Path, branch: Option<&st
 }
 
 impl Live {
-    async fn status(&self) -> Value {
+    pub async fn status(&self) -> Value {
         send("GET", &format!("{}/status", self.url), None, None, "", &[]).await.json()
     }
 
     /// Waits until /status satisfies `ok` (5 s at most).
-    async fn wait(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         let t = Instant::now();
         loop {
             let s = self.status().await;
@@ -79,7 +79,7 @@ impl Live {
         }
     }
 
-    async fn applied(&self, commit: &str) -> Value {
+    pub async fn applied(&self, commit: &str) -> Value {
         self.wait(&format!("{commit} applied"), |s| s["active"]["commit"] == commit).await
     }
 
@@ -292,7 +292,7 @@ async fn a_revocation_commit_refuses_the_next_call_and_ends_the_stream() {
 }
 
 /// Opens the session's GET stream; its body chunks arrive on the channel (closed at its end).
-async fn open_stream(url: &str, token: &str, session: &str) -> mpsc::UnboundedReceiver<String> {
+pub async fn open_stream(url: &str, token: &str, session: &str) -> mpsc::UnboundedReceiver<String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let req = http::Request::get(url)
         .header("authorization", format!("Bearer {token}"))
@@ -316,7 +316,7 @@ async fn open_stream(url: &str, token: &str, session: &str) -> mpsc::UnboundedRe
 }
 
 /// The next event that is not a comment, or None when the stream ended (5 s at most).
-async fn next_event(rx: &mut mpsc::UnboundedReceiver<String>) -> Option<String> {
+pub async fn next_event(rx: &mut mpsc::UnboundedReceiver<String>) -> Option<String> {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("no event within 5 s") {
             Some(chunk) if chunk.starts_with(':') => continue,
