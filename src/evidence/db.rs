@@ -426,6 +426,23 @@ impl Db {
     }
 
     /// History rewrites detected in the period.
+    /// Server → the number of `tool_quarantined` events (definition changes, failed screening)
+    /// in the period.
+    pub fn definition_changes(&self, p: &Period) -> Result<BTreeMap<String, u64>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT json_extract(detail, '$.server'), count(*) FROM events
+             WHERE kind = 'tool_quarantined' AND ts >= ?1 AND ts < ?2 GROUP BY 1",
+        )?;
+        let mut rows = stmt.query(params![p.since, p.until])?;
+        let mut out = BTreeMap::new();
+        while let Some(r) = rows.next()? {
+            if let Some(server) = r.get::<_, Option<String>>(0)? {
+                out.insert(server, r.get::<_, i64>(1)? as u64);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn rewrites(&self, p: &Period) -> Result<Vec<Vec<Value>>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, detected_at, old_tip, new_tip, vanished, accepted_at, accepted_by, reason

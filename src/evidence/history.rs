@@ -65,7 +65,7 @@ pub(crate) const PROVISIONING_COLUMNS: [&str; 16] = [
     "review",
 ];
 
-pub(crate) const SUPPLIER_COLUMNS: [&str; 19] = [
+pub(crate) const SUPPLIER_COLUMNS: [&str; 22] = [
     "server",
     "registered",
     "description",
@@ -80,10 +80,13 @@ pub(crate) const SUPPLIER_COLUMNS: [&str; 19] = [
     "reviewed_by",
     "tools",
     "privileged_tools",
+    "pin",
+    "pinned_tools",
     "calls",
     "allowed",
     "denials",
     "errors",
+    "definition_changes",
     "as_of_commit",
 ];
 
@@ -994,6 +997,8 @@ pub(crate) fn registry(end: Option<&EndState>) -> Vec<RegistryRow> {
                 json!(sup.and_then(|x| x.reviewed.as_ref()).map(|r| r.by.clone())),
                 json!(tools),
                 json!(privileged),
+                json!(if s.pin_required { "required" } else { "optional" }),
+                json!(s.tools.values().filter(|i| i.sha256.is_some()).count()),
             ];
             RegistryRow { server: name.to_string(), cells, commit: e.commit.to_string() }
         })
@@ -1002,23 +1007,29 @@ pub(crate) fn registry(end: Option<&EndState>) -> Vec<RegistryRow> {
 
 /// A.5.19–5.23: every registered server with its traffic, then every server that had traffic in
 /// the period but is not registered at its end (removed, or a name no server had).
-pub(crate) fn suppliers(registry: Vec<RegistryRow>, traffic: &BTreeMap<String, Traffic>) -> Table {
+///
+/// `definition_changes` counts the period's `tool_quarantined` events per server (a tool whose
+/// definition no longer matched its pin, or that failed screening).
+pub(crate) fn suppliers(registry: Vec<RegistryRow>, traffic: &BTreeMap<String, Traffic>, changes: &BTreeMap<String, u64>) -> Table {
     let none = Traffic::default();
     let commit = registry.first().map(|r| r.commit.clone());
-    let count = |t: &Traffic| vec![json!(t.calls), json!(t.allowed), json!(t.denials), json!(t.errors)];
+    let count = |server: &str, t: &Traffic| {
+        vec![json!(t.calls), json!(t.allowed), json!(t.denials), json!(t.errors), json!(changes.get(server).copied().unwrap_or(0))]
+    };
     let mut rows = Vec::new();
     let registered: BTreeSet<String> = registry.iter().map(|r| r.server.clone()).collect();
     for r in registry {
         let mut row = vec![json!(r.server), json!("yes")];
         row.extend(r.cells);
-        row.extend(count(traffic.get(&r.server).unwrap_or(&none)));
+        row.extend(count(&r.server, traffic.get(&r.server).unwrap_or(&none)));
         row.push(json!(r.commit));
         rows.push(row);
     }
-    for (server, t) in traffic.iter().filter(|(s, _)| !registered.contains(*s)) {
+    let unregistered: BTreeSet<&String> = traffic.keys().chain(changes.keys()).filter(|s| !registered.contains(*s)).collect();
+    for server in unregistered {
         let mut row = vec![json!(server), json!("no")];
-        row.extend(std::iter::repeat_n(Value::Null, 12));
-        row.extend(count(t));
+        row.extend(std::iter::repeat_n(Value::Null, 14));
+        row.extend(count(server, traffic.get(server).unwrap_or(&none)));
         row.push(json!(commit));
         rows.push(row);
     }

@@ -425,7 +425,7 @@ pub fn suppliers(i: &Inputs) -> Result<Table> {
     let range = db.seq_range(&period)?;
     let mut none = db::Pass::default();
     let scan = db.scan_calls(&period, &range, &mut none)?;
-    Ok(history::suppliers(registry, &scan.traffic))
+    Ok(history::suppliers(registry, &scan.traffic, &db.definition_changes(&period)?))
 }
 
 /// Every table of a control, in memory.
@@ -569,13 +569,13 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
                 table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
             let w_changes = write_table(&changes, &period, format, out_dir)?;
             let w_rewrites = write_table(&rewrites, &period, format, out_dir)?;
-            Ok((calls, events, w_changes, w_rewrites))
+            Ok((calls, events, w_changes, w_rewrites, db.definition_changes(&period)?))
         })();
         (git.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the git reader panicked"))), dbside)
     });
     let (mut git_files, registry, commits) = git?;
-    let (calls, events, w_changes, w_rewrites) = dbside?;
-    let suppliers = history::suppliers(registry, &calls.scan.traffic);
+    let (calls, events, w_changes, w_rewrites, definition_changes) = dbside?;
+    let suppliers = history::suppliers(registry, &calls.scan.traffic, &definition_changes);
     let w_suppliers = write_table(&suppliers, &period, format, out_dir)?;
 
     // In the order of Control::ALL.

@@ -556,6 +556,11 @@ fn state(ids: &std::collections::HashMap<&'static str, Oid>) -> tempfile::TempDi
                 let detail = json!({ "rule": "policies/p.yaml#/tools/x/limits/cap", "quota": "cap", "limit": "1/minute", "identity": who, "server": "payments", "tool": "create_charge" });
                 c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, 'quota_exceeded', ?2)", params![ts, detail.to_string()])?;
             }
+            // A rug pull on github, and one on a server that is not registered at the end.
+            for (ts, server) in [("2026-11-20T10:00:00.000Z", "github"), ("2026-11-22T10:00:00.000Z", "ghost"), ("2026-12-02T10:00:00.000Z", "github")] {
+                let detail = json!({ "server": server, "tool": "create_issue", "reason": "definition-changed", "pinned_sha256": "a", "offered_sha256": "b" });
+                c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, 'tool_quarantined', ?2)", params![ts, detail.to_string()])?;
+            }
             for (commit, status, recorded, pr, diff, errors, applied) in commits {
                 c.execute(
                     "INSERT INTO changes (commit_id, parents, author, author_time, committer, commit_time, message, pull_request,
@@ -790,9 +795,11 @@ fn call_log_exports_count_exactly() {
 
     let events = evidence::events(&i).unwrap();
     assert_eq!(events.columns, ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"]);
-    assert_eq!(events.population, 2);
+    assert_eq!(events.population, 4, "two quota events and two quarantines in the period");
     assert_eq!(cell(&events, 0, "identity"), "dave@example.com");
     assert_eq!(cell(&events, 1, "kind"), "quota_exceeded");
+    assert_eq!(cell(&events, 2, "kind"), "tool_quarantined");
+    assert_eq!(cell(&events, 2, "server"), "github");
 
     let changes = evidence::changes(&i).unwrap();
     assert_eq!(
@@ -850,10 +857,13 @@ fn call_log_exports_count_exactly() {
             "reviewed_by",
             "tools",
             "privileged_tools",
+            "pin",
+            "pinned_tools",
             "calls",
             "allowed",
             "denials",
             "errors",
+            "definition_changes",
             "as_of_commit"
         ]
     );
@@ -887,6 +897,10 @@ fn call_log_exports_count_exactly() {
     assert_eq!(cell(&suppliers, 1, "agreement"), "MSA-2024-031");
     assert_eq!(cell(&suppliers, 1, "reviewed_on"), "2026-10-02");
     assert_eq!(strs(cell(&suppliers, 1, "privileged_tools")), ["delete_repository"]);
+    assert_eq!(cell(&suppliers, 1, "pin"), "optional");
+    let changes_of: Vec<(String, u64)> =
+        suppliers.rows.iter().map(|r| (r[0].as_str().unwrap().to_string(), r[col(&suppliers, "definition_changes")].as_u64().unwrap())).collect();
+    assert_eq!(changes_of, [("files".into(), 0), ("github".into(), 1), ("payments".into(), 0), ("ghost".into(), 1)], "only events inside the period count");
     assert_eq!(cell(&suppliers, 2, "endpoint"), "pay-server --live");
     // Every call of the period is accounted for by exactly one supplier row.
     let decisions = calls
@@ -908,7 +922,7 @@ fn files_state_their_population_in_csv_and_json() {
     let names: Vec<String> =
         written.iter().map(|w| w.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["calls.csv", "events.csv"]);
-    assert_eq!((written[0].population, written[1].population), (12, 2));
+    assert_eq!((written[0].population, written[1].population), (12, 4));
     let text = std::fs::read_to_string(out.path().join("calls.csv")).unwrap();
     assert!(text.contains("\r\n") && text.starts_with("\"seq\",\"ts\","), "RFC 4180 with a quoted header");
     let csv = parse_csv(&text);
@@ -971,7 +985,7 @@ fn bundle_has_every_export_an_index_and_a_manifest_that_verifies() {
             ("provisioning", 6),
             ("privileged", 6),
             ("calls", 12),
-            ("events", 2),
+            ("events", 4),
             ("changes", 3),
             ("rewrites", 1),
             ("suppliers", 4)
@@ -1096,7 +1110,7 @@ fn the_command_prints_each_file_with_its_population() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "period 2026-11-01T00:00:00.000Z to 2026-12-01T00:00:00.000Z (exclusive)");
     assert_eq!(lines[1], format!("{}\t12 rows\tcalls (A.8.15, A.8.16)", out.path().join("calls.json").display()));
-    assert_eq!(lines[2], format!("{}\t2 rows\tcalls (A.8.15, A.8.16)", out.path().join("events.json").display()));
+    assert_eq!(lines[2], format!("{}\t4 rows\tcalls (A.8.15, A.8.16)", out.path().join("events.json").display()));
     assert!(out.path().join("events.json.manifest.json").exists());
     // Bad periods are refused before anything is read.
     let mut i = inputs(&s, data.path());
