@@ -122,6 +122,32 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "md")]
         format: PlanFormat,
     },
+    /// Export the evidence an auditor samples for one ISO 27001 control (or all of them as a
+    /// bundle with index.html and MANIFEST.json), from git history and the state database.
+    /// Exit 0; 1 when the call log's hash chain does not verify over the period (the export is
+    /// complete, and says so); 2 on error.
+    Evidence {
+        control: crate::evidence::Control,
+        /// Start of the period, inclusive: YYYY-MM-DD (UTC midnight) or RFC 3339.
+        #[arg(long)]
+        since: String,
+        /// End of the period, exclusive.
+        #[arg(long)]
+        until: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: crate::evidence::Format,
+        /// Where the files go (created if needed).
+        #[arg(long, default_value = "./evidence")]
+        out: PathBuf,
+        /// The policy repository (its first-parent history of --rev is read).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        /// The daemon's state database directory.
+        #[arg(long, default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
+    },
     /// Serve a simulated upstream MCP server on stdio (what the example repository's servers run).
     ExampleUpstream {
         flavor: crate::example_upstream::Flavor,
@@ -371,6 +397,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status { url } => status(&url),
         Command::Audit { command } => audit(command),
         Command::Plan { repo, base, head, format } => plan(&repo, &base, &head, format),
+        Command::Evidence { control, since, until, format, out, repo, rev, data_dir } => {
+            let inputs = crate::evidence::Inputs { repo, rev, data_dir, since, until };
+            crate::evidence::command(&inputs, control, format, &out, &mut std::io::stdout().lock())
+        }
         Command::Grant { command } => grant(command),
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),

@@ -1467,3 +1467,32 @@ fn streamed_rows_match_the_tables_cell_for_cell() {
     }
     evidence::verify_manifest(&out.path().join("json")).unwrap();
 }
+
+#[test]
+fn the_binary_writes_a_bundle_that_verifies_and_refuses_bad_input() {
+    let (s, ids) = history();
+    let data = state(&ids);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("bundle");
+    let i = inputs(&s, data.path());
+    let (repo, data_dir, dir_s) = (i.repo.display().to_string(), data.path().display().to_string(), dir.display().to_string());
+    let args = ["evidence", "bundle", "--since", SINCE, "--until", UNTIL, "--repo", &repo, "--data-dir", &data_dir, "--out", &dir_s];
+    let r = crate::support::gatehouse(&args);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains(&format!("{}\topen in a browser", dir.join("index.html").display())), "{}", r.stdout);
+    assert!(r.stdout.contains("suppliers.csv\t4 rows\tsuppliers (A.5.19"), "{}", r.stdout);
+    assert_eq!(evidence::verify_manifest(&dir).unwrap(), 9, "eight exports and index.html, each listed and verified");
+    // Running it again replaces the earlier bundle; a directory holding anything else is refused.
+    assert_eq!(crate::support::gatehouse(&args).code, 0);
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let r = crate::support::gatehouse(&args);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("notes.txt"), "{}", r.stderr);
+    // A period that ends before it starts, a missing database: exit 2 with the reason.
+    let r = crate::support::gatehouse(&["evidence", "calls", "--since", UNTIL, "--until", SINCE, "--repo", &repo, "--data-dir", &data_dir]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("error:"), "{}", r.stderr);
+    let r = crate::support::gatehouse(&["evidence", "calls", "--since", SINCE, "--until", UNTIL, "--repo", &repo, "--data-dir", "/nonexistent/gh-data"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("/nonexistent/gh-data"), "{}", r.stderr);
+}
