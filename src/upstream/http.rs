@@ -68,6 +68,8 @@ enum Listen {
     Unsupported,
     /// The stream ended (after this long).
     Ended(Duration),
+    /// 404 or 400: the upstream forgot the session (restarted).
+    SessionGone,
 }
 
 // === impl Http ===
@@ -332,6 +334,10 @@ impl Inner {
         if status == StatusCode::METHOD_NOT_ALLOWED {
             return Ok(Listen::Unsupported);
         }
+        if matches!(status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST) {
+            drain(resp.into_body());
+            return Ok(Listen::SessionGone);
+        }
         if status != StatusCode::OK || !content_type(resp.headers()).starts_with("text/event-stream") {
             drain(resp.into_body());
             return Err(UpstreamError::Unavailable(format!("GET stream answered HTTP {status}")));
@@ -361,6 +367,8 @@ impl Inner {
 /// when the server says 405 or has no session.
 async fn listen(inner: Arc<Inner>) {
     let mut delay = Duration::from_secs(1);
+    // Set by a re-initialisation this loop did, cleared by a stream that opened.
+    let mut reinitialised = false;
     loop {
         if inner.rpc.is_closed() {
             return;
@@ -374,9 +382,30 @@ async fn listen(inner: Arc<Inner>) {
                 tracing::debug!(server = %inner.rpc.server(), "upstream offers no GET stream");
                 return;
             }
-            Ok(Listen::Ended(lasted)) if lasted > Duration::from_secs(30) => delay = Duration::from_secs(1),
-            Ok(Listen::Ended(_)) => {}
-            Err(e) => tracing::debug!(server = %inner.rpc.server(), error = %e, "upstream GET stream unavailable"),
+            Ok(Listen::Ended(lasted)) if lasted > Duration::from_secs(30) => {
+                delay = Duration::from_secs(1);
+                reinitialised = false;
+            }
+            Ok(Listen::Ended(_)) => reinitialised = false,
+            // A restarted upstream: open a new session at once (its tools may differ; the
+            // handshake drops the cached list), rather than asking for the dead one's stream.
+            // A server that refuses the GET of a brand-new session too just has no usable
+            // stream: back off, never loop on handshakes.
+            Ok(Listen::SessionGone) if !reinitialised => match inner.reinit(session.epoch).await {
+                Ok(()) => {
+                    tracing::info!(server = %inner.rpc.server(), "upstream forgot the session (GET stream); re-initialised");
+                    reinitialised = true;
+                    continue;
+                }
+                Err(e) => tracing::debug!(server = %inner.rpc.server(), error = %e, "re-initialising after a lost GET stream failed"),
+            },
+            Ok(Listen::SessionGone) => {
+                tracing::debug!(server = %inner.rpc.server(), "upstream refuses the GET stream of a new session")
+            }
+            Err(e) => {
+                reinitialised = false;
+                tracing::debug!(server = %inner.rpc.server(), error = %e, "upstream GET stream unavailable")
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));

@@ -199,6 +199,27 @@ async fn rmcp_forgotten_session_is_reinitialised_on_404_and_400() {
 }
 
 #[tokio::test]
+async fn a_lost_get_stream_of_a_forgotten_session_reinitialises_without_a_request() {
+    // A restarted upstream: the GET stream ends and its reconnection is answered 400. The
+    // listener opens a new session at once, so the upstream's notifications keep arriving
+    // (a rug pull's list_changed included) even if no request comes.
+    let peer = rmcp(true, StatusCode::BAD_REQUEST).await;
+    let up = connect(http_server(peer.url.clone(), Duration::from_secs(5))).await.unwrap();
+    assert_eq!(peer.sessions_opened.load(Ordering::SeqCst), 1);
+    peer.sessions.sessions.write().await.clear();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while peer.sessions_opened.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(peer.sessions_opened.load(Ordering::SeqCst), 2, "re-initialised by the stream listener");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(peer.sessions_opened.load(Ordering::SeqCst), 2, "once, not in a loop");
+    let r = up.request("tools/call", json!({"name": "echo", "arguments": {"text": "after"}}), None).await;
+    assert_eq!(text(&r.unwrap()), "after");
+    assert_eq!(peer.sessions_opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn rmcp_tools_list_changed_drops_the_cache() {
     let peer = rmcp(true, StatusCode::NOT_FOUND).await;
     let up = connect(http_server(peer.url.clone(), Duration::from_secs(5))).await.unwrap();
