@@ -412,6 +412,9 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
     let mut tools = BTreeMap::new();
     for (name, t) in raw.tools.iter().flatten() {
         let ptr = format!("/tools/{}", super::locate::escape(name));
+        if let Err(why) = crate::supply::check_name(name) {
+            doc.value_error(d, &ptr, format!("invalid tool name {name:?}: {why}"));
+        }
         let category = match t.category.as_deref() {
             None => None,
             Some(c) => Category::parse(c).or_else(|| {
@@ -433,6 +436,9 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
             false
         }
     };
+    if d.errors().count() > before {
+        return None;
+    }
     let unpinned = tools.values().filter(|t| t.sha256.is_none()).count();
     if tools.is_empty() {
         let what = if pin_required { "every tool the upstream offers will be quarantined" } else { "a changed definition goes unnoticed" };
@@ -444,9 +450,6 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
             "/tools",
             format!("{unpinned} of {} declared tools have no sha256 pin ({what}): gatehouse scan --server {} --write pins them", tools.len(), raw.name),
         );
-    }
-    if d.errors().count() > before {
-        return None;
     }
     Some(Server {
         name: raw.name,
