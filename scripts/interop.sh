@@ -739,4 +739,34 @@ left=""; for c in $LIVE_CHILDREN; do kill -0 "$c" 2>/dev/null && left+=" $c($(ps
 result "stdio children are gone after shutdown" "$([ -z "$left" ] || echo "still running:$left")"
 result "the gateway log has no panic" "$(! grep -n -i -m3 'panicked' "$GW_LOG" || true)"
 
+# --- evidence --------------------------------------------------------------------------------
+
+# The bundle of this run's calls and commit, opened in headless Chromium (rendered DOM checked,
+# screenshot kept as an artefact in target/interop-artifacts/).
+section "evidence bundle (headless Chromium)"
+ART=$ROOT/target/interop-artifacts
+mkdir -p "$ART"
+TODAY_UTC=$(date -u +%F); TOMORROW_UTC=$(date -u -d tomorrow +%F)
+BUNDLE=$WORK/bundle
+check "gatehouse evidence bundle over this run's calls" --has "index.html" --has "calls.csv" --has "MANIFEST.json" \
+  -- "$BIN" evidence bundle --repo "$REPO" --data-dir "$WORK/data" --since "$TODAY_UTC" --until "$TOMORROW_UTC" --out "$BUNDLE"
+drain
+calls_rows=$(awk -F'\t' '/calls.csv/ {print $2}' <"$RES/$SEQ.out" 2>/dev/null | head -1)
+result "the calls export is not empty ($calls_rows)" "$([[ ${calls_rows%% *} =~ ^[1-9][0-9]*$ ]] || echo "calls.csv: '${calls_rows}'")"
+CHROME=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
+if [ -n "$CHROME" ] && [ -f "$BUNDLE/index.html" ]; then
+  CH=("$CHROME" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --user-data-dir="$WORK/chrome")
+  check "index.html renders in headless Chromium (populations, manifest, controls)" \
+    --has "MANIFEST.json" --has "A.8.32" --has "A.5.18" --has "suppliers" --lacks "ERR_FILE_NOT_FOUND" \
+    -- "${CH[@]}" --dump-dom "file://$BUNDLE/index.html"
+  check "screenshot of index.html saved" --rc 0 \
+    -- bash -c '"${@:2}" && [ "$(stat -c %s "$1")" -gt 10000 ]' _ "$ART/evidence-index.png" \
+       "${CH[@]}" --window-size=1280,1800 --screenshot="$ART/evidence-index.png" "file://$BUNDLE/index.html"
+  drain
+  cp -r "$BUNDLE" "$ART/evidence-bundle" 2>/dev/null || true
+  echo "interop: evidence artefacts in $ART (evidence-index.png, evidence-bundle/)"
+else
+  result "headless Chromium available for the evidence check" "chromium not found (install the Debian package chromium)"
+fi
+
 finish
