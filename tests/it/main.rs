@@ -9,6 +9,7 @@ mod gateway;
 mod plan;
 mod props;
 mod reconcile;
+mod scan;
 mod rmcp_peer;
 mod proxy;
 mod support;
