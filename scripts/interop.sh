@@ -446,6 +446,72 @@ section "policy repository"
 check "gatehouse check accepts the interop repository" --has "ok:" -- "$BIN" check --repo "$REPO" --rev HEAD
 check "gatehouse test passes the interop repository's cases" --has "6 passed, 0 failed" -- "$BIN" test --repo "$REPO" --rev HEAD
 
+# --- gatehouse scan against the real peers ------------------------------------------------------
+# Each upstream is scanned twice with --format json: the tool list must come back with a category
+# and a definition hash for every tool, no findings (exit 0), the categories below, and the same
+# hashes both times. Then `scan --server files --write` pins the filesystem tools in the working
+# tree, and the repository must still check (the gateway reads commits: it is unaffected).
+
+section "gatehouse scan (server-everything over Streamable HTTP, server-filesystem and mcp-server-time over stdio)"
+SCANS=$LOGS/scans; mkdir -p "$SCANS"
+cat >"$SCANS/verdict.py" <<'PYEOF'
+import json, sys
+# verdict.py FIRST.json SECOND.json EXPECT...   (EXPECT: tool=category, or min=N tools)
+first, second, *expect = sys.argv[1:]
+try:
+    a, b = (json.load(open(p)) for p in (first, second))
+except Exception as e:
+    print("not JSON: %s" % e); sys.exit()
+why = []
+tools = {t["name"]: t for t in a["tools"]}
+for t in a["tools"]:
+    if t["category"] not in ("read", "write", "destructive", "execute", "financial"):
+        why.append("%s: category %r" % (t["name"], t["category"]))
+    if len(t["sha256"]) != 64:
+        why.append("%s: sha256 %r" % (t["name"], t["sha256"]))
+    if t["findings"] or t["name_problems"]:
+        why.append("%s: findings %s %s" % (t["name"], t["findings"], t["name_problems"]))
+for e in expect:
+    k, v = e.split("=", 1)
+    if k == "min":
+        if len(tools) < int(v): why.append("%d tools, expected at least %s" % (len(tools), v))
+    elif k not in tools: why.append("%s not listed" % k)
+    elif tools[k]["category"] != v: why.append("%s is %s, expected %s" % (k, tools[k]["category"], v))
+if [(t["name"], t["sha256"]) for t in a["tools"]] != [(t["name"], t["sha256"]) for t in b["tools"]]:
+    why.append("the two runs differ in names or hashes")
+print("; ".join(why))
+PYEOF
+scan_twice() {  # scan_twice LABEL EXPECTS -- SCAN_ARGS...: two json scans, then the verdict
+  local label=$1 expects=$2 rc1 rc2 why; shift 3
+  timeout -k 5 "$CLIENT_TIMEOUT" "$BIN" scan --format json "$@" >"$SCANS/$label.1.json" 2>"$SCANS/$label.1.err" </dev/null; rc1=$?
+  timeout -k 5 "$CLIENT_TIMEOUT" "$BIN" scan --format json "$@" >"$SCANS/$label.2.json" 2>"$SCANS/$label.2.err" </dev/null; rc2=$?
+  # shellcheck disable=SC2086
+  why=$("$PEERS_PY" "$SCANS/verdict.py" "$SCANS/$label.1.json" "$SCANS/$label.2.json" $expects)
+  [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] || why="exit $rc1 and $rc2, expected 0${why:+; $why}"
+  { echo "=== scan $label: gatehouse scan$(printf ' %q' "$@")"
+    "$PEERS_PY" -c 'import json,sys; print("\n".join("%-28s %-12s %s" % (t["name"], t["category"], t["sha256"]) for t in json.load(open(sys.argv[1]))["tools"]))' \
+      "$SCANS/$label.1.json" 2>&1; cat "$SCANS/$label.1.err"; } >>"$CLIENT_LOG"
+  result "scan $label: every tool has a category and a hash, no findings, stable across two runs" "$why" \
+    "$(cat "$SCANS/$label.1.err" "$SCANS/$label.1.json" 2>/dev/null | head -n 40)"
+}
+scan_twice everything "min=10 echo=read get-sum=read get-tiny-image=read get-annotated-message=read" \
+  -- --server everything --repo "$REPO" --secrets-dir "$WORK/secrets"
+scan_twice files "min=10 read_text_file=read list_directory=read write_file=destructive edit_file=destructive move_file=destructive create_directory=write" \
+  -- --server files --repo "$REPO"
+scan_twice time "get_current_time=read convert_time=read" \
+  -- --repo "$REPO" -- "$PEERS_DIR/venv/bin/mcp-server-time" --local-timezone UTC
+check "scan --server files --write pins the filesystem tools, keeps the declared categories" \
+  --has "wrote servers/files.yaml" --has "no findings" -- "$BIN" scan --server files --repo "$REPO" --write
+drain
+files_yaml=$(cat "$REPO/servers/files.yaml")
+result "servers/files.yaml after --write: hand-set categories kept, tools pinned" "$(
+  [[ $files_yaml == *"write_file:     { category: destructive, sha256: "* ]] || echo "write_file entry not pinned as written"
+  [[ $files_yaml == *"read_text_file: { category: read, sha256: "* ]] || echo "read_text_file entry not pinned"
+  [[ $files_yaml == *"supplier:"* ]] || echo "the rest of the file is gone")" "$files_yaml"
+check "gatehouse check accepts the repository after scan --write" --has "ok:" -- "$BIN" check --repo "$REPO"
+check "scan after --write: every pin matches" --has '"pin": "matches"' --lacks '"pin": "unpinned"' --lacks '"pin": "changed"' \
+  -- "$BIN" scan --server files --repo "$REPO" --format json
+
 # --- the gateway -----------------------------------------------------------------------------
 
 RUST_LOG=${RUST_LOG:-info,hyper=warn,gatehouse=debug} "$BIN" serve --repo "$REPO" --listen "127.0.0.1:$GW_PORT" \

@@ -148,6 +148,10 @@ pub enum Command {
         #[arg(long, default_value = "./gatehouse-data")]
         data_dir: PathBuf,
     },
+    /// Connect to an upstream and list its tools with a proposed category, definition hash
+    /// (the pin) and screening findings: exit 0 clean, 1 findings, 2 error. --write pins them in
+    /// servers/NAME.yaml.
+    Scan(ScanArgs),
     /// Serve a simulated upstream MCP server on stdio (what the example repository's servers run).
     ExampleUpstream {
         flavor: crate::example_upstream::Flavor,
@@ -196,6 +200,57 @@ fn grant(command: GrantCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `gatehouse scan`: the report on stdout (table or JSON), then what --write wrote. The exit code
+/// is the report's (0 clean, 1 findings); a failed write is an error (2) after the report.
+fn scan(args: ScanArgs) -> Result<i32> {
+    use crate::scan::{self, Target};
+    let target = match (args.server, args.url) {
+        (Some(s), _) => Target::Server(s),
+        (None, Some(url)) => Target::Url { url, sse: args.transport == ScanTransport::Sse, headers: args.headers },
+        (None, None) if !args.command.is_empty() => Target::Command(args.command),
+        (None, None) => bail!("give --server NAME, --url URL or -- COMMAND…"),
+    };
+    let settings = scan::Settings {
+        target,
+        repo_given: args.repo.is_some(),
+        repo: args.repo.unwrap_or_else(|| PathBuf::from(".")),
+        rev: args.rev,
+        secrets: crate::secrets::SecretSource { dir: args.secrets_dir },
+        timeout: args.timeout,
+    };
+    let found = scan::run(&settings)?;
+    let mut failure = None;
+    let written = if args.write {
+        match scan::write(&settings.repo, &found) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                failure = Some(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let policy = match (&args.policy, &failure) {
+        (Some(file), None) => match scan::write_policy(&settings.repo, file, &found.report) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                failure = Some(e);
+                None
+            }
+        },
+        _ => None,
+    };
+    match args.format {
+        ScanFormat::Table => print!("{}", scan::table(&found.report, written.as_ref(), policy.as_ref())),
+        ScanFormat::Json => println!("{}", scan::json(&found.report, written.as_ref(), policy.as_ref())?),
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(found.report.exit_code())
 }
 
 fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat) -> Result<i32> {
@@ -374,6 +429,65 @@ pub enum GrantCommand {
     },
 }
 
+/// `gatehouse scan`: exactly one of --server, --url, -- COMMAND.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["server", "url", "command"])))]
+pub struct ScanArgs {
+    /// A server of the policy repository (its definition and credentials).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The policy repository: where --server is defined and --write writes; for --url and
+    /// COMMAND, other servers' tool names are screened for when it is readable.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Read the server's definition at this git revision (not with --write).
+    #[arg(long)]
+    pub rev: Option<String>,
+    /// Directory of secret files for --server's credentials (and ${secret:NAME} in --header);
+    /// the environment (GATEHOUSE_SECRET_NAME) is read too.
+    #[arg(long)]
+    pub secrets_dir: Option<PathBuf>,
+    /// An HTTP upstream that is not (yet) registered.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The --url upstream's transport.
+    #[arg(long, value_enum, default_value = "streamable-http", requires = "url")]
+    pub transport: ScanTransport,
+    /// A header for the --url upstream, 'Name: value' (repeatable); the value may hold
+    /// ${secret:NAME}.
+    #[arg(long = "header", requires = "url")]
+    pub headers: Vec<String>,
+    /// How long the --url or COMMAND upstream may take to answer (a registered server has its own
+    /// timeout).
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    pub timeout: std::time::Duration,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ScanFormat,
+    /// Merge into servers/NAME.yaml (working tree): pin every tool without findings (sha256),
+    /// add the proposed category where there is none, declare new tools.
+    #[arg(long, requires = "server", conflicts_with = "rev")]
+    pub write: bool,
+    /// With --write: also write policies/FILE, a deny-by-default policy allowing the tools
+    /// classified read (never overwrites).
+    #[arg(long, value_name = "FILE", requires = "write")]
+    pub policy: Option<String>,
+    /// A stdio upstream that is not (yet) registered: the command and its arguments, after --.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScanTransport {
+    StreamableHttp,
+    Sse,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScanFormat {
+    Table,
+    Json,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PlanFormat {
     Md,
@@ -405,6 +519,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),
         Command::Eval { repo, identity, server, tool, args } => eval(&repo, &identity, &server, &tool, &args),
+        Command::Scan(args) => scan(args),
         Command::ExampleUpstream { flavor, root } => crate::example_upstream::run(flavor, root).map(|()| 0),
     }
 }

@@ -307,7 +307,7 @@ pub fn review(repo: &Path, name: &str, by: &str, today: Date) -> Result<PathBuf>
 // --- the repository around the edit ---
 
 /// Compiles the working tree; an invalid repository is not edited.
-fn compile_before(repo: &Path) -> Result<Compiled> {
+pub(crate) fn compile_before(repo: &Path) -> Result<Compiled> {
     let files = repo::read(repo, None)?;
     repo::compile(&files).map_err(|d| {
         anyhow::anyhow!("the repository is invalid before the edit ({}); fix it first:\n{}", d.summary(), errors(&d))
@@ -338,7 +338,7 @@ fn read_text(abs: &Path, rel: &str) -> Result<String> {
 
 /// Writes `new_text`, compiles the whole working tree and runs `verify` on it; on any failure
 /// the original bytes are restored (or the new file removed) and the error returned.
-fn apply(
+pub(crate) fn apply(
     repo: &Path,
     rel: &str,
     abs: &Path,
@@ -371,7 +371,7 @@ fn apply(
 }
 
 /// The errors of a failed compile, one a line, in file order (warnings left out).
-fn errors(d: &crate::diag::Diagnostics) -> String {
+pub(crate) fn errors(d: &crate::diag::Diagnostics) -> String {
     let mut e: Vec<String> =
         d.sorted().into_iter().filter(|x| x.severity == crate::diag::Severity::Error).map(|x| x.to_string()).collect();
     e.dedup();
@@ -380,7 +380,7 @@ fn errors(d: &crate::diag::Diagnostics) -> String {
 
 /// Replaces `path` by a file written next to it (same permissions), so a crash never leaves half
 /// a file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("grant");
     let tmp = path.with_file_name(format!(".{name}.gatehouse-tmp"));
     std::fs::write(&tmp, bytes)?;
@@ -476,13 +476,13 @@ pub fn scalar(s: &str) -> String {
 
 /// One line of a file: `[start, end)` without its line break, `next` where the following starts.
 #[derive(Clone, Copy, Debug)]
-struct Line {
-    start: usize,
-    end: usize,
-    next: usize,
+pub(crate) struct Line {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) next: usize,
 }
 
-fn lines(text: &str) -> Vec<Line> {
+pub(crate) fn lines(text: &str) -> Vec<Line> {
     let mut out = Vec::new();
     let mut start = 0;
     for piece in text.split_inclusive('\n') {
@@ -496,16 +496,16 @@ fn lines(text: &str) -> Vec<Line> {
 }
 
 /// The line break the file uses.
-fn newline(text: &str) -> &'static str {
+pub(crate) fn newline(text: &str) -> &'static str {
     if text.contains("\r\n") { "\r\n" } else { "\n" }
 }
 
-fn indent(s: &str) -> usize {
+pub(crate) fn indent(s: &str) -> usize {
     s.len() - s.trim_start_matches(' ').len()
 }
 
 /// Not blank and not only a comment.
-fn is_content(s: &str) -> bool {
+pub(crate) fn is_content(s: &str) -> bool {
     let t = s.trim();
     !t.is_empty() && !t.starts_with('#')
 }
@@ -517,7 +517,7 @@ fn is_dash(s: &str) -> bool {
 }
 
 /// A top-level `key:` (plain or quoted) and the offset just after its colon.
-fn top_key(s: &str) -> Option<(&str, usize)> {
+pub(crate) fn top_key(s: &str) -> Option<(&str, usize)> {
     let first = *s.as_bytes().first()?;
     if matches!(first, b' ' | b'\t' | b'#' | b'[' | b'{' | b'?' | b'%') || is_dash(s) {
         return None;
@@ -546,7 +546,7 @@ fn top_key(s: &str) -> Option<(&str, usize)> {
 
 /// Where a comment starts in a block-context line fragment (`s.len()` if none): a `#` at the
 /// start or after whitespace, outside quoted scalars.
-fn comment_at(s: &str) -> usize {
+pub(crate) fn comment_at(s: &str) -> usize {
     let b = s.as_bytes();
     let mut i = 0;
     let mut prev_sig: Option<u8> = None; // last non-blank byte
@@ -591,7 +591,7 @@ fn skip_quoted(b: &[u8], i: usize) -> usize {
 
 /// A flow collection (`[…]` or `{…}`) opening at `open`: the offset of its closing bracket and the
 /// `[start, end)` of each top-level element (trimmed of blanks and comments).
-fn flow(text: &str, open: usize) -> Option<(usize, Vec<(usize, usize)>)> {
+pub(crate) fn flow(text: &str, open: usize) -> Option<(usize, Vec<(usize, usize)>)> {
     let b = text.as_bytes();
     let mut depth = 0usize;
     let mut elems = Vec::new();

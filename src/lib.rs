@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod quota;
 pub mod reconcile;
 pub mod repo;
+pub mod scan;
 pub mod secrets;
 pub mod serve;
 pub mod snapshot;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::snapshot::{Part, Snapshot, Template};
+use crate::snapshot::{Part, Server, Snapshot, Template};
 
 /// Where secrets are read from.
 #[derive(Clone, Debug, Default)]
@@ -93,27 +93,38 @@ pub fn bind(snapshot: &Snapshot, source: &SecretSource) -> Result<BoundSecrets, 
     let mut out = HashMap::new();
     let mut errors = Vec::new();
     for name in snapshot.server_names() {
-        let server = &snapshot.servers[name];
-        let mut bound = Bound::default();
-        for (k, t) in &server.credentials.headers {
-            match source.render(t) {
-                Ok(v) => match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
-                    (Ok(h), Ok(mut v)) => {
-                        v.set_sensitive(true);
-                        bound.headers.push((h, v));
-                    }
-                    _ => errors.push(format!("{}: credentials.headers.{k}: the secret value is not a valid header value", server.file)),
-                },
-                Err(e) => errors.push(format!("{}: {e}", server.file)),
+        match bind_server(&snapshot.servers[name], source) {
+            Ok(bound) => {
+                out.insert(name.to_string(), Arc::new(bound));
             }
+            Err(e) => errors.extend(e),
         }
-        for (k, t) in &server.credentials.env {
-            match source.render(t) {
-                Ok(v) => bound.env.push((k.clone(), v)),
-                Err(e) => errors.push(format!("{}: {e}", server.file)),
-            }
-        }
-        out.insert(name.to_string(), Arc::new(bound));
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+/// Resolves the credentials of one server (what `gatehouse scan --server` needs: the other
+/// servers' secrets may be absent). Err lists every secret that could not be resolved.
+pub fn bind_server(server: &Server, source: &SecretSource) -> Result<Bound, Vec<String>> {
+    let mut bound = Bound::default();
+    let mut errors = Vec::new();
+    for (k, t) in &server.credentials.headers {
+        match source.render(t) {
+            Ok(v) => match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+                (Ok(h), Ok(mut v)) => {
+                    v.set_sensitive(true);
+                    bound.headers.push((h, v));
+                }
+                _ => errors.push(format!("{}: credentials.headers.{k}: the secret value is not a valid header value", server.file)),
+            },
+            Err(e) => errors.push(format!("{}: {e}", server.file)),
+        }
+    }
+    for (k, t) in &server.credentials.env {
+        match source.render(t) {
+            Ok(v) => bound.env.push((k.clone(), v)),
+            Err(e) => errors.push(format!("{}: {e}", server.file)),
+        }
+    }
+    if errors.is_empty() { Ok(bound) } else { Err(errors) }
 }

@@ -3,7 +3,11 @@
 //! The rule is "the riskiest signal wins": `financial` > `execute` > `destructive` > `write` >
 //! `read`. Signals are the words of the name (split at `_`, `-`, `.` and camelCase), a few
 //! unambiguous words of the description ("overwrite", "permanently", "payment"…), and the MCP
-//! annotations. Annotations are hints from the server, so they may raise the category
+//! annotations. Two refinements keep nouns from posing as actions: money words of the
+//! description (nouns: "charges", "invoice") rank below the name's own destructive or execute
+//! verb, and a name that starts with a read verb (`get`, `list`…) treats the write words after
+//! it as its object (`get_commit`, `get-annotated-message`) and ignores money nouns in its
+//! description (`list_charges`: "List charges…"), unless it joins verbs with `and`/`or`/`then`. Annotations are hints from the server, so they may raise the category
 //! (`destructiveHint: true` makes a tool destructive) but never lower it on their own: a tool
 //! is `read` only when its name says so (`get`, `list`, `read`, `search`…), and
 //! `readOnlyHint: true` on a tool whose name says `delete` is ignored. A tool with no signal at
@@ -90,6 +94,12 @@ pub fn classify(tool: &Value) -> Classification {
 
     let in_name = |set: &[&str]| words.iter().find(|w| set.contains(&w.as_str())).cloned();
     let in_desc = |set: &[&str]| desc.iter().find(|w| set.contains(&w.as_str())).cloned();
+    // A name that starts with a read verb names what it reads after it: in `get_commit`,
+    // `get-annotated-message` or `list_labels` the write words are objects, and so are the
+    // money words of the description of `list_charges` ("List charges…"). Unless the name joins
+    // two verbs (`get_or_create_label`).
+    let read_led = words.first().is_some_and(|w| READ.contains(&w.as_str()))
+        && !words.iter().any(|w| w == "and" || w == "or" || w == "then");
 
     let mut reasons = Vec::new();
     let mut pick = |category: Category, reason: String| -> Option<Category> {
@@ -98,15 +108,18 @@ pub fn classify(tool: &Value) -> Classification {
     };
     let category = None
         .or_else(|| in_name(FINANCIAL).and_then(|w| pick(Category::Financial, format!("name word {w:?}"))))
-        .or_else(|| in_desc(DESCRIPTION_FINANCIAL).and_then(|w| pick(Category::Financial, format!("description word {w:?}"))))
         .or_else(|| in_name(EXECUTE).and_then(|w| pick(Category::Execute, format!("name word {w:?}"))))
         .or_else(|| in_desc(DESCRIPTION_EXECUTE).and_then(|w| pick(Category::Execute, format!("description word {w:?}"))))
         .or_else(|| in_name(DESTRUCTIVE).and_then(|w| pick(Category::Destructive, format!("name word {w:?}"))))
         .or_else(|| in_desc(DESCRIPTION_DESTRUCTIVE).and_then(|w| pick(Category::Destructive, format!("description word {w:?}"))))
+        // Money nouns in a description raise a tool the name does not already place higher:
+        // `create_order` "…and charges the card" is financial, `delete_customer` "Their charges
+        // are kept" stays destructive.
+        .or_else(|| (!read_led).then(|| in_desc(DESCRIPTION_FINANCIAL)).flatten().and_then(|w| pick(Category::Financial, format!("description word {w:?}"))))
         .or_else(|| (hint("destructiveHint") == Some(true) && hint("readOnlyHint") != Some(true))
             .then(|| pick(Category::Destructive, "annotation destructiveHint".into()))
             .flatten())
-        .or_else(|| in_name(WRITE).and_then(|w| pick(Category::Write, format!("name word {w:?}"))))
+        .or_else(|| (!read_led).then(|| in_name(WRITE)).flatten().and_then(|w| pick(Category::Write, format!("name word {w:?}"))))
         .or_else(|| in_name(READ).and_then(|w| pick(Category::Read, format!("name word {w:?}"))))
         .or_else(|| {
             let why = if hint("readOnlyHint") == Some(true) {

@@ -150,6 +150,22 @@ fn classification_takes_the_riskiest_signal() {
 }
 
 #[test]
+fn nouns_after_a_read_verb_or_in_a_description_do_not_pose_as_actions() {
+    // server-everything's get-annotated-message: "message" is its object, not a send.
+    assert_eq!(category(json!({ "name": "get-annotated-message", "description": "Generates an annotated message" })), Category::Read);
+    assert_eq!(category(json!({ "name": "get_commit" })), Category::Read);
+    assert_eq!(category(json!({ "name": "list_charges", "description": "List charges as JSON, newest first." })), Category::Read);
+    assert_eq!(category(json!({ "name": "delete_customer", "description": "Delete a customer record. Their charges are kept." })), Category::Destructive);
+    // A money noun still raises a tool whose name says no more than write, and two verbs joined
+    // are both read.
+    assert_eq!(category(json!({ "name": "create_order", "description": "Create an order and charge the card" })), Category::Financial);
+    assert_eq!(category(json!({ "name": "get_or_create_label" })), Category::Write);
+    // Destructive and execute words count after a read verb.
+    assert_eq!(category(json!({ "name": "get_and_delete" })), Category::Destructive);
+    assert_eq!(category(json!({ "name": "read_file", "description": "Read a file; overwrites the cache permanently" })), Category::Destructive);
+}
+
+#[test]
 fn annotations_raise_the_category_but_never_lower_it_on_their_own() {
     // readOnlyHint cannot make a delete read, nor an unknown verb read.
     assert_eq!(category(json!({ "name": "delete_user", "annotations": { "readOnlyHint": true } })), Category::Destructive);

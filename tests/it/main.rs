@@ -10,6 +10,7 @@ mod pins;
 mod plan;
 mod props;
 mod reconcile;
+mod scan;
 mod rmcp_peer;
 mod proxy;
 mod support;
