@@ -821,13 +821,14 @@ calls_rows=$(awk -F'\t' '/calls.csv/ {print $2}' <"$RES/$SEQ.out" 2>/dev/null | 
 result "the calls export is not empty ($calls_rows)" "$([[ ${calls_rows%% *} =~ ^[1-9][0-9]*$ ]] || echo "calls.csv: '${calls_rows}'")"
 CHROME=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
 if [ -n "$CHROME" ] && [ -f "$BUNDLE/index.html" ]; then
-  CH=("$CHROME" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --user-data-dir="$WORK/chrome")
+  # One profile directory per instance: the two checks run in parallel.
+  CH=("$CHROME" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage)
   check "index.html renders in headless Chromium (populations, manifest, controls)" \
     --has "MANIFEST.json" --has "A.8.32" --has "A.5.18" --has "suppliers" --lacks "ERR_FILE_NOT_FOUND" \
-    -- "${CH[@]}" --dump-dom "file://$BUNDLE/index.html"
+    -- "${CH[@]}" --user-data-dir="$WORK/chrome-dom" --dump-dom "file://$BUNDLE/index.html"
   check "screenshot of index.html saved" --rc 0 \
     -- bash -c '"${@:2}" && [ "$(stat -c %s "$1")" -gt 10000 ]' _ "$ART/evidence-index.png" \
-       "${CH[@]}" --window-size=1280,1800 --screenshot="$ART/evidence-index.png" "file://$BUNDLE/index.html"
+       "${CH[@]}" --user-data-dir="$WORK/chrome-shot" --window-size=1280,1800 --screenshot="$ART/evidence-index.png" "file://$BUNDLE/index.html"
   drain
   cp -r "$BUNDLE" "$ART/evidence-bundle" 2>/dev/null || true
   echo "interop: evidence artefacts in $ART (evidence-index.png, evidence-bundle/)"

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 pub use canonical::canonical_json;
 pub use classify::{Classification, classify};
-pub use screen::{Finding, FindingKind, ToolNames, screen};
+pub use screen::{Finding, FindingKind, ToolNames, screen, screen_offered};
 pub use vet::{Quarantine, Vetted, Why, vet};
 
 /// The fields of a tool definition that are hashed, in the order they are listed in docs.

@@ -96,20 +96,38 @@ fn kind_of(c: char) -> Option<FindingKind> {
     }
 }
 
-/// Screens the definition `tool` of a tool of `server`. `names` holds every server's tool
-/// names (this server's own included: they are never a finding).
+/// Screens the definition `tool` of a tool of `server`. `names` holds every server's declared
+/// tool names (this server's own included: they are never a finding).
 pub fn screen(tool: &Value, server: &str, names: &ToolNames) -> Vec<Finding> {
+    screen_offered(tool, server, names, &BTreeSet::new())
+}
+
+/// [`screen`], with `offered` (the names in the upstream's own list) counted as this server's
+/// tools too: a server that offers `get-sum` may name it, declared or not.
+pub fn screen_offered(tool: &Value, server: &str, names: &ToolNames, offered: &BTreeSet<&str>) -> Vec<Finding> {
     let mut out = Vec::new();
-    let own = names.of(server);
+    let own = Own { declared: names.of(server), offered };
     for field in super::DEFINITION_FIELDS {
         if let Some(v) = tool.get(field) {
-            walk(v, &mut format!("/{field}"), server, own, names, &mut out);
+            walk(v, &mut format!("/{field}"), server, &own, names, &mut out);
         }
     }
     out
 }
 
-fn walk(v: &Value, at: &mut String, server: &str, own: Option<&BTreeSet<String>>, names: &ToolNames, out: &mut Vec<Finding>) {
+/// This server's tool names: declared in its file, or offered by its upstream.
+struct Own<'a> {
+    declared: Option<&'a BTreeSet<String>>,
+    offered: &'a BTreeSet<&'a str>,
+}
+
+impl Own<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.offered.contains(name) || self.declared.is_some_and(|d| d.contains(name))
+    }
+}
+
+fn walk(v: &Value, at: &mut String, server: &str, own: &Own, names: &ToolNames, out: &mut Vec<Finding>) {
     match v {
         Value::String(s) => text(s, at, server, own, names, out),
         Value::Array(items) => {
@@ -135,7 +153,7 @@ fn walk(v: &Value, at: &mut String, server: &str, own: Option<&BTreeSet<String>>
     }
 }
 
-fn text(s: &str, at: &str, server: &str, own: Option<&BTreeSet<String>>, names: &ToolNames, out: &mut Vec<Finding>) {
+fn text(s: &str, at: &str, server: &str, own: &Own, names: &ToolNames, out: &mut Vec<Finding>) {
     // Hidden characters: one finding per kind and string, listing the characters.
     let mut hidden: BTreeMap<FindingKind, Vec<String>> = BTreeMap::new();
     for c in s.chars() {
@@ -183,7 +201,7 @@ fn text(s: &str, at: &str, server: &str, own: Option<&BTreeSet<String>>, names: 
             continue;
         }
         let distinctive = word.contains(['_', '-', '.']) && !word.contains("__");
-        if !distinctive || own.is_some_and(|o| o.contains(word)) {
+        if !distinctive || own.contains(word) {
             continue;
         }
         if let Some(other) = names.other_owner(word, server) {

@@ -1,10 +1,10 @@
 //! One upstream tool list checked against a server's pins: which tools are quarantined, and why.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Value, json};
 
-use super::{Finding, ToolNames, check_name, definition_hash, screen};
+use super::{Finding, ToolNames, check_name, definition_hash, screen_offered};
 use crate::snapshot::Server;
 
 /// Why a tool is quarantined (the first that applies, in this order).
@@ -123,12 +123,13 @@ pub fn vet(server: &Server, tools: &[Value], names: &ToolNames) -> Vetted {
             *count.entry(n).or_default() += 1;
         }
     }
+    let offered: BTreeSet<&str> = count.keys().copied().collect();
     for t in tools {
         let Some(name) = t.get("name").and_then(Value::as_str) else { continue };
         let hash = definition_hash(t);
         out.hashes.insert(name.to_string(), hash.clone());
         let pinned = server.tools.get(name).and_then(|i| i.sha256.clone());
-        let findings = screen(t, &server.name, names);
+        let findings = screen_offered(t, &server.name, names, &offered);
         let name_error = check_name(name).err();
         let why = if name_error.is_some() {
             Some(Why::InvalidName)
