@@ -94,14 +94,9 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
             docs.entry(dir).or_default().push(doc);
         }
     }
-    let take = |docs: &mut HashMap<&str, Vec<Doc>>, k: &str| docs.remove(k).unwrap_or_default();
-    let (server_docs, policy_docs, role_docs, grant_docs, test_docs) = (
-        take(&mut docs, "servers"),
-        take(&mut docs, "policies"),
-        take(&mut docs, "roles"),
-        take(&mut docs, "grants"),
-        take(&mut docs, "tests"),
-    );
+    let mut take = |k: &str| docs.remove(k).unwrap_or_default();
+    let (server_docs, policy_docs, role_docs, grant_docs, test_docs) =
+        (take("servers"), take("policies"), take("roles"), take("grants"), take("tests"));
 
     let settings = settings_doc.map(|doc| compile_settings(&doc, &mut d)).unwrap_or_default();
 
@@ -182,7 +177,7 @@ struct Refs {
     role_files: BTreeSet<String>,
 }
 
-fn parse_entry(path: &str, entry: &Entry, d: &mut Diagnostics) -> Option<Doc> {
+fn parse_entry<'a>(path: &str, entry: &'a Entry, d: &mut Diagnostics) -> Option<Doc<'a>> {
     match entry {
         Entry::Blob(bytes) => Doc::parse(path, bytes, d),
         Entry::Symlink => {
@@ -693,7 +688,7 @@ fn compile_tests(
         }
         out.push(TestCase {
             file: doc.file.clone(),
-            pos: doc.loc.at(&ptr),
+            pos: doc.loc().at(&ptr),
             name: c.name,
             identity: c.identity,
             server: c.server,

@@ -1,10 +1,11 @@
 //! Source positions for every node of a YAML or JSON file, by JSON pointer.
 //!
 //! serde gives line and column only for syntax and type errors. Semantic errors found later
-//! ("unknown server", "regex does not compile") must point at the offending line too, so each
-//! file is also walked once with yaml-rust2's event parser, which reports a marker per node.
-//! JSON is read the same way (a JSON text is a YAML flow document). The walk also finds
-//! duplicate mapping keys, which serde_json would otherwise resolve silently (last one wins).
+//! ("unknown server", "regex does not compile") must point at the offending line too, so a file
+//! with a diagnostic is walked with yaml-rust2's event parser, which reports a marker per node
+//! (`load::Doc` builds the locator on first use: a valid file is never walked). JSON is read the
+//! same way (a JSON text is a YAML flow document). The walk also places duplicate mapping keys,
+//! which the serde pass only notices (the last one wins there).
 
 use std::collections::{HashMap, HashSet};
 

@@ -19,7 +19,7 @@ use crate::units::{Rate, Window};
 type Counters = HashMap<(String, String), (Window, String)>;
 
 struct Ctx<'a> {
-    doc: &'a Doc,
+    doc: &'a Doc<'a>,
     diags: &'a mut Diagnostics,
     counters: Counters,
     errors: usize,
@@ -76,7 +76,7 @@ pub fn compile_policy(doc: &Doc, diags: &mut Diagnostics) -> Option<Policy> {
                         );
                         cx.err(&format!("{at}/counter"), msg);
                     } else {
-                        let first = format!("line {}", doc.loc.at(&at).line);
+                        let first = format!("line {}", doc.loc().at(&at).line);
                         cx.counters.insert(key, (window, first));
                     }
                 }

@@ -31,7 +31,7 @@ pub fn policy_rules(files: &Files) -> Vec<RuleNode> {
         }
         let Some(doc) = Doc::parse(path, bytes, &mut Diagnostics::default()) else { continue };
         let mut push = |ptr: String, value: &Value| {
-            out.push(RuleNode { id: format!("{path}#{ptr}"), file: path.clone(), line: doc.loc.at(&ptr).line, value: value.clone() });
+            out.push(RuleNode { id: format!("{path}#{ptr}"), file: path.clone(), line: doc.loc().at(&ptr).line, value: value.clone() });
         };
         for key in ["default", "hide"] {
             if let Some(v) = doc.value.get(key) {
