@@ -437,12 +437,11 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
     let unpinned = tools.values().filter(|t| t.sha256.is_none()).count();
     if tools.is_empty() {
         let what = if pin_required { "every tool the upstream offers will be quarantined" } else { "a changed definition goes unnoticed" };
-        doc.warning(d, "", format!("no tool definition is pinned ({what}): gatehouse scan --server {} --write pins them", raw.name));
+        doc.file_warning(d, format!("no tool definition is pinned ({what}): gatehouse scan --server {} --write pins them", raw.name));
     } else if unpinned > 0 {
         let what = if pin_required { "they will be quarantined" } else { "a changed definition goes unnoticed" };
-        doc.warning(
+        doc.file_warning(
             d,
-            "/tools",
             format!("{unpinned} of {} declared tools have no sha256 pin ({what}): gatehouse scan --server {} --write pins them", tools.len(), raw.name),
         );
     }

@@ -116,6 +116,12 @@ impl<'t> Doc<'t> {
     pub fn warning(&self, diags: &mut Diagnostics, ptr: &str, msg: impl Into<String>) {
         diags.warning(&self.file, self.loc().at(ptr), msg);
     }
+
+    /// A warning about the file as a whole, at 1:1: no position lookup, so a warning every file
+    /// of a large valid repository may carry never builds a Locator.
+    pub fn file_warning(&self, diags: &mut Diagnostics, msg: impl Into<String>) {
+        diags.warning(&self.file, crate::diag::Pos { line: 1, col: 1 }, msg);
+    }
 }
 
 /// Deserializes a [`Value`] exactly as `Value`'s own `Deserialize` does (same values, same
