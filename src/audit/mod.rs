@@ -233,7 +233,7 @@ mod tests {
             "{\"looks\":\"like json\"}",
         ];
         let t = |i: usize| texts[(n + i) % texts.len()].to_string();
-        let set = n % 2 == 0;
+        let set = n.is_multiple_of(2);
         CallRecord {
             seq: [0, 1, 42, u64::MAX][n % 4],
             ts: format!("2026-11-0{}T12:00:00.123Z", n % 9 + 1),
@@ -256,7 +256,7 @@ mod tests {
             snapshot_digest: t(12),
             outcome: t(13),
             latency_ms: [None, Some(0), Some(17), Some(u64::MAX)][n % 4],
-            prev_hash: if n % 5 == 0 { GENESIS.into() } else { t(14) },
+            prev_hash: if n.is_multiple_of(5) { GENESIS.into() } else { t(14) },
             hash: (n % 4 < 2).then(|| t(15)),
         }
     }
