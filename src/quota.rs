@@ -134,19 +134,20 @@ impl Quotas {
             }
         }
         if let (Some(store), false) = (&self.store, rows.is_empty()) {
-            // Persisted through the writer's group commit; not awaited (see ARCHITECTURE.md).
-            let store = store.clone();
+            // Persisted through the writer's group commit, riding the next group (a deferred
+            // write, queued now so that a clean shutdown commits it); not awaited (see
+            // ARCHITECTURE.md).
+            let write = store.write_deferred(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "INSERT INTO quota_counters (counter, subject, window_start, value) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (counter, subject, window_start) DO UPDATE SET value = max(value, ?4)",
+                )?;
+                for (k, v) in &rows {
+                    stmt.execute(params![k.counter, k.subject, k.window_start, v])?;
+                }
+                Ok(())
+            });
             tokio::spawn(async move {
-                let write = store.write(move |c| {
-                    let mut stmt = c.prepare_cached(
-                        "INSERT INTO quota_counters (counter, subject, window_start, value) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (counter, subject, window_start) DO UPDATE SET value = max(value, ?4)",
-                    )?;
-                    for (k, v) in &rows {
-                        stmt.execute(params![k.counter, k.subject, k.window_start, v])?;
-                    }
-                    Ok(())
-                });
                 if let Err(e) = write.await {
                     tracing::error!(error = %e, "quota counters not persisted");
                 }

@@ -41,11 +41,27 @@ pub struct Daemon {
     pub store: Store,
     _watcher: Option<notify::RecommendedWatcher>,
     reconciler: tokio::task::JoinHandle<()>,
+    retention: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.reconciler.abort();
+        self.retention.abort();
+    }
+}
+
+impl Daemon {
+    /// A clean stop, once the proxy has stopped serving (its in-flight calls have finished and
+    /// queued their outcome records): stops the reconciler and the retention task, then commits
+    /// everything queued in the store and joins its writer thread. Without it the records still
+    /// waiting in the writer's queue (the last calls' outcomes) would be lost at exit.
+    pub async fn shutdown(mut self) {
+        self.reconciler.abort();
+        self.retention.abort();
+        let _ = (&mut self.reconciler).await;
+        let _ = (&mut self.retention).await;
+        self.store.close().await;
     }
 }
 
@@ -85,8 +101,8 @@ pub async fn start(settings: Settings) -> Result<Daemon> {
         Source::Remote { .. } => None,
     };
     let reconciler = tokio::spawn(reconcile::run(rs, store.clone(), state.clone(), rx, applied));
-    tokio::spawn(retention(state.clone(), store.clone()));
-    Ok(Daemon { state, store, _watcher: watcher, reconciler })
+    let retention = tokio::spawn(retention(state.clone(), store.clone()));
+    Ok(Daemon { state, store, _watcher: watcher, reconciler, retention })
 }
 
 /// Every hour: prune call records older than `audit.retention_days` of the active snapshot (the
@@ -113,10 +129,20 @@ pub fn run(settings: Settings) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-        let daemon = start(settings).await?;
-        info!(addr = %listener.local_addr()?, "listening: POST /mcp (all servers) or /mcp/<server>");
-        proxy::serve(listener, daemon.state.clone(), shutdown_signal()).await
+        serve_until(settings, listener, shutdown_signal()).await
     })
+}
+
+/// Starts the daemon, serves on `listener` until `shutdown` resolves, then stops cleanly: the
+/// proxy lets in-flight requests finish, and [`Daemon::shutdown`] commits every queued record
+/// before this returns.
+pub async fn serve_until(settings: Settings, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let daemon = start(settings).await?;
+    info!(addr = %listener.local_addr()?, "listening: POST /mcp (all servers) or /mcp/<server>");
+    let served = proxy::serve(listener, daemon.state.clone(), shutdown).await;
+    daemon.shutdown().await;
+    info!("state database closed");
+    served
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

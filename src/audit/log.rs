@@ -40,17 +40,33 @@ impl AuditLog {
         }
     }
 
+    /// Appends `record` without forcing a commit of its own: it rides the store's next group
+    /// commit ([`Store::write_deferred`], at most [`crate::store::DEFER_MAX`] later). For the
+    /// outcome record of an allowed call, which nothing waits on: its decision record is already
+    /// durable. The record is queued when this returns (a clean shutdown commits it); the
+    /// future resolves with its seq once it is durable.
+    pub fn append_deferred(&self, record: CallRecord) -> impl Future<Output = Result<u64, StoreError>> + Send + use<> {
+        self.store.write_deferred(move |c| append_in(c, record))
+    }
+
     /// Records a monitoring event (A.8.16), e.g. a quota threshold hit.
     pub async fn event(&self, kind: &'static str, ts: String, detail: serde_json::Value) -> Result<(), StoreError> {
         self.store
-            .write(move |c| c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, ?2, ?3)", params![ts, kind, detail.to_string()]).map(|_| ()))
+            .write(move |c| {
+                c.prepare_cached("INSERT INTO events (ts, kind, detail) VALUES (?1, ?2, ?3)")?
+                    .execute(params![ts, kind, detail.to_string()])
+                    .map(|_| ())
+            })
             .await
     }
 }
 
 /// The chain head: (last seq, its hash); after pruning, the anchor the retained part starts from.
 pub fn head(c: &Connection) -> rusqlite::Result<(u64, String)> {
-    let last: Option<(i64, String)> = c.query_row("SELECT seq, hash FROM calls ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let last: Option<(i64, String)> = c
+        .prepare_cached("SELECT seq, hash FROM calls ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
     if let Some((seq, hash)) = last {
         return Ok((seq as u64, hash));
     }
@@ -59,7 +75,8 @@ pub fn head(c: &Connection) -> rusqlite::Result<(u64, String)> {
 
 /// The (seq, hash) of the last pruned record, if records were pruned.
 pub fn anchor(c: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
-    let v: Option<String> = c.query_row("SELECT value FROM kv WHERE key = 'chain_anchor'", [], |r| r.get(0)).optional()?;
+    let v: Option<String> =
+        c.prepare_cached("SELECT value FROM kv WHERE key = 'chain_anchor'")?.query_row([], |r| r.get(0)).optional()?;
     Ok(v.and_then(|v| {
         let (seq, hash) = v.split_once(':')?;
         Some((seq.parse().ok()?, hash.to_string()))
@@ -72,14 +89,24 @@ pub fn append_in(c: &Connection, mut r: CallRecord) -> rusqlite::Result<u64> {
     r.seq = seq + 1;
     r.prev_hash = prev;
     r.hash = None;
-    let canonical = r.canonical();
-    let hash = chain_hash(&r.prev_hash, &canonical);
-    c.prepare_cached(
-        "INSERT INTO calls (seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![r.seq as i64, r.ts, canonical, hash, r.identity, r.server, r.tool, r.category, r.verdict, r.outcome])?;
+    CANONICAL.with_borrow_mut(|buf| {
+        buf.clear();
+        r.canonical_to(buf);
+        let canonical = std::str::from_utf8(buf).expect("serde_json writes UTF-8");
+        let hash = chain_hash(&r.prev_hash, canonical);
+        c.prepare_cached(
+            "INSERT INTO calls (seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![r.seq as i64, r.ts, canonical, hash, r.identity, r.server, r.tool, r.category, r.verdict, r.outcome])
+    })?;
     Ok(r.seq)
+}
+
+thread_local! {
+    /// The canonical text of the record being appended, reused across appends (they all run on
+    /// the store's writer thread).
+    static CANONICAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
 }
 
 /// Deletes records older than `cutoff` (RFC 3339), keeping the chain verifiable: the hash of

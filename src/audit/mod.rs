@@ -51,12 +51,89 @@ pub struct CallRecord {
 impl CallRecord {
     /// The canonical JSON of the record without `hash` (what is hashed).
     pub fn canonical(&self) -> String {
-        let mut v = serde_json::to_value(self).expect("a record serializes");
-        if let Value::Object(m) = &mut v {
-            m.remove("hash");
+        let mut out = Vec::with_capacity(640);
+        self.canonical_to(&mut out);
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+
+    /// Appends the canonical JSON of the record without `hash` to `out` (a buffer the caller
+    /// may reuse): the same bytes as a `serde_json::Value` of the record, `hash` removed,
+    /// printed compactly, which is what every stored record was hashed as. Serialized directly
+    /// from a borrowed view whose fields are declared in sorted key order.
+    pub fn canonical_to(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, &Canonical::from(self)).expect("a record serializes");
+    }
+}
+
+/// A record without `hash`, borrowed, its fields in byte-wise sorted key order (the order of a
+/// `serde_json::Map` without the `preserve_order` feature). Adding a field to [`CallRecord`]
+/// means adding it here, in its sorted place: the unit test compares both serializations.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    arg_keys: &'a [String],
+    category: &'a Option<String>,
+    grant: &'a str,
+    identity: &'a str,
+    latency_ms: Option<u64>,
+    message: &'a str,
+    outcome: &'a str,
+    policy_commit: &'a Option<String>,
+    prev_hash: &'a str,
+    replica: &'a str,
+    rule: &'a str,
+    seq: u64,
+    server: &'a str,
+    session: &'a str,
+    snapshot_digest: &'a str,
+    tool: &'a str,
+    ts: &'a str,
+    verdict: &'a str,
+}
+
+impl<'a> From<&'a CallRecord> for Canonical<'a> {
+    fn from(r: &'a CallRecord) -> Canonical<'a> {
+        // Destructured so that a field added to CallRecord fails to compile here.
+        let CallRecord {
+            seq,
+            ts,
+            replica,
+            session,
+            identity,
+            grant,
+            server,
+            tool,
+            category,
+            arg_keys,
+            verdict,
+            rule,
+            message,
+            policy_commit,
+            snapshot_digest,
+            outcome,
+            latency_ms,
+            prev_hash,
+            hash: _,
+        } = r;
+        Canonical {
+            arg_keys,
+            category,
+            grant,
+            identity,
+            latency_ms: *latency_ms,
+            message,
+            outcome,
+            policy_commit,
+            prev_hash,
+            replica,
+            rule,
+            seq: *seq,
+            server,
+            session,
+            snapshot_digest,
+            tool,
+            ts,
+            verdict,
         }
-        // serde_json's map is ordered by key (no preserve_order feature): sorted, compact.
-        v.to_string()
     }
 }
 
@@ -134,5 +211,86 @@ mod tests {
         assert!(c.starts_with("{\"arg_keys\":[],\"category\":null,"), "{c}");
         assert!(!c.contains("\"hash\""));
         assert_eq!(chain_hash(GENESIS, &c).len(), 64);
+    }
+
+    /// The canonical text as it was computed before `Canonical` (kept as the reference: every
+    /// stored record was hashed over these bytes).
+    fn canonical_via_value(r: &CallRecord) -> String {
+        let mut v = serde_json::to_value(r).expect("a record serializes");
+        if let Value::Object(m) = &mut v {
+            m.remove("hash");
+        }
+        v.to_string()
+    }
+
+    fn sample(n: usize) -> CallRecord {
+        let texts = [
+            "plain",
+            "",
+            "quote \" and backslash \\ and slash /",
+            "unicode: é ü 漢字 🦀 \u{2028}\u{2029} \u{7f} \u{80}",
+            "controls: \0 \t \n \r \u{1} \u{1f}",
+            "{\"looks\":\"like json\"}",
+        ];
+        let t = |i: usize| texts[(n + i) % texts.len()].to_string();
+        let set = n.is_multiple_of(2);
+        CallRecord {
+            seq: [0, 1, 42, u64::MAX][n % 4],
+            ts: format!("2026-11-0{}T12:00:00.123Z", n % 9 + 1),
+            replica: t(1),
+            session: t(2),
+            identity: t(3),
+            grant: t(4),
+            server: t(5),
+            tool: t(6),
+            category: set.then(|| t(7)),
+            arg_keys: match n % 3 {
+                0 => vec![],
+                1 => vec!["path".into()],
+                _ => vec!["a".into(), "a.b".into(), "items[].id".into(), t(8), "ключ \"q\"".into()],
+            },
+            verdict: if set { "allow".into() } else { "deny".into() },
+            rule: t(9),
+            message: t(10),
+            policy_commit: (n % 3 != 1).then(|| t(11)),
+            snapshot_digest: t(12),
+            outcome: t(13),
+            latency_ms: [None, Some(0), Some(17), Some(u64::MAX)][n % 4],
+            prev_hash: if n.is_multiple_of(5) { GENESIS.into() } else { t(14) },
+            hash: (n % 4 < 2).then(|| t(15)),
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_equal_the_value_based_serialization() {
+        for n in 0..72 {
+            let r = sample(n);
+            let reference = canonical_via_value(&r);
+            assert_eq!(r.canonical(), reference, "record {n}: {r:?}");
+            // The reusable-buffer form appends the same bytes.
+            let mut buf = b"prefix".to_vec();
+            r.canonical_to(&mut buf);
+            assert_eq!(&buf[6..], reference.as_bytes(), "record {n}");
+            // And it is canonical: keys sorted, compact, every field but hash.
+            let m: std::collections::BTreeMap<String, Value> = serde_json::from_str(&reference).unwrap();
+            assert_eq!(m.len(), 18);
+            assert!(!m.contains_key("hash"));
+            assert_eq!(serde_json::to_string(&m).unwrap(), reference);
+        }
+        // Every optional field set, and every one unset.
+        let mut all = sample(0);
+        all.category = Some("read".into());
+        all.policy_commit = Some("c".into());
+        all.latency_ms = Some(5);
+        all.hash = Some("h".into());
+        assert_eq!(all.canonical(), canonical_via_value(&all));
+        let mut none = all.clone();
+        none.category = None;
+        none.policy_commit = None;
+        none.latency_ms = None;
+        none.hash = None;
+        none.arg_keys = vec![];
+        assert_eq!(none.canonical(), canonical_via_value(&none));
+        assert!(none.canonical().contains("\"arg_keys\":[],\"category\":null,"));
     }
 }

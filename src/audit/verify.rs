@@ -1,15 +1,17 @@
 //! Reading the call log back: verify the chain, export a period with a manifest, tail.
 
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use rusqlite::Connection;
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::log::anchor;
-use super::{CallRecord, GENESIS, chain_hash};
+use super::GENESIS;
 
 /// What `verify` found.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,6 +23,11 @@ pub enum Verdict {
 }
 
 /// Recomputes the chain from the anchor (or genesis) to the last record.
+///
+/// Rows are streamed and read in place: the record text and the stored hash are borrowed from
+/// SQLite, the record is checked through a borrowed view ([`Check`]: the same fields and types as
+/// [`CallRecord`](crate::audit::CallRecord), nothing copied), and the hash is computed into a stack buffer, so a row costs
+/// no allocation beyond the odd string with escapes.
 pub fn verify(c: &Connection) -> Result<Verdict> {
     let (mut expect_seq, mut prev) = match anchor(c)? {
         Some((seq, hash)) => (seq + 1, hash),
@@ -30,15 +37,16 @@ pub fn verify(c: &Connection) -> Result<Verdict> {
     let mut stmt = c.prepare("SELECT seq, record, hash FROM calls ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     let mut count = 0u64;
+    let mut computed = [0u8; 64];
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
         let seq = seq as u64;
-        let text: String = row.get(1)?;
-        let hash: String = row.get(2)?;
+        let text = row.get_ref(1)?.as_str()?;
+        let hash = row.get_ref(2)?.as_str()?;
         if seq != expect_seq {
             return Ok(Verdict::Broken { seq: expect_seq, why: format!("record {expect_seq} is missing (next is {seq})") });
         }
-        let record: CallRecord = match serde_json::from_str(&text) {
+        let record: Check = match serde_json::from_str(text) {
             Ok(r) => r,
             Err(e) => return Ok(Verdict::Broken { seq, why: format!("not a call record: {e}") }),
         };
@@ -48,14 +56,96 @@ pub fn verify(c: &Connection) -> Result<Verdict> {
         if record.prev_hash != prev {
             return Ok(Verdict::Broken { seq, why: "prev_hash does not match the previous record's hash".into() });
         }
-        if chain_hash(&prev, &text) != hash {
+        // chain_hash, without allocating.
+        let digest = Sha256::new().chain_update(prev.as_bytes()).chain_update(text.as_bytes()).finalize();
+        hex::encode_to_slice(digest, &mut computed).expect("32 bytes are 64 hex digits");
+        if computed[..] != *hash.as_bytes() {
             return Ok(Verdict::Broken { seq, why: "hash does not match the record".into() });
         }
-        prev = hash;
+        prev.clear();
+        prev.push_str(hash);
         expect_seq += 1;
         count += 1;
     }
     Ok(Verdict::Intact { count, first, last: expect_seq - 1 })
+}
+
+/// What `verify` reads of a stored record: `seq` and `prev_hash`, with every other field of
+/// [`CallRecord`](crate::audit::CallRecord) checked for presence and type but not copied. Fields, their
+/// order, their types and their optionality mirror `CallRecord`, so a text is accepted, or refused with the same
+/// message, exactly when it would deserialize as a `CallRecord`.
+///
+/// Named `CallRecord` in a module of its own because serde's messages name the type.
+mod view {
+    use std::borrow::Cow;
+
+    use super::{Str, Strs};
+
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)] // the unit fields are there to be checked, not read
+    pub(super) struct CallRecord<'a> {
+        pub(super) seq: u64,
+        ts: Str,
+        replica: Str,
+        session: Str,
+        identity: Str,
+        grant: Str,
+        server: Str,
+        tool: Str,
+        category: Option<Str>,
+        arg_keys: Strs,
+        verdict: Str,
+        rule: Str,
+        message: Str,
+        policy_commit: Option<Str>,
+        snapshot_digest: Str,
+        outcome: Str,
+        latency_ms: Option<u64>,
+        #[serde(borrow)]
+        pub(super) prev_hash: Cow<'a, str>,
+        hash: Option<Str>,
+    }
+}
+
+use view::CallRecord as Check;
+
+/// A JSON string, checked and dropped.
+struct Str;
+
+/// A JSON array of strings, checked and dropped.
+struct Strs;
+
+impl<'de> Deserialize<'de> for Str {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Str, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Str;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Str, E> {
+                Ok(Str)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Strs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strs, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Strs;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strs, A::Error> {
+                while seq.next_element::<Str>()?.is_some() {}
+                Ok(Strs)
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 /// Output formats of `export`.
@@ -159,4 +249,45 @@ pub fn bound(s: &str) -> Result<String> {
         return Ok(if s.contains('.') { s.to_string() } else { format!("{}.000Z", &s[..s.len() - 1]) });
     }
     bail!("invalid time {s:?}: expected YYYY-MM-DD or an RFC 3339 UTC time (2026-11-01T00:00:00Z)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::CallRecord;
+
+    /// `Check` accepts exactly what `CallRecord` accepts, and refuses with the same message.
+    #[test]
+    fn the_borrowed_check_reads_records_like_call_record() {
+        let ok = r#"{"arg_keys":["a","b\"c"],"category":null,"grant":"g","identity":"i\u00e9","latency_ms":null,"message":"m","outcome":"ok","policy_commit":"c","prev_hash":"p","replica":"r","rule":"x","seq":7,"server":"s","session":"se","snapshot_digest":"d","tool":"t","ts":"ts","verdict":"allow"}"#;
+        let texts = [
+            ok.to_string(),
+            ok.replace(r#""category":null,"#, ""),
+            ok.replace(r#""latency_ms":null"#, r#""latency_ms":12"#),
+            ok.replace(r#""prev_hash":"p""#, r#""prev_hash":"p\n""#),
+            ok.replace(r#""verdict":"allow""#, r#""verdict":"allow","hash":"h","extra":[1,{"x":2}]"#),
+            ok.replace(r#""tool":"t","#, ""),
+            ok.replace(r#""seq":7"#, r#""seq":-7"#),
+            ok.replace(r#""seq":7"#, r#""seq":"7""#),
+            ok.replace(r#""ts":"ts""#, r#""ts":1"#),
+            ok.replace(r#""arg_keys":["a","b\"c"]"#, r#""arg_keys":["a",2]"#),
+            ok.replace(r#""arg_keys":["a","b\"c"]"#, r#""arg_keys":"a""#),
+            ok.replace(r#""category":null"#, r#""category":true"#),
+            ok.replace(r#""latency_ms":null"#, r#""latency_ms":1.5"#),
+            ok.replace(r#""hash""#, r#""x""#).replace(r#""verdict":"allow""#, r#""verdict":"allow","hash":3"#),
+            ok.replace(r#""rule":"x","#, r#""rule":"x","rule":"y","#),
+            ok[..ok.len() - 1].to_string(),
+            "[]".to_string(),
+            "not json".to_string(),
+        ];
+        for text in &texts {
+            let full = serde_json::from_str::<CallRecord>(text);
+            let check = serde_json::from_str::<Check>(text);
+            match (&full, &check) {
+                (Ok(r), Ok(c)) => assert_eq!((r.seq, r.prev_hash.as_str()), (c.seq, &*c.prev_hash), "{text}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
+                _ => panic!("{text}: CallRecord {:?}, Check {:?}", full.as_ref().err(), check.as_ref().err()),
+            }
+        }
+    }
 }

@@ -723,11 +723,15 @@ impl Recorder {
         }
     }
 
-    /// The outcome record; written in the background (the decision record is already durable).
+    /// The outcome record; written in the background (the decision record is already durable),
+    /// riding the store's next group commit. It is queued before this returns, so it is queued
+    /// before the reply goes out and a clean shutdown (which waits for in-flight requests, then
+    /// closes the store) commits it.
     fn outcome(&self, rule: &str, message: &str, outcome: &str, latency: Duration) {
-        if let (Some(log), Some(r)) = (self.log.clone(), self.record("allow", rule, message, outcome, Some(latency))) {
+        if let (Some(log), Some(r)) = (&self.log, self.record("allow", rule, message, outcome, Some(latency))) {
+            let written = log.append_deferred(r);
             tokio::spawn(async move {
-                if let Err(e) = log.append(r).await {
+                if let Err(e) = written.await {
                     error!(error = %e, "audit log unavailable: an outcome was not recorded");
                 }
             });

@@ -270,7 +270,9 @@ fn visible(state: &State, active: &Active, session: &session::Session) -> BTreeS
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
-/// requests finish (up to 10 s) and closes every upstream connection.
+/// requests finish (up to 10 s), closes every upstream connection and waits until the call
+/// records of the finished calls (outcomes ride group commits in the background) are durable.
+/// The store itself stays open: its owner closes it (`serve::Daemon::shutdown`).
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
@@ -329,5 +331,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
         _ = tokio::time::sleep(Duration::from_secs(10)) => warn!("in-flight requests did not finish within 10 s"),
     }
     state.pool.shutdown().await;
+    if let Some(log) = state.audit.get()
+        && let Err(e) = log.store().flush().await
+    {
+        warn!(error = %e, "the last call records may not be durable");
+    }
     Ok(())
 }

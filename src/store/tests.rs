@@ -33,3 +33,52 @@ fn a_failing_job_does_not_undo_the_others_of_its_group() {
     let n: i64 = store.reader().unwrap().query_row("SELECT count(*) FROM kv", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 2);
 }
+
+fn kv_has(c: &Connection, key: &str) -> bool {
+    c.query_row("SELECT count(*) FROM kv WHERE key = ?1", [key], |r| r.get::<_, i64>(0)).unwrap() == 1
+}
+
+#[test]
+fn a_deferred_job_rides_the_next_group_or_is_committed_after_defer_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        // Alone: it waits for another group, then is committed on its own.
+        let t = Instant::now();
+        store.write_deferred(|c| c.execute("INSERT INTO kv VALUES ('alone', '1')", [])).await.unwrap();
+        assert!(t.elapsed() >= DEFER_MAX, "committed after {:?}", t.elapsed());
+        assert!(kv_has(&store.reader().unwrap(), "alone"));
+
+        // With a job that is not deferred: both in one transaction. Inside the second job, the
+        // writer sees the deferred row while another connection does not: not yet committed.
+        let rider = store.write_deferred(|c| c.execute("INSERT INTO kv VALUES ('rider', '1')", []));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let reader = store.reader().unwrap();
+        let driver = store.write(move |c| Ok((kv_has(c, "rider"), kv_has(&reader, "rider"))));
+        let (rider, driver) = tokio::join!(rider, driver);
+        rider.unwrap();
+        assert_eq!(driver.unwrap(), (true, false), "the deferred job ran, uncommitted, in the same transaction");
+        assert!(kv_has(&store.reader().unwrap(), "rider"));
+    });
+}
+
+#[test]
+fn close_commits_what_is_queued_and_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let queued: Vec<_> = (0..50).map(|i| store.write_deferred(move |c| c.execute("INSERT INTO kv VALUES (?1, '1')", [format!("k{i}")]))).collect();
+        let other = store.clone();
+        other.close().await;
+        for q in queued {
+            q.await.unwrap();
+        }
+        let n: i64 = store.reader().unwrap().query_row("SELECT count(*) FROM kv", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 50);
+        assert!(matches!(store.write(|_| Ok(())).await, Err(StoreError::Stopped)));
+        assert!(matches!(store.write_deferred(|_| Ok(())).await, Err(StoreError::Stopped)));
+        store.close().await; // twice: a no-op
+    });
+}

@@ -8,8 +8,8 @@ use gatehouse::secrets::SecretSource;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::gateway::{Gateway, MockUpstream, call, initialize, post, token_hash};
-use crate::support::gatehouse;
+use crate::gateway::{Gateway, MockUpstream, call, initialize, post, send, token_hash};
+use crate::support::{TestRepo, gatehouse};
 
 const TOKEN: &str = "audit-token-0123456789";
 const CANARY: &str = "CANARY-4815162342";
@@ -233,7 +233,7 @@ async fn quota_counts_survive_a_restart() {
     for i in 0..5 {
         post(&url, TOKEN, Some(&s), call(i, "mock__add", json!({ "a": 1, "b": 1 }))).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // counters are persisted in the background
+    gw.store.flush().await.unwrap(); // counters are persisted in the background: wait for them
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let reloaded = gatehouse::quota::Quotas::load(Some(gw.store.clone()), now);
     let snap = gw.state.active.load_full().unwrap();
@@ -249,4 +249,77 @@ async fn quota_counts_survive_a_restart() {
         }
         assert!(reloaded.reserve(&d.quotas, &who, &args, now).is_err(), "the count was reloaded");
     }
+}
+
+/// A clean shutdown (what SIGTERM or Ctrl-C does in `gatehouse serve`) commits the records still
+/// queued behind the last calls: reopened, the database holds an outcome record for every
+/// allowed call that was answered, and the chain verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
+    let up = MockUpstream::start().await;
+    let repo = TestRepo::new();
+    let server = format!("name: mock\ntransport: streamable-http\nurl: {}\ntimeout: 2s\nsupplier: {{ operated_by: internal }}\n", up.url);
+    let grant = format!("identity: agent\nkind: agent\nowner: o@x\ntokens: [ {{ sha256: {} }} ]\naccess: [ {{ server: mock, tools: \"*\", policy: policies/p.yaml }} ]\n", token_hash(TOKEN));
+    repo.commit("policy", &[("servers/mock.yaml", &server), ("grants/agent.yaml", &grant), ("policies/p.yaml", "tools:\n  add: {}\n")]);
+    let data = tempfile::tempdir().unwrap();
+    let settings = gatehouse::serve::Settings {
+        repo: repo.path().display().to_string(),
+        branch: None,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.path().to_path_buf(),
+        secrets: SecretSource::default(),
+        poll: std::time::Duration::from_secs(600),
+        accept_rewrite: false,
+        webhook_secret: None,
+        proxy: Config::default(),
+    };
+    // What `serve::serve_until` (and so `gatehouse serve`) does, holding one more handle on the
+    // store as a task still alive at exit would: dropping handles is not what commits.
+    let daemon = gatehouse::serve::start(settings).await.unwrap();
+    let held = daemon.store.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = daemon.state.clone();
+    let served = tokio::spawn(async move {
+        let r = gatehouse::proxy::serve(listener, state, async {
+            let _ = stopped.await;
+        })
+        .await;
+        daemon.shutdown().await;
+        r
+    });
+    let t = std::time::Instant::now();
+    while send("GET", &format!("{base}/readyz"), None, None, "", &[]).await.status != StatusCode::OK {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "the daemon never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let url = format!("{base}/mcp");
+    let s = initialize(&url, TOKEN, "2025-11-25").await;
+    // A denied call, then concurrent allowed calls, then shut down at once: the last outcomes
+    // are still queued (they ride the writer's next group commit) when the shutdown starts.
+    post(&url, TOKEN, Some(&s), call(1000, "mock__delete_all", json!({}))).await;
+    const N: i64 = 48;
+    let replies = futures_util::future::join_all((0..N).map(|i| post(&url, TOKEN, Some(&s), call(i, "mock__add", json!({ "a": i, "b": 1 }))))).await;
+    for r in &replies {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(r.json()["result"].is_object(), "{}", r.body);
+    }
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
+
+    // Reopened: every answered call has its decision and its outcome; the chain verifies.
+    let c = gatehouse::store::open_read_only(data.path()).unwrap();
+    assert_eq!(verify(&c).unwrap(), Verdict::Intact { count: 2 * N as u64 + 1, first: 1, last: 2 * N as u64 + 1 });
+    let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM calls WHERE verdict = 'allow' AND outcome = 'unknown'"), N, "decision records");
+    assert_eq!(count("SELECT count(*) FROM calls WHERE verdict = 'allow' AND outcome = 'ok'"), N, "outcome records");
+    assert_eq!(count("SELECT count(*) FROM calls WHERE verdict = 'deny'"), 1, "the denial");
+    drop(c);
+    assert!(matches!(held.write(|_| Ok(())).await, Err(gatehouse::store::StoreError::Stopped)), "the writer was stopped");
+    // The writer is gone (the database is no longer held): a new store opens and appends.
+    let store = gatehouse::store::Store::open(data.path()).unwrap();
+    store.write(|c| c.execute("INSERT INTO kv (key, value) VALUES ('after', 'restart')", [])).await.unwrap();
+    store.close().await;
+    assert!(store.write(|_| Ok(())).await.is_err(), "a closed store refuses writes");
 }
