@@ -334,7 +334,7 @@ impl Latency {
 
     /// From the start of the commit (file write) instead of its return: the watcher fires on the
     /// ref update inside the commit call, so part of the reconcile overlaps the commit's tail.
-    fn from_start(&self) -> Vec<f64> {
+    fn since_commit_start(&self) -> Vec<f64> {
         self.samples.iter().zip(&self.commit).map(|(a, b)| a + b).collect()
     }
 
@@ -350,7 +350,7 @@ impl Latency {
         row("commit returned → decision (measured)", &self.samples);
         row("  of which: reconcile (resolve → swap)", &self.reconcile);
         row("  of which: the rest (watch, trigger, call)", &self.overhead());
-        row("commit started → decision (commit included)", &self.from_start());
+        row("commit started → decision (commit included)", &self.since_commit_start());
         row("deciding call round trip", &self.call);
         println!("  {:<44} {:>9.2}", "baseline: git commit itself (median)", median(&self.commit));
         println!("  {:<44} {:>9.2}", "baseline: repo::read + compile (median)", median(&self.read_compile));
@@ -365,7 +365,7 @@ impl Latency {
             "commit_to_decision_ms": stats(&self.samples),
             "reconcile_ms": stats(&self.reconcile),
             "rest_ms": stats(&self.overhead()),
-            "commit_start_to_decision_ms": stats(&self.from_start()),
+            "commit_start_to_decision_ms": stats(&self.since_commit_start()),
             "call_ms": stats(&self.call),
             "git_commit_median_ms": r3(median(&self.commit)),
             "read_compile_median_ms": r3(median(&self.read_compile)),
@@ -826,7 +826,7 @@ fn server_name(i: usize) -> String {
 fn policy_path(p: usize, targeted: usize) -> String {
     if p % 10 == 9 {
         format!("policies/json/p-{p:04}.json")
-    } else if p < targeted && p % 3 == 0 {
+    } else if p < targeted && p.is_multiple_of(3) {
         format!("policies/team-{}/p-{p:04}.yaml", p % 7)
     } else {
         format!("policies/p-{p:04}.yaml")

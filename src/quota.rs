@@ -61,8 +61,8 @@ impl Quotas {
     /// Counters persisted in `store` (loaded for windows still open at `now`), or in memory only.
     pub fn load(store: Option<Store>, now: i64) -> Quotas {
         let mut counts = HashMap::new();
-        if let Some(s) = &store {
-            if let Ok(c) = s.reader() {
+        if let Some(s) = &store
+            && let Ok(c) = s.reader() {
                 // The longest window is a day: older rows can never matter again.
                 if let Ok(mut stmt) = c.prepare("SELECT counter, subject, window_start, value FROM quota_counters WHERE window_start > ?1") {
                     let rows = stmt.query_map([now - 86_400], |r| {
@@ -73,7 +73,6 @@ impl Quotas {
                     }
                 }
             }
-        }
         Quotas { counts: Mutex::new(counts), store }
     }
 

@@ -708,11 +708,10 @@ impl Recorder {
 
     /// A denial: recorded (a failure to record it is logged; the call is refused anyway).
     async fn denied(&self, rule: &str, message: &str) {
-        if let (Some(log), Some(r)) = (&self.log, self.record("deny", rule, message, "denied", None)) {
-            if let Err(e) = log.append(r).await {
+        if let (Some(log), Some(r)) = (&self.log, self.record("deny", rule, message, "denied", None))
+            && let Err(e) = log.append(r).await {
                 error!(error = %e, "audit log unavailable: a denial was not recorded");
             }
-        }
     }
 
     /// The write-ahead decision record of an allowed call.
