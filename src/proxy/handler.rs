@@ -462,7 +462,7 @@ async fn list_tools(cx: &Ctx) -> Value {
                 return Vec::new();
             }
         };
-        let vetted = vet(cx, server, &tools).await;
+        let vetted = vet_list(&cx.state, &cx.active.snapshot, server, &tools).await;
         tools
             .iter()
             .filter_map(|t| {
@@ -570,7 +570,7 @@ async fn call_tool(
         jsonrpc::tool_error(id.clone(), format!("denied by policy: {message} (rule {rule}, commit {})", snap.short_commit()))
     };
     // A tool whose definition is not the approved one never reaches the policy.
-    if let Some(q) = vet(cx, server, &tools).await.quarantine(tool) {
+    if let Some(q) = vet_list(&cx.state, &cx.active.snapshot, server, &tools).await.quarantine(tool) {
         let message = q.message();
         record.denied(QUARANTINED, &message).await;
         return deny(QUARANTINED, &message);
@@ -627,12 +627,8 @@ async fn call_tool(
     reply
 }
 
-/// The upstream's tool list vetted against the active snapshot's pins; a quarantine seen for
-/// the first time is recorded as a `tool_quarantined` monitoring event.
-async fn vet(cx: &Ctx, server: &str, tools: &Arc<Vec<Value>>) -> Arc<crate::supply::Vetted> {
-    vet_list(&cx.state, &cx.active.snapshot, server, tools).await
-}
-
+/// The upstream's tool list vetted against the snapshot's pins; a quarantine seen for the first
+/// time is recorded as a `tool_quarantined` monitoring event.
 async fn vet_list(state: &State, snap: &Arc<crate::snapshot::Snapshot>, server: &str, tools: &Arc<Vec<Value>>) -> Arc<crate::supply::Vetted> {
     let (vetted, fresh) = state.vetting.vet(snap, &snap.servers[server], tools);
     for q in fresh {
@@ -709,9 +705,10 @@ impl Recorder {
     /// A denial: recorded (a failure to record it is logged; the call is refused anyway).
     async fn denied(&self, rule: &str, message: &str) {
         if let (Some(log), Some(r)) = (&self.log, self.record("deny", rule, message, "denied", None))
-            && let Err(e) = log.append(r).await {
-                error!(error = %e, "audit log unavailable: a denial was not recorded");
-            }
+            && let Err(e) = log.append(r).await
+        {
+            error!(error = %e, "audit log unavailable: a denial was not recorded");
+        }
     }
 
     /// The write-ahead decision record of an allowed call.
