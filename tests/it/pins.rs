@@ -4,15 +4,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::Request;
-use hyper::body::Incoming;
 use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool};
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use crate::gateway::{call, initialize, post, token_hash};
 use crate::reconcile::{live, next_event, open_stream};
@@ -77,22 +74,7 @@ async fn rug_pull() -> (String, RugPull) {
             StreamableHttpServerConfig::default().with_sse_keep_alive(None),
         )
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let mut service = service.clone();
-                    async move { tower::Service::call(&mut service, req).await }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
-            });
-        }
-    });
-    (format!("http://{addr}/mcp"), handler)
+    (crate::rmcp_peer::serve(service, http::StatusCode::NOT_FOUND).await, handler)
 }
 
 fn server_file(url: &str, fetch_pin: &str, ping_pin: &str) -> String {

@@ -136,6 +136,17 @@ pub async fn rmcp(stateful: bool, dead_session: StatusCode) -> Rmcp {
             config,
         )
     };
+    let url = serve(service, dead_session).await;
+    Rmcp { url, sessions, sessions_opened: opened, cancelled }
+}
+
+
+/// Serves an rmcp Streamable HTTP service over HTTP/1 on a loopback port; returns its `/mcp` URL.
+/// `dead_session` is what a 404 (rmcp's answer to an unknown session) is turned into.
+pub async fn serve<H>(service: StreamableHttpService<H, LocalSessionManager>, dead_session: StatusCode) -> String
+where
+    H: ServerHandler + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -157,6 +168,5 @@ pub async fn rmcp(stateful: bool, dead_session: StatusCode) -> Rmcp {
             });
         }
     });
-    Rmcp { url: format!("http://{addr}/mcp"), sessions, sessions_opened: opened, cancelled }
+    format!("http://{addr}/mcp")
 }
-

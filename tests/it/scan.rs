@@ -2,11 +2,8 @@
 //! (the official Rust SDK) over Streamable HTTP, one of them offering a tool whose description
 //! hides a zero-width character.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::Request;
-use hyper::body::Incoming;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
@@ -14,7 +11,6 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 use crate::rmcp_peer::rmcp;
 use crate::support::{Run, TestRepo, gatehouse};
@@ -218,22 +214,7 @@ async fn poisoned() -> String {
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let service = service.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let mut service = service.clone();
-                    async move { Ok::<_, Infallible>(tower::Service::call(&mut service, req).await.unwrap()) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
-            });
-        }
-    });
-    format!("http://{addr}/mcp")
+    crate::rmcp_peer::serve(service, http::StatusCode::NOT_FOUND).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
