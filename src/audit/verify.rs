@@ -37,7 +37,6 @@ pub fn verify(c: &Connection) -> Result<Verdict> {
     let mut stmt = c.prepare("SELECT seq, record, hash FROM calls ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     let mut count = 0u64;
-    let mut computed = [0u8; 64];
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
         let seq = seq as u64;
@@ -46,21 +45,10 @@ pub fn verify(c: &Connection) -> Result<Verdict> {
         if seq != expect_seq {
             return Ok(Verdict::Broken { seq: expect_seq, why: format!("record {expect_seq} is missing (next is {seq})") });
         }
-        let record: Check = match serde_json::from_str(text) {
-            Ok(r) => r,
-            Err(e) => return Ok(Verdict::Broken { seq, why: format!("not a call record: {e}") }),
-        };
-        if record.seq != seq {
-            return Ok(Verdict::Broken { seq, why: format!("the record says seq {}", record.seq) });
-        }
-        if record.prev_hash != prev {
-            return Ok(Verdict::Broken { seq, why: "prev_hash does not match the previous record's hash".into() });
-        }
-        // chain_hash, without allocating.
-        let digest = Sha256::new().chain_update(prev.as_bytes()).chain_update(text.as_bytes()).finalize();
-        hex::encode_to_slice(digest, &mut computed).expect("32 bytes are 64 hex digits");
-        if computed[..] != *hash.as_bytes() {
-            return Ok(Verdict::Broken { seq, why: "hash does not match the record".into() });
+        let record = serde_json::from_str::<Check>(text);
+        let parsed = record.as_ref().map(|r| (r.seq, &*r.prev_hash));
+        if let Some(why) = record_fault(seq, text, hash, parsed, Some(&prev)) {
+            return Ok(Verdict::Broken { seq, why });
         }
         prev.clear();
         prev.push_str(hash);
@@ -68,6 +56,35 @@ pub fn verify(c: &Connection) -> Result<Verdict> {
         count += 1;
     }
     Ok(Verdict::Intact { count, first, last: expect_seq - 1 })
+}
+
+/// Why stored record `seq` (its canonical `text` and stored `hash`) breaks the chain, if it does:
+/// its text is not a call record (`parsed`: its seq and prev_hash, or the parse error), it names
+/// another seq, its prev_hash is not `prev` (the previous record's hash; `None` when unknown,
+/// and then the link is not checked), or its hash is not `sha256(prev_hash ‖ text)`. Shared by
+/// [`verify`] and the evidence exports, which verify the range they stream in the same pass.
+/// Computed into a stack buffer: no allocation unless the record is broken.
+pub fn record_fault(
+    seq: u64,
+    text: &str,
+    hash: &str,
+    parsed: Result<(u64, &str), &serde_json::Error>,
+    prev: Option<&str>,
+) -> Option<String> {
+    let (record_seq, prev_hash) = match parsed {
+        Ok(p) => p,
+        Err(e) => return Some(format!("not a call record: {e}")),
+    };
+    if record_seq != seq {
+        return Some(format!("the record says seq {record_seq}"));
+    }
+    if prev.is_some_and(|p| p != prev_hash) {
+        return Some("prev_hash does not match the previous record's hash".into());
+    }
+    let digest = Sha256::new().chain_update(prev_hash.as_bytes()).chain_update(text.as_bytes()).finalize();
+    let mut computed = [0u8; 64];
+    hex::encode_to_slice(digest, &mut computed).expect("32 bytes are 64 hex digits");
+    (computed[..] != *hash.as_bytes()).then(|| "hash does not match the record".into())
 }
 
 /// What `verify` reads of a stored record: `seq` and `prev_hash`, with every other field of

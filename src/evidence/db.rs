@@ -2,6 +2,7 @@
 //! events, change records and history rewrites. Everything is read in one read transaction, so
 //! counts, seq ranges and rows agree even while a daemon keeps writing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -9,13 +10,10 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 
-use std::borrow::Cow;
-
-use sha2::{Digest, Sha256};
-
 use super::Period;
 use super::write::{CellRef, Sink, Text};
 use crate::audit::GENESIS;
+use crate::audit::verify::record_fault;
 
 pub(crate) const EVENT_COLUMNS: [&str; 8] = ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"];
 
@@ -163,23 +161,11 @@ impl Db {
                 let why = if seq != expect {
                     Some(format!("record {expect} is missing (next is {seq})"))
                 } else {
-                    match &record {
-                        Err(e) => Some(format!("not a call record: {e}")),
-                        Ok(r) if r.seq != seq => Some(format!("the record says seq {}", r.seq)),
-                        Ok(r) if check_link && prev != r.prev_hash => {
-                            if seq == first {
-                                scan.chain.linked = Some(false);
-                            }
-                            Some("prev_hash does not match the previous record's hash".into())
-                        }
-                        Ok(r) => {
-                            let digest = Sha256::new()
-                                .chain_update(r.prev_hash.as_bytes())
-                                .chain_update(text.as_bytes())
-                                .finalize();
-                            (!hex_eq(digest.as_slice(), hash)).then(|| "hash does not match the record".to_string())
-                        }
+                    let parsed = record.as_ref().map(|r| (r.seq, &*r.prev_hash));
+                    if seq == first && check_link && parsed.is_ok_and(|(s, p)| s == seq && p != prev) {
+                        scan.chain.linked = Some(false);
                     }
+                    record_fault(seq, text, hash, parsed, check_link.then_some(prev.as_str()))
                 };
                 match why {
                     Some(why) => scan.chain.broken = Some((if seq != expect { expect } else { seq }, why)),
@@ -467,17 +453,6 @@ impl Db {
     }
 }
 
-/// Whether `hex` is the lowercase hex of `bytes`.
-fn hex_eq(bytes: &[u8], hex: &str) -> bool {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let h = hex.as_bytes();
-    h.len() == bytes.len() * 2
-        && bytes
-            .iter()
-            .enumerate()
-            .all(|(i, b)| h[2 * i] == DIGITS[(b >> 4) as usize] && h[2 * i + 1] == DIGITS[(b & 15) as usize])
-}
-
 fn opt(s: Option<&str>) -> CellRef<'_> {
     s.map_or(CellRef::Null, CellRef::Str)
 }
@@ -538,15 +513,5 @@ impl SeqRange {
             }
         };
         v
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_comparison() {
-        assert!(super::hex_eq(&[0x0f, 0xa0], "0fa0"));
-        assert!(!super::hex_eq(&[0x0f, 0xa0], "0FA0"));
-        assert!(!super::hex_eq(&[0x0f, 0xa0], "0fa"));
     }
 }
