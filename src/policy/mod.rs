@@ -5,8 +5,10 @@
 //! IO and cannot fail. Rule ids are computed once at compile time (`Arc<str>`), so deciding an
 //! allowed call allocates nothing.
 
+pub mod access;
 pub mod cond;
 pub mod eval;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
