@@ -51,13 +51,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gatehouse::audit::CallRecord;
-use gatehouse::audit::log::{AuditLog, append_in};
-use gatehouse::audit::verify::{Verdict, verify};
-use gatehouse::proxy::{self, Active, Config, State};
+use gatehouse::record::audit::CallRecord;
+use gatehouse::record::audit::log::{AuditLog, append_in};
+use gatehouse::record::audit::verify::{Verdict, verify};
+use gatehouse::gateway::proxy::{self, Active, Config, State};
 use gatehouse::repo::{Files, compile};
-use gatehouse::secrets::{SecretSource, bind};
-use gatehouse::store::Store;
+use gatehouse::gateway::secrets::{SecretSource, bind};
+use gatehouse::record::store::Store;
 use gatehouse::units::now_rfc3339_ms;
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
@@ -571,7 +571,7 @@ fn latency_part(s: &Settings) -> Vec<LatRow> {
         std::process::exit(1);
     }
     // Every measured call left its records: the log verifies.
-    let c = gatehouse::store::open_read_only(data.path()).expect("a reader");
+    let c = gatehouse::record::store::open_read_only(data.path()).expect("a reader");
     match verify(&c).expect("verify runs") {
         Verdict::Intact { count, .. } => {
             println!("latency: the audit-on gateway's log holds {count} records and verifies")
@@ -857,7 +857,7 @@ fn verify_part(s: &Settings) -> VerifyPart {
     let db_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
 
     let t0 = Instant::now();
-    let c = gatehouse::store::open_read_only(dir.path()).expect("a reader");
+    let c = gatehouse::record::store::open_read_only(dir.path()).expect("a reader");
     let verdict = verify(&c).expect("verify runs");
     let library_s = t0.elapsed().as_secs_f64();
     drop(c);

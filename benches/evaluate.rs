@@ -12,7 +12,7 @@ use std::path::Path;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gatehouse::policy::{Call, evaluate};
 use gatehouse::repo::{self, Entry, Files};
-use gatehouse::snapshot::Snapshot;
+use gatehouse::policy::snapshot::Snapshot;
 use serde_json::{Value, json};
 
 fn example_files() -> Files {

@@ -41,7 +41,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gatehouse::audit::CallRecord;
+use gatehouse::record::audit::CallRecord;
 use gatehouse::evidence::{self, Control, Format, Inputs};
 use gatehouse::units::Date;
 use git2::{FileMode, Oid, Repository, Signature, Time};
@@ -342,8 +342,8 @@ fn generate_repo(dir: &Path, grants: usize, commits: usize) -> (usize, usize) {
 // === The state database ===
 
 fn generate_db(dir: &Path, calls: usize, grants: usize) {
-    drop(gatehouse::store::Store::open(dir).unwrap()); // creates and migrates
-    let mut c = rusqlite::Connection::open(dir.join(gatehouse::store::FILE)).unwrap();
+    drop(gatehouse::record::store::Store::open(dir).unwrap()); // creates and migrates
+    let mut c = rusqlite::Connection::open(dir.join(gatehouse::record::store::FILE)).unwrap();
     c.pragma_update(None, "synchronous", "OFF").unwrap();
     let mut rng = Rng(0x51_7cc1_b727_220a);
     let (t0, t1) = (epoch(SINCE) * 1000, epoch(UNTIL) * 1000);
@@ -402,7 +402,7 @@ fn generate_db(dir: &Path, calls: usize, grants: usize) {
                     base
                 }
             };
-            gatehouse::audit::log::append_in(&tx, r).unwrap();
+            gatehouse::record::audit::log::append_in(&tx, r).unwrap();
             if n.is_multiple_of(997) {
                 let detail = json!({ "rule": "policies/p0.yaml#/tools/t0/limits/cap", "quota": "cap", "limit": "60/minute", "identity": "user1@example.com", "server": "s0", "tool": "t0" });
                 tx.execute(
@@ -418,9 +418,9 @@ fn generate_db(dir: &Path, calls: usize, grants: usize) {
 }
 
 fn change_records(dir: &Path, repo: &Path) {
-    let pr = gatehouse::git::PolicyRepo::discover(repo).unwrap();
+    let pr = gatehouse::gitops::git::PolicyRepo::discover(repo).unwrap();
     let tip = pr.resolve("HEAD").unwrap();
-    let mut c = rusqlite::Connection::open(dir.join(gatehouse::store::FILE)).unwrap();
+    let mut c = rusqlite::Connection::open(dir.join(gatehouse::record::store::FILE)).unwrap();
     let tx = c.transaction().unwrap();
     let mut walk = pr.repo.revwalk().unwrap();
     walk.push(tip).unwrap();
@@ -452,7 +452,7 @@ fn change_records(dir: &Path, repo: &Path) {
 /// One scan of the period's call records: the floor of any call-log export.
 fn baseline_scan(data: &Path) -> (Duration, u64, u64) {
     let t = Instant::now();
-    let c = gatehouse::store::open_read_only(data).unwrap();
+    let c = gatehouse::record::store::open_read_only(data).unwrap();
     let since = format!("{SINCE}T00:00:00.000Z");
     let until = format!("{UNTIL}T00:00:00.000Z");
     let (first, last): (i64, i64) = c

@@ -5,7 +5,7 @@
 //!
 //! - a minimal Streamable HTTP MCP upstream on hyper (JSON answers, keep-alive, session ids),
 //!   whose `echo` tool returns its arguments as text;
-//! - the gateway (`gatehouse::proxy::serve`, `Config::default()`), with a snapshot compiled from
+//! - the gateway (`gatehouse::gateway::proxy::serve`, `Config::default()`), with a snapshot compiled from
 //!   in-memory files: one server `bench` (streamable-http → the upstream) and one grant whose
 //!   token may call `echo` under a seed-style policy with one `deny_if` regex condition, so the
 //!   decision engine runs on every call;
@@ -60,9 +60,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gatehouse::proxy::{self, Active, Config, State};
+use gatehouse::gateway::proxy::{self, Active, Config, State};
 use gatehouse::repo::{Files, compile};
-use gatehouse::secrets::{SecretSource, bind};
+use gatehouse::gateway::secrets::{SecretSource, bind};
 use http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

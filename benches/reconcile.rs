@@ -62,12 +62,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gatehouse::access;
-use gatehouse::git::PolicyRepo;
-use gatehouse::proxy::{self, Config};
+use gatehouse::policy::access;
+use gatehouse::gitops::git::PolicyRepo;
+use gatehouse::gateway::proxy::{self, Config};
 use gatehouse::repo::{self, Entry, Files};
-use gatehouse::secrets::{self, SecretSource};
-use gatehouse::serve::{self, Daemon};
+use gatehouse::gateway::secrets::{self, SecretSource};
+use gatehouse::commands::serve::{self, Daemon};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -1215,7 +1215,7 @@ struct Build {
     wait: f64,
     files: usize,
     warnings: usize,
-    snapshot: gatehouse::snapshot::Snapshot,
+    snapshot: gatehouse::policy::snapshot::Snapshot,
     secrets: secrets::BoundSecrets,
 }
 

@@ -154,7 +154,7 @@ pub enum Command {
     Scan(ScanArgs),
     /// Serve a simulated upstream MCP server on stdio (what the example repository's servers run).
     ExampleUpstream {
-        flavor: crate::example_upstream::Flavor,
+        flavor: crate::commands::example_upstream::Flavor,
         /// The files flavor's sandbox, seen by clients as /srv/projects (default: a fresh temporary
         /// directory with sample files, removed on exit).
         #[arg(long)]
@@ -165,11 +165,11 @@ pub enum Command {
 /// `gatehouse grant`: the token goes to stdout alone (so `TOKEN=$(gatehouse grant issue …)`
 /// works), everything else to stderr.
 fn grant(command: GrantCommand) -> Result<i32> {
-    use crate::grant_cmd;
+    use crate::commands::grant;
     let today = crate::units::Date::today();
     match command {
         GrantCommand::Issue { name, kind, owner, expires, repo } => {
-            let i = grant_cmd::issue(&repo, &name, kind, owner.as_deref(), Some(expires), today)?;
+            let i = grant::issue(&repo, &name, kind, owner.as_deref(), Some(expires), today)?;
             eprintln!("warning: the token below is shown once and stored nowhere; put it in the client's secret store now");
             println!("{}", i.token);
             let until = i.expires.map_or_else(|| "never expires".to_string(), |e| format!("expires {e}"));
@@ -179,7 +179,7 @@ fn grant(command: GrantCommand) -> Result<i32> {
             Ok(0)
         }
         GrantCommand::Revoke { name, token_prefix, repo } => {
-            let r = grant_cmd::revoke(&repo, &name, token_prefix.as_deref())?;
+            let r = grant::revoke(&repo, &name, token_prefix.as_deref())?;
             if r.removed.is_empty() {
                 println!("{} has no tokens: nothing revoked", r.file.display());
                 return Ok(0);
@@ -195,7 +195,7 @@ fn grant(command: GrantCommand) -> Result<i32> {
             Ok(0)
         }
         GrantCommand::Review { name, by, repo } => {
-            let file = grant_cmd::review(&repo, &name, &by, today)?;
+            let file = grant::review(&repo, &name, &by, today)?;
             println!("{}: review: {{ on: {today}, by: {} }}; commit it", file.display(), by.trim());
             Ok(0)
         }
@@ -205,7 +205,7 @@ fn grant(command: GrantCommand) -> Result<i32> {
 /// `gatehouse scan`: the report on stdout (table or JSON), then what --write wrote. The exit code
 /// is the report's (0 clean, 1 findings); a failed write is an error (2) after the report.
 fn scan(args: ScanArgs) -> Result<i32> {
-    use crate::scan::{self, Target};
+    use crate::commands::scan::{self, Target};
     let target = match (args.server, args.url) {
         (Some(s), _) => Target::Server(s),
         (None, Some(url)) => Target::Url { url, sse: args.transport == ScanTransport::Sse, headers: args.headers },
@@ -217,7 +217,7 @@ fn scan(args: ScanArgs) -> Result<i32> {
         repo_given: args.repo.is_some(),
         repo: args.repo.unwrap_or_else(|| PathBuf::from(".")),
         rev: args.rev,
-        secrets: crate::secrets::SecretSource { dir: args.secrets_dir },
+        secrets: crate::gateway::secrets::SecretSource { dir: args.secrets_dir },
         timeout: args.timeout,
     };
     let found = scan::run(&settings)?;
@@ -268,19 +268,19 @@ fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat) -> Re
     }
     let (head_files, head_snap) = compiled.pop().expect("two revisions");
     let (base_files, base_snap) = compiled.pop().expect("two revisions");
-    let p = crate::plan::plan(&base_files, &base_snap, &head_files, &head_snap, crate::units::Date::today());
+    let p = crate::commands::plan::plan(&base_files, &base_snap, &head_files, &head_snap, crate::units::Date::today());
     match format {
-        PlanFormat::Md => print!("{}", crate::plan::markdown(&p)),
+        PlanFormat::Md => print!("{}", crate::commands::plan::markdown(&p)),
         PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
     }
     Ok(if p.changes_access() { 1 } else { 0 })
 }
 
 fn audit(command: AuditCommand) -> Result<i32> {
-    use crate::audit::verify::{self, Verdict};
+    use crate::record::audit::verify::{self, Verdict};
     match command {
         AuditCommand::Verify { data_dir } => {
-            let c = crate::store::open_read_only(&data_dir)?;
+            let c = crate::record::store::open_read_only(&data_dir)?;
             match verify::verify(&c)? {
                 Verdict::Intact { count, first, last } => {
                     println!("ok: {count} records, seq {first}..{last}, the chain verifies");
@@ -293,7 +293,7 @@ fn audit(command: AuditCommand) -> Result<i32> {
             }
         }
         AuditCommand::Tail { data_dir, lines, follow } => {
-            let c = crate::store::open_read_only(&data_dir)?;
+            let c = crate::record::store::open_read_only(&data_dir)?;
             let last: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM calls", [], |r| r.get(0))?;
             let mut after = (last as u64).saturating_sub(lines);
             loop {
@@ -314,7 +314,7 @@ fn audit(command: AuditCommand) -> Result<i32> {
                 verify::Format::Csv => "csv",
             };
             let out = out.unwrap_or_else(|| PathBuf::from(format!("calls-{}-{}.{ext}", &since[..10], &until[..10])));
-            let c = crate::store::open_read_only(&data_dir)?;
+            let c = crate::record::store::open_read_only(&data_dir)?;
             let manifest = verify::export(&c, &since, &until, format, &out)?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
             Ok(0)
@@ -382,7 +382,7 @@ pub enum AuditCommand {
         #[arg(long)]
         until: String,
         #[arg(long, value_enum, default_value = "jsonl")]
-        format: crate::audit::verify::Format,
+        format: crate::record::audit::verify::Format,
         /// Output file (default: calls-<since>-<until>.<format>).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -397,13 +397,13 @@ pub enum GrantCommand {
         name: String,
         /// human, or agent (an agent names its accountable human in --owner).
         #[arg(long, value_enum)]
-        kind: crate::grant_cmd::Kind,
+        kind: crate::commands::grant::Kind,
         /// The accountable human: required for a new agent; a new human grant's identity.
         #[arg(long)]
         owner: Option<String>,
         /// Lifetime: 90d, 12w, a date (2026-12-31), or never.
         #[arg(long, default_value = "90d")]
-        expires: crate::grant_cmd::Expiry,
+        expires: crate::commands::grant::Expiry,
         /// The policy repository's working tree.
         #[arg(long, default_value = ".")]
         repo: PathBuf,
@@ -498,13 +498,13 @@ pub enum PlanFormat {
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Serve { repo, branch, listen, data_dir, secrets_dir, poll, accept_rewrite, webhook_secret, max_body } => {
-            let proxy = crate::proxy::Config { max_body, ..Default::default() };
-            let secrets = crate::secrets::SecretSource { dir: secrets_dir };
-            let settings = crate::serve::Settings { repo, branch, listen, data_dir, secrets, poll, accept_rewrite, webhook_secret, proxy };
-            crate::serve::run(settings).map(|()| 0)
+            let proxy = crate::gateway::proxy::Config { max_body, ..Default::default() };
+            let secrets = crate::gateway::secrets::SecretSource { dir: secrets_dir };
+            let settings = crate::commands::serve::Settings { repo, branch, listen, data_dir, secrets, poll, accept_rewrite, webhook_secret, proxy };
+            crate::commands::serve::run(settings).map(|()| 0)
         }
         Command::AcceptRewrite { data_dir, reason, by } => {
-            let (old, new) = crate::reconcile::accept_rewrite(&data_dir, &by, &reason)?;
+            let (old, new) = crate::gitops::reconcile::accept_rewrite(&data_dir, &by, &reason)?;
             println!("accepted the rewrite from {old} to {new}; the daemon applies it on its next reconcile (POST /-/reconcile to hurry it)");
             Ok(0)
         }
@@ -520,7 +520,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Test(r) => test(&r),
         Command::Eval { repo, identity, server, tool, args } => eval(&repo, &identity, &server, &tool, &args),
         Command::Scan(args) => scan(args),
-        Command::ExampleUpstream { flavor, root } => crate::example_upstream::run(flavor, root).map(|()| 0),
+        Command::ExampleUpstream { flavor, root } => crate::commands::example_upstream::run(flavor, root).map(|()| 0),
     }
 }
 
@@ -558,7 +558,7 @@ fn check(r: &RepoArgs) -> Result<i32> {
 
 fn test(r: &RepoArgs) -> Result<i32> {
     let Some(c) = load(r, &mut std::io::stdout())? else { return Ok(EXIT_INVALID) };
-    let outcomes = crate::testing::run(&c);
+    let outcomes = crate::commands::testing::run(&c);
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed()).collect();
     for o in &failed {
         println!("{}", o.failure_line());

@@ -8,7 +8,7 @@
 //!   tree is invalid, or does not say what the edit meant (the new hash is there, the revoked ones
 //!   are gone, the review is today's), the file's original bytes are put back and the error says why.
 //! - A token exists in exactly one place: the [`Issued`] value returned to the caller, which prints
-//!   it once. Files only ever get its SHA-256 ([`crate::token::sha256_hex`]).
+//!   it once. Files only ever get its SHA-256 ([`crate::gateway::token::sha256_hex`]).
 //!
 //! Identities of new grant files: a human's identity is `--owner` when given (owner and identity
 //! are then the same person), else NAME; an agent's identity is NAME and `--owner` (its accountable
@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::repo::{self, Compiled};
-use crate::snapshot::{self, Grant};
-use crate::token;
+use crate::policy::snapshot::{self, Grant};
+use crate::gateway::token;
 use crate::units::Date;
 
 /// The kind of a grant's identity, as written in the file.

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::access::{self, Cell};
+use crate::policy::access::{self, Cell};
 use crate::repo::Files;
 use crate::repo::rules::{RuleNode, policy_rules};
-use crate::snapshot::{Category, Snapshot};
+use crate::policy::snapshot::{Category, Snapshot};
 use crate::units::Date;
 
 /// The plan: everything a reviewer should see, privileged widening first.
@@ -152,11 +152,11 @@ fn server_changes(base: &Snapshot, head: &Snapshot) -> ServerChanges {
 }
 
 fn grant_changes(base: &Snapshot, head: &Snapshot, today: Date) -> GrantChanges {
-    fn by_identity(s: &Snapshot) -> BTreeMap<String, &crate::snapshot::Grant> {
+    fn by_identity(s: &Snapshot) -> BTreeMap<String, &crate::policy::snapshot::Grant> {
         s.grants.iter().map(|g| (g.identity.clone(), g)).collect()
     }
     let (b, h) = (by_identity(base), by_identity(head));
-    let short = |t: &crate::snapshot::Token| hex::encode(t.sha256)[..12].to_string();
+    let short = |t: &crate::policy::snapshot::Token| hex::encode(t.sha256)[..12].to_string();
     let mut out = GrantChanges {
         added: h.keys().filter(|k| !b.contains_key(*k)).cloned().collect(),
         removed: b.keys().filter(|k| !h.contains_key(*k)).cloned().collect(),

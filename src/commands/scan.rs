@@ -4,7 +4,7 @@
 //! hidden content and cross-server mentions found in its definition, and problems with its name.
 //!
 //! With `--write` (for a registered server) it merges the result into the server's file as a text
-//! edit of the `tools:` mapping, in the manner of `grant_cmd`: every byte outside the edited
+//! edit of the `tools:` mapping, in the manner of `commands::grant`: every byte outside the edited
 //! entries stays as it was (comments, key order, quoting), a human's category is never
 //! overwritten, a tool with findings is never pinned, and the whole repository is compiled after
 //! the edit, which is undone if the repository would no longer check. `--policy FILE` also writes
@@ -23,12 +23,12 @@ use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::grant_cmd::{self, Line};
+use crate::commands::grant::{self, Line};
 use crate::repo;
-use crate::secrets::{Bound, SecretSource};
-use crate::snapshot::{Category, Credentials, Server, Snapshot, ToolInfo, Transport};
+use crate::gateway::secrets::{Bound, SecretSource};
+use crate::policy::snapshot::{Category, Credentials, Server, Snapshot, ToolInfo, Transport};
 use crate::supply::{self, Finding, ToolNames};
-use crate::upstream::{Upstream, http_client};
+use crate::gateway::upstream::{Upstream, http_client};
 
 /// The name given to an ad-hoc upstream (`--url`, `-- COMMAND`): outside the server-name charset,
 /// so it never collides with a registered server when screening for cross-server mentions.
@@ -188,7 +188,7 @@ pub fn run(settings: &Settings) -> Result<Scan> {
                     if known.is_empty() { "it has no servers".to_string() } else { format!("its servers: {}", known.join(", ")) }
                 );
             };
-            let bound = crate::secrets::bind_server(&server, &settings.secrets).map_err(|e| {
+            let bound = crate::gateway::secrets::bind_server(&server, &settings.secrets).map_err(|e| {
                 anyhow!("cannot resolve the credentials of {}:\n  {}", server.file, e.join("\n  "))
             })?;
             (server, bound, (snapshot.tool_names().clone(), true))
@@ -218,7 +218,7 @@ fn compile(dir: &Path, rev: Option<&str>) -> Result<Snapshot> {
             "the policy repository {} is invalid ({}); `gatehouse check` lists its problems:\n{}",
             dir.display(),
             d.summary(),
-            grant_cmd::errors(&d)
+            grant::errors(&d)
         ),
     }
 }
@@ -514,7 +514,7 @@ pub(crate) struct Pin {
 /// if it would no longer check (or does not hold the intended pins), the file is restored.
 pub fn write(repo: &Path, scan: &Scan) -> Result<Written> {
     let server = scan.server.as_ref().context("--write needs --server NAME")?;
-    let before = grant_cmd::compile_before(repo)?;
+    let before = grant::compile_before(repo)?;
     let current = before
         .snapshot
         .servers
@@ -571,7 +571,7 @@ pub fn write(repo: &Path, scan: &Scan) -> Result<Written> {
         m
     };
     let name = server.name.clone();
-    grant_cmd::apply(repo, &rel, &abs, Some(&original), &new_text, |c| {
+    grant::apply(repo, &rel, &abs, Some(&original), &new_text, |c| {
         let s = c.snapshot.servers.get(&name).context("the server is missing after the edit")?;
         let same = s.tools.len() == expected.len()
             && expected.iter().all(|(k, v)| s.tools.get(k).is_some_and(|t| t.sha256 == v.sha256 && t.category == v.category));
@@ -636,14 +636,14 @@ pub fn write_policy(repo: &Path, file: &str, report: &Report) -> Result<PolicyWr
         } else {
             s.push_str("tools:\n");
             for t in &tools {
-                s.push_str(&format!("  {}: {{}}\n", grant_cmd::scalar(t)));
+                s.push_str(&format!("  {}: {{}}\n", grant::scalar(t)));
             }
         }
         s
     };
     let tools_check = tools.clone();
     let rel_check = rel.clone();
-    grant_cmd::apply(repo, &rel, &abs, None, &text, move |c| {
+    grant::apply(repo, &rel, &abs, None, &text, move |c| {
         let p = c.snapshot.policies.get(&rel_check).context("the policy is missing after the edit")?;
         let listed: BTreeSet<&str> = p.tools.keys().map(String::as_str).collect();
         if listed != tools_check.iter().map(String::as_str).collect() {
@@ -663,7 +663,7 @@ fn cannot(rel: &str, what: &str) -> anyhow::Error {
 /// A mapping key at the start of `s` (which starts with a non-blank), and the offset after its
 /// colon.
 fn key_of(s: &str) -> Option<(&str, usize)> {
-    grant_cmd::top_key(s)
+    grant::top_key(s)
 }
 
 /// A hash as a YAML scalar: plain, unless it could read as a number (digits and at most `e`).
@@ -688,12 +688,12 @@ struct Entry {
 /// The file with `pins` applied to its `tools:` mapping (see [`write`]). `declared` is what the
 /// file was parsed to, checked against the text before anything is changed.
 pub(crate) fn edit_tools(text: &str, rel: &str, declared: &BTreeMap<String, ToolInfo>, pins: &[Pin]) -> Result<String> {
-    let nl = grant_cmd::newline(text);
-    let ls = grant_cmd::lines(text);
+    let nl = grant::newline(text);
+    let ls = grant::lines(text);
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     let ki = ls.iter().position(|l| key_of(&text[l.start..l.end]).is_some_and(|(k, _)| k == "tools"));
     let new_entry = |p: &Pin, indent: usize, align: usize| {
-        let key = grant_cmd::scalar(&p.tool);
+        let key = grant::scalar(&p.tool);
         let pad = align.saturating_sub(indent + key.len() + 1).max(1);
         let category = p.category.map(|c| format!("category: {}, ", c.as_str())).unwrap_or_default();
         format!("{}{key}:{}{{ {category}sha256: {} }}{nl}", " ".repeat(indent), " ".repeat(pad), hash_scalar(&p.sha256))
@@ -716,7 +716,7 @@ pub(crate) fn edit_tools(text: &str, rel: &str, declared: &BTreeMap<String, Tool
     let line = &text[key.start..key.end];
     let after = key_of(line).expect("found").1;
     let tail = &line[after..];
-    let value = tail[..grant_cmd::comment_at(tail)].trim();
+    let value = tail[..grant::comment_at(tail)].trim();
     if !value.is_empty() {
         // `tools: {}` or `tools: ~`: no entries; the value goes, a comment stays.
         if !matches!(value, "{}" | "~" | "null") {
@@ -742,10 +742,10 @@ pub(crate) fn edit_tools(text: &str, rel: &str, declared: &BTreeMap<String, Tool
     let mut entry_indent: Option<usize> = None;
     for l in &ls[ki + 1..] {
         let s = &text[l.start..l.end];
-        if !grant_cmd::is_content(s) {
+        if !grant::is_content(s) {
             continue;
         }
-        let ind = grant_cmd::indent(s);
+        let ind = grant::indent(s);
         if ind == 0 {
             break;
         }
@@ -765,7 +765,7 @@ pub(crate) fn edit_tools(text: &str, rel: &str, declared: &BTreeMap<String, Tool
         }
         let (k, colon) = key_of(&s[ind..]).ok_or_else(|| cannot(rel, "an entry of tools: is not `name: …`"))?;
         let rest = &s[ind + colon..];
-        let v = &rest[..grant_cmd::comment_at(rest)];
+        let v = &rest[..grant::comment_at(rest)];
         let ws = v.len() - v.trim_start().len();
         entries.push(Entry {
             key: k.to_string(),
@@ -802,7 +802,7 @@ pub(crate) fn edit_tools(text: &str, rel: &str, declared: &BTreeMap<String, Tool
         let (vstart, vlen) = e.value;
         let v = &text[vstart..vstart + vlen];
         if v.starts_with('{') {
-            let (close, elems) = grant_cmd::flow(text, vstart).ok_or_else(|| cannot(rel, "unterminated { … }"))?;
+            let (close, elems) = grant::flow(text, vstart).ok_or_else(|| cannot(rel, "unterminated { … }"))?;
             let mut added: Vec<String> = Vec::new();
             for (k, val) in &sets {
                 match elems.iter().find(|&&(s, en)| key_of(&text[s..en]).is_some_and(|(kk, _)| kk == *k)) {
@@ -824,18 +824,18 @@ pub(crate) fn edit_tools(text: &str, rel: &str, declared: &BTreeMap<String, Tool
                 edits.push((vstart, vstart, flow));
                 continue;
             }
-            let ci = grant_cmd::indent(&text[e.children[0].start..e.children[0].end]);
+            let ci = grant::indent(&text[e.children[0].start..e.children[0].end]);
             for (k, val) in &sets {
                 let found = e.children.iter().find(|c| {
                     let s = &text[c.start..c.end];
-                    grant_cmd::indent(s) == ci && key_of(&s[ci..]).is_some_and(|(kk, _)| kk == *k)
+                    grant::indent(s) == ci && key_of(&s[ci..]).is_some_and(|(kk, _)| kk == *k)
                 });
                 match found {
                     Some(c) => {
                         let s = &text[c.start..c.end];
                         let colon = ci + key_of(&s[ci..]).expect("found").1;
                         let rest = &s[colon..];
-                        let old = rest[..grant_cmd::comment_at(rest)].trim();
+                        let old = rest[..grant::comment_at(rest)].trim();
                         if old.is_empty() {
                             return Err(cannot(rel, &format!("{k} of {} has its value on another line", e.key)));
                         }

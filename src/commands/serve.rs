@@ -14,10 +14,10 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::proxy::{self, Config, State};
-use crate::reconcile::{self, Source};
-use crate::secrets::SecretSource;
-use crate::store::Store;
+use crate::gateway::proxy::{self, Config, State};
+use crate::gitops::reconcile::{self, Source};
+use crate::gateway::secrets::SecretSource;
+use crate::record::store::Store;
 
 /// Settings of the daemon, read once.
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ async fn retention(state: Arc<State>, store: Store) {
         let days = state.active.load().as_ref().and_then(|a| a.snapshot.settings.audit_retention_days);
         let Some(days) = days else { continue };
         let cutoff = crate::units::rfc3339(now - i64::from(days) * 86_400, 0).replace('Z', ".000Z");
-        match store.write(move |c| crate::audit::log::prune_in(c, &cutoff)).await {
+        match store.write(move |c| crate::record::audit::log::prune_in(c, &cutoff)).await {
             Ok(0) => {}
             Ok(n) => info!(pruned = n, days, "call records past retention pruned"),
             Err(e) => tracing::error!(error = %e, "pruning the call log failed"),

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::Period;
 use super::write::{CellRef, Sink, Text};
-use crate::audit::GENESIS;
-use crate::audit::verify::record_fault;
+use crate::record::audit::GENESIS;
+use crate::record::audit::verify::record_fault;
 
 pub(crate) const EVENT_COLUMNS: [&str; 8] = ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"];
 
@@ -101,11 +101,11 @@ pub(crate) struct Chain {
 
 impl Db {
     pub fn open(data_dir: &Path) -> Result<Db> {
-        let file = data_dir.join(crate::store::FILE);
+        let file = data_dir.join(crate::record::store::FILE);
         if !file.exists() {
             anyhow::bail!("no state database at {} (pass --data-dir)", file.display());
         }
-        let conn = crate::store::open_read_only(data_dir)?;
+        let conn = crate::record::store::open_read_only(data_dir)?;
         conn.execute_batch("BEGIN DEFERRED").context("starting a read transaction")?;
         Ok(Db { conn })
     }
@@ -312,7 +312,7 @@ impl Db {
         if h.is_some() {
             return Ok(h);
         }
-        Ok(crate::audit::log::anchor(&self.conn)?.filter(|(s, _)| *s == seq - 1).map(|(_, h)| h))
+        Ok(crate::record::audit::log::anchor(&self.conn)?.filter(|(s, _)| *s == seq - 1).map(|(_, h)| h))
     }
 
     pub fn count_events(&self, p: &Period) -> Result<u64> {

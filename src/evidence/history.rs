@@ -22,10 +22,10 @@ use serde_json::{Value, json};
 
 use super::db::Traffic;
 use super::{Control, Period, Table};
-use crate::access;
-use crate::git::PolicyRepo;
+use crate::policy::access;
+use crate::gitops::git::PolicyRepo;
 use crate::repo::{self, Entry, Files, MAX_FILE_BYTES};
-use crate::snapshot::{Category, Snapshot, Transport};
+use crate::policy::snapshot::{Category, Snapshot, Transport};
 use crate::units::{Date, rfc3339};
 
 pub(crate) const ACCESS_REVIEW_COLUMNS: [&str; 15] = [
@@ -250,7 +250,7 @@ impl History {
             date: rfc3339(c.time().seconds(), 0),
             author: sig(c.author()),
             committer: sig(c.committer()),
-            pull_request: crate::git::pull_request(message),
+            pull_request: crate::gitops::git::pull_request(message),
             merged_authors,
             subject: message.lines().next().unwrap_or("").to_string(),
         })

@@ -290,8 +290,8 @@ impl Format {
 impl Period {
     /// Parses `YYYY-MM-DD` or RFC 3339 UTC bounds; `since` must be before `until`.
     pub fn parse(since: &str, until: &str) -> Result<Period> {
-        let since = crate::audit::verify::bound(since).context("--since")?;
-        let until = crate::audit::verify::bound(until).context("--until")?;
+        let since = crate::record::audit::verify::bound(since).context("--since")?;
+        let until = crate::record::audit::verify::bound(until).context("--until")?;
         let (since_ms, until_ms) = (millis(&since)?, millis(&until)?);
         if since_ms >= until_ms {
             bail!("--since ({since}) must be before --until ({until})");

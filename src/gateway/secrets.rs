@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::snapshot::{Part, Server, Snapshot, Template};
+use crate::policy::snapshot::{Part, Server, Snapshot, Template};
 
 /// Where secrets are read from.
 #[derive(Clone, Debug, Default)]

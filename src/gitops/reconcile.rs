@@ -23,13 +23,13 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::access::{self, Cell};
-use crate::git::{CommitInfo, PolicyRepo, fetch};
-use crate::proxy::{Active, Attempt, RewriteStatus, State};
+use crate::policy::access::{self, Cell};
+use crate::gitops::git::{CommitInfo, PolicyRepo, fetch};
+use crate::gateway::proxy::{Active, Attempt, RewriteStatus, State};
 use crate::repo::{self, Files};
-use crate::secrets::{SecretSource, bind};
-use crate::snapshot::Snapshot;
-use crate::store::Store;
+use crate::gateway::secrets::{SecretSource, bind};
+use crate::policy::snapshot::Snapshot;
+use crate::record::store::Store;
 use crate::units::now_rfc3339_ms;
 
 /// Where the policy repository comes from.
@@ -101,7 +101,7 @@ pub fn restore(settings: &Settings, store: &Store, state: &State) -> Option<Oid>
         Ok(active) => {
             info!(commit = %&commit[..12], "serving the last applied commit");
             state.activate(active);
-            state.status.lock().expect("status lock").last_applied = Some(crate::proxy::AppliedStatus { commit: commit.clone(), time: None });
+            state.status.lock().expect("status lock").last_applied = Some(crate::gateway::proxy::AppliedStatus { commit: commit.clone(), time: None });
             Some(id)
         }
         Err(e) => {
@@ -176,13 +176,13 @@ async fn reconcile_once(settings: &Settings, store: &Store, state: &Arc<State>, 
             }
             let old = state.active.load_full();
             state.activate(active);
-            crate::proxy::snapshot_changed(state, old.as_deref());
+            crate::gateway::proxy::snapshot_changed(state, old.as_deref());
             mem.applied = Some(tip);
             mem.rejected = None;
             mem.refused = None;
             info!(commit = %&tip_hex[..12], changes = records.len(), ms = started.elapsed().as_millis() as u64, "applied");
             let mut st = state.status.lock().expect("status lock");
-            st.last_applied = Some(crate::proxy::AppliedStatus { commit: tip_hex.clone(), time: Some(now.clone()) });
+            st.last_applied = Some(crate::gateway::proxy::AppliedStatus { commit: tip_hex.clone(), time: Some(now.clone()) });
             st.last_attempted = Some(Attempt { commit: tip_hex, outcome: "applied", errors: Vec::new(), time: now });
             if accepted_rewrite.is_some() {
                 st.history_rewritten = None;
@@ -439,7 +439,7 @@ pub fn accept_rewrite(data_dir: &Path, by: &str, reason: &str) -> Result<(String
 /// Watches the git directory of a local repository; every change of a ref sends a trigger.
 pub fn watch(path: &Path, triggers: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let git_dir = crate::git::git_dir(path)?;
+    let git_dir = crate::gitops::git::git_dir(path)?;
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             let relevant = ev.paths.iter().any(|p| {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::policy::eval::may_allow;
-use crate::snapshot::{Snapshot, ToolSet};
+use crate::policy::snapshot::{Snapshot, ToolSet};
 
 /// One cell of the matrix.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

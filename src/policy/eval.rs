@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{CheckKind, Decision, Policy, Quota, ToolRules, Tri};
-use crate::snapshot::{Grant, Snapshot};
+use crate::policy::snapshot::{Grant, Snapshot};
 
 /// One tool call to decide.
 #[derive(Clone, Copy, Debug)]

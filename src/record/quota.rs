@@ -14,7 +14,7 @@ use rusqlite::params;
 use serde_json::Value;
 
 use crate::policy::{Increment, Quota, Scope};
-use crate::store::Store;
+use crate::record::store::Store;
 
 /// One counter in one window for one subject.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

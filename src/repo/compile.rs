@@ -13,7 +13,7 @@ use super::policy::{compile_limit, compile_policy};
 use super::{Entry, Files, raw, scan};
 use crate::diag::{Diagnostic, Diagnostics, Pos};
 use crate::policy::{Policy, Verdict};
-use crate::snapshot::{
+use crate::policy::snapshot::{
     Access, Category, Credentials, Grant, Kind, Part, Review, Role, Server, Settings, Snapshot, Supplier, Template, Token,
     ToolInfo, ToolSet, Transport,
 };

@@ -1,5 +1,5 @@
 //! The policy repository: read its files (from a working tree or from any git revision) and
-//! compile them into a [`Snapshot`](crate::snapshot::Snapshot).
+//! compile them into a [`Snapshot`](crate::policy::snapshot::Snapshot).
 //!
 //! `read` → [`Files`] (paths and bytes, nothing parsed) → `compile::compile` →
 //! [`Compiled`](compile::Compiled) or every diagnostic at once.
@@ -56,7 +56,7 @@ impl Files {
 pub fn read(dir: &Path, rev: Option<&str>) -> Result<Files> {
     match rev {
         Some(rev) => {
-            let (commit, entries) = crate::git::read_rev(dir, rev)?;
+            let (commit, entries) = crate::gitops::git::read_rev(dir, rev)?;
             Ok(Files { commit: Some(commit), entries })
         }
         None => read_worktree(dir),

@@ -16,7 +16,7 @@
 
 use serde_json::Value;
 
-use crate::snapshot::Category;
+use crate::policy::snapshot::Category;
 
 /// A proposed category and the signals that decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]

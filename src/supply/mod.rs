@@ -9,7 +9,7 @@
 //! - [`classify`]: a proposed category from the name, description and annotations.
 //! - [`vet`]: all of the above against a server's pins, for one upstream tool list.
 //!
-//! Pure: no I/O. `gatehouse scan` (src/scan.rs) and the proxy both use it, so that the hash
+//! Pure: no I/O. `gatehouse scan` (src/commands/scan.rs) and the proxy both use it, so that the hash
 //! `scan` prints is the hash the gateway enforces.
 
 mod canonical;

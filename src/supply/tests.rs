@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::snapshot::{Category, Credentials, Server, ToolInfo, Transport};
+use crate::policy::snapshot::{Category, Credentials, Server, ToolInfo, Transport};
 
 fn server(name: &str, pins: &[(&str, &str)], pin_required: bool) -> Server {
     Server {

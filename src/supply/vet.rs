@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{Value, json};
 
 use super::{Finding, ToolNames, check_name, definition_hash, screen_offered};
-use crate::snapshot::Server;
+use crate::policy::snapshot::Server;
 
 /// Why a tool is quarantined (the first that applies, in this order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -2,9 +2,9 @@
 //! is forwarded, a chain that exposes tampering, fail-closed when the log cannot be written,
 //! quotas that hold under concurrency, and no argument value anywhere on disk.
 
-use gatehouse::audit::verify::{Format, Verdict, export, verify};
-use gatehouse::proxy::Config;
-use gatehouse::secrets::SecretSource;
+use gatehouse::record::audit::verify::{Format, Verdict, export, verify};
+use gatehouse::gateway::proxy::Config;
+use gatehouse::gateway::secrets::SecretSource;
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -213,7 +213,7 @@ async fn pruning_keeps_the_rest_of_the_chain_verifiable() {
     }
     let recs = settle(&gw, 3).await;
     let cutoff = recs[2]["ts"].as_str().unwrap().to_string();
-    let pruned = gw.store.write(move |c| gatehouse::audit::log::prune_in(c, &cutoff)).await.unwrap();
+    let pruned = gw.store.write(move |c| gatehouse::record::audit::log::prune_in(c, &cutoff)).await.unwrap();
     assert_eq!(pruned, 2);
     post(&url, TOKEN, Some(&s), call(9, "mock__add", json!({ "a": 5000 }))).await;
     let c = gw.store.reader().unwrap();
@@ -235,12 +235,12 @@ async fn quota_counts_survive_a_restart() {
     }
     gw.store.flush().await.unwrap(); // counters are persisted in the background: wait for them
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let reloaded = gatehouse::quota::Quotas::load(Some(gw.store.clone()), now);
+    let reloaded = gatehouse::record::quota::Quotas::load(Some(gw.store.clone()), now);
     let snap = gw.state.active.load_full().unwrap();
     let grant = snap.snapshot.grant("agent").unwrap();
     let args = json!({ "a": 1, "b": 1 });
     let d = gatehouse::policy::evaluate_grant(&snap.snapshot, grant, &gatehouse::policy::Call { identity: "agent", server: "mock", tool: "add", args: &args });
-    let who = gatehouse::quota::Subject { identity: "agent", server: "mock" };
+    let who = gatehouse::record::quota::Subject { identity: "agent", server: "mock" };
     // 100/minute: 5 used before the "restart", so 95 more fit and the 96th does not.
     let window_left = 60 - now.rem_euclid(60);
     if window_left > 2 {
@@ -262,7 +262,7 @@ async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
     let grant = format!("identity: agent\nkind: agent\nowner: o@x\ntokens: [ {{ sha256: {} }} ]\naccess: [ {{ server: mock, tools: \"*\", policy: policies/p.yaml }} ]\n", token_hash(TOKEN));
     repo.commit("policy", &[("servers/mock.yaml", &server), ("grants/agent.yaml", &grant), ("policies/p.yaml", "tools:\n  add: {}\n")]);
     let data = tempfile::tempdir().unwrap();
-    let settings = gatehouse::serve::Settings {
+    let settings = gatehouse::commands::serve::Settings {
         repo: repo.path().display().to_string(),
         branch: None,
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -275,14 +275,14 @@ async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
     };
     // What `serve::serve_until` (and so `gatehouse serve`) does, holding one more handle on the
     // store as a task still alive at exit would: dropping handles is not what commits.
-    let daemon = gatehouse::serve::start(settings).await.unwrap();
+    let daemon = gatehouse::commands::serve::start(settings).await.unwrap();
     let held = daemon.store.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let state = daemon.state.clone();
     let served = tokio::spawn(async move {
-        let r = gatehouse::proxy::serve(listener, state, async {
+        let r = gatehouse::gateway::proxy::serve(listener, state, async {
             let _ = stopped.await;
         })
         .await;
@@ -309,16 +309,16 @@ async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
     served.await.unwrap().unwrap();
 
     // Reopened: every answered call has its decision and its outcome; the chain verifies.
-    let c = gatehouse::store::open_read_only(data.path()).unwrap();
+    let c = gatehouse::record::store::open_read_only(data.path()).unwrap();
     assert_eq!(verify(&c).unwrap(), Verdict::Intact { count: 2 * N as u64 + 1, first: 1, last: 2 * N as u64 + 1 });
     let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
     assert_eq!(count("SELECT count(*) FROM calls WHERE verdict = 'allow' AND outcome = 'unknown'"), N, "decision records");
     assert_eq!(count("SELECT count(*) FROM calls WHERE verdict = 'allow' AND outcome = 'ok'"), N, "outcome records");
     assert_eq!(count("SELECT count(*) FROM calls WHERE verdict = 'deny'"), 1, "the denial");
     drop(c);
-    assert!(matches!(held.write(|_| Ok(())).await, Err(gatehouse::store::StoreError::Stopped)), "the writer was stopped");
+    assert!(matches!(held.write(|_| Ok(())).await, Err(gatehouse::record::store::StoreError::Stopped)), "the writer was stopped");
     // The writer is gone (the database is no longer held): a new store opens and appends.
-    let store = gatehouse::store::Store::open(data.path()).unwrap();
+    let store = gatehouse::record::store::Store::open(data.path()).unwrap();
     store.write(|c| c.execute("INSERT INTO kv (key, value) VALUES ('after', 'restart')", [])).await.unwrap();
     store.close().await;
     assert!(store.write(|_| Ok(())).await.is_err(), "a closed store refuses writes");

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gatehouse::proxy::Config;
-use gatehouse::secrets::SecretSource;
+use gatehouse::gateway::proxy::Config;
+use gatehouse::gateway::secrets::SecretSource;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;

@@ -8,9 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use gatehouse::audit::CallRecord;
+use gatehouse::record::audit::CallRecord;
 use gatehouse::evidence::{self, CALL_COLUMNS, Control, Format, Inputs, Table};
-use gatehouse::store::Store;
+use gatehouse::record::store::Store;
 use git2::{FileMode, Oid, Repository, Signature, Time};
 use rusqlite::params;
 use serde_json::{Value, json};
@@ -550,7 +550,7 @@ fn state(ids: &std::collections::HashMap<&'static str, Oid>) -> tempfile::TempDi
     store
         .write_blocking(move |c| {
             for r in records {
-                gatehouse::audit::log::append_in(c, r)?;
+                gatehouse::record::audit::log::append_in(c, r)?;
             }
             for (ts, who) in [("2026-10-15T10:00:00.000Z", "dave@example.com"), ("2026-11-04T10:00:00.000Z", "dave@example.com"), ("2026-11-15T10:00:00.000Z", "gina-bot"), ("2026-12-03T10:00:00.000Z", "bob-bot")] {
                 let detail = json!({ "rule": "policies/p.yaml#/tools/x/limits/cap", "quota": "cap", "limit": "1/minute", "identity": who, "server": "payments", "tool": "create_charge" });
@@ -1389,7 +1389,7 @@ fn incremental_provisioning_equals_compiling_every_commit_whole() {
             assert!(fast.population > 0, "seed {seed}, period {since}..{until}: the history has provisioning events");
         }
         // The history does exercise invalid commits.
-        let repo = gatehouse::git::PolicyRepo::discover(&s.policy_dir()).unwrap();
+        let repo = gatehouse::gitops::git::PolicyRepo::discover(&s.policy_dir()).unwrap();
         let tip = repo.resolve("main").unwrap();
         for id in repo.range(None, tip).unwrap() {
             let files = gatehouse::repo::Files { commit: None, entries: repo.files_at(id).unwrap() };
@@ -1422,7 +1422,7 @@ fn streamed_rows_match_the_tables_cell_for_cell() {
                 r.arg_keys = vec!["+a".into(), "q\"uote".into(), "ünï".into()];
                 r.message = format!("line one\nline \"two\" {n}");
                 r.policy_commit = if n % 2 == 0 { None } else { Some("-x".into()) };
-                gatehouse::audit::log::append_in(c, r)?;
+                gatehouse::record::audit::log::append_in(c, r)?;
             }
             Ok(())
         })

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse::proxy::{self, Active, Config, State};
+use gatehouse::gateway::proxy::{self, Active, Config, State};
 use gatehouse::repo::{Files, compile};
-use gatehouse::secrets::{SecretSource, bind};
-use gatehouse::store::Store;
+use gatehouse::gateway::secrets::{SecretSource, bind};
+use gatehouse::record::store::Store;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

@@ -5,7 +5,7 @@
 
 use gatehouse::policy::{Call, Verdict, evaluate};
 use gatehouse::repo::{Files, compile};
-use gatehouse::snapshot::Snapshot;
+use gatehouse::policy::snapshot::Snapshot;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

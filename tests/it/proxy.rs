@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse::proxy::Config;
-use gatehouse::secrets::SecretSource;
+use gatehouse::gateway::proxy::Config;
+use gatehouse::gateway::secrets::SecretSource;
 use http::StatusCode;
 use serde_json::{Value, json};
 

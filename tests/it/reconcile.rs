@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gatehouse::proxy::{self, Active, Config};
+use gatehouse::gateway::proxy::{self, Active, Config};
 use gatehouse::repo::{Files, compile};
-use gatehouse::secrets::SecretSource;
-use gatehouse::serve::{self, Daemon, Settings};
+use gatehouse::gateway::secrets::SecretSource;
+use gatehouse::commands::serve::{self, Daemon, Settings};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -228,7 +228,7 @@ async fn a_force_push_is_refused_and_recorded_until_accepted() {
     assert_eq!(st["active"]["commit"], c2, "still serving the applied commit");
 
     let dir = data.path().to_path_buf();
-    let (old, new) = tokio::task::spawn_blocking(move || gatehouse::reconcile::accept_rewrite(&dir, "ops@example.com", "reverting a leaked grant"))
+    let (old, new) = tokio::task::spawn_blocking(move || gatehouse::gitops::reconcile::accept_rewrite(&dir, "ops@example.com", "reverting a leaked grant"))
         .await
         .unwrap()
         .unwrap();

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gatehouse::secrets::Bound;
-use gatehouse::snapshot::{Credentials, Server, Transport};
-use gatehouse::upstream::{Upstream, UpstreamError, UpstreamEvent, http_client};
+use gatehouse::gateway::secrets::Bound;
+use gatehouse::policy::snapshot::{Credentials, Server, Transport};
+use gatehouse::gateway::upstream::{Upstream, UpstreamError, UpstreamEvent, http_client};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};

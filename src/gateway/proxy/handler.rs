@@ -25,12 +25,12 @@ use super::session::Session;
 use super::{Active, State};
 use crate::policy::eval::may_allow;
 use crate::policy::{Call, evaluate_grant};
-use crate::snapshot::{Grant, Snapshot};
-use crate::audit::log::AuditLog;
-use crate::audit::{CallRecord, arg_keys};
-use crate::quota::Subject;
+use crate::policy::snapshot::{Grant, Snapshot};
+use crate::record::audit::log::AuditLog;
+use crate::record::audit::{CallRecord, arg_keys};
+use crate::record::quota::Subject;
 use crate::units::{Date, now_rfc3339_ms};
-use crate::upstream::UpstreamError;
+use crate::gateway::upstream::UpstreamError;
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -106,9 +106,9 @@ fn status(state: &State) -> Value {
             .map(|name| {
                 let s = &a.snapshot.servers[name];
                 let transport = match &s.transport {
-                    crate::snapshot::Transport::StreamableHttp { .. } => "streamable-http",
-                    crate::snapshot::Transport::Sse { .. } => "sse",
-                    crate::snapshot::Transport::Stdio { .. } => "stdio",
+                    crate::policy::snapshot::Transport::StreamableHttp { .. } => "streamable-http",
+                    crate::policy::snapshot::Transport::Sse { .. } => "sse",
+                    crate::policy::snapshot::Transport::Stdio { .. } => "stdio",
                 };
                 let u = upstreams.get(name).cloned().unwrap_or_default();
                 json!({ "name": name, "transport": transport, "connections": u.connections, "last_error": u.last_error })
@@ -276,7 +276,7 @@ fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<(usize, [u8; 32]
         return Err("malformed authorization header");
     }
     // A gatehouse token carries a checksum: a mistyped or forged one is refused before any lookup.
-    if !crate::token::admissible(token) {
+    if !crate::gateway::token::admissible(token) {
         return Err("malformed token");
     }
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -482,7 +482,7 @@ async fn list_tools(cx: &Ctx) -> Value {
     json!({ "tools": lists.into_iter().flatten().collect::<Vec<Value>>() })
 }
 
-async fn connect(cx: &Ctx, server: &str) -> Result<Arc<crate::upstream::Upstream>, UpstreamError> {
+async fn connect(cx: &Ctx, server: &str) -> Result<Arc<crate::gateway::upstream::Upstream>, UpstreamError> {
     let s = &cx.active.snapshot.servers[server];
     let creds = cx.active.secrets.get(server).cloned().unwrap_or_default();
     let (upstream, opened) = cx.state.pool.get(&cx.grant().name, s, &creds).await?;
@@ -499,14 +499,14 @@ async fn relay_list_changes(
     state: std::sync::Weak<State>,
     grant: String,
     server: String,
-    mut events: tokio::sync::broadcast::Receiver<crate::upstream::UpstreamEvent>,
-    upstream: std::sync::Weak<crate::upstream::Upstream>,
+    mut events: tokio::sync::broadcast::Receiver<crate::gateway::upstream::UpstreamEvent>,
+    upstream: std::sync::Weak<crate::gateway::upstream::Upstream>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
         match events.recv().await {
-            Ok(crate::upstream::UpstreamEvent::ToolsListChanged) | Err(RecvError::Lagged(_)) => {}
-            Ok(crate::upstream::UpstreamEvent::Closed) | Err(RecvError::Closed) => return,
+            Ok(crate::gateway::upstream::UpstreamEvent::ToolsListChanged) | Err(RecvError::Lagged(_)) => {}
+            Ok(crate::gateway::upstream::UpstreamEvent::Closed) | Err(RecvError::Closed) => return,
         }
         let (Some(state), Some(upstream)) = (state.upgrade(), upstream.upgrade()) else { return };
         let Some(active) = state.active.load_full() else { continue };
@@ -629,7 +629,7 @@ async fn call_tool(
 
 /// The upstream's tool list vetted against the snapshot's pins; a quarantine seen for the first
 /// time is recorded as a `tool_quarantined` monitoring event.
-async fn vet_list(state: &State, snap: &Arc<crate::snapshot::Snapshot>, server: &str, tools: &Arc<Vec<Value>>) -> Arc<crate::supply::Vetted> {
+async fn vet_list(state: &State, snap: &Arc<crate::policy::snapshot::Snapshot>, server: &str, tools: &Arc<Vec<Value>>) -> Arc<crate::supply::Vetted> {
     let (vetted, fresh) = state.vetting.vet(snap, &snap.servers[server], tools);
     for q in fresh {
         warn!(server = %q.server, tool = %q.detail["tool"], reason = %q.detail["reason"], "tool quarantined");
@@ -712,7 +712,7 @@ impl Recorder {
     }
 
     /// The write-ahead decision record of an allowed call.
-    async fn allowed(&self, rule: &str, message: &str) -> Result<(), crate::store::StoreError> {
+    async fn allowed(&self, rule: &str, message: &str) -> Result<(), crate::record::store::StoreError> {
         match (&self.log, self.record("allow", rule, message, "unknown", None)) {
             (Some(log), Some(r)) => log.append(r).await.map(|_| ()),
             _ => Ok(()),

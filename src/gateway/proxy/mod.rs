@@ -27,12 +27,12 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
-use crate::audit::log::AuditLog;
-use crate::quota::Quotas;
-use crate::secrets::BoundSecrets;
-use crate::store::Store;
-use crate::snapshot::Snapshot;
-use crate::upstream::http_client;
+use crate::record::audit::log::AuditLog;
+use crate::record::quota::Quotas;
+use crate::gateway::secrets::BoundSecrets;
+use crate::record::store::Store;
+use crate::policy::snapshot::Snapshot;
+use crate::gateway::upstream::http_client;
 
 pub use pool::{Pool, ServerState};
 pub use session::Sessions;

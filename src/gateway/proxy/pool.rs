@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::secrets::Bound;
-use crate::snapshot::Server;
-use crate::upstream::{HttpClient, Upstream, UpstreamError};
+use crate::gateway::secrets::Bound;
+use crate::policy::snapshot::Server;
+use crate::gateway::upstream::{HttpClient, Upstream, UpstreamError};
 
 type Key = (String, String);
 

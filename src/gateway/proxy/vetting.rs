@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::{Value, json};
 
-use crate::snapshot::{Server, Snapshot};
+use crate::policy::snapshot::{Server, Snapshot};
 use crate::supply::{self, Quarantine, Vetted};
 
 /// The verdict cache and what has been reported.

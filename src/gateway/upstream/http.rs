@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use super::rpc::{Call, Rpc, Task};
 use super::sse::SseParser;
 use super::{HTTP_VERSIONS, HttpClient, MAX_MESSAGE_BYTES, UpstreamError, error_chain};
-use crate::secrets::Bound;
-use crate::snapshot::Server;
+use crate::gateway::secrets::Bound;
+use crate::policy::snapshot::Server;
 
 const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");

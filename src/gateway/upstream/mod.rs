@@ -33,8 +33,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::secrets::Bound;
-use crate::snapshot::{Server, Transport};
+use crate::gateway::secrets::Bound;
+use crate::policy::snapshot::{Server, Transport};
 
 use self::rpc::{Call, Rpc};
 

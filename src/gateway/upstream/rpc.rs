@@ -318,7 +318,7 @@ impl Rpc {
 
 /// The credential strings worth scrubbing: each value, and each whitespace-separated word of
 /// it (the token of `Bearer <token>`), when long enough not to mangle ordinary words.
-pub(crate) fn secret_strings(creds: &crate::secrets::Bound) -> Vec<String> {
+pub(crate) fn secret_strings(creds: &crate::gateway::secrets::Bound) -> Vec<String> {
     let values = creds
         .headers
         .iter()

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::http::{apply_credentials, content_type, drain, parse_url, read_capped, status_error};
 use super::rpc::{Call, Rpc, Task};
 use super::{HttpClient, MAX_MESSAGE_BYTES, UpstreamError, error_chain};
-use crate::secrets::Bound;
-use crate::snapshot::Server;
+use crate::gateway::secrets::Bound;
+use crate::policy::snapshot::Server;
 
 /// One legacy SSE session.
 pub(crate) struct Sse {

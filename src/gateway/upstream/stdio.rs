@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rpc::{Call, Rpc, Task};
 use super::{MAX_MESSAGE_BYTES, UpstreamError};
-use crate::secrets::Bound;
-use crate::snapshot::Server;
+use crate::gateway::secrets::Bound;
+use crate::policy::snapshot::Server;
 
 /// The only variables of our own environment a child inherits (when set).
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG"];

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::rpc::{Rpc, redact, secret_strings};
 use super::sse::{SseEvent, SseParser, resolve_endpoint};
 use super::{UpstreamError, UpstreamEvent, negotiated};
-use crate::secrets::Bound;
+use crate::gateway::secrets::Bound;
 
 fn events(chunks: &[&[u8]]) -> Vec<(String, String)> {
     let mut p = SseParser::new(1 << 20);

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::policy::eval::may_allow;
 use crate::policy::{Call, Verdict, evaluate};
 use crate::repo::{Files, compile};
-use crate::snapshot::Snapshot;
+use crate::policy::snapshot::Snapshot;
 
 const SEED_FILES: &str = r#"{ "version": "1", "default": "deny",
   "tools": {

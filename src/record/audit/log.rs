@@ -7,7 +7,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{CallRecord, GENESIS, chain_hash};
-use crate::store::{Store, StoreError};
+use crate::record::store::{Store, StoreError};
 
 /// How long a call waits for its decision record to become durable before it is refused.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,7 +41,7 @@ impl AuditLog {
     }
 
     /// Appends `record` without forcing a commit of its own: it rides the store's next group
-    /// commit ([`Store::write_deferred`], at most [`crate::store::DEFER_MAX`] later). For the
+    /// commit ([`Store::write_deferred`], at most [`crate::record::store::DEFER_MAX`] later). For the
     /// outcome record of an allowed call, which nothing waits on: its decision record is already
     /// durable. The record is queued when this returns (a clean shutdown commits it); the
     /// future resolves with its seq once it is durable.

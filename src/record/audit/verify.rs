@@ -26,7 +26,7 @@ pub enum Verdict {
 ///
 /// Rows are streamed and read in place: the record text and the stored hash are borrowed from
 /// SQLite, the record is checked through a borrowed view ([`Check`]: the same fields and types as
-/// [`CallRecord`](crate::audit::CallRecord), nothing copied), and the hash is computed into a stack buffer, so a row costs
+/// [`CallRecord`](crate::record::audit::CallRecord), nothing copied), and the hash is computed into a stack buffer, so a row costs
 /// no allocation beyond the odd string with escapes.
 pub fn verify(c: &Connection) -> Result<Verdict> {
     let (mut expect_seq, mut prev) = match anchor(c)? {
@@ -88,7 +88,7 @@ pub fn record_fault(
 }
 
 /// What `verify` reads of a stored record: `seq` and `prev_hash`, with every other field of
-/// [`CallRecord`](crate::audit::CallRecord) checked for presence and type but not copied. Fields, their
+/// [`CallRecord`](crate::record::audit::CallRecord) checked for presence and type but not copied. Fields, their
 /// order, their types and their optionality mirror `CallRecord`, so a text is accepted, or refused with the same
 /// message, exactly when it would deserialize as a `CallRecord`.
 ///
@@ -271,7 +271,7 @@ pub fn bound(s: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::CallRecord;
+    use crate::record::audit::CallRecord;
 
     /// `Check` accepts exactly what `CallRecord` accepts, and refuses with the same message.
     #[test]
