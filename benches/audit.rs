@@ -248,6 +248,8 @@ fn record(n: u64) -> CallRecord {
         session: format!("{n:064x}"),
         identity: "agent@example.com".into(),
         grant: "grants/agent.yaml".into(),
+        auth: "token".into(),
+        kind: "tool".into(),
         server: "files".into(),
         tool: "read_file".into(),
         category: Some("read".into()),

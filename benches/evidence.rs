@@ -371,6 +371,8 @@ fn generate_db(dir: &Path, calls: usize, grants: usize) {
                         session: format!("sess-{:08x}", rng.next() as u32),
                         identity: format!("user{g}@example.com"),
                         grant: format!("grants/g{g}.yaml"),
+                        auth: "token".into(),
+                        kind: "tool".into(),
                         server: format!("s{s}"),
                         tool: format!("t{t}"),
                         category: Some(CATEGORIES[t].to_string()),

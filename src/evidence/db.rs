@@ -217,6 +217,8 @@ impl Db {
                 CellRef::Str(&r.session),
                 CellRef::Str(&r.identity),
                 CellRef::Str(&r.grant),
+                CellRef::Str(&r.auth),
+                CellRef::Str(&r.kind),
                 CellRef::Str(&r.server),
                 CellRef::Str(&r.tool),
                 opt(category),
@@ -453,6 +455,15 @@ impl Db {
     }
 }
 
+/// `auth` and `kind` of records written before those fields existed (see `audit::CallRecord`).
+fn token() -> Cow<'static, str> {
+    Cow::Borrowed("token")
+}
+
+fn tool() -> Cow<'static, str> {
+    Cow::Borrowed("tool")
+}
+
 fn opt(s: Option<&str>) -> CellRef<'_> {
     s.map_or(CellRef::Null, CellRef::Str)
 }
@@ -471,6 +482,10 @@ struct Rec<'a> {
     identity: Cow<'a, str>,
     #[serde(borrow)]
     grant: Cow<'a, str>,
+    #[serde(borrow, default = "token")]
+    auth: Cow<'a, str>,
+    #[serde(borrow, default = "tool")]
+    kind: Cow<'a, str>,
     #[serde(borrow)]
     server: Cow<'a, str>,
     #[serde(borrow)]

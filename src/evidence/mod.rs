@@ -141,13 +141,15 @@ pub struct Bundle {
 }
 
 /// Columns of the call-record tables (`calls`, `privileged`): every field of the record.
-pub const CALL_COLUMNS: [&str; 19] = [
+pub const CALL_COLUMNS: [&str; 21] = [
     "seq",
     "ts",
     "replica",
     "session",
     "identity",
     "grant",
+    "auth",
+    "kind",
     "server",
     "tool",
     "category",

@@ -360,6 +360,8 @@ fn rec(
         session: "s-1".into(),
         identity: identity.into(),
         grant: format!("grants/{}.yaml", identity.split('@').next().unwrap()),
+        auth: "token".into(),
+        kind: "tool".into(),
         server: server.into(),
         tool: tool.into(),
         category: category.map(str::to_string),
@@ -931,7 +933,8 @@ fn files_state_their_population_in_csv_and_json() {
     assert!(csv.iter().skip(1).all(|r| r.len() == CALL_COLUMNS.len()));
     let message = CALL_COLUMNS.iter().position(|c| *c == "message").unwrap();
     assert_eq!(csv[6][message], "'=HYPERLINK(\"x\")", "a formula is neutralised, quotes doubled");
-    assert_eq!(csv[1][9], "a; b.c", "lists joined");
+    let arg_keys = CALL_COLUMNS.iter().position(|c| *c == "arg_keys").unwrap();
+    assert_eq!(csv[1][arg_keys], "a; b.c", "lists joined");
     let sidecar: Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("calls.csv.manifest.json")).unwrap()).unwrap();
     assert_eq!(sidecar["population"], 12);

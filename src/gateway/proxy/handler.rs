@@ -674,6 +674,8 @@ impl Recorder {
             session: session.id.clone(),
             identity: grant.identity.clone(),
             grant: grant.file.clone(),
+            auth: "token".into(),
+            kind: "tool".into(),
             server: server.to_string(),
             tool: tool.to_string(),
             category,

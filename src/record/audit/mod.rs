@@ -28,6 +28,12 @@ pub struct CallRecord {
     pub session: String,
     pub identity: String,
     pub grant: String,
+    /// How the caller authenticated: `token` (a grant token) or the issuer URL of an SSO token.
+    #[serde(default = "default_auth")]
+    pub auth: String,
+    /// What was asked: `tool` | `resource` | `prompt` | `server_request`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
     pub server: String,
     pub tool: String,
     pub category: Option<String>,
@@ -44,6 +50,16 @@ pub struct CallRecord {
     pub prev_hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+}
+
+/// `auth` of records written before the field existed: every caller had a grant token.
+fn default_auth() -> String {
+    "token".into()
+}
+
+/// `kind` of records written before the field existed: only tools were relayed.
+fn default_kind() -> String {
+    "tool".into()
 }
 
 // === impl CallRecord ===
@@ -71,9 +87,11 @@ impl CallRecord {
 #[derive(Serialize)]
 struct Canonical<'a> {
     arg_keys: &'a [String],
+    auth: &'a str,
     category: &'a Option<String>,
     grant: &'a str,
     identity: &'a str,
+    kind: &'a str,
     latency_ms: Option<u64>,
     message: &'a str,
     outcome: &'a str,
@@ -100,6 +118,8 @@ impl<'a> From<&'a CallRecord> for Canonical<'a> {
             session,
             identity,
             grant,
+            auth,
+            kind,
             server,
             tool,
             category,
@@ -116,9 +136,11 @@ impl<'a> From<&'a CallRecord> for Canonical<'a> {
         } = r;
         Canonical {
             arg_keys,
+            auth,
             category,
             grant,
             identity,
+            kind,
             latency_ms: *latency_ms,
             message,
             outcome,
@@ -193,6 +215,8 @@ mod tests {
             session: "s".into(),
             identity: "i".into(),
             grant: "g".into(),
+            auth: "token".into(),
+            kind: "tool".into(),
             server: "sv".into(),
             tool: "t".into(),
             category: None,
@@ -208,7 +232,7 @@ mod tests {
             hash: Some("h".into()),
         };
         let c = r.canonical();
-        assert!(c.starts_with("{\"arg_keys\":[],\"category\":null,"), "{c}");
+        assert!(c.starts_with("{\"arg_keys\":[],\"auth\":\"token\",\"category\":null,"), "{c}");
         assert!(!c.contains("\"hash\""));
         assert_eq!(chain_hash(GENESIS, &c).len(), 64);
     }
@@ -241,6 +265,8 @@ mod tests {
             session: t(2),
             identity: t(3),
             grant: t(4),
+            auth: t(16),
+            kind: t(17),
             server: t(5),
             tool: t(6),
             category: set.then(|| t(7)),
@@ -273,7 +299,7 @@ mod tests {
             assert_eq!(&buf[6..], reference.as_bytes(), "record {n}");
             // And it is canonical: keys sorted, compact, every field but hash.
             let m: std::collections::BTreeMap<String, Value> = serde_json::from_str(&reference).unwrap();
-            assert_eq!(m.len(), 18);
+            assert_eq!(m.len(), 20);
             assert!(!m.contains_key("hash"));
             assert_eq!(serde_json::to_string(&m).unwrap(), reference);
         }
@@ -291,6 +317,6 @@ mod tests {
         none.hash = None;
         none.arg_keys = vec![];
         assert_eq!(none.canonical(), canonical_via_value(&none));
-        assert!(none.canonical().contains("\"arg_keys\":[],\"category\":null,"));
+        assert!(none.canonical().contains("\"arg_keys\":[],\"auth\":"));
     }
 }

@@ -107,6 +107,10 @@ mod view {
         session: Str,
         identity: Str,
         grant: Str,
+        #[serde(default)]
+        auth: Str,
+        #[serde(default)]
+        kind: Str,
         server: Str,
         tool: Str,
         category: Option<Str>,
@@ -127,6 +131,7 @@ mod view {
 use view::CallRecord as Check;
 
 /// A JSON string, checked and dropped.
+#[derive(Default)]
 struct Str;
 
 /// A JSON array of strings, checked and dropped.
@@ -173,8 +178,8 @@ pub enum Format {
 }
 
 /// Columns of the CSV export, in order.
-const COLUMNS: [&str; 20] = [
-    "seq", "ts", "replica", "session", "identity", "grant", "server", "tool", "category", "arg_keys", "verdict", "rule",
+const COLUMNS: [&str; 22] = [
+    "seq", "ts", "replica", "session", "identity", "grant", "auth", "kind", "server", "tool", "category", "arg_keys", "verdict", "rule",
     "message", "policy_commit", "snapshot_digest", "outcome", "latency_ms", "prev_hash", "hash", "",
 ];
 
