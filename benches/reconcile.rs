@@ -451,6 +451,7 @@ async fn live(repo: &Path, secrets: SecretSource) -> Live {
         repo: repo.display().to_string(),
         branch: None,
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_path_buf(),
         secrets,
         // Long: every change must be noticed by the ref watcher.
@@ -480,7 +481,7 @@ impl Live {
 
     /// (sum of reconcile durations in ms, reconciles counted) from the daemon's metrics.
     fn reconcile_metric(&self) -> (f64, u64) {
-        let text = self.daemon.state.metrics.render(None, 0);
+        let text = self.daemon.state.metrics.render(None, 0, &self.daemon.state.admission);
         let mut sum = 0.0;
         let mut count = 0;
         for line in text.lines() {

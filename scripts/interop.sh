@@ -525,11 +525,16 @@ for _ in $(seq 1 150); do
 done
 [ -n "$ready" ] || fatal "gateway ready" "/readyz never answered 200 (process $(kill -0 "$GW_PID" 2>/dev/null && echo alive || echo exited))"
 echo "interop: gateway ready on $GW ($(cat "$WORK/readyz"))"
+# The operations endpoints are on the admin listener: a free loopback port by default, written
+# to the data dir.
+ADMIN=http://$(cat "$WORK/data/admin.addr" 2>/dev/null || echo "127.0.0.1:1")
 
 section "operations endpoints and authentication (curl)"
 http_check "/readyz names the policy commit" 200 --body-has "$SHORT" -- "$GW/readyz"
 http_check "/healthz needs no token" 200 -- "$GW/healthz"
-http_check "/status lists the four upstreams" 200 --body-has '"everything-sse"' --body-has '"stdio"' --body-has '"sse"' -- "$GW/status"
+http_check "/status (admin listener) lists the four upstreams" 200 --body-has '"everything-sse"' --body-has '"stdio"' --body-has '"sse"' -- "$ADMIN/status"
+http_check "/status is not served on the MCP listener" 404 -- "$GW/status"
+http_check "/metrics (admin listener) counts refused connections" 200 --body-has "gatehouse_connections_refused_total" -- "$ADMIN/metrics"
 INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}'
 H=(-H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream')
 http_check "curl: no token on /mcp gives 401 + WWW-Authenticate: Bearer" 401 --header-has "www-authenticate: Bearer" \

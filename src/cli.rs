@@ -31,40 +31,66 @@ pub struct RepoArgs {
     pub rev: Option<String>,
 }
 
+/// `gatehouse serve`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The policy repository: a local path (watched), or a URL cloned into the data dir and
+    /// fetched every --poll.
+    #[arg(long, default_value = ".")]
+    pub repo: String,
+    /// The branch to follow; default: HEAD (local) or the remote's default branch.
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Where MCP clients connect: /mcp, /mcp/<server>, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Where /status, /metrics and POST /-/reconcile are served. Default: a free loopback port,
+    /// written to <data-dir>/admin.addr (so that daemons on one host never collide).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub admin_listen: std::net::SocketAddr,
+    /// Where the state database (and a remote repository's clone) live.
+    #[arg(long, default_value = "./gatehouse-data")]
+    pub data_dir: PathBuf,
+    /// Directory of secret files (`DIR/NAME` for `${secret:NAME}`); the environment
+    /// (`GATEHOUSE_SECRET_NAME`) is read too.
+    #[arg(long)]
+    pub secrets_dir: Option<PathBuf>,
+    /// How often to look for a new commit without a trigger (60s, 5m, …).
+    #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+    pub poll: std::time::Duration,
+    /// Apply a history rewrite (a tip that does not descend from the applied commit)
+    /// instead of refusing it; it is still recorded.
+    #[arg(long)]
+    pub accept_rewrite: bool,
+    /// Require `POST /-/reconcile` to carry a valid X-Hub-Signature-256 made with this secret.
+    #[arg(long, env = "GATEHOUSE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body: usize,
+    /// Connections held at once on the MCP listener, in all; more are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold; 0: no limit (behind a load
+    /// balancer, whose one address carries every client).
+    #[arg(long, default_value_t = 64)]
+    pub max_connections_per_address: usize,
+    /// Time a client has to send a request's head once the connection is ready for one; also
+    /// how long an idle keep-alive connection is kept.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
+    pub header_timeout: std::time::Duration,
+    /// Messages in one JSON-RPC batch (protocol 2025-03-26 only).
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Largest response body the gateway builds, in bytes (one reply, or a batch's replies).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_response: usize,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the gateway: follow the policy repository and serve MCP on --listen.
-    Serve {
-        /// The policy repository: a local path (watched), or a URL cloned into the data dir and
-        /// fetched every --poll.
-        #[arg(long, default_value = ".")]
-        repo: String,
-        /// The branch to follow; default: HEAD (local) or the remote's default branch.
-        #[arg(long)]
-        branch: Option<String>,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Where the state database (and a remote repository's clone) live.
-        #[arg(long, default_value = "./gatehouse-data")]
-        data_dir: PathBuf,
-        /// Directory of secret files (`DIR/NAME` for `${secret:NAME}`); the environment
-        /// (`GATEHOUSE_SECRET_NAME`) is read too.
-        #[arg(long)]
-        secrets_dir: Option<PathBuf>,
-        /// How often to look for a new commit without a trigger (60s, 5m, …).
-        #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
-        poll: std::time::Duration,
-        /// Apply a history rewrite (a tip that does not descend from the applied commit)
-        /// instead of refusing it; it is still recorded.
-        #[arg(long)]
-        accept_rewrite: bool,
-        /// Require `POST /-/reconcile` to carry a valid X-Hub-Signature-256 made with this secret.
-        #[arg(long, env = "GATEHOUSE_WEBHOOK_SECRET", hide_env_values = true)]
-        webhook_secret: Option<String>,
-        /// Largest request body accepted, in bytes.
-        #[arg(long, default_value_t = 4 << 20)]
-        max_body: usize,
-    },
+    Serve(ServeArgs),
     /// Accept the history rewrite the daemon refused (recorded with who and why).
     AcceptRewrite {
         #[arg(long, default_value = "./gatehouse-data")]
@@ -81,10 +107,14 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Print a daemon's /status.
+    /// Print a daemon's /status (from its admin listener): exit 0 ready, 1 not.
     Status {
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// The admin listener's URL; default: the address the daemon wrote to
+        /// `<data-dir>/admin.addr` when it started.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value = "./gatehouse-data")]
+        data_dir: PathBuf,
     },
     /// Validate the repository: prints every problem as file:line:col; exit 0 valid, 2 invalid.
     Check(RepoArgs),
@@ -296,10 +326,18 @@ fn audit(command: AuditCommand) -> Result<i32> {
             let c = crate::record::store::open_read_only(&data_dir)?;
             let last: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM calls", [], |r| r.get(0))?;
             let mut after = (last as u64).saturating_sub(lines);
+            const PAGE: usize = 1000;
             loop {
-                for (seq, line) in verify::since_seq(&c, after, 1000)? {
+                // Page through everything written so far (the last -n records at first), then
+                // wait for more when following.
+                let page = verify::since_seq(&c, after, PAGE)?;
+                let full = page.len() == PAGE;
+                for (seq, line) in page {
                     println!("{line}");
                     after = seq;
+                }
+                if full {
+                    continue;
                 }
                 if !follow {
                     return Ok(0);
@@ -497,10 +535,28 @@ pub enum PlanFormat {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Serve { repo, branch, listen, data_dir, secrets_dir, poll, accept_rewrite, webhook_secret, max_body } => {
-            let proxy = crate::gateway::proxy::Config { max_body, ..Default::default() };
-            let secrets = crate::gateway::secrets::SecretSource { dir: secrets_dir };
-            let settings = crate::commands::serve::Settings { repo, branch, listen, data_dir, secrets, poll, accept_rewrite, webhook_secret, proxy };
+        Command::Serve(a) => {
+            let proxy = crate::gateway::proxy::Config {
+                max_body: a.max_body,
+                header_timeout: a.header_timeout,
+                max_connections: a.max_connections,
+                max_connections_per_address: a.max_connections_per_address,
+                max_batch: a.max_batch,
+                max_response: a.max_response,
+                ..Default::default()
+            };
+            let settings = crate::commands::serve::Settings {
+                repo: a.repo,
+                branch: a.branch,
+                listen: a.listen,
+                admin_listen: a.admin_listen,
+                data_dir: a.data_dir,
+                secrets: crate::gateway::secrets::SecretSource { dir: a.secrets_dir },
+                poll: a.poll,
+                accept_rewrite: a.accept_rewrite,
+                webhook_secret: a.webhook_secret,
+                proxy,
+            };
             crate::commands::serve::run(settings).map(|()| 0)
         }
         Command::AcceptRewrite { data_dir, reason, by } => {
@@ -508,7 +564,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             println!("accepted the rewrite from {old} to {new}; the daemon applies it on its next reconcile (POST /-/reconcile to hurry it)");
             Ok(0)
         }
-        Command::Status { url } => status(&url),
+        Command::Status { url, data_dir } => {
+            let url = match url {
+                Some(u) => u,
+                None => {
+                    let file = data_dir.join(crate::commands::serve::ADMIN_ADDR_FILE);
+                    let addr = std::fs::read_to_string(&file)
+                        .with_context(|| format!("no --url, and {} cannot be read (is a daemon running with --data-dir {}?)", file.display(), data_dir.display()))?;
+                    format!("http://{}", addr.trim())
+                }
+            };
+            status(&url)
+        }
         Command::Audit { command } => audit(command),
         Command::Plan { repo, base, head, format } => plan(&repo, &base, &head, format),
         Command::Evidence { control, since, until, format, out, repo, rev, data_dir } => {

@@ -19,6 +19,9 @@ use crate::gitops::reconcile::{self, Source};
 use crate::gateway::secrets::SecretSource;
 use crate::record::store::Store;
 
+/// The file in the data dir where a running daemon writes its admin listener's address.
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
 /// Settings of the daemon, read once.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -27,6 +30,8 @@ pub struct Settings {
     /// Branch to follow; HEAD (local) or the remote's default branch when None.
     pub branch: Option<String>,
     pub listen: SocketAddr,
+    /// The admin listener (`/status`, `/metrics`, `POST /-/reconcile`); port 0 picks a free one.
+    pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub secrets: SecretSource,
     pub poll: Duration,
@@ -127,22 +132,55 @@ async fn retention(state: Arc<State>, store: Store) {
 /// Runs the daemon until a shutdown signal.
 pub fn run(settings: Settings) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    raise_open_files_limit();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-        serve_until(settings, listener, shutdown_signal()).await
+        let admin = tokio::net::TcpListener::bind(settings.admin_listen)
+            .await
+            .with_context(|| format!("binding the admin listener {} (--admin-listen)", settings.admin_listen))?;
+        serve_until(settings, listener, admin, shutdown_signal()).await
     })
 }
 
-/// Starts the daemon, serves on `listener` until `shutdown` resolves, then stops cleanly: the
-/// proxy lets in-flight requests finish, and [`Daemon::shutdown`] commits every queued record
-/// before this returns.
-pub async fn serve_until(settings: Settings, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Starts the daemon, serves MCP on `listener` and the operations endpoints on `admin` until
+/// `shutdown` resolves, then stops cleanly: the proxy lets in-flight requests finish, and
+/// [`Daemon::shutdown`] commits every queued record before this returns.
+pub async fn serve_until(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let admin_file = settings.data_dir.join(ADMIN_ADDR_FILE);
     let daemon = start(settings).await?;
-    info!(addr = %listener.local_addr()?, "listening: POST /mcp (all servers) or /mcp/<server>");
+    let admin_addr = admin.local_addr()?;
+    // Written after the store is open (the data dir exists): `gatehouse status` reads it.
+    if let Err(e) = std::fs::write(&admin_file, format!("{admin_addr}\n")) {
+        tracing::warn!(error = %e, file = %admin_file.display(), "could not write the admin address");
+    }
+    info!(addr = %listener.local_addr()?, admin = %admin_addr, "listening: POST /mcp (all servers) or /mcp/<server>; /status, /metrics and POST /-/reconcile on the admin address");
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(proxy::serve_admin(admin, daemon.state.clone(), async {
+        let _ = admin_stopped.await;
+    }));
     let served = proxy::serve(listener, daemon.state.clone(), shutdown).await;
+    let _ = stop_admin.send(());
+    let _ = admin_task.await;
     daemon.shutdown().await;
     info!("state database closed");
     served
+}
+
+/// Raises the soft limit on open files to the hard limit: every held connection is a file, and
+/// the connection limits (`--max-connections`) should be what refuses connections, not EMFILE.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, soft, hard, "could not raise the open files limit");
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -15,13 +15,17 @@ const TOKEN: &str = "audit-token-0123456789";
 const CANARY: &str = "CANARY-4815162342";
 
 async fn world(up: &MockUpstream) -> Gateway {
+    world_with(up, Config::default()).await
+}
+
+async fn world_with(up: &MockUpstream, config: Config) -> Gateway {
     let server = format!("name: mock\ntransport: streamable-http\nurl: {}\ntimeout: 2s\nsupplier: {{ operated_by: internal }}\ntools: {{ add: {{ category: financial }} }}\n", up.url);
     let policy = "tools:\n  echo_headers: {}\n  fail:\n    limits: [ { name: fail cap, rate_limit: 1/minute } ]\n  add:\n    deny_if: [ { name: big, conditions: [ { path: args.a, op: gt, value: 1000 } ] } ]\n    limits: [ { name: adds per minute, rate_limit: 100/minute, per: global } ]\n";
     let grant = format!("identity: agent\nkind: agent\nowner: o@x\ntokens: [ {{ sha256: {} }} ]\naccess: [ {{ server: mock, tools: \"*\", policy: policies/p.yaml }} ]\n", token_hash(TOKEN));
     Gateway::start(
         &[("servers/mock.yaml", &server), ("policies/p.yaml", policy), ("grants/agent.yaml", &grant)],
         SecretSource::default(),
-        Config::default(),
+        config,
     )
     .await
 }
@@ -167,7 +171,8 @@ async fn a_log_that_cannot_be_written_refuses_calls_before_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_concurrent_calls_against_a_cap_of_one_hundred_forward_exactly_one_hundred() {
     let up = MockUpstream::start().await;
-    let gw = world(&up).await;
+    // 200 connections from one address: the per-address connection limit is not under test.
+    let gw = world_with(&up, Config { max_connections_per_address: 0, ..Config::default() }).await;
     let url = format!("{}/mcp", gw.url);
     let sessions: Vec<String> = futures_util::future::join_all((0..8).map(|_| initialize(&url, TOKEN, "2025-11-25"))).await;
     let replies = futures_util::future::join_all((0..200).map(|i| {
@@ -266,6 +271,7 @@ async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
         repo: repo.path().display().to_string(),
         branch: None,
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_path_buf(),
         secrets: SecretSource::default(),
         poll: std::time::Duration::from_secs(600),

@@ -25,6 +25,8 @@ use tokio::sync::oneshot;
 /// A gateway serving on a loopback port until dropped.
 pub struct Gateway {
     pub url: String,
+    /// The admin listener (`/status`, `/metrics`, `POST /-/reconcile`).
+    pub admin_url: String,
     pub state: Arc<State>,
     /// The state database (call log, quotas) of this gateway.
     pub store: Store,
@@ -66,7 +68,8 @@ impl Gateway {
             .await
             .unwrap()
         });
-        Gateway { url: format!("http://{addr}"), state, store, data, stop: Some(stop) }
+        let admin_url = spawn_admin(&state).await;
+        Gateway { url: format!("http://{addr}"), admin_url, state, store, data, stop: Some(stop) }
     }
 
     /// A gateway with no snapshot active yet.
@@ -79,8 +82,17 @@ impl Gateway {
         let (stop, stopped) = oneshot::channel::<()>();
         let st = state.clone();
         tokio::spawn(async move { proxy::serve(listener, st, async { let _ = stopped.await; }).await.unwrap() });
-        Gateway { url: format!("http://{addr}"), state, store, data, stop: Some(stop) }
+        let admin_url = spawn_admin(&state).await;
+        Gateway { url: format!("http://{addr}"), admin_url, state, store, data, stop: Some(stop) }
     }
+}
+
+/// Serves the admin endpoints of `state` on a loopback port for the rest of the test; its URL.
+pub async fn spawn_admin(state: &Arc<State>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(proxy::serve_admin(listener, state.clone(), std::future::pending()));
+    url
 }
 
 impl Drop for Gateway {

@@ -236,7 +236,7 @@ async fn a_down_or_hanging_upstream_gives_an_error_within_its_timeout() {
     // the gateway is still fine
     let ok = post(&url, ALICE, Some(&s), call(3, "mock__add", json!({ "a": 1, "b": 1 }))).await.json();
     assert_eq!(text_of(&ok), "2");
-    let status = send("GET", &format!("{}/status", w.gw.url), None, None, "", &[]).await.json();
+    let status = send("GET", &format!("{}/status", w.gw.admin_url), None, None, "", &[]).await.json();
     assert_eq!(status["ready"], true);
     let dead = status["servers"].as_array().unwrap().iter().find(|s| s["name"] == "dead").unwrap().clone();
     assert!(dead["last_error"].is_string(), "{status}");

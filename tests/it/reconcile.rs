@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::gateway::{MockUpstream, call, initialize, post, send, token_hash};
+use crate::gateway::{MockUpstream, call, initialize, post, send, spawn_admin, token_hash};
 use crate::support::TestRepo;
 
 const TOKEN: &str = "reconcile-token-0123456789";
@@ -27,6 +27,8 @@ const OTHER: &str = "other-token-0123456789";
 /// A daemon on a repository, serving on a loopback port.
 pub struct Live {
     pub url: String,
+    /// The admin listener (`/status`, `/metrics`, `POST /-/reconcile`).
+    pub admin: String,
     pub daemon: Daemon,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -44,6 +46,7 @@ pub async fn live(repo: &std::path::Path, data: &std::path::Path, branch: Option
         repo: repo.display().to_string(),
         branch: branch.map(str::to_string),
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.to_path_buf(),
         secrets: SecretSource::default(),
         // Long: changes must be noticed by the watcher, not by polling.
@@ -58,12 +61,13 @@ pub async fn live(repo: &std::path::Path, data: &std::path::Path, branch: Option
     let (stop, stopped) = oneshot::channel::<()>();
     let state = daemon.state.clone();
     tokio::spawn(async move { proxy::serve(listener, state, async { let _ = stopped.await; }).await });
-    Live { url, daemon, stop: Some(stop) }
+    let admin = spawn_admin(&daemon.state).await;
+    Live { url, admin, daemon, stop: Some(stop) }
 }
 
 impl Live {
     pub async fn status(&self) -> Value {
-        send("GET", &format!("{}/status", self.url), None, None, "", &[]).await.json()
+        send("GET", &format!("{}/status", self.admin), None, None, "", &[]).await.json()
     }
 
     /// Waits until /status satisfies `ok` (5 s at most).
@@ -233,7 +237,7 @@ async fn a_force_push_is_refused_and_recorded_until_accepted() {
         .unwrap()
         .unwrap();
     assert_eq!((old.as_str(), new.as_str()), (c2.as_str(), rewritten.as_str()));
-    assert_eq!(send("POST", &format!("{}/-/reconcile", g.url), None, None, "{\"forged\": true}", &[]).await.status, StatusCode::ACCEPTED);
+    assert_eq!(send("POST", &format!("{}/-/reconcile", g.admin), None, None, "{\"forged\": true}", &[]).await.status, StatusCode::ACCEPTED);
     let st = g.applied(&rewritten).await;
     assert!(st["history_rewritten"].is_null(), "{st:#}");
     let c = g.daemon.store.reader().unwrap();
@@ -410,6 +414,7 @@ async fn a_remote_repository_is_cloned_and_fetched_on_a_signed_webhook() {
         repo: format!("file://{}", remote.path().display()),
         branch: None,
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_path_buf(),
         secrets: SecretSource::default(),
         poll: Duration::from_secs(600),
@@ -422,13 +427,15 @@ async fn a_remote_repository_is_cloned_and_fetched_on_a_signed_webhook() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(proxy::serve(listener, daemon.state.clone(), async { let _ = stopped.await; }));
-    let g = Live { url: url.clone(), daemon, stop: Some(stop) };
+    let admin = spawn_admin(&daemon.state).await;
+    let g = Live { url: url.clone(), admin: admin.clone(), daemon, stop: Some(stop) };
     g.applied(&c1).await;
     assert!(data.path().join("repo.git").exists(), "cloned into the data dir");
 
     let c2 = work.commit("two", &[("policies/p.yaml", &policy("v2"))]);
     push(&c2);
-    let hook = format!("{url}/-/reconcile");
+    assert_eq!(send("POST", &format!("{url}/-/reconcile"), None, None, "{}", &[]).await.status, StatusCode::NOT_FOUND, "not on the MCP listener");
+    let hook = format!("{admin}/-/reconcile");
     let body = r#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
     assert_eq!(send("POST", &hook, None, None, body, &[]).await.status, StatusCode::UNAUTHORIZED, "unsigned");
     let forged = [("x-hub-signature-256", "sha256=00")];
@@ -438,12 +445,12 @@ async fn a_remote_repository_is_cloned_and_fetched_on_a_signed_webhook() {
     assert_eq!(send("POST", &hook, None, None, body, &signed).await.status, StatusCode::ACCEPTED);
     // the payload's "after" is never trusted: the fetched tip is applied
     g.applied(&c2).await;
-    let metrics = send("GET", &format!("{url}/metrics"), None, None, "", &[]).await.body;
+    let metrics = send("GET", &format!("{admin}/metrics"), None, None, "", &[]).await.body;
     assert!(metrics.contains("gatehouse_reconcile_total{outcome=\"applied\"} 2"), "{metrics}");
     assert!(metrics.contains(&format!("gatehouse_active_commit_info{{commit=\"{c2}\"}} 1")), "{metrics}");
     assert!(metrics.contains("gatehouse_reconcile_duration_seconds_count 2"), "{metrics}");
 
-    let status = tokio::task::spawn_blocking(move || crate::support::gatehouse(&["status", "--url", &url])).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || crate::support::gatehouse(&["status", "--url", &admin])).await.unwrap();
     assert_eq!(status.code, 0, "{}", status.stderr);
     let v: Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(v["last_applied"]["commit"], c2);

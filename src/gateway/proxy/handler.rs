@@ -71,27 +71,44 @@ impl Ctx {
     }
 }
 
+/// A request on the MCP listener: MCP and the probes. Operations endpoints live on the admin
+/// listener ([`admin`]) and are 404 here.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let resp = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => match state.active.load().as_ref() {
-            Some(a) => text(StatusCode::OK, &format!("ready: commit {}\n", a.snapshot.short_commit())),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid policy commit is active\n"),
-        },
+        (&Method::GET, "/readyz") => readyz(&state),
+        (_, p) if p == "/mcp" || p.starts_with("/mcp/") => mcp(state, req, &path).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(resp)
+}
+
+/// A request on the admin listener: `/status`, `/metrics`, `POST /-/reconcile` and the probes.
+pub async fn admin(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readyz(&state),
         (&Method::GET, "/status") => json_response(StatusCode::OK, &status(&state)),
         (&Method::GET, "/metrics") => {
             let active = state.active.load_full();
-            let body = state.metrics.render(active.as_ref().and_then(|a| a.snapshot.commit.as_deref()), state.sessions.len());
+            let body = state.metrics.render(active.as_ref().and_then(|a| a.snapshot.commit.as_deref()), state.sessions.len(), &state.admission);
             let mut r = text(StatusCode::OK, &body);
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
         }
         (&Method::POST, "/-/reconcile") => reconcile_hook(&state, req).await,
-        (_, p) if p == "/mcp" || p.starts_with("/mcp/") => mcp(state, req, &path).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
+}
+
+fn readyz(state: &State) -> Response<Body> {
+    match state.active.load().as_ref() {
+        Some(a) => text(StatusCode::OK, &format!("ready: commit {}\n", a.snapshot.short_commit())),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid policy commit is active\n"),
+    }
 }
 
 fn status(state: &State) -> Value {

@@ -113,6 +113,16 @@ pub fn classify(v: Value) -> Result<Message, Value> {
         && !(id.is_string() || id.is_i64() || id.is_u64()) {
             return Err(error(Value::Null, INVALID_REQUEST, "invalid request: id must be a string or an integer"));
         }
+    // A message is a request/notification (method) or a response (result or error), never both:
+    // a body carrying both would be read differently by different peers.
+    let (has_result, has_error) = (m.contains_key("result"), m.contains_key("error"));
+    if m.contains_key("method") && (has_result || has_error) {
+        let what = if has_result { "result" } else { "error" };
+        return Err(error(id.unwrap_or(Value::Null), INVALID_REQUEST, format!("invalid request: a message has either method or {what}, not both")));
+    }
+    if has_result && has_error {
+        return Err(error(id.unwrap_or(Value::Null), INVALID_REQUEST, "invalid request: a response has either result or error, not both"));
+    }
     match (m.remove("method"), id) {
         (Some(Value::String(method)), Some(id)) => {
             Ok(Message::Request { id, method, params: m.remove("params").unwrap_or(Value::Null) })
@@ -168,5 +178,22 @@ mod tests {
         assert!(classify(bad_id).is_err());
         let no_version = parse_body(br#"{"id":1,"method":"ping"}"#).unwrap();
         assert_eq!(classify(no_version).unwrap_err()["error"]["code"], INVALID_REQUEST);
+    }
+
+    #[test]
+    fn a_message_is_a_request_or_a_response_never_both() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","error":{"code":1,"message":"x"}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","result":{}}"#,
+        ] {
+            let e = classify(parse_body(body.as_bytes()).unwrap()).unwrap_err();
+            assert_eq!(e["error"]["code"], INVALID_REQUEST, "{body}");
+            assert!(e["error"]["message"].as_str().unwrap().contains("not both"), "{e}");
+        }
+        let both = parse_body(br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"x"}}"#).unwrap();
+        assert!(classify(both).is_err());
+        let response = parse_body(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap();
+        assert!(matches!(classify(response), Ok(Message::Response)));
     }
 }

@@ -4,6 +4,7 @@
 //! is decided, and later recorded, against exactly one commit. Before a valid snapshot is
 //! active the proxy denies everything (`/readyz` is 503, `/mcp` answers 503).
 
+pub mod admission;
 mod handler;
 pub mod jsonrpc;
 mod pool;
@@ -24,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::record::audit::log::AuditLog;
@@ -48,12 +49,19 @@ pub struct Active {
 pub struct Config {
     /// Largest request body accepted (413 above).
     pub max_body: usize,
-    /// Time allowed to receive a request's headers (also closes idle keep-alive connections).
+    /// Time allowed to receive a request's head, from the moment the connection is ready for
+    /// one: also how long an idle keep-alive connection is kept.
     pub header_timeout: Duration,
     /// Time allowed to receive a request's body.
     pub body_timeout: Duration,
-    /// Concurrent connections; more are closed at once.
+    /// Concurrent connections in all; more are closed at once.
     pub max_connections: usize,
+    /// Concurrent connections from one client address (IPv6: one /64); 0 for no limit.
+    pub max_connections_per_address: usize,
+    /// Messages in one JSON-RPC batch (protocol 2025-03-26).
+    pub max_batch: usize,
+    /// Largest response body the gateway builds (a batch's replies together, or one reply).
+    pub max_response: usize,
     /// Open sessions per grant; the least recently used is evicted past it.
     pub max_sessions_per_grant: usize,
     /// A session unused for this long is closed.
@@ -83,6 +91,8 @@ pub struct State {
     pub vetting: vetting::Vetting,
     /// This gateway's name in call records (`--replica`, default the host name).
     pub replica: String,
+    /// Who may hold a connection to the MCP listener.
+    pub admission: Arc<admission::Admission>,
 }
 
 /// The reconciler's state, in the shape of a Flux status.
@@ -138,9 +148,12 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_body: 4 << 20,
-            header_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(30),
-            max_connections: 1024,
+            max_connections: 4096,
+            max_connections_per_address: 64,
+            max_batch: 64,
+            max_response: 16 << 20,
             max_sessions_per_grant: 64,
             session_idle: Duration::from_secs(3600),
         }
@@ -155,6 +168,7 @@ impl State {
             active: ArcSwapOption::empty(),
             sessions: Sessions::new(config.max_sessions_per_grant, config.session_idle),
             pool: Pool::new(http_client()),
+            admission: Arc::new(admission::Admission::new(config.max_connections_per_address, config.max_connections)),
             config,
             started: Instant::now(),
             status: Mutex::new(ReconcileStatus::default()),
@@ -196,7 +210,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, active_commit: Option<&str>, sessions: usize) -> String {
+    pub fn render(&self, active_commit: Option<&str>, sessions: usize, admission: &admission::Admission) -> String {
         let mut out = String::new();
         out.push_str("# HELP gatehouse_reconcile_total Reconciles by outcome.\n# TYPE gatehouse_reconcile_total counter\n");
         for (i, o) in OUTCOMES.iter().enumerate() {
@@ -219,6 +233,14 @@ impl Metrics {
             self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6
         ));
         out.push_str(&format!("# HELP gatehouse_sessions Open client sessions.\n# TYPE gatehouse_sessions gauge\ngatehouse_sessions {sessions}\n"));
+        out.push_str("# HELP gatehouse_connections Connections held on the MCP listener.\n# TYPE gatehouse_connections gauge\n");
+        out.push_str(&format!("gatehouse_connections {}\n", admission.held()));
+        out.push_str("# HELP gatehouse_connections_refused_total Connections closed at once by a connection limit.\n# TYPE gatehouse_connections_refused_total counter\n");
+        out.push_str(&format!(
+            "gatehouse_connections_refused_total{{limit=\"per_address\"}} {}\ngatehouse_connections_refused_total{{limit=\"global\"}} {}\n",
+            admission.refused_per_address.load(Ordering::Relaxed),
+            admission.refused_global.load(Ordering::Relaxed)
+        ));
         out
     }
 }
@@ -269,13 +291,12 @@ fn visible(state: &State, active: &Active, session: &session::Session) -> BTreeS
     out
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
-/// requests finish (up to 10 s), closes every upstream connection and waits until the call
-/// records of the finished calls (outcomes ride group commits in the background) are durable.
-/// The store itself stays open: its owner closes it (`serve::Daemon::shutdown`).
+/// Serves MCP on `listener` (`/mcp`, `/mcp/<server>`, `/healthz`, `/readyz`) until `shutdown`
+/// resolves, then stops accepting, lets in-flight requests finish (up to 10 s), closes every
+/// upstream connection and waits until the call records of the finished calls (outcomes ride
+/// group commits in the background) are durable. The store itself stays open: its owner closes
+/// it (`commands::serve::Daemon::shutdown`).
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
     let sweeper = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -289,28 +310,72 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             }
         })
     };
+    let admission = state.admission.clone();
+    accept_loop(listener, state.clone(), admission, Listener::Mcp, shutdown).await;
+    sweeper.abort();
+    state.pool.shutdown().await;
+    if let Some(log) = state.audit.get()
+        && let Err(e) = log.store().flush().await
+    {
+        warn!(error = %e, "the last call records may not be durable");
+    }
+    Ok(())
+}
+
+/// Serves the operations endpoints on `listener` (`/status`, `/metrics`, `POST /-/reconcile`,
+/// and `/healthz`, `/readyz` again for probes) until `shutdown` resolves. Kept off the MCP
+/// listener so that what a deployment exposes to clients never shows its state or takes its
+/// triggers; the default (`serve --admin-listen`) is a loopback address.
+pub async fn serve_admin(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    // The admin side has its own small limits: an MCP flood never takes its places.
+    let admission = Arc::new(admission::Admission::new(16, 64));
+    accept_loop(listener, state, admission, Listener::Admin, shutdown).await;
+    Ok(())
+}
+
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listener {
+    Mcp,
+    Admin,
+}
+
+/// Accepts connections that `admission` lets in and serves them until `shutdown`, then waits
+/// for in-flight requests (up to 10 s).
+async fn accept_loop(listener: TcpListener, state: Arc<State>, admission: Arc<admission::Admission>, which: Listener, shutdown: impl Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let header_timeout = state.config.header_timeout;
     tokio::pin!(shutdown);
+    let mut accept_errors = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning, and say so rarely.
+                    accept_errors += 1;
+                    if accept_errors.is_power_of_two() {
+                        warn!(error = %e, count = accept_errors, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            warn!(%peer, "connection limit reached; closing the new connection");
-            continue;
-        };
+        // Refused connections are closed at once (dropped), counted and logged in summary.
+        let Ok(permit) = admission.admit(peer.ip()) else { continue };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = service_fn(move |req| handler::handle(state.clone(), req));
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move {
+                match which {
+                    Listener::Mcp => handler::handle(state, req).await,
+                    Listener::Admin => handler::admin(state, req).await,
+                }
+            }
+        });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
@@ -324,17 +389,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
         });
     }
     drop(listener);
-    sweeper.abort();
-    info!("shutting down: waiting for in-flight requests");
+    if which == Listener::Mcp {
+        info!("shutting down: waiting for in-flight requests");
+    }
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(Duration::from_secs(10)) => warn!("in-flight requests did not finish within 10 s"),
+        _ = tokio::time::sleep(Duration::from_secs(10)) => warn!(listener = ?which, "in-flight requests did not finish within 10 s"),
     }
-    state.pool.shutdown().await;
-    if let Some(log) = state.audit.get()
-        && let Err(e) = log.store().flush().await
-    {
-        warn!(error = %e, "the last call records may not be durable");
-    }
-    Ok(())
 }
