@@ -227,6 +227,68 @@ impl Condition {
     }
 }
 
+impl Condition {
+    /// Why this condition evaluates to `Unknown` on `args`, for a denial's message (None when it
+    /// does not). Names the argument and the reason, never the argument's value. Only called on
+    /// the deny path.
+    pub fn why_unknown(&self, args: &Value) -> Option<String> {
+        if self.eval(args) != Tri::Unknown {
+            return None;
+        }
+        let path = &self.path;
+        let Some(a) = path.resolve(args) else { return Some(format!("{path} is missing")) };
+        let kind = type_name(a);
+        Some(match &self.op {
+            Op::PathWithin(_) => match a.as_str() {
+                None => format!("{path} must be a string path, not {kind}"),
+                Some(p) => format!("{path} was refused: it {}", path_refusal(p).unwrap_or("cannot be normalised")),
+            },
+            Op::Regex(_) | Op::NotRegex(_) => match a.as_str() {
+                None => format!("{path} must be a string for a regex, not {kind}"),
+                Some(_) => format!("the regex on {path} gave up (it needs more backtracking than allowed)"),
+            },
+            Op::Lt(_) | Op::Lte(_) | Op::Gt(_) | Op::Gte(_) => format!("{path} must be a number, not {kind}"),
+            Op::Eq(v) | Op::Neq(v) => format!("{path} is {kind}, compared with {}", type_name(v)),
+            Op::In(_) | Op::NotIn(_) => format!("{path} is {kind}, and no listed value is"),
+            Op::Contains(_) => format!("{path} is {kind}: contains needs a string or a list"),
+            Op::Exists(_) => return None,
+        })
+    }
+}
+
+/// A JSON type with its article, for messages.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Why [`clean_path`] refuses `p` (completing "it …"), or None when it does not.
+pub fn path_refusal(p: &str) -> Option<&'static str> {
+    if !p.starts_with('/') {
+        return Some("is not an absolute path");
+    }
+    if let Some(c) = p.chars().find(|c| matches!(c, '~' | '%' | '\\') || c.is_control()) {
+        return Some(match c {
+            '~' => "contains '~' (home directories are never expanded)",
+            '%' => "contains '%' (percent-encodings are never decoded, so they are refused)",
+            '\\' => "contains a backslash",
+            '\0' => "contains a NUL character",
+            _ => "contains a control character",
+        });
+    }
+    match p.split('/').find(|c| *c == "." || *c == "..") {
+        Some("..") => Some("contains a '..' component (it could climb out of the allowed directories)"),
+        Some(_) => Some("contains a '.' component"),
+        None => None,
+    }
+}
+
 fn num(a: &Value, f: impl Fn(f64) -> bool) -> Tri {
     a.as_f64().map_or(Tri::Unknown, |x| Tri::from_bool(f(x)))
 }

@@ -124,10 +124,13 @@ fn check_rules(rules: &ToolRules, args: &Value) -> Option<Decision> {
             Tri::False => {}
             Tri::True => return Some(Decision::deny(check.id.clone(), check.message.clone())),
             Tri::Unknown => {
-                return Some(Decision::deny(
-                    check.id.clone(),
-                    format!("{} (an argument it checks is missing or of the wrong type)", check.message),
-                ));
+                let conds = match &check.kind {
+                    CheckKind::DenyIf(c) | CheckKind::Require(c) => c.as_slice(),
+                    CheckKind::DenyAlways => &[],
+                };
+                let why = conds.iter().find_map(|c| c.why_unknown(args));
+                let why = why.as_deref().unwrap_or("an argument it checks is missing or of the wrong type");
+                return Some(Decision::deny(check.id.clone(), format!("{} ({why})", check.message)));
             }
         }
     }

@@ -2,10 +2,16 @@
 //! success, rolled back on failure.
 //!
 //! Counting happens under one lock, so N concurrent calls against a cap of K reserve at most K.
-//! Windows are calendar-aligned UTC (a minute starts at :00). Committed values are persisted in
-//! the state database (through the store's writer) so they survive reloads and restarts; a
-//! counter is keyed by the quota's counter name, not by the snapshot, so a new commit that keeps
-//! a quota keeps its count.
+//! Windows are calendar-aligned UTC (a minute starts at :00). A counter is keyed by the quota's
+//! counter name, not by the snapshot, so a new commit that keeps a quota keeps its count.
+//!
+//! Durability: a reservation is added to the stored counters **in the same transaction as the
+//! call's write-ahead decision record** ([`persist_in`], called by `AuditLog::append_decision`),
+//! so once the upstream can hear of a call its cost is on disk. A failed call gives its
+//! reservation back with a later (deferred) write. After `kill -9` the counters are read back
+//! from the database: a call in flight at the crash, or whose give-back was not yet written,
+//! counts as spent. A crash never gives budget back. Only per-window sums are stored, never a
+//! call's own amount (argument values stay off disk).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,7 +46,13 @@ pub struct Quotas {
 #[derive(Debug, Default)]
 pub struct Reservation {
     parts: Vec<(Key, f64)>,
+    /// Whether the reservation was written to the database with the decision record (then a
+    /// rollback must take it back there too).
+    durable: bool,
 }
+
+/// One stored counter change: (counter, subject, window start, amount).
+pub type Row = (String, String, i64, f64);
 
 /// The quota that refused a call.
 #[derive(Debug)]
@@ -120,54 +132,76 @@ impl Quotas {
         Ok(r)
     }
 
-    /// The call reached the upstream and succeeded: the reservation counts.
+    /// The call reached the upstream and succeeded: the reservation counts. (On disk it already
+    /// does: it was written with the decision record.)
     pub fn commit(&self, r: Reservation) {
-        let mut rows = Vec::with_capacity(r.parts.len());
+        let mut counts = self.counts.lock().expect("quota lock");
+        for (key, inc) in &r.parts {
+            let c = counts.entry(key.clone()).or_default();
+            c.reserved -= inc;
+            c.committed += inc;
+        }
+    }
+
+    /// The call failed or was refused after reserving: nothing counts. A reservation already
+    /// written with its decision record is taken back on disk by a deferred write (lost in a
+    /// crash, which errs on the side of spent).
+    pub fn rollback(&self, r: Reservation) {
         {
             let mut counts = self.counts.lock().expect("quota lock");
             for (key, inc) in &r.parts {
-                let c = counts.entry(key.clone()).or_default();
-                c.reserved -= inc;
-                c.committed += inc;
-                rows.push((key.clone(), c.committed));
+                if let Some(c) = counts.get_mut(key) {
+                    c.reserved -= inc;
+                }
             }
         }
-        if let (Some(store), false) = (&self.store, rows.is_empty()) {
-            // Persisted through the writer's group commit, riding the next group (a deferred
-            // write, queued now so that a clean shutdown commits it); not awaited (see
-            // ARCHITECTURE.md).
-            let write = store.write_deferred(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "INSERT INTO quota_counters (counter, subject, window_start, value) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (counter, subject, window_start) DO UPDATE SET value = max(value, ?4)",
-                )?;
-                for (k, v) in &rows {
-                    stmt.execute(params![k.counter, k.subject, k.window_start, v])?;
-                }
-                Ok(())
-            });
+        if let (Some(store), true, false) = (&self.store, r.durable, r.parts.is_empty()) {
+            let rows: Vec<Row> = r.rows().into_iter().map(|(c, s, w, v)| (c, s, w, -v)).collect();
+            let write = store.write_deferred(move |c| persist_in(c, &rows));
             tokio::spawn(async move {
                 if let Err(e) = write.await {
-                    tracing::error!(error = %e, "quota counters not persisted");
+                    tracing::error!(error = %e, "a failed call's quota reservation was not given back (it counts as spent)");
                 }
             });
         }
     }
 
-    /// The call failed or was refused after reserving: nothing counts.
-    pub fn rollback(&self, r: Reservation) {
-        let mut counts = self.counts.lock().expect("quota lock");
-        for (key, inc) in r.parts {
-            if let Some(c) = counts.get_mut(&key) {
-                c.reserved -= inc;
-            }
-        }
+    /// Whether reservations must be written with the decision record (counters persist).
+    pub fn persistent(&self) -> bool {
+        self.store.is_some()
     }
 
     /// Drops counters of windows that have closed (bounded memory).
     pub fn sweep(&self, now: i64) {
         self.counts.lock().expect("quota lock").retain(|k, c| k.window_start > now - 86_400 || c.reserved > 0.0);
     }
+}
+
+// === impl Reservation ===
+
+impl Reservation {
+    /// The counter changes to store with the call's decision record.
+    pub fn rows(&self) -> Vec<Row> {
+        self.parts.iter().map(|(k, v)| (k.counter.clone(), k.subject.clone(), k.window_start, *v)).collect()
+    }
+
+    /// The rows were committed with the decision record.
+    pub fn made_durable(&mut self) {
+        self.durable = true;
+    }
+}
+
+/// Adds each row's amount to its stored counter (a negative amount takes it back), in the
+/// caller's transaction.
+pub fn persist_in(c: &rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO quota_counters (counter, subject, window_start, value) VALUES (?1, ?2, ?3, max(?4, 0))
+         ON CONFLICT (counter, subject, window_start) DO UPDATE SET value = max(value + ?4, 0)",
+    )?;
+    for (counter, subject, window, v) in rows {
+        stmt.execute(params![counter, subject, window, v])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

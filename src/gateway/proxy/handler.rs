@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -27,8 +27,8 @@ use crate::policy::eval::may_allow;
 use crate::policy::{Call, evaluate_grant};
 use crate::policy::snapshot::{Grant, Snapshot};
 use crate::record::audit::log::AuditLog;
-use crate::record::audit::{CallRecord, arg_keys};
-use crate::record::quota::Subject;
+use crate::record::audit::{CallRecord, arg_keys, bound};
+use crate::record::quota::{Reservation, Subject};
 use crate::units::{Date, now_rfc3339_ms};
 use crate::gateway::upstream::UpstreamError;
 
@@ -314,10 +314,16 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let value = match jsonrpc::parse_body(&body) {
+    let max_batch = cx.state.config.max_batch;
+    let value = match jsonrpc::parse_body_limited(&body, max_batch) {
         Ok(v) => v,
-        Err(e) => return rpc_error(StatusCode::BAD_REQUEST, PARSE_ERROR, e),
+        Err(jsonrpc::BodyError::Invalid(e)) => return rpc_error(StatusCode::BAD_REQUEST, PARSE_ERROR, e),
+        Err(jsonrpc::BodyError::BatchTooLong { max }) => {
+            return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, format!("a batch is over the limit of {max} messages per batch (--max-batch)"));
+        }
     };
+    // The parsed value holds everything from here on: a large body is not kept twice.
+    drop(body);
     let messages = match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -363,7 +369,7 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
                             return call_with_progress(cx.clone(), session, id.clone(), params.clone(), token.clone());
                         }
             match dispatch(cx, &session, m).await {
-                Some(resp) => json_response(StatusCode::OK, &resp),
+                Some(resp) => capped_response(&cx.state, &resp),
                 None => empty(StatusCode::ACCEPTED),
             }
         }
@@ -383,7 +389,7 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             }))
             .await;
             let replies: Vec<Value> = replies.into_iter().flatten().collect();
-            if replies.is_empty() { empty(StatusCode::ACCEPTED) } else { json_response(StatusCode::OK, &Value::Array(replies)) }
+            if replies.is_empty() { empty(StatusCode::ACCEPTED) } else { capped_response(&cx.state, &Value::Array(replies)) }
         }
     }
 }
@@ -393,18 +399,33 @@ enum Batch {
     Many(Vec<Value>),
 }
 
-/// Reads the body within the size and time limits.
+/// Reads the body within the size and time limits into one buffer, sized from
+/// `Content-Length` when the client sent it (a large body is held once, not once per chunk and
+/// again when joined).
 async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body>> {
-    let limited = Limited::new(body, state.config.max_body);
-    match tokio::time::timeout(state.config.body_timeout, limited.collect()).await {
+    let max = state.config.max_body;
+    let too_large = || rpc_error(StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, format!("request body over the {max} byte limit"));
+    let hint = hyper::body::Body::size_hint(&body).exact().map(|n| n as usize);
+    if hint.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let read = async move {
+        let mut body = body;
+        let mut buf = Vec::with_capacity(hint.unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            if buf.len() + data.len() > max {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok::<_, hyper::Error>(Some(buf))
+    };
+    match tokio::time::timeout(state.config.body_timeout, read).await {
         Err(_) => Err(rpc_error(StatusCode::REQUEST_TIMEOUT, INVALID_REQUEST, "request body not received in time")),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(rpc_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            INVALID_REQUEST,
-            format!("request body over the {} byte limit", state.config.max_body),
-        )),
+        Ok(Ok(None)) => Err(too_large()),
         Ok(Err(_)) => Err(rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, "could not read the request body")),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Ok(Some(buf))) => Ok(Bytes::from(buf)),
     }
 }
 
@@ -422,7 +443,7 @@ fn initialize(cx: &Ctx, id: Value, params: &Value) -> Response<Body> {
         "serverInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
         "instructions": instructions,
     });
-    info!(grant = %cx.grant().name, session = %&session.id[..8], protocol = version, "session opened");
+    info!(grant = %cx.grant().name, session = %session.reference, protocol = version, "session opened");
     let mut resp = json_response(StatusCode::OK, &jsonrpc::result(id, result));
     resp.headers_mut().insert(SESSION_HEADER, HeaderValue::from_str(&session.id).expect("hex is a valid header"));
     resp
@@ -435,7 +456,7 @@ async fn dispatch(cx: &Ctx, session: &Arc<Session>, m: Message) -> Option<Value>
             "ping" => jsonrpc::result(id, json!({})),
             "initialize" => jsonrpc::error(id, INVALID_REQUEST, "the session is already initialized"),
             "tools/list" => jsonrpc::result(id, list_tools(cx).await),
-            "tools/call" => call_tool(cx, session, id, &params, None).await,
+            "tools/call" => call_tool(cx, session, id, params, None).await,
             other => jsonrpc::error(id, METHOD_NOT_FOUND, format!("method not found: {other} (gatehouse relays tools only)")),
         }),
         Message::Notification { method, params } => {
@@ -545,16 +566,17 @@ async fn call_tool(
     cx: &Ctx,
     session: &Arc<Session>,
     id: Value,
-    params: &Value,
+    mut params: Value,
     progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
 ) -> Value {
+    // Taken out of the request, not copied: arguments can be megabytes.
+    let args = match params.get_mut("arguments").map(Value::take) {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(a @ Value::Object(_)) => a,
+        Some(_) => return jsonrpc::error(id, INVALID_PARAMS, "invalid params: arguments must be an object"),
+    };
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return jsonrpc::error(id, INVALID_PARAMS, "invalid params: name must be a string");
-    };
-    let args = match params.get("arguments") {
-        None | Some(Value::Null) => Value::Object(Default::default()),
-        Some(a @ Value::Object(_)) => a.clone(),
-        Some(_) => return jsonrpc::error(id, INVALID_PARAMS, "invalid params: arguments must be an object"),
     };
     let grant = cx.grant();
     let snap = &cx.active.snapshot;
@@ -562,6 +584,14 @@ async fn call_tool(
         Some(s) => (s, name),
         None => name.split_once("__").unwrap_or(("", name)),
     };
+    // A name no tool can have is refused before anything else looks at it, and the record
+    // keeps it bounded: a client cannot make the call log hold what it sent.
+    if let Err(why) = crate::supply::check_name(tool).and_then(|()| check_server_name(server)) {
+        let (server, tool) = (bound::name(server, check_server_name(server).is_ok()), bound::name(tool, false));
+        let record = Recorder::new(cx, session, &server, &tool, &args);
+        record.denied(INVALID_NAME, &why).await;
+        return jsonrpc::error(id, INVALID_PARAMS, format!("Unknown tool: {}", bound::name(name, false)));
+    }
     let call = Call { identity: &grant.identity, server, tool, args: &args };
     let record = Recorder::new(cx, session, server, tool, &args);
     // Hidden, ungranted and unknown tools do not exist for this caller; the attempt is recorded.
@@ -601,7 +631,7 @@ async fn call_tool(
     }
     // Quotas: reserve before anything reaches the upstream; a refused call consumes nothing.
     let who = Subject { identity: &grant.identity, server };
-    let reservation = match cx.state.quotas.reserve(&decision.quotas, &who, &args, unix_now()) {
+    let mut reservation = match cx.state.quotas.reserve(&decision.quotas, &who, &args, unix_now()) {
         Ok(r) => r,
         Err(exceeded) => {
             let rule = exceeded.quota.id.clone();
@@ -612,7 +642,7 @@ async fn call_tool(
     };
     // Write-ahead: the decision is durable before the upstream hears of the call, or the call
     // is refused.
-    if let Err(e) = record.allowed(&decision.rule, &decision.message).await {
+    if let Err(e) = record.allowed(&decision.rule, &decision.message, &mut reservation, cx.state.quotas.persistent()).await {
         cx.state.quotas.rollback(reservation);
         error!(error = %e, server, tool, "audit log unavailable: call refused");
         return deny(AUDIT_UNAVAILABLE, "the audit log is unavailable, so no call is forwarded");
@@ -665,6 +695,14 @@ async fn vet_list(state: &State, snap: &Arc<crate::policy::snapshot::Snapshot>, 
 const QUARANTINED: &str = "gatehouse:tool-quarantined";
 /// Rule id of a call to a tool the upstream does not offer.
 const UNKNOWN_TOOL: &str = "gatehouse:unknown-tool";
+/// Rule id of a call whose tool or server name breaks the name rules (no tool can have it).
+const INVALID_NAME: &str = "gatehouse:invalid-name";
+
+/// `Ok` when `server` could name a server (`[a-z0-9-]{1,48}`, as `servers/<name>.yaml`).
+fn check_server_name(server: &str) -> Result<(), String> {
+    let ok = (1..=48).contains(&server.len()) && server.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok { Ok(()) } else { Err(format!("the server name of {} bytes breaks the name rules ([a-z0-9-], at most 48)", server.len())) }
+}
 /// Rule id of a call refused because its decision record could not be written.
 const AUDIT_UNAVAILABLE: &str = "gatehouse:audit-unavailable";
 
@@ -688,7 +726,7 @@ impl Recorder {
             seq: 0,
             ts: String::new(),
             replica: cx.state.replica.clone(),
-            session: session.id.clone(),
+            session: session.reference.clone(),
             identity: grant.identity.clone(),
             grant: grant.file.clone(),
             auth: "token".into(),
@@ -730,10 +768,18 @@ impl Recorder {
         }
     }
 
-    /// The write-ahead decision record of an allowed call.
-    async fn allowed(&self, rule: &str, message: &str) -> Result<(), crate::record::store::StoreError> {
+    /// The write-ahead decision record of an allowed call, with its quota reservation in the
+    /// same transaction (marked durable once written).
+    async fn allowed(&self, rule: &str, message: &str, reservation: &mut Reservation, persist: bool) -> Result<(), crate::record::store::StoreError> {
         match (&self.log, self.record("allow", rule, message, "unknown", None)) {
-            (Some(log), Some(r)) => log.append(r).await.map(|_| ()),
+            (Some(log), Some(r)) => {
+                let rows = if persist { reservation.rows() } else { Vec::new() };
+                log.append_decision(r, rows).await?;
+                if persist {
+                    reservation.made_durable();
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -796,7 +842,7 @@ fn call_with_progress(cx: Ctx, session: Arc<Session>, id: Value, params: Value, 
                 }
             }
         };
-        let call = call_tool(&cx, &session, id, &params, Some((tx, token)));
+        let call = call_tool(&cx, &session, id, params, Some((tx, token)));
         // The call ends by dropping its progress sender, which ends `forward`.
         let (reply, ()) = tokio::join!(call, forward);
         let _ = frames_tx.send(Ok(Frame::data(sse_event(&reply))));
@@ -814,6 +860,27 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> i
 
 fn sse_event(msg: &Value) -> Bytes {
     Bytes::from(format!("event: message\ndata: {msg}\n\n"))
+}
+
+/// A 200 response carrying `v`, unless it would be larger than `--max-response`: then a
+/// JSON-RPC error that names the limit (with the request's id when `v` is one reply).
+fn capped_response(state: &State, v: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(v).expect("a JSON value serializes");
+    let max = state.config.max_response;
+    if bytes.len() <= max {
+        return json_bytes(StatusCode::OK, bytes);
+    }
+    warn!(bytes = bytes.len(), max, "response over the size limit refused");
+    let id = v.get("id").cloned().unwrap_or(Value::Null);
+    let e = jsonrpc::error(id, INTERNAL_ERROR, format!("response of {} bytes is over the limit of {max} bytes (--max-response)", bytes.len()));
+    json_response(StatusCode::OK, &e)
+}
+
+fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(bytes)).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {

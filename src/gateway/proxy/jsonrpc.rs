@@ -93,11 +93,86 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
 /// Parses a request body: one message, or a batch (a non-empty array).
 pub fn parse_body(body: &[u8]) -> Result<Value, String> {
+    parse_body_limited(body, usize::MAX).map_err(|e| match e {
+        BodyError::Invalid(m) => m,
+        BodyError::BatchTooLong { .. } => unreachable!("no batch limit"),
+    })
+}
+
+/// Why a body was refused by [`parse_body_limited`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    Invalid(String),
+    /// A batch with more than `max` messages; refused before its messages are built.
+    BatchTooLong { max: usize },
+}
+
+/// [`parse_body`], refusing a batch of more than `max_batch` messages as soon as its
+/// `max_batch + 1`-th message starts (so a huge batch costs no memory).
+pub fn parse_body_limited(body: &[u8], max_batch: usize) -> Result<Value, BodyError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     // serde_json's recursion limit (128) bounds nesting; trailing bytes are refused below.
-    let Strict(v) = serde::Deserialize::deserialize(&mut de).map_err(|e| format!("invalid JSON: {e}"))?;
-    de.end().map_err(|e| format!("invalid JSON: {e}"))?;
+    let parsed = serde::Deserializer::deserialize_any(&mut de, TopVisitor { max_batch });
+    let v = match parsed {
+        Ok(v) => v,
+        Err(e) if e.to_string().starts_with(BATCH_TOO_LONG) => return Err(BodyError::BatchTooLong { max: max_batch }),
+        Err(e) => return Err(BodyError::Invalid(format!("invalid JSON: {e}"))),
+    };
+    de.end().map_err(|e| BodyError::Invalid(format!("invalid JSON: {e}")))?;
     Ok(v)
+}
+
+/// The marker of the error [`TopVisitor`] stops a long batch with.
+const BATCH_TOO_LONG: &str = "gatehouse: batch too long";
+
+/// The top-level value: like [`StrictVisitor`], but an array (a batch) stops past `max_batch`.
+struct TopVisitor {
+    max_batch: usize,
+}
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON-RPC message or batch")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        StrictVisitor.visit_bool(v)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        StrictVisitor.visit_i64(v)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        StrictVisitor.visit_u64(v)
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        StrictVisitor.visit_f64(v)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        StrictVisitor.visit_str(v)
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        StrictVisitor.visit_string(v)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        StrictVisitor.visit_unit()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        StrictVisitor.visit_none()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(Strict(x)) = seq.next_element()? {
+            if v.len() == self.max_batch {
+                return Err(de::Error::custom(BATCH_TOO_LONG));
+            }
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+        StrictVisitor.visit_map(map)
+    }
 }
 
 /// Classifies one message; Err is a JSON-RPC error response to send back.
@@ -178,6 +253,17 @@ mod tests {
         assert!(classify(bad_id).is_err());
         let no_version = parse_body(br#"{"id":1,"method":"ping"}"#).unwrap();
         assert_eq!(classify(no_version).unwrap_err()["error"]["code"], INVALID_REQUEST);
+    }
+
+    #[test]
+    fn a_long_batch_is_refused_before_its_messages_are_built() {
+        let batch = |n: usize| format!("[{}]", vec![r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#; n].join(","));
+        assert!(matches!(parse_body_limited(batch(3).as_bytes(), 3), Ok(Value::Array(v)) if v.len() == 3));
+        assert_eq!(parse_body_limited(batch(4).as_bytes(), 3), Err(BodyError::BatchTooLong { max: 3 }));
+        // Nested arrays are not batches; duplicate keys are still refused at the top.
+        assert!(parse_body_limited(br#"{"a":[1,2,3,4,5]}"#, 3).is_ok());
+        assert!(matches!(parse_body_limited(br#"{"a":1,"a":2}"#, 3), Err(BodyError::Invalid(_))));
+        assert!(matches!(parse_body_limited(b"[1] x", 3), Err(BodyError::Invalid(_))));
     }
 
     #[test]

@@ -18,7 +18,12 @@ use tokio::task::AbortHandle;
 /// One client session.
 #[derive(Debug)]
 pub struct Session {
+    /// The `Mcp-Session-Id`: with the grant's token it is a credential, so it is never logged
+    /// or recorded (see `reference`).
     pub id: String,
+    /// What logs and call records name the session by: 16 hex digits of sha256 of the id, which
+    /// tell sessions apart and cannot be turned back into the id.
+    pub reference: String,
     /// File stem of the grant that opened it.
     pub grant: String,
     /// `None` for `/mcp` (all servers), `Some(server)` for `/mcp/<server>`.
@@ -42,6 +47,12 @@ pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     max_per_grant: usize,
     idle: Duration,
+}
+
+/// The reference of a session id (see [`Session::reference`]).
+pub fn reference(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(id.as_bytes())[..8])
 }
 
 // === impl Session ===
@@ -117,8 +128,11 @@ impl Sessions {
     pub fn open(&self, grant: &str, token: [u8; 32], endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).expect("the OS random source");
+        let id = hex::encode(bytes);
+        let reference = reference(&id);
         let s = Arc::new(Session {
-            id: hex::encode(bytes),
+            id,
+            reference,
             grant: grant.to_string(),
             endpoint,
             protocol,

@@ -240,3 +240,37 @@ fn listing_hides_what_can_never_be_allowed() {
     assert!(!may_allow(&s, g, "files", "read_file"), "not granted");
     assert!(!may_allow(&s, g, "sql", "list_tables"), "no access to the server");
 }
+
+#[test]
+fn a_refused_argument_is_explained_by_what_was_refused_never_by_its_value() {
+    let policy = r#"{ "version": "1", "tools": { "read_file": { "require": [ { "path": "args.path", "op": "path_within", "value": ["/srv/projects"] } ] },
+      "count": { "require": [ { "path": "args.n", "op": "lte", "value": 5 } ] } } }"#;
+    let s = snapshot(&[
+        ("policies/within.json", policy),
+        ("grants/reader.yaml", "identity: reader\nkind: agent\nowner: a@x\naccess: [ { server: files, tools: \"*\", policy: policies/within.json } ]\n"),
+    ]);
+    let decide = |tool: &str, args: Value| {
+        let d = evaluate(&s, &Call { identity: "reader", server: "files", tool, args: &args });
+        assert_eq!(d.verdict, Verdict::Deny, "{tool} {args}");
+        d.message.to_string()
+    };
+    let cases = [
+        (serde_json::json!({ "path": "/srv/projects/../../etc/passwd" }), "args.path was refused: it contains a '..' component"),
+        (serde_json::json!({ "path": "/srv/projects/a\u{0}b" }), "args.path was refused: it contains a NUL character"),
+        (serde_json::json!({ "path": "/srv/projects/%2e%2e/x" }), "args.path was refused: it contains '%'"),
+        (serde_json::json!({ "path": "/srv/projects/./x" }), "args.path was refused: it contains a '.' component"),
+        (serde_json::json!({ "path": "srv/projects/x" }), "args.path was refused: it is not an absolute path"),
+        (serde_json::json!({ "path": "~/x" }), "args.path was refused: it is not an absolute path"),
+        (serde_json::json!({ "path": 7 }), "args.path must be a string path, not a number"),
+        (serde_json::json!({}), "args.path is missing"),
+    ];
+    for (args, want) in cases {
+        let m = decide("read_file", args.clone());
+        assert!(m.contains(want), "{args}: {m}");
+        assert!(!m.contains("etc/passwd") && !m.contains("%2e"), "no argument value in the message: {m}");
+    }
+    assert!(decide("count", serde_json::json!({ "n": "five" })).contains("args.n must be a number, not a string"));
+    // Outside the directories: a plain False, the rule's own message.
+    let m = decide("read_file", serde_json::json!({ "path": "/etc/passwd" }));
+    assert!(!m.contains("refused"), "{m}");
+}

@@ -40,6 +40,21 @@ impl AuditLog {
         }
     }
 
+    /// Appends the write-ahead decision record of an allowed call together with the quota
+    /// reservations it carries ([`crate::record::quota::persist_in`]), in one transaction:
+    /// once this resolves both are durable, and neither is without the other.
+    pub async fn append_decision(&self, record: CallRecord, quota: Vec<crate::record::quota::Row>) -> Result<u64, StoreError> {
+        let write = self.store.write(move |c| {
+            let seq = append_in(c, record)?;
+            crate::record::quota::persist_in(c, &quota)?;
+            Ok(seq)
+        });
+        match tokio::time::timeout(APPEND_TIMEOUT, write).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Sqlite(format!("no durable write within {} s", APPEND_TIMEOUT.as_secs()))),
+        }
+    }
+
     /// Appends `record` without forcing a commit of its own: it rides the store's next group
     /// commit ([`Store::write_deferred`], at most [`crate::record::store::DEFER_MAX`] later). For the
     /// outcome record of an allowed call, which nothing waits on: its decision record is already
