@@ -191,7 +191,7 @@ stop_gateway_cleanly() {
 
 check_round() { # check_round ROUND_DIR -> prints findings; exit status 0 when all hold
   python3 - "$data/gatehouse.db" "$1"/client*.log <<'PY'
-import collections, json, sqlite3, sys
+import collections, hashlib, json, sqlite3, sys
 
 db, logs = sys.argv[1], sys.argv[2:]
 c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -206,6 +206,8 @@ for path in logs:
                 problems.append(f"{path}:{n}: incomplete line {line!r}")
                 continue
             session, rid, verdict, probe = line.rstrip("\n").split("\t")
+            # Records carry the session's reference (16 hex of sha256 of its id), never the id.
+            session = hashlib.sha256(session.encode()).hexdigest()[:16]
             responses.append((session, int(rid), verdict, probe))
 counted = [r for r in responses if r[2] in ("ok", "tool_error", "denied")]
 by_verdict = collections.Counter(r[2] for r in responses)
