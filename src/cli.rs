@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::policy::{Call, Verdict, evaluate};
+use crate::policy::{Call, Verdict};
 use crate::repo::{self, Compiled};
 
 /// Exit code: the repository is invalid, or the command could not run.
@@ -134,6 +134,11 @@ pub enum Command {
         /// The call's arguments as a JSON object.
         #[arg(long, default_value = "{}")]
         args: String,
+        /// A count already spent in the current window, as COUNTER=N (repeatable). COUNTER is
+        /// Intercept's name (`state.create_charge.daily_spend`, `state._global.calls`) or a quota's
+        /// rule name. Quotas the call reaches start from 0 otherwise.
+        #[arg(long = "counter", value_name = "COUNTER=N", value_parser = parse_counter)]
+        counters: Vec<(String, f64)>,
     },
     /// Issue, revoke or review a grant's tokens: edits grants/NAME.yaml for you to commit.
     Grant {
@@ -585,7 +590,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Grant { command } => grant(command),
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),
-        Command::Eval { repo, identity, server, tool, args } => eval(&repo, &identity, &server, &tool, &args),
+        Command::Eval { repo, identity, server, tool, args, counters } => eval(&repo, &identity, &server, &tool, &args, &counters),
         Command::Scan(args) => scan(args),
         Command::ExampleUpstream { flavor, root } => crate::commands::example_upstream::run(flavor, root).map(|()| 0),
     }
@@ -634,20 +639,36 @@ fn test(r: &RepoArgs) -> Result<i32> {
     Ok(if failed.is_empty() { 0 } else { 1 })
 }
 
-fn eval(r: &RepoArgs, identity: &str, server: &str, tool: &str, args: &str) -> Result<i32> {
+/// `COUNTER=N` of `eval --counter`.
+fn parse_counter(s: &str) -> std::result::Result<(String, f64), String> {
+    let (k, n) = s.rsplit_once('=').ok_or_else(|| format!("{s:?}: expected COUNTER=N, e.g. state.create_charge.daily_spend=990000"))?;
+    match n.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 && !k.is_empty() => Ok((k.to_string(), n)),
+        _ => Err(format!("{s:?}: expected COUNTER=N with N a non-negative number")),
+    }
+}
+
+fn eval(r: &RepoArgs, identity: &str, server: &str, tool: &str, args: &str, counters: &[(String, f64)]) -> Result<i32> {
     let args: Value = serde_json::from_str(args).context("--args is not valid JSON")?;
     if !args.is_object() {
         bail!("--args must be a JSON object, e.g. '{{\"path\": \"/srv/projects/a\"}}'");
     }
     let Some(c) = load(r, &mut std::io::stderr())? else { return Ok(EXIT_INVALID) };
     let s = &c.snapshot;
-    let d = evaluate(s, &Call { identity, server, tool, args: &args });
-    // Quotas are counted by the daemon's quota store; offline they are listed, never spent.
-    let quotas: Vec<Value> = d
+    // Quotas are decided against the given starting counts (0 otherwise), never a daemon's store.
+    let decided = crate::commands::testing::decide(s, &Call { identity, server, tool, args: &args }, counters).map_err(|e| anyhow!("--counter: {e}"))?;
+    let quotas: Vec<Value> = decided
         .quotas
         .iter()
-        .map(|q| json!({ "rule": &*q.id, "name": q.name, "limit": q.describe(), "status": "not evaluated" }))
+        .map(|q| {
+            let mut v = json!({ "rule": &*q.quota.id, "name": q.quota.name, "limit": q.quota.describe(), "count": q.before, "status": q.status });
+            if let Some(p) = &q.quota.path {
+                v["counter"] = json!(p);
+            }
+            v
+        })
         .collect();
+    let d = decided.decision;
     let out = EvalOutput {
         verdict: d.verdict,
         rule: &d.rule,

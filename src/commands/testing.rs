@@ -1,6 +1,11 @@
-//! `gatehouse test`: run the repository's policy test cases against its own snapshot.
+//! `gatehouse test` and `eval`: decide calls offline against a repository's own snapshot, quotas
+//! included (counted from given starting counts, never from a daemon's store).
 
-use crate::policy::{Call, Decision, Verdict, evaluate};
+use std::sync::Arc;
+
+use crate::policy::snapshot::Snapshot;
+use crate::policy::{Call, Decision, Quota, Verdict, evaluate};
+use crate::record::quota::{Quotas, Subject};
 use crate::repo::{Compiled, TestCase};
 
 /// The outcome of one case.
@@ -9,11 +14,79 @@ pub struct Outcome<'a> {
     pub decision: Decision,
 }
 
+/// A call decided offline: the engine's decision, then its quotas against the given counts.
+pub struct Decided {
+    pub decision: Decision,
+    /// Each quota the call reaches, with the count it started from and what it did.
+    pub quotas: Vec<QuotaStatus>,
+}
+
+pub struct QuotaStatus {
+    pub quota: Arc<Quota>,
+    /// The count already spent in the current window (given, else 0).
+    pub before: f64,
+    /// `within`, `exceeded` (it refused the call) or `not reached` (an earlier quota refused).
+    pub status: &'static str,
+}
+
+/// Decides `call` as the daemon would on its first call of a window, except that each quota
+/// starts from the count `counters` gives it: keyed by Intercept's counter name
+/// (`state.<tool>.<counter>`, `state._global.<counter>` for `"*"`, `state.<tool>._rate_<window>`
+/// for a `rate_limit` shorthand), by rule name or by rule id. A call the rules refuse reaches no
+/// quota; for one they allow, a key that names none of its quotas is an error naming the ones
+/// it does reach.
+pub fn decide(snapshot: &Snapshot, call: &Call, counters: &[(String, f64)]) -> Result<Decided, String> {
+    let d = evaluate(snapshot, call);
+    if !d.is_allow() {
+        return Ok(Decided { decision: d, quotas: Vec::new() });
+    }
+    let names = |q: &Quota, key: &str| q.path.as_deref() == Some(key) || q.name == key || &*q.id == key;
+    for (key, _) in counters {
+        if !d.quotas.iter().any(|q| names(q, key)) {
+            let reached: Vec<String> = d.quotas.iter().map(|q| q.path.clone().unwrap_or_else(|| q.name.clone())).collect();
+            let reached = if reached.is_empty() { "none".to_string() } else { reached.join(", ") };
+            return Err(format!("counter {key:?} is not counted by this call (its quotas: {reached})"));
+        }
+    }
+    let now = crate::units::unix_now();
+    let who = Subject { identity: call.identity, server: call.server };
+    let quotas = Quotas::load(None, now);
+    let before = |q: &Quota| counters.iter().filter(|(k, _)| names(q, k)).map(|(_, n)| *n).last().unwrap_or(0.0);
+    for q in &d.quotas {
+        quotas.preset(q, &who, now, before(q));
+    }
+    let refused = quotas.reserve(&d.quotas, &who, call.args, now).err();
+    let at = refused.as_ref().and_then(|e| d.quotas.iter().position(|q| Arc::ptr_eq(q, &e.quota)));
+    let statuses = d
+        .quotas
+        .iter()
+        .enumerate()
+        .map(|(i, q)| QuotaStatus {
+            quota: q.clone(),
+            before: before(q),
+            status: match at {
+                Some(j) if i == j => "exceeded",
+                Some(j) if i > j => "not reached",
+                _ => "within",
+            },
+        })
+        .collect();
+    let decision = match refused {
+        Some(e) => Decision::deny(e.quota.id.clone(), e.why),
+        None => d,
+    };
+    Ok(Decided { decision, quotas: statuses })
+}
+
+/// The rule a case reports when its `counters` name no quota of its call.
+const COUNTERS_ERROR: &str = "gatehouse:test-counters";
+
 // === impl Outcome ===
 
 impl Outcome<'_> {
     pub fn passed(&self) -> bool {
-        self.decision.verdict == self.case.expect
+        &*self.decision.rule != COUNTERS_ERROR
+            && self.decision.verdict == self.case.expect
             && self.case.rule.as_deref().is_none_or(|r| self.decision.rule.contains(r))
     }
 
@@ -46,7 +119,11 @@ pub fn run(compiled: &Compiled) -> Vec<Outcome<'_>> {
         .iter()
         .map(|case| {
             let call = Call { identity: &case.identity, server: &case.server, tool: &case.tool, args: &case.args };
-            Outcome { case, decision: evaluate(&compiled.snapshot, &call) }
+            let decision = match decide(&compiled.snapshot, &call, &case.counters) {
+                Ok(d) => d.decision,
+                Err(e) => Decision::deny(Arc::<str>::from(COUNTERS_ERROR), e),
+            };
+            Outcome { case, decision }
         })
         .collect()
 }

@@ -74,7 +74,7 @@ pub fn may_allow(snap: &Snapshot, grant: &Grant, server: &str, tool: &str) -> bo
     let Some(entries) = grant.by_server.get(server) else { return false };
     let baseline = snap.servers.get(server).and_then(|s| s.policy.as_ref());
     let policy_ok = |p: &Policy| -> bool {
-        if p.hidden.contains_key(tool) {
+        if p.hides(tool).is_some() {
             return false;
         }
         let entry = p.tools.get(tool);
@@ -93,7 +93,7 @@ pub fn may_allow(snap: &Snapshot, grant: &Grant, server: &str, tool: &str) -> bo
 
 /// One policy document's verdict on a call: a denial, or None (and its quotas appended).
 fn check_policy(p: &Policy, call: &Call, quotas: &mut Vec<Arc<Quota>>) -> Option<Decision> {
-    if let Some(rule) = p.hidden.get(call.tool) {
+    if let Some(rule) = p.hides(call.tool) {
         return Some(Decision::deny(rule.clone(), format!("tool {:?} is hidden by {}", call.tool, p.file)));
     }
     let entry = p.tools.get(call.tool);

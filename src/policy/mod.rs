@@ -52,7 +52,8 @@ pub struct Policy {
     pub default_allow: bool,
     /// Rule id of the default (`<file>#/default`).
     pub default_rule: Arc<str>,
-    /// Hidden tool → rule id of its `hide` entry. Hidden tools are denied and never listed.
+    /// Hidden tool → rule id of its `hide` entry (`"*"` hides every tool, as in Intercept).
+    /// Hidden tools are denied and never listed.
     pub hidden: HashMap<String, Arc<str>>,
     /// Tool name → its rules.
     pub tools: HashMap<String, ToolRules>,
@@ -106,6 +107,12 @@ pub struct Quota {
     pub max: f64,
     pub inclusive: bool,
     pub per: Scope,
+    /// The counter's name in Intercept's terms, `state.<tool>.<counter>` (`_global` for the
+    /// `"*"` tool; `_rate_<window>` for a `rate_limit` shorthand): rules-style quotas only.
+    /// `gatehouse test` and `eval` take starting counts by this name.
+    pub path: Option<String>,
+    /// The rule's `on_deny`: what a refused caller is told instead of the quota's description.
+    pub on_deny: Option<Arc<str>>,
 }
 
 /// How much one call adds to a counter.
@@ -128,6 +135,15 @@ pub enum Scope {
     Identity,
     Server,
     Global,
+}
+
+// === impl Policy ===
+
+impl Policy {
+    /// The `hide` entry that hides `tool`, if any: its own, else a `"*"` entry.
+    pub fn hides(&self, tool: &str) -> Option<&Arc<str>> {
+        self.hidden.get(tool).or_else(|| self.hidden.get("*"))
+    }
 }
 
 // === impl Decision ===
@@ -160,6 +176,8 @@ impl Quota {
             max: rate.count as f64,
             inclusive: true,
             per,
+            path: None,
+            on_deny: None,
         }
     }
 

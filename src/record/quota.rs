@@ -67,6 +67,21 @@ pub struct Subject<'a> {
     pub server: &'a str,
 }
 
+// === impl Key ===
+
+impl Key {
+    /// The counter `q` adds to for `who` in the window open at `now`.
+    fn of(q: &Quota, who: &Subject, now: i64) -> Key {
+        let subject = match q.per {
+            Scope::Identity => who.identity,
+            Scope::Server => who.server,
+            Scope::Global => "*",
+        };
+        let secs = q.window.seconds() as i64;
+        Key { counter: q.counter.clone(), subject: subject.to_string(), window_start: now - now.rem_euclid(secs) }
+    }
+}
+
 // === impl Quotas ===
 
 impl Quotas {
@@ -88,6 +103,13 @@ impl Quotas {
         Quotas { counts: Mutex::new(counts), store }
     }
 
+    /// Sets what `q`'s counter already holds for `who` in the window open at `now` (for
+    /// `gatehouse test` and `eval`, which decide calls against given counts).
+    pub fn preset(&self, q: &Quota, who: &Subject, now: i64, count: f64) {
+        let mut counts = self.counts.lock().expect("quota lock");
+        counts.insert(Key::of(q, who, now), Count { committed: count, reserved: 0.0 });
+    }
+
     /// Reserves what the call would add to each quota, or refuses with the first quota it
     /// would exceed (then nothing is reserved). `now` is unix seconds.
     pub fn reserve(&self, quotas: &[Arc<Quota>], who: &Subject, args: &Value, now: i64) -> Result<Reservation, Exceeded> {
@@ -102,14 +124,7 @@ impl Quotas {
                     _ => return Err(Exceeded { quota: q.clone(), why: format!("{path} must be a non-negative number for quota {:?}", q.name) }),
                 },
             };
-            let subject = match q.per {
-                Scope::Identity => who.identity,
-                Scope::Server => who.server,
-                Scope::Global => "*",
-            };
-            let secs = q.window.seconds() as i64;
-            let key = Key { counter: q.counter.clone(), subject: subject.to_string(), window_start: now - now.rem_euclid(secs) };
-            wanted.push((key, inc, q));
+            wanted.push((Key::of(q, who, now), inc, q));
         }
         let mut counts = self.counts.lock().expect("quota lock");
         // Several quotas of one call may share a counter: add up what this call asks of each.
@@ -121,7 +136,11 @@ impl Quotas {
             let after = c.committed + c.reserved + *total;
             let ok = if q.inclusive { after <= q.max } else { after < q.max };
             if !ok {
-                return Err(Exceeded { quota: (*q).clone(), why: format!("quota {:?} exceeded ({})", q.name, q.describe()) });
+                let why = match &q.on_deny {
+                    Some(m) => m.to_string(),
+                    None => format!("quota {:?} exceeded ({})", q.name, q.describe()),
+                };
+                return Err(Exceeded { quota: (*q).clone(), why });
             }
         }
         let mut r = Reservation::default();

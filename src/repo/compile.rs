@@ -40,6 +40,8 @@ pub struct TestCase {
     pub expect: Verdict,
     /// A substring the deciding rule id must contain.
     pub rule: Option<String>,
+    /// Starting counts of the call's quotas (see `raw::Case::counters`).
+    pub counters: Vec<(String, f64)>,
 }
 
 /// The directories of a policy repository and whether they may nest.
@@ -680,6 +682,10 @@ fn compile_tests(
         if !servers.contains_key(&c.server) {
             doc.warning(d, &format!("{ptr}/server"), format!("server {:?} does not exist", c.server));
         }
+        if let Some((k, n)) = c.counters.iter().find(|(_, n)| !(n.is_finite() && **n >= 0.0)) {
+            doc.value_error(d, &format!("{ptr}/counters/{}", k.replace('~', "~0").replace('/', "~1")), format!("invalid count {n}: a count is a non-negative number"));
+            continue;
+        }
         let args = if c.args.is_null() { Value::Object(Default::default()) } else { c.args };
         if !args.is_object() {
             doc.value_error(d, &format!("{ptr}/args"), "args must be a mapping of argument names to values");
@@ -695,6 +701,7 @@ fn compile_tests(
             args,
             expect,
             rule: c.rule,
+            counters: c.counters.into_iter().collect(),
         });
     }
 }

@@ -207,9 +207,10 @@ impl Ctx<'_> {
         let per = self.per(at, r.per.as_deref());
         let conditions = r.conditions.as_deref().unwrap_or(&[]);
 
-        if let Some(action) = &r.action {
+        // Intercept's two actions: `evaluate` (the default: the rule's conditions must hold) and `deny`.
+        if let Some(action) = r.action.as_deref().filter(|a| *a != "evaluate") {
             if action != "deny" {
-                self.value_err(&format!("{at}/action"), format!("invalid action {action:?}: the only action is deny (a rule with conditions already denies when they do not hold)"));
+                self.value_err(&format!("{at}/action"), format!("invalid action {action:?}: expected evaluate (the default: the conditions must hold) or deny"));
                 return;
             }
             if r.rate_limit.is_some() || r.state.is_some() {
@@ -225,7 +226,11 @@ impl Ctx<'_> {
                 self.err(at, "a rate_limit rule takes no conditions or state: write them as separate rules");
             }
             match Rate::parse(rate) {
-                Ok(rate) => quotas.push(Arc::new(Quota::rate(id, name, rate, per))),
+                Ok(rate) => {
+                    let path = Some(state_path(tool, &format!("_rate_{}", rate.window.as_str())));
+                    let on_deny = r.on_deny.as_deref().map(Arc::from);
+                    quotas.push(Arc::new(Quota { path, on_deny, ..Quota::rate(id, name, rate, per) }))
+                }
                 Err(e) => self.value_err(&format!("{at}/rate_limit"), e),
             }
             return;
@@ -242,7 +247,7 @@ impl Ctx<'_> {
             if let Some(rest) = c.path.strip_prefix("state.") {
                 if let Some(q) = self.state_cap(tool, &cat, rest, c, r, &id, &name, per) {
                     capped = true;
-                    quotas.push(Arc::new(q));
+                    quotas.push(Arc::new(Quota { on_deny: r.on_deny.as_deref().map(Arc::from), ..q }));
                 }
             } else if let Some(cond) = self.condition(&cat, c) {
                 arg_conds.push(cond);
@@ -267,6 +272,8 @@ impl Ctx<'_> {
             self.value_err(&format!("{at}/path"), format!("invalid counter path {:?}: expected state.<tool>.<counter>", c.path));
             return None;
         };
+        // Intercept names the counters of the `"*"` tool `state._global.<counter>`.
+        let scope = if scope == GLOBAL_SCOPE { "*" } else { scope };
         let Some(&(window, _)) = self.counters.get(&(scope.to_string(), counter.to_string())) else {
             self.value_err(
                 &format!("{at}/path"),
@@ -300,6 +307,8 @@ impl Ctx<'_> {
             max,
             inclusive,
             per,
+            path: Some(state_path(scope, counter)),
+            on_deny: None,
         })
     }
 
@@ -330,6 +339,8 @@ impl Ctx<'_> {
             max,
             inclusive,
             per,
+            path: Some(state_path(tool, &s.counter)),
+            on_deny: None,
         })
     }
 
@@ -465,6 +476,15 @@ impl Ctx<'_> {
     }
 }
 
+/// The scope name Intercept gives the counters of the `"*"` tool.
+const GLOBAL_SCOPE: &str = "_global";
+
+/// `state.<tool>.<counter>`, as Intercept names a counter (`_global` for the `"*"` tool).
+fn state_path(tool: &str, counter: &str) -> String {
+    let scope = if tool == "*" { GLOBAL_SCOPE } else { tool };
+    format!("state.{scope}.{counter}")
+}
+
 fn counter_key(file: &str, scope: &str, counter: &str) -> String {
     format!("{file}#state/{scope}/{counter}")
 }
@@ -541,6 +561,8 @@ pub fn compile_limit(doc: &Doc, diags: &mut Diagnostics, at: &str, list_ptr: &st
                     max,
                     inclusive: true,
                     per,
+                    path: None,
+                    on_deny: None,
                 }),
                 _ => None,
             }

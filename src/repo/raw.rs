@@ -240,4 +240,8 @@ pub struct Case {
     pub args: Value,
     pub expect: String,
     pub rule: Option<String>,
+    /// Counts already spent in the current window, by counter (`state.<tool>.<counter>`) or
+    /// quota rule name; quotas the call reaches start from 0 otherwise.
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, f64>,
 }

@@ -55,8 +55,28 @@ fn eval_prints_the_decision_and_exits_by_verdict() {
     let d: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(d["verdict"], "allow");
     let quotas = d["quotas"].as_array().unwrap();
-    assert!(quotas.iter().all(|q| q["status"] == "not evaluated"), "{quotas:?}");
-    assert!(quotas.iter().any(|q| q["name"] == "daily spend cap"));
+    assert!(quotas.iter().all(|q| q["status"] == "within" && q["count"] == 0.0), "{quotas:?}");
+    let cap = quotas.iter().find(|q| q["name"] == "daily spend cap").expect("daily spend cap listed");
+    assert_eq!(cap["counter"], "state.create_charge.daily_spend");
+
+    // With a starting count the cap decides, as the daemon would with that much already spent.
+    let charge = |counter: &str| {
+        gatehouse(&[
+            "eval", "--repo", repo, "--identity", "alice@example.com", "--server", "payments", "--tool", "create_charge",
+            "--args", r#"{"amount": 100, "currency": "usd"}"#, "--counter", counter,
+        ])
+    };
+    let run = charge("state.create_charge.daily_spend=999900");
+    assert_eq!(run.code, 0, "999,900 + 100 is at the cap: {}", run.stdout);
+    let run = charge("state.create_charge.daily_spend=999901");
+    assert_eq!(run.code, 1, "999,901 + 100 is over the cap: {}", run.stdout);
+    let d: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(d["rule"], cap["rule"], "the cap's rule decides");
+    let q = d["quotas"].as_array().unwrap().iter().find(|q| q["name"] == "daily spend cap").unwrap().clone();
+    assert_eq!((q["status"].as_str(), q["count"].as_f64()), (Some("exceeded"), Some(999_901.0)));
+    let run = charge("state.create_charge.nonsense=1");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("\"state.create_charge.nonsense\" is not counted by this call") && run.stderr.contains("state.create_charge.daily_spend"), "{}", run.stderr);
 
     let bad = gatehouse(&["eval", "--repo", repo, "--identity", "a", "--server", "s", "--tool", "t", "--args", "[1]"]);
     assert_eq!(bad.code, 2);
@@ -143,4 +163,65 @@ fn test_reports_each_failing_case_with_its_rule_and_a_total() {
     let invalid = gatehouse(&["test", "--repo", r.path().to_str().unwrap()]);
     assert_eq!(invalid.code, 2, "an invalid repository is exit 2: {}", invalid.stdout);
     assert!(invalid.stdout.contains("grants/reader.yaml:2:7: error: an agent needs an owner"), "{}", invalid.stdout);
+}
+
+/// Policies in Intercept's format, one construct of its reference at least once each, decided
+/// as Intercept decides them (tests/data/intercept/tests/intercept.yaml says why, case by case).
+#[test]
+fn intercept_policies_load_and_decide_as_intercept_does() {
+    let fixture = crate_dir().join("tests/data/intercept");
+    let repo = fixture.to_str().unwrap();
+    let check = gatehouse(&["check", "--repo", repo]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    assert!(!check.stdout.contains("error"), "{}", check.stdout);
+    let test = gatehouse(&["test", "--repo", repo]);
+    assert_eq!(test.code, 0, "{}", test.stdout);
+    assert!(test.stdout.ends_with("29 passed, 0 failed\n"), "{}", test.stdout);
+
+    let eval = |tool: &str, args: &str, counters: &[&str]| {
+        let mut a = vec!["eval", "--repo", repo, "--identity", "billing-agent", "--server", "stripe", "--tool", tool, "--args", args];
+        for c in counters {
+            a.extend_from_slice(&["--counter", c]);
+        }
+        let run = gatehouse(&a);
+        assert!(run.code == 0 || run.code == 1, "{}", run.stderr);
+        serde_json::from_str::<Value>(&run.stdout).unwrap()
+    };
+    // The explicit `action: "evaluate"` rule decides with its on_deny.
+    let d = eval("create_charge", r#"{"amount": 5, "currency": "gbp"}"#, &[]);
+    assert_eq!((d["verdict"].as_str(), d["message"].as_str()), (Some("deny"), Some("USD and EUR only")));
+    // A "*" rule's state._global counter is checked after this call's increment, on every tool.
+    let d = eval("get_balance", "{}", &["state._global.calls=59"]);
+    assert_eq!(d["verdict"], "allow", "{d}");
+    let d = eval("get_balance", "{}", &["state._global.calls=60"]);
+    assert_eq!(d["verdict"], "deny", "{d}");
+    assert_eq!(d["rule"], "policies/stripe.yaml#/tools/*/rules/calls per minute");
+    assert_eq!(d["message"], "At most 60 calls a minute", "on_deny is what the caller is told");
+    let global = d["quotas"].as_array().unwrap().iter().find(|q| q["counter"] == "state._global.calls").unwrap().clone();
+    assert_eq!(global["status"], "exceeded");
+
+    // A case whose expectation is wrong fails, naming its file and line.
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(&fixture, copy.path());
+    let cases = copy.path().join("tests/intercept.yaml");
+    let text = std::fs::read_to_string(&cases).unwrap();
+    let text = text.replace("counters: { state._global.calls: 59 }, expect: allow", "counters: { state._global.calls: 60 }, expect: allow");
+    std::fs::write(&cases, text).unwrap();
+    let test = gatehouse(&["test", "--repo", copy.path().to_str().unwrap()]);
+    assert_eq!(test.code, 1, "{}", test.stdout);
+    assert!(test.stdout.contains("tests/intercept.yaml:") && test.stdout.contains("FAIL \"the sixtieth call of the minute\""), "{}", test.stdout);
+    assert!(test.stdout.ends_with("28 passed, 1 failed\n"), "{}", test.stdout);
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
 }

@@ -29,7 +29,7 @@ use crate::policy::snapshot::{Grant, Snapshot};
 use crate::record::audit::log::AuditLog;
 use crate::record::audit::{CallRecord, arg_keys, bound};
 use crate::record::quota::{Reservation, Subject};
-use crate::units::{Date, now_rfc3339_ms};
+use crate::units::{Date, now_rfc3339_ms, unix_now};
 use crate::gateway::upstream::UpstreamError;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -705,10 +705,6 @@ fn check_server_name(server: &str) -> Result<(), String> {
 }
 /// Rule id of a call refused because its decision record could not be written.
 const AUDIT_UNAVAILABLE: &str = "gatehouse:audit-unavailable";
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
 
 /// Builds and writes the call records of one `tools/call`, all from the request's snapshot.
 struct Recorder {

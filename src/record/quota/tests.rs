@@ -20,6 +20,8 @@ fn spend(max: f64) -> Arc<Quota> {
         max,
         inclusive: true,
         per: Scope::Global,
+        path: None,
+        on_deny: None,
     })
 }
 
