@@ -202,7 +202,7 @@ fn intercept_policies_load_and_decide_as_intercept_does() {
 
     // A case whose expectation is wrong fails, naming its file and line.
     let copy = tempfile::tempdir().unwrap();
-    copy_tree(&fixture, copy.path());
+    crate::support::copy_dir(&fixture, copy.path());
     let cases = copy.path().join("tests/intercept.yaml");
     let text = std::fs::read_to_string(&cases).unwrap();
     let text = text.replace("counters: { state._global.calls: 59 }, expect: allow", "counters: { state._global.calls: 60 }, expect: allow");
@@ -211,17 +211,4 @@ fn intercept_policies_load_and_decide_as_intercept_does() {
     assert_eq!(test.code, 1, "{}", test.stdout);
     assert!(test.stdout.contains("tests/intercept.yaml:") && test.stdout.contains("FAIL \"the sixtieth call of the minute\""), "{}", test.stdout);
     assert!(test.stdout.ends_with("28 passed, 1 failed\n"), "{}", test.stdout);
-}
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::gateway::{call, initialize, post, send};
-use crate::support::{TestRepo, crate_dir, gatehouse};
+use crate::support::{TestRepo, copy_dir, crate_dir, gatehouse};
 
 const ALICE: &str = "demo-token-alice";
 
@@ -97,19 +97,6 @@ fn example_repo() -> (TestRepo, tempfile::TempDir) {
     copy_dir(&crate_dir().join("examples/policy-repo"), repo.path());
     repo.commit("the example repository", &[]);
     (repo, tempfile::tempdir().unwrap())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn dir_bytes(p: &Path) -> u64 {

@@ -95,3 +95,17 @@ pub fn assert_text(name: &str, expected: &str, actual: &str) {
         panic!("{name}: output differs\n--- expected\n{}\n--- actual\n{}\n---", expected.trim_end(), actual.trim_end());
     }
 }
+
+/// Copies the directory tree `from` into `to` (which exists).
+pub fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
