@@ -359,7 +359,7 @@ fn fsync_floor(dir: &std::path::Path) -> Floor {
     use std::os::unix::fs::FileExt;
     const N: u64 = 200;
     let path = dir.join("fsync-floor");
-    let f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).expect("the floor file");
+    let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).expect("the floor file");
     f.write_all_at(&vec![0u8; (N * 4096) as usize], 0).expect("preallocate");
     f.sync_all().expect("fsync");
     let record = [b'x'; 300];
