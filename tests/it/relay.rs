@@ -51,6 +51,9 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Everything {
     seen: Arc<Mutex<Seen>>,
+    /// Serve only `demo://resource/static/other/1`, no templates (a second server whose URIs
+    /// share the scheme of the first).
+    archive: bool,
 }
 
 fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -109,6 +112,9 @@ impl ServerHandler for Everything {
     }
 
     async fn list_resources(&self, _: Option<PaginatedRequestParams>, _: RequestContext<RoleServer>) -> Result<ListResourcesResult, ErrorData> {
+        if self.archive {
+            return Ok(from(json!({ "resources": [ { "uri": "demo://resource/static/other/1", "name": "archived" } ] })));
+        }
         Ok(from(json!({ "resources": [
             { "uri": DOC1, "name": "document-1", "mimeType": "text/plain" },
             { "uri": DOC2, "name": "document-2", "mimeType": "text/plain" },
@@ -117,6 +123,9 @@ impl ServerHandler for Everything {
     }
 
     async fn list_resource_templates(&self, _: Option<PaginatedRequestParams>, _: RequestContext<RoleServer>) -> Result<ListResourceTemplatesResult, ErrorData> {
+        if self.archive {
+            return Ok(from(json!({ "resourceTemplates": [] })));
+        }
         Ok(from(json!({ "resourceTemplates": [
             { "uriTemplate": "demo://resource/static/document/{id}", "name": "document" },
             { "uriTemplate": "demo://resource/dynamic/{id}", "name": "dynamic" },
@@ -127,6 +136,7 @@ impl ServerHandler for Everything {
         let uri = request.uri;
         self.seen.lock().unwrap().reads.push(uri.clone());
         let text = match uri.as_str() {
+            _ if self.archive => format!("archive {uri}"),
             SECRET => "the keys".to_string(),
             u if u.starts_with("demo://resource/static/document/") && u != "demo://resource/static/document/404" => format!("document {}", &u[32..]),
             u if u.starts_with("demo://resource/dynamic/") => "dynamic".to_string(),
@@ -189,15 +199,19 @@ struct World {
     seen: Arc<Mutex<Seen>>,
 }
 
+async fn upstream(up: Everything) -> String {
+    let service = StreamableHttpService::new(move || Ok(up.clone()), Arc::new(LocalSessionManager::default()), StreamableHttpServerConfig::default().with_sse_keep_alive(None));
+    crate::rmcp_peer::serve(service, http::StatusCode::NOT_FOUND).await
+}
+
+fn server_file(name: &str, url: &str) -> String {
+    format!("name: {name}\ntransport: streamable-http\nurl: {url}\ntimeout: 5s\nsupplier: {{ operated_by: internal }}\n")
+}
+
 async fn world() -> World {
     let up = Everything::default();
     let seen = up.seen.clone();
-    let service = {
-        let up = up.clone();
-        StreamableHttpService::new(move || Ok(up.clone()), Arc::new(LocalSessionManager::default()), StreamableHttpServerConfig::default().with_sse_keep_alive(None))
-    };
-    let url = crate::rmcp_peer::serve(service, http::StatusCode::NOT_FOUND).await;
-    let server = format!("name: everything\ntransport: streamable-http\nurl: {url}\ntimeout: 5s\nsupplier: {{ operated_by: internal }}\n");
+    let server = server_file("everything", &upstream(up).await);
     let narrow = format!(
         "identity: narrow\nkind: agent\nowner: o@x\ntokens: [ {{ sha256: {} }} ]\naccess:\n  - server: everything\n    tools: \"*\"\n    resources: [\"demo://resource/static/document/*\"]\n    prompts: [simple-prompt]\n",
         token_hash(NARROW)
@@ -218,7 +232,9 @@ async fn client(url: &str, token: &str) -> RunningService<RoleClient, ()> {
     ().serve(transport).await.expect("rmcp client initializes through the gateway")
 }
 
-fn records(gw: &Gateway) -> Vec<Value> {
+/// The call records, once the outcome records queued so far are durable.
+async fn records(gw: &Gateway) -> Vec<Value> {
+    gw.store.flush().await.unwrap();
     let c = gw.store.reader().unwrap();
     let mut stmt = c.prepare("SELECT record FROM calls ORDER BY seq").unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| serde_json::from_str(&r.unwrap()).unwrap()).collect()
@@ -298,7 +314,7 @@ async fn a_grant_sees_reads_and_gets_only_what_its_patterns_and_names_allow() {
 
     // The call log: decision and outcome records, kind resource | prompt; never a URI's path or
     // an argument value.
-    let recs = records(&w.gw);
+    let recs = records(&w.gw).await;
     let all = serde_json::to_string(&recs).unwrap();
     assert!(!all.contains("secret/keys") && !all.contains("document/1") && !all.contains("must not be recorded"), "{all}");
     let of = |kind: &str, verdict: &str| recs.iter().filter(|r| r["kind"] == kind && r["verdict"] == verdict).cloned().collect::<Vec<Value>>();
@@ -336,7 +352,7 @@ async fn a_star_grant_sees_everything() {
     let args = json!({ "temperature": "0.2" });
     let p = c.get_prompt(GetPromptRequestParams::new("everything__complex-prompt").with_arguments(args.as_object().unwrap().clone())).await.unwrap();
     assert_eq!(serde_json::to_value(&p).unwrap()["messages"][0]["content"]["text"], "temperature 0.2");
-    let recs = records(&w.gw);
+    let recs = records(&w.gw).await;
     let read = recs.iter().find(|r| r["kind"] == "resource").unwrap();
     assert_eq!(read["rule"], "grants/wide.yaml#/access/0/resources");
     c.cancel().await.unwrap();
@@ -440,4 +456,62 @@ async fn log_levels_reach_the_upstream_and_messages_come_back_tagged() {
     post(&one, NARROW, Some(&s), call(8, "log", json!({ "level": "critical", "text": "down" }))).await;
     let ms = messages_within(&mut ss, 1000).await;
     assert_eq!(ms[0]["params"]["logger"], "db");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_mcp_a_uri_goes_to_the_server_that_offers_it() {
+    // Two servers whose URIs share a scheme, both fully granted: a read goes to the first (by
+    // name) that lists the URI, else to one with a template it fits, and is recorded there.
+    let archive = Everything { archive: true, ..Everything::default() };
+    let archive_seen = archive.seen.clone();
+    let everything = Everything::default();
+    let everything_seen = everything.seen.clone();
+    let (a, e) = (upstream(archive).await, upstream(everything).await);
+    let grant = format!("identity: wide\nkind: human\ntokens: [ {{ sha256: {} }} ]\naccess:\n  - {{ server: archive, resources: \"*\" }}\n  - {{ server: everything, resources: [\"demo://**\"] }}\n", token_hash(WIDE));
+    let gw = Gateway::start(
+        &[("servers/archive.yaml", &server_file("archive", &a)), ("servers/everything.yaml", &server_file("everything", &e)), ("grants/wide.yaml", &grant)],
+        SecretSource::default(),
+        Config::default(),
+    )
+    .await;
+    let c = client(&format!("{}/mcp", gw.url), WIDE).await;
+    let uris: Vec<String> = c.list_all_resources().await.unwrap().into_iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(uris, ["demo://resource/static/other/1", DOC1, DOC2, SECRET]);
+    let text = |r: ReadResourceResult| serde_json::to_value(r).unwrap()["contents"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(text(c.read_resource(ReadResourceRequestParams::new(DOC1)).await.unwrap()), "document 1", "listed by everything only");
+    assert_eq!(text(c.read_resource(ReadResourceRequestParams::new("demo://resource/static/other/1")).await.unwrap()), "archive demo://resource/static/other/1");
+    assert_eq!(text(c.read_resource(ReadResourceRequestParams::new("demo://resource/static/document/77")).await.unwrap()), "document 77", "fits everything's template");
+    assert_eq!(archive_seen.lock().unwrap().reads, ["demo://resource/static/other/1"]);
+    assert_eq!(everything_seen.lock().unwrap().reads, [DOC1, "demo://resource/static/document/77"]);
+    let servers: Vec<String> = records(&gw).await.iter().filter(|r| r["outcome"] == "ok").map(|r| r["server"].as_str().unwrap().to_string()).collect();
+    assert_eq!(servers, ["everything", "archive", "everything"]);
+    c.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_that_changes_patterns_or_prompt_names_says_the_lists_changed() {
+    use gatehouse::gateway::proxy::{Active, snapshot_changed};
+    use gatehouse::repo::{Files, compile};
+    let w = world().await;
+    let url = format!("{}/mcp", w.gw.url);
+    let s = initialize(&url, NARROW, "2025-11-25").await;
+    let mut stream = open_stream(&url, NARROW, &s).await;
+    let old = w.gw.state.active.load_full().unwrap();
+    let swap = |narrow: String| {
+        let server = format!("name: everything\ntransport: stdio\ncommand: [x]\nsupplier: {{ operated_by: internal }}\n");
+        let files = [("servers/everything.yaml", server), ("grants/narrow.yaml", narrow)];
+        let snapshot = Arc::new(compile(&Files::from_memory(files.iter().map(|(p, t)| (*p, t.as_str())))).unwrap().snapshot);
+        Active { snapshot, secrets: old.secrets.clone() }
+    };
+    let grant = |resources: &str, prompts: &str| {
+        format!("identity: narrow\nkind: agent\nowner: o@x\ntokens: [ {{ sha256: {} }} ]\naccess: [ {{ server: everything, tools: \"*\", resources: {resources}, prompts: {prompts} }} ]\n", token_hash(NARROW))
+    };
+    w.gw.state.activate(swap(grant("[\"demo://resource/static/document/*\"]", "[simple-prompt]")));
+    snapshot_changed(&w.gw.state, Some(&old));
+    assert!(messages_within(&mut stream, 300).await.is_empty(), "the same patterns and names");
+    let before = w.gw.state.active.load_full().unwrap();
+    w.gw.state.activate(swap(grant("[\"demo://resource/**\"]", "[simple-prompt, complex-prompt]")));
+    snapshot_changed(&w.gw.state, Some(&before));
+    let m = messages_within(&mut stream, 500).await;
+    assert_eq!(methods(&m), ["notifications/resources/list_changed", "notifications/prompts/list_changed"]);
 }
