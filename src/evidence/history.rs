@@ -232,7 +232,9 @@ impl History {
             Some(b) => self.last_valid(b)?.map(|s| access::matrix(&s)).unwrap_or_default(),
             None => BTreeSet::new(),
         };
-        let mut last: Option<(Option<Oid>, Result<BTreeSet<access::Cell>, Vec<String>>)> = None;
+        // The previous commit's policy tree and what compiling it gave.
+        type Built = Result<BTreeSet<access::Cell>, Vec<String>>;
+        let mut last: Option<(Option<Oid>, Built)> = None;
         let mut out = Vec::with_capacity(self.commits.len());
         for &id in &self.commits {
             let info = self.pr.info(id).with_context(|| format!("reading commit {id}"))?;
@@ -1083,6 +1085,9 @@ pub(crate) fn registry(end: Option<&EndState>) -> Vec<RegistryRow> {
         .collect()
 }
 
+/// Per server: the period's traffic, and its count of definition changes.
+pub(crate) type DaemonCounts<'a> = (&'a BTreeMap<String, Traffic>, &'a BTreeMap<String, u64>);
+
 /// A.5.19–5.23: every registered server with its traffic, then every server that had traffic in
 /// the period but is not registered at its end (removed, or a name no server had).
 ///
@@ -1091,7 +1096,7 @@ pub(crate) fn registry(end: Option<&EndState>) -> Vec<RegistryRow> {
 ///
 /// `daemon` is the traffic and those counts, or why they are not available (no state database):
 /// then the traffic columns are empty and the source says why.
-pub(crate) fn suppliers(registry: Vec<RegistryRow>, daemon: Result<(&BTreeMap<String, Traffic>, &BTreeMap<String, u64>), &str>) -> Table {
+pub(crate) fn suppliers(registry: Vec<RegistryRow>, daemon: Result<DaemonCounts<'_>, &str>) -> Table {
     let none = Traffic::default();
     let (no_traffic, no_changes) = (BTreeMap::new(), BTreeMap::new());
     let (traffic, changes) = daemon.unwrap_or((&no_traffic, &no_changes));

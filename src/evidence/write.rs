@@ -242,7 +242,6 @@ impl FileOut {
     }
 }
 
-/// A writer that hashes and counts what passes through it.
 // === Encoding ===
 
 /// The text of a cell: null → empty, lists joined with `; `, objects as JSON.
