@@ -498,7 +498,7 @@ async fn a_commit_that_changes_patterns_or_prompt_names_says_the_lists_changed()
     let mut stream = open_stream(&url, NARROW, &s).await;
     let old = w.gw.state.active.load_full().unwrap();
     let swap = |narrow: String| {
-        let server = format!("name: everything\ntransport: stdio\ncommand: [x]\nsupplier: {{ operated_by: internal }}\n");
+        let server = "name: everything\ntransport: stdio\ncommand: [x]\nsupplier: { operated_by: internal }\n".to_string();
         let files = [("servers/everything.yaml", server), ("grants/narrow.yaml", narrow)];
         let snapshot = Arc::new(compile(&Files::from_memory(files.iter().map(|(p, t)| (*p, t.as_str())))).unwrap().snapshot);
         Active { snapshot, secrets: old.secrets.clone() }

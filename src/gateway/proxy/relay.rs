@@ -246,6 +246,12 @@ pub(super) async fn list_prompts(cx: &Ctx) -> Value {
     json!({ "prompts": out })
 }
 
+/// A name shown whole (to the client, in a record) since it passes the name rules itself, like
+/// `simple-prompt` sent to `/mcp` without its server.
+fn valid_name(name: &str) -> bool {
+    crate::supply::check_name(name).is_ok()
+}
+
 /// The (server, prompt) a client's prompt name routes to, or the bounded forms of both when it
 /// breaks the name rules (no prompt can have it).
 fn route_prompt<'a>(cx: &'a Ctx, name: &'a str) -> Result<(&'a str, &'a str), (String, String, String)> {
@@ -255,7 +261,7 @@ fn route_prompt<'a>(cx: &'a Ctx, name: &'a str) -> Result<(&'a str, &'a str), (S
     };
     match crate::supply::check_name(prompt).map_err(|e| e.replace("tool name", "prompt name")).and_then(|()| check_server_name(server)) {
         Ok(()) => Ok((server, prompt)),
-        Err(why) => Err((bound::name(server, check_server_name(server).is_ok()), bound::name(prompt, false), why)),
+        Err(why) => Err((bound::name(server, check_server_name(server).is_ok()), bound::name(prompt, valid_name(prompt)), why)),
     }
 }
 
@@ -273,7 +279,7 @@ pub(super) async fn get_prompt(cx: &Ctx, session: &Arc<Session>, id: Value, para
         Ok(sp) => sp,
         Err((server, prompt, why)) => {
             Recorder::with_kind(cx, session, "prompt", &server, prompt, arg_keys(&args)).denied(INVALID_NAME, &why).await;
-            return unknown_prompt(id, &bound::name(name, false));
+            return unknown_prompt(id, &bound::name(name, valid_name(name)));
         }
     };
     let record = Recorder::with_kind(cx, session, "prompt", server, prompt.to_string(), arg_keys(&args));
@@ -328,7 +334,7 @@ pub(super) async fn complete(cx: &Ctx, id: Value, params: &Value) -> Value {
             let Some(name) = params.pointer("/ref/name").and_then(Value::as_str) else {
                 return jsonrpc::error(id, INVALID_PARAMS, "invalid params: ref.name must be a string");
             };
-            let Ok((server, prompt)) = route_prompt(cx, name) else { return unknown_prompt(id, &bound::name(name, false)) };
+            let Ok((server, prompt)) = route_prompt(cx, name) else { return unknown_prompt(id, &bound::name(name, valid_name(name))) };
             if !cx.active.snapshot.servers.contains_key(server) || !decide_prompt(grant, server, prompt).is_allow() {
                 return unknown_prompt(id, name);
             }
