@@ -193,14 +193,25 @@ pub fn markdown(p: &Plan) -> String {
         s.push_str("No access change.\n");
         return s;
     }
-    let cat = |c: &Change| c.category.map(|c| c.as_str().to_string()).unwrap_or_else(|| "unclassified".into());
+    let cat = |c: &Change| match c.category {
+        Some(c) => c.as_str().to_string(),
+        None if c.tool.starts_with(access::RESOURCE_PREFIX) => "resource".into(),
+        None if c.tool.starts_with(access::PROMPT_PREFIX) => "prompt".into(),
+        None => "unclassified".into(),
+    };
+    // A resource pattern may hold `*`, `|` or `_`: shown as code, so Markdown leaves it alone.
+    let tool = |c: &Change| match c.tool.as_str() {
+        "*" => "* (every tool the upstream offers)".to_string(),
+        t if t.starts_with(access::RESOURCE_PREFIX) || t.starts_with(access::PROMPT_PREFIX) => format!("`{}`", t.replace('`', "'").replace('|', "\\|")),
+        t => t.to_string(),
+    };
     let table = |s: &mut String, title: &str, rows: &[Change]| {
         if rows.is_empty() {
             return;
         }
         s.push_str(&format!("### {title} ({})\n\n| identity | server | tool | category |\n|---|---|---|---|\n", rows.len()));
         for c in rows {
-            s.push_str(&format!("| {} | {} | {} | {} |\n", c.identity, c.server, if c.tool == "*" { "* (every tool the upstream offers)" } else { &c.tool }, cat(c)));
+            s.push_str(&format!("| {} | {} | {} | {} |\n", c.identity, c.server, tool(c), cat(c)));
         }
         s.push('\n');
     };

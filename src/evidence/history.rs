@@ -943,6 +943,10 @@ fn tool_label(snap: &Snapshot, server: &str, tool: &str) -> (String, Option<Cate
     if tool == "*" {
         return (format!("{server}/* (any tool the upstream offers)"), None);
     }
+    // Resource patterns and prompts (`resource:<pattern>`, `prompt:<name>`) have no category.
+    if tool.starts_with(access::RESOURCE_PREFIX) || tool.starts_with(access::PROMPT_PREFIX) {
+        return (format!("{server}/{tool}"), None);
+    }
     let category = snap.servers.get(server).and_then(|s| s.tools.get(tool)).and_then(|t| t.category);
     let label = format!("{server}/{tool} ({})", category.map_or("unclassified", Category::as_str));
     (label, category)
@@ -978,6 +982,8 @@ pub(crate) fn access_review(period: &Period, end: Option<&EndState>) -> Table {
                 categories.insert(match cat {
                     Some(c) => c.as_str(),
                     None if tool == "*" => "any",
+                    None if tool.starts_with(access::RESOURCE_PREFIX) => "resource",
+                    None if tool.starts_with(access::PROMPT_PREFIX) => "prompt",
                     None => "unclassified",
                 });
                 if cat.is_some_and(Category::is_privileged) {

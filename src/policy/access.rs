@@ -1,9 +1,12 @@
-//! The effective access matrix of a snapshot — who could be allowed to call which tool — and
-//! the difference between two of them. Pure.
+//! The effective access matrix of a snapshot — who could be allowed to call which tool, read
+//! which resources and get which prompts — and the difference between two of them. Pure.
 //!
 //! The tools of a server are those its file declares, those access entries name, and those its
 //! policies list; a grant whose policies would let through tools nobody declared (`tools: "*"`
 //! with no policy listing them) is shown with the tool `*` ("every tool the upstream offers").
+//! Resources and prompts share the `tool` column with a prefix no tool name can have (tool names
+//! hold no `:`): `resource:<pattern>` for each pattern of an access entry (`resource:*` for every
+//! resource) and `prompt:<name>` (`prompt:*`).
 
 use std::collections::BTreeSet;
 
@@ -11,6 +14,11 @@ use serde::Serialize;
 
 use crate::policy::eval::may_allow;
 use crate::policy::snapshot::{Snapshot, ToolSet};
+
+/// Prefix of a resource pattern's cell in the `tool` column.
+pub const RESOURCE_PREFIX: &str = "resource:";
+/// Prefix of a prompt's cell in the `tool` column.
+pub const PROMPT_PREFIX: &str = "prompt:";
 
 /// One cell of the matrix.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -54,6 +62,14 @@ pub fn matrix(snap: &Snapshot) -> BTreeSet<Cell> {
             if open_ended && grant.by_server[server].iter().any(|&i| matches!(grant.access[i].tools, ToolSet::All)) {
                 out.insert(Cell { identity: grant.identity.clone(), server: server.clone(), tool: "*".into() });
             }
+            for &i in &grant.by_server[server] {
+                let a = &grant.access[i];
+                let resources = a.resources.iter().map(|r| format!("{RESOURCE_PREFIX}{}", r.pattern));
+                let prompts = a.prompts.iter().map(|r| format!("{PROMPT_PREFIX}{}", r.label()));
+                for tool in resources.chain(prompts) {
+                    out.insert(Cell { identity: grant.identity.clone(), server: server.clone(), tool });
+                }
+            }
         }
     }
     out
@@ -89,5 +105,16 @@ mod tests {
         let gained: Vec<&str> = d.gained.iter().map(|c| c.tool.as_str()).collect();
         assert_eq!(gained, ["*", "b"]);
         assert!(d.lost.is_empty());
+    }
+
+    #[test]
+    fn resources_and_prompts_are_cells_with_a_prefix() {
+        let none = snap("identity: g\nkind: human\naccess: [ { server: s, tools: [a] } ]\n");
+        let some = snap("identity: g\nkind: human\naccess: [ { server: s, tools: [a], resources: [\"repo://x/**\", \"*\"], prompts: [triage] }, { server: s, prompts: \"*\" } ]\n");
+        let cells = |s: &Snapshot| matrix(s).into_iter().map(|c| format!("{} {} {}", c.identity, c.server, c.tool)).collect::<Vec<_>>();
+        assert_eq!(cells(&none), ["g s a"]);
+        assert_eq!(cells(&some), ["g s a", "g s prompt:*", "g s prompt:triage", "g s resource:*", "g s resource:repo://x/**"]);
+        let d = diff(&matrix(&some), &matrix(&none));
+        assert_eq!(d.lost.len(), 4);
     }
 }

@@ -30,6 +30,8 @@ pub struct Call<'a> {
 
 pub const NO_GRANT: &str = "gatehouse:no-grant";
 pub const TOOL_NOT_GRANTED: &str = "gatehouse:tool-not-granted";
+pub const RESOURCE_NOT_GRANTED: &str = "gatehouse:resource-not-granted";
+pub const PROMPT_NOT_GRANTED: &str = "gatehouse:prompt-not-granted";
 
 /// Decides a call by identity.
 pub fn evaluate(snap: &Snapshot, call: &Call) -> Decision {
@@ -89,6 +91,53 @@ pub fn may_allow(snap: &Snapshot, grant: &Grant, server: &str, tool: &str) -> bo
     }
     let mut reaching = entries.iter().map(|&i| &grant.access[i]).filter(|a| a.tools.contains(tool)).peekable();
     reaching.peek().is_some() && reaching.all(|a| a.policy.as_deref().is_none_or(policy_ok))
+}
+
+/// Decides a read (or subscription) of the concrete resource `uri` on `server`: allowed by the
+/// first pattern, in access-entry then file order, that matches it. Resources are decided by the
+/// access entries alone: policy documents (the server baseline, an entry's `policy`) speak of
+/// tools. The message never holds the URI (it may hold personal data).
+pub fn decide_resource(grant: &Grant, server: &str, uri: &str) -> Decision {
+    let Some(entries) = grant.by_server.get(server) else {
+        return Decision::deny(NO_GRANT, format!("{} has no access to server {server:?}", grant.file));
+    };
+    let rule = entries.iter().flat_map(|&i| &grant.access[i].resources).find(|r| r.pattern.matches(uri));
+    match rule {
+        Some(r) => Decision::allow(&r.id, &r.allow_message, Vec::new()),
+        None => Decision::deny(RESOURCE_NOT_GRANTED, format!("{} grants no resource pattern on server {server:?} that matches this URI", grant.file)),
+    }
+}
+
+/// Decides a `prompts/get` (or a completion for a prompt's argument) of `prompt` on `server`,
+/// from the access entries alone, as [`decide_resource`].
+pub fn decide_prompt(grant: &Grant, server: &str, prompt: &str) -> Decision {
+    let Some(entries) = grant.by_server.get(server) else {
+        return Decision::deny(NO_GRANT, format!("{} has no access to server {server:?}", grant.file));
+    };
+    let rule = entries.iter().flat_map(|&i| &grant.access[i].prompts).find(|r| r.covers(prompt));
+    match rule {
+        Some(r) => Decision::allow(&r.id, &r.allow_message, Vec::new()),
+        None => Decision::deny(PROMPT_NOT_GRANTED, format!("{} does not grant prompt {prompt:?} on server {server:?}", grant.file)),
+    }
+}
+
+/// Whether the URI template `template` could produce a resource the grant may read on `server`
+/// (its literal prefix, up to the first `{`, could match a pattern): what
+/// `resources/templates/list` shows and what `completion/complete` of a template needs.
+pub fn may_use_template(grant: &Grant, server: &str, template: &str) -> bool {
+    let prefix = crate::policy::resource::template_prefix(template);
+    grant.by_server.get(server).is_some_and(|e| e.iter().flat_map(|&i| &grant.access[i].resources).any(|r| r.pattern.could_extend(prefix)))
+}
+
+/// Whether some access entry of the grant gives resources on `server` (else its upstream is
+/// never asked for them).
+pub fn grants_resources(grant: &Grant, server: &str) -> bool {
+    grant.by_server.get(server).is_some_and(|e| e.iter().any(|&i| !grant.access[i].resources.is_empty()))
+}
+
+/// Whether some access entry of the grant gives prompts on `server`.
+pub fn grants_prompts(grant: &Grant, server: &str) -> bool {
+    grant.by_server.get(server).is_some_and(|e| e.iter().any(|&i| !grant.access[i].prompts.is_empty()))
 }
 
 /// One policy document's verdict on a call: a denial, or None (and its quotas appended).

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod cond;
 pub mod eval;
+pub mod resource;
 pub mod snapshot;
 
 use std::collections::HashMap;

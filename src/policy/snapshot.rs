@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::policy::resource::UriPattern;
 use crate::policy::{Policy, Quota};
 use crate::units::Date;
 
@@ -157,7 +158,8 @@ pub struct Token {
     pub expires: Option<Date>,
 }
 
-/// One access entry: a server, which of its tools, and an optional extra policy.
+/// One access entry: a server, which of its tools, resources and prompts, and an optional extra
+/// policy (for tools).
 #[derive(Debug)]
 pub struct Access {
     /// `grants/alice.yaml#/access/0`, or for a role entry
@@ -168,6 +170,31 @@ pub struct Access {
     pub server: String,
     pub tools: ToolSet,
     pub policy: Option<Arc<Policy>>,
+    /// `resources:` patterns, in file order; none if absent.
+    pub resources: Vec<ResourceRule>,
+    /// `prompts:` names, in file order; none if absent.
+    pub prompts: Vec<PromptRule>,
+}
+
+/// One `resources:` pattern of an access entry, with what an allowed read names.
+#[derive(Debug, Clone)]
+pub struct ResourceRule {
+    pub pattern: UriPattern,
+    /// `grants/alice.yaml#/access/0/resources/1`, or for a role entry
+    /// `roles/r.yaml#/access/0/resources/1 via grants/bob.yaml#/access/2`.
+    pub id: Arc<str>,
+    /// `allowed by <id> (<pattern>)`.
+    pub allow_message: Arc<str>,
+}
+
+/// One `prompts:` entry of an access entry.
+#[derive(Debug, Clone)]
+pub struct PromptRule {
+    /// None for `"*"`: every prompt of the server.
+    pub name: Option<String>,
+    /// `grants/alice.yaml#/access/0/prompts/0` (as [`ResourceRule::id`]).
+    pub id: Arc<str>,
+    pub allow_message: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -235,6 +262,19 @@ impl ToolSet {
             ToolSet::All => true,
             ToolSet::Only(s) => s.contains(tool),
         }
+    }
+}
+
+// === impl PromptRule ===
+
+impl PromptRule {
+    pub fn covers(&self, prompt: &str) -> bool {
+        self.name.as_deref().is_none_or(|n| n == prompt)
+    }
+
+    /// `*` or the name, as the access matrix shows it.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or("*")
     }
 }
 

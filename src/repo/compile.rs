@@ -12,9 +12,10 @@ use super::load::Doc;
 use super::policy::{compile_limit, compile_policy};
 use super::{Entry, Files, raw, scan};
 use crate::diag::{Diagnostic, Diagnostics, Pos};
+use crate::policy::resource::UriPattern;
 use crate::policy::{Policy, Verdict};
 use crate::policy::snapshot::{
-    Access, Category, Credentials, Grant, Kind, Part, Review, Role, Server, Settings, Snapshot, Supplier, Template, Token,
+    Access, Category, Credentials, Grant, Kind, Part, PromptRule, ResourceRule, Review, Role, Server, Settings, Snapshot, Supplier, Template, Token,
     ToolInfo, ToolSet, Transport,
 };
 use crate::units::{Date, parse_duration};
@@ -473,7 +474,7 @@ fn resolve_policy(doc: &Doc, d: &mut Diagnostics, ptr: &str, path: &str, refs: &
     None
 }
 
-/// Compiles one access entry `{server, tools, policy}` at `ptr`.
+/// Compiles one access entry `{server, tools, resources, prompts, policy}` at `ptr`.
 fn compile_access(doc: &Doc, d: &mut Diagnostics, ptr: &str, a: &raw::Access, refs: &Refs, id: String) -> Option<Access> {
     let Some(server) = &a.server else {
         doc.error(d, ptr, "an access entry needs server (or, in a grant, role)");
@@ -504,8 +505,15 @@ fn compile_access(doc: &Doc, d: &mut Diagnostics, ptr: &str, a: &raw::Access, re
             }
             Some(ToolSet::Only(set))
         }
+        // An entry may give only resources or prompts; one that gives nothing at all is a mistake.
+        None if a.resources.is_some() || a.prompts.is_some() => {
+            if a.policy.is_some() {
+                doc.warning(d, &format!("{ptr}/policy"), "a policy decides tool calls only, and this entry grants no tools");
+            }
+            Some(ToolSet::Only(Default::default()))
+        }
         None => {
-            doc.error(d, ptr, "an access entry needs tools: a list of tool names, or \"*\" for every tool the policies allow");
+            doc.error(d, ptr, "an access entry needs tools: a list of tool names, or \"*\" for every tool the policies allow; or resources, or prompts");
             None
         }
         Some(_) => {
@@ -513,6 +521,8 @@ fn compile_access(doc: &Doc, d: &mut Diagnostics, ptr: &str, a: &raw::Access, re
             None
         }
     };
+    let resources = compile_resources(doc, d, ptr, a.resources.as_ref(), &id);
+    let prompts = compile_prompts(doc, d, ptr, a.prompts.as_ref(), &id);
     let policy = match &a.policy {
         Some(p) => Some(resolve_policy(doc, d, &format!("{ptr}/policy"), p, refs)?),
         None => None,
@@ -523,7 +533,92 @@ fn compile_access(doc: &Doc, d: &mut Diagnostics, ptr: &str, a: &raw::Access, re
         server: server.clone(),
         tools: tools?,
         policy,
+        resources: resources?,
+        prompts: prompts?,
     })
+}
+
+/// The items of a `resources:` or `prompts:` value: `"*"` is one item `"*"`; None (with an
+/// error at its position) for anything but a string or a list.
+fn star_or_list<'v>(doc: &Doc, d: &mut Diagnostics, ptr: &str, v: &'v Value, what: &str) -> Option<Vec<(String, &'v Value)>> {
+    match v {
+        Value::String(s) if s == "*" => Some(vec![(ptr.to_string(), v)]),
+        Value::Array(items) => {
+            if items.is_empty() {
+                doc.warning(d, ptr, format!("an empty {what} list grants nothing"));
+            }
+            Some(items.iter().enumerate().map(|(i, item)| (format!("{ptr}/{i}"), item)).collect())
+        }
+        _ => {
+            doc.value_error(d, ptr, format!("{what} must be \"*\" or a list"));
+            None
+        }
+    }
+}
+
+/// `resources:` of an access entry: URI patterns (docs/formats.md), each with its own rule id.
+fn compile_resources(doc: &Doc, d: &mut Diagnostics, ptr: &str, v: Option<&Value>, entry: &str) -> Option<Vec<ResourceRule>> {
+    let Some(v) = v else { return Some(Vec::new()) };
+    let here = format!("{ptr}/resources");
+    let items = star_or_list(doc, d, &here, v, "resources")?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (at, item) in items {
+        let Some(text) = item.as_str() else {
+            doc.value_error(d, &at, "a resource pattern must be a string");
+            ok = false;
+            continue;
+        };
+        match UriPattern::parse(text) {
+            Ok(pattern) => {
+                let id = sub_rule_id(entry, &at[ptr.len()..]);
+                out.push(ResourceRule { allow_message: Arc::from(format!("allowed by {id} ({pattern})")), id: Arc::from(id), pattern });
+            }
+            Err(why) => {
+                doc.value_error(d, &at, why);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `prompts:` of an access entry: prompt names, or `"*"`.
+fn compile_prompts(doc: &Doc, d: &mut Diagnostics, ptr: &str, v: Option<&Value>, entry: &str) -> Option<Vec<PromptRule>> {
+    let Some(v) = v else { return Some(Vec::new()) };
+    let here = format!("{ptr}/prompts");
+    let items = star_or_list(doc, d, &here, v, "prompts")?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (at, item) in items {
+        let name = match item.as_str() {
+            Some("*") => None,
+            Some(n) if crate::supply::check_name(n).is_ok() => Some(n.to_string()),
+            Some(n) => {
+                let why = crate::supply::check_name(n).unwrap_err().replace("tool name", "prompt name");
+                doc.value_error(d, &at, format!("{why}: no prompt the gateway relays can have it"));
+                ok = false;
+                continue;
+            }
+            None => {
+                doc.value_error(d, &at, "a prompt name must be a string");
+                ok = false;
+                continue;
+            }
+        };
+        let id = sub_rule_id(entry, &at[ptr.len()..]);
+        out.push(PromptRule { name, allow_message: Arc::from(format!("allowed by {id}")), id: Arc::from(id) });
+    }
+    ok.then_some(out)
+}
+
+/// The id of a pattern or name inside an access entry: the entry's pointer extended by `tail`
+/// (`/resources/1`), before a role entry's ` via grants/…` part.
+fn sub_rule_id(entry: &str, tail: &str) -> String {
+    match entry.split_once(" via ") {
+        Some((role, via)) => format!("{role}{tail} via {via}"),
+        None => format!("{entry}{tail}"),
+    }
 }
 
 fn compile_role(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Role> {
@@ -599,7 +694,7 @@ fn compile_grant(doc: &Doc, refs: &Refs, roles: &BTreeMap<String, Role>, d: &mut
         let Some(a) = doc.typed::<raw::Access>(&ptr, v, d) else { continue };
         let here = format!("{}#{ptr}", doc.file);
         if let Some(role) = &a.role {
-            if a.server.is_some() || a.tools.is_some() || a.policy.is_some() {
+            if a.server.is_some() || a.tools.is_some() || a.resources.is_some() || a.prompts.is_some() || a.policy.is_some() {
                 doc.error(d, &ptr, "an entry names either a role or a server with tools, not both");
             }
             match roles.get(role) {
@@ -609,6 +704,8 @@ fn compile_grant(doc: &Doc, refs: &Refs, roles: &BTreeMap<String, Role>, d: &mut
                     server: ra.server.clone(),
                     tools: ra.tools.clone(),
                     policy: ra.policy.clone(),
+                    resources: ra.resources.iter().map(|r| ResourceRule { id: Arc::from(format!("{} via {here}", r.id)), allow_message: Arc::from(format!("allowed by {} via {here} ({})", r.id, r.pattern)), pattern: r.pattern.clone() }).collect(),
+                    prompts: ra.prompts.iter().map(|r| PromptRule { id: Arc::from(format!("{} via {here}", r.id)), allow_message: Arc::from(format!("allowed by {} via {here}", r.id)), name: r.name.clone() }).collect(),
                 })),
                 None if refs.role_files.contains(role) => {} // the role has its own errors
                 None => doc.value_error(d, &format!("{ptr}/role"), format!("role {role:?} does not exist: add roles/{role}.yaml ({})", known(&refs.role_files))),

@@ -211,12 +211,17 @@ pub struct Token {
     pub note: Option<String>,
 }
 
-/// One access entry of a grant or role: `{server, tools, policy}` or (grants only) `{role}`.
+/// One access entry of a grant or role: `{server, tools, resources, prompts, policy}` or (grants
+/// only) `{role}`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Access {
     pub server: Option<String>,
     pub tools: Option<Value>,
+    /// `"*"` or a list of URI patterns.
+    pub resources: Option<Value>,
+    /// `"*"` or a list of prompt names.
+    pub prompts: Option<Value>,
     pub policy: Option<String>,
     pub role: Option<String>,
 }

@@ -12,6 +12,7 @@ mod pins;
 mod plan;
 mod props;
 mod reconcile;
+mod relay;
 mod scan;
 mod rmcp_peer;
 mod proxy;

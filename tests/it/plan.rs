@@ -84,6 +84,17 @@ fn plans_along_a_scripted_history() {
     assert_eq!(v["servers"]["removed"][0]["risk"], "high");
     assert!(md.contains("removed `pay` (risk high, external, Pay Ltd)"), "{md}");
 
+    // Resources and prompts: cells of their own, shown as code, never privileged.
+    let with_docs = grant("alice", "  - { server: files, tools: [delete_file], resources: [\"file:///srv/docs/**\"], prompts: [summarize] }\n");
+    let c8 = r.commit("Alice reads the docs (#8)", &[("grants/alice.yaml", &with_docs)]);
+    let (code, v, md) = plan(&r, &c7, &c8);
+    assert_eq!(code, 1);
+    assert_eq!(cells(&v, "gained"), ["alice files prompt:summarize", "alice files resource:file:///srv/docs/**"]);
+    assert!(v["privileged_widening"].as_array().unwrap().is_empty());
+    assert!(md.contains("| alice | files | `resource:file:///srv/docs/**` | resource |"), "{md}");
+    assert!(md.contains("| alice | files | `prompt:summarize` | prompt |"), "{md}");
+    r.commit("Alice reads the docs no more (#9)", &[("grants/alice.yaml", &grant("alice", "  - { server: files, tools: [delete_file] }\n"))]);
+
     // JSON is stable: the same plan twice is byte-identical.
     let dir = r.path().to_str().unwrap();
     let a = gatehouse(&["plan", "--repo", dir, "--base", &c0, "--head", &c7, "--format", "json"]);

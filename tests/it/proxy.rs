@@ -212,7 +212,9 @@ async fn bad_input_is_refused_with_a_clear_error() {
     let r = post(&url, ALICE, Some(&new), json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "mock__add", "arguments": [1] } })).await;
     assert_eq!(r.json()["error"]["code"], -32602);
     let r = post(&url, ALICE, Some(&new), json!({ "jsonrpc": "2.0", "id": 1, "method": "resources/list" })).await;
-    assert_eq!(r.json()["error"]["code"], -32601, "resources are not relayed");
+    assert_eq!(r.json()["result"]["resources"], json!([]), "no resources: alice's entries grant none");
+    let r = post(&url, ALICE, Some(&new), json!({ "jsonrpc": "2.0", "id": 1, "method": "sampling/createMessage" })).await;
+    assert_eq!(r.json()["error"]["code"], -32601);
     let r = send("POST", &url, Some(ALICE), Some(&new), "{}", &[("content-type", "text/plain")]).await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use super::relay;
 use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, PARSE_ERROR, SERVER_ERROR};
 use super::session::Session;
 use super::{Active, State};
@@ -47,10 +48,10 @@ const VERSION_HEADER: &str = "mcp-protocol-version";
 /// What every MCP request carries once authenticated. Owned, so that a streamed response can
 /// keep working on a task of its own.
 #[derive(Clone)]
-struct Ctx {
-    state: Arc<State>,
+pub(super) struct Ctx {
+    pub(super) state: Arc<State>,
     /// Loaded once for the whole request.
-    active: Arc<Active>,
+    pub(super) active: Arc<Active>,
     /// Index of the caller's grant in `active.snapshot.grants`.
     grant: usize,
     /// sha256 of the caller's token.
@@ -62,11 +63,11 @@ struct Ctx {
 // === impl Ctx ===
 
 impl Ctx {
-    fn grant(&self) -> &Grant {
+    pub(super) fn grant(&self) -> &Grant {
         &self.active.snapshot.grants[self.grant]
     }
 
-    fn endpoint(&self) -> Option<&str> {
+    pub(super) fn endpoint(&self) -> Option<&str> {
         self.endpoint.as_deref()
     }
 }
@@ -434,12 +435,18 @@ fn initialize(cx: &Ctx, id: Value, params: &Value) -> Response<Body> {
     let version = SUPPORTED.iter().find(|v| **v == asked).copied().unwrap_or(LATEST);
     let session = cx.state.sessions.open(&cx.grant().name, cx.token, cx.endpoint().map(str::to_string), version);
     let instructions = match cx.endpoint {
-        None => "Tools from several servers, named <server>__<tool>. Every call is checked against policy and recorded.",
+        None => "Tools and prompts from several servers, named <server>__<name>; resources under their own URIs. Every call is checked against policy and recorded.",
         Some(_) => "Every call is checked against policy and recorded.",
     };
     let result = json!({
         "protocolVersion": version,
-        "capabilities": { "tools": { "listChanged": true } },
+        "capabilities": {
+            "tools": { "listChanged": true },
+            "resources": { "subscribe": true, "listChanged": true },
+            "prompts": { "listChanged": true },
+            "logging": {},
+            "completions": {},
+        },
         "serverInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
         "instructions": instructions,
     });
@@ -457,7 +464,16 @@ async fn dispatch(cx: &Ctx, session: &Arc<Session>, m: Message) -> Option<Value>
             "initialize" => jsonrpc::error(id, INVALID_REQUEST, "the session is already initialized"),
             "tools/list" => jsonrpc::result(id, list_tools(cx).await),
             "tools/call" => call_tool(cx, session, id, params, None).await,
-            other => jsonrpc::error(id, METHOD_NOT_FOUND, format!("method not found: {other} (gatehouse relays tools only)")),
+            "resources/list" => jsonrpc::result(id, relay::list_resources(cx).await),
+            "resources/templates/list" => jsonrpc::result(id, relay::list_resource_templates(cx).await),
+            "resources/read" => relay::read_resource(cx, session, id, &params).await,
+            "resources/subscribe" => relay::subscribe(cx, session, id, &params, true).await,
+            "resources/unsubscribe" => relay::subscribe(cx, session, id, &params, false).await,
+            "prompts/list" => jsonrpc::result(id, relay::list_prompts(cx).await),
+            "prompts/get" => relay::get_prompt(cx, session, id, &params).await,
+            "completion/complete" => relay::complete(cx, id, &params).await,
+            "logging/setLevel" => relay::set_level(cx, session, id, &params).await,
+            other => jsonrpc::error(id, METHOD_NOT_FOUND, format!("method not found: {other}")),
         }),
         Message::Notification { method, params } => {
             if method == "notifications/cancelled"
@@ -520,31 +536,39 @@ async fn list_tools(cx: &Ctx) -> Value {
     json!({ "tools": lists.into_iter().flatten().collect::<Vec<Value>>() })
 }
 
-async fn connect(cx: &Ctx, server: &str) -> Result<Arc<crate::gateway::upstream::Upstream>, UpstreamError> {
+pub(super) async fn connect(cx: &Ctx, server: &str) -> Result<Arc<crate::gateway::upstream::Upstream>, UpstreamError> {
     let s = &cx.active.snapshot.servers[server];
     let creds = cx.active.secrets.get(server).cloned().unwrap_or_default();
     let (upstream, opened) = cx.state.pool.get(&cx.grant().name, s, &creds).await?;
     if opened {
-        tokio::spawn(relay_list_changes(Arc::downgrade(&cx.state), cx.grant().name.clone(), server.to_string(), upstream.subscribe(), Arc::downgrade(&upstream)));
+        tokio::spawn(relay_events(Arc::downgrade(&cx.state), cx.grant().name.clone(), server.to_string(), upstream.subscribe(), Arc::downgrade(&upstream)));
     }
     Ok(upstream)
 }
 
-/// Follows one upstream connection's `notifications/tools/list_changed`: the new list is read and
-/// vetted at once (so a rug pull is recorded even before anyone calls the tool), and the grant's
-/// sessions that see this server are told their list changed. Ends with the connection.
-async fn relay_list_changes(
+/// Follows one upstream connection's events. On `notifications/tools/list_changed` the new list
+/// is read and vetted at once (so a rug pull is recorded even before anyone calls the tool), and
+/// the grant's sessions that see this server are told their list changed. Resource updates, the
+/// other list changes and log messages go to the sessions that may have them
+/// ([`relay::relay_event`]). Ends with the connection.
+async fn relay_events(
     state: std::sync::Weak<State>,
     grant: String,
     server: String,
     mut events: tokio::sync::broadcast::Receiver<crate::gateway::upstream::UpstreamEvent>,
     upstream: std::sync::Weak<crate::gateway::upstream::Upstream>,
 ) {
+    use crate::gateway::upstream::UpstreamEvent;
     use tokio::sync::broadcast::error::RecvError;
     loop {
         match events.recv().await {
-            Ok(crate::gateway::upstream::UpstreamEvent::ToolsListChanged) | Err(RecvError::Lagged(_)) => {}
-            Ok(crate::gateway::upstream::UpstreamEvent::Closed) | Err(RecvError::Closed) => return,
+            Ok(UpstreamEvent::ToolsListChanged) | Err(RecvError::Lagged(_)) => {}
+            Ok(UpstreamEvent::Closed) | Err(RecvError::Closed) => return,
+            Ok(other) => {
+                let Some(state) = state.upgrade() else { return };
+                relay::relay_event(&state, &grant, &server, &other);
+                continue;
+            }
         }
         let (Some(state), Some(upstream)) = (state.upgrade(), upstream.upgrade()) else { return };
         let Some(active) = state.active.load_full() else { continue };
@@ -693,32 +717,46 @@ async fn vet_list(state: &State, snap: &Arc<crate::policy::snapshot::Snapshot>, 
 }
 
 /// Rule id of a call to a tool whose definition is not the approved one.
-const QUARANTINED: &str = "gatehouse:tool-quarantined";
+pub(super) const QUARANTINED: &str = "gatehouse:tool-quarantined";
 /// Rule id of a call to a tool the upstream does not offer.
 const UNKNOWN_TOOL: &str = "gatehouse:unknown-tool";
 /// Rule id of a call whose tool or server name breaks the name rules (no tool can have it).
-const INVALID_NAME: &str = "gatehouse:invalid-name";
+pub(super) const INVALID_NAME: &str = "gatehouse:invalid-name";
 
 /// `Ok` when `server` could name a server (`[a-z0-9-]{1,48}`, as `servers/<name>.yaml`).
-fn check_server_name(server: &str) -> Result<(), String> {
+pub(super) fn check_server_name(server: &str) -> Result<(), String> {
     let ok = (1..=48).contains(&server.len()) && server.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok { Ok(()) } else { Err(format!("the server name of {} bytes breaks the name rules ([a-z0-9-], at most 48)", server.len())) }
 }
 /// Rule id of a call refused because its decision record could not be written.
-const AUDIT_UNAVAILABLE: &str = "gatehouse:audit-unavailable";
+pub(super) const AUDIT_UNAVAILABLE: &str = "gatehouse:audit-unavailable";
 
-/// Builds and writes the call records of one `tools/call`, all from the request's snapshot.
-struct Recorder {
+/// Builds and writes the call records of one `tools/call` (or `resources/read`, `prompts/get`),
+/// all from the request's snapshot.
+pub(super) struct Recorder {
     base: Option<CallRecord>,
     log: Option<AuditLog>,
 }
 
 impl Recorder {
     fn new(cx: &Ctx, session: &Session, server: &str, tool: &str, args: &Value) -> Recorder {
+        if cx.state.audit.get().is_none() {
+            return Recorder { base: None, log: None };
+        }
+        let category = cx.active.snapshot.servers.get(server).and_then(|s| s.tools.get(tool)).and_then(|t| t.category).map(|c| c.as_str().to_string());
+        Recorder::build(cx, session, "tool", server, tool.to_string(), category, arg_keys(args))
+    }
+
+    /// The records of a `resources/read` (`kind: resource`, `tool`: [`bound::resource`] of the
+    /// URI) or a `prompts/get` (`kind: prompt`, `tool`: the prompt, its argument keys).
+    pub(super) fn with_kind(cx: &Ctx, session: &Session, kind: &str, server: &str, name: String, arg_keys: Vec<String>) -> Recorder {
+        Recorder::build(cx, session, kind, server, name, None, arg_keys)
+    }
+
+    fn build(cx: &Ctx, session: &Session, kind: &str, server: &str, tool: String, category: Option<String>, arg_keys: Vec<String>) -> Recorder {
         let Some(log) = cx.state.audit.get().cloned() else { return Recorder { base: None, log: None } };
         let snap = &cx.active.snapshot;
         let grant = cx.grant();
-        let category = snap.servers.get(server).and_then(|s| s.tools.get(tool)).and_then(|t| t.category).map(|c| c.as_str().to_string());
         let base = CallRecord {
             seq: 0,
             ts: String::new(),
@@ -727,11 +765,11 @@ impl Recorder {
             identity: grant.identity.clone(),
             grant: grant.file.clone(),
             auth: "token".into(),
-            kind: "tool".into(),
+            kind: kind.into(),
             server: server.to_string(),
-            tool: tool.to_string(),
+            tool,
             category,
-            arg_keys: arg_keys(args),
+            arg_keys,
             verdict: String::new(),
             rule: String::new(),
             message: String::new(),
@@ -757,7 +795,7 @@ impl Recorder {
     }
 
     /// A denial: recorded (a failure to record it is logged; the call is refused anyway).
-    async fn denied(&self, rule: &str, message: &str) {
+    pub(super) async fn denied(&self, rule: &str, message: &str) {
         if let (Some(log), Some(r)) = (&self.log, self.record("deny", rule, message, "denied", None))
             && let Err(e) = log.append(r).await
         {
@@ -781,11 +819,19 @@ impl Recorder {
         }
     }
 
+    /// The write-ahead decision record of an allowed request that counts no quota.
+    pub(super) async fn allowed_plain(&self, rule: &str, message: &str) -> Result<(), crate::record::store::StoreError> {
+        match (&self.log, self.record("allow", rule, message, "unknown", None)) {
+            (Some(log), Some(r)) => log.append_decision(r, Vec::new()).await.map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     /// The outcome record; written in the background (the decision record is already durable),
     /// riding the store's next group commit. It is queued before this returns, so it is queued
     /// before the reply goes out and a clean shutdown (which waits for in-flight requests, then
     /// closes the store) commits it.
-    fn outcome(&self, rule: &str, message: &str, outcome: &str, latency: Duration) {
+    pub(super) fn outcome(&self, rule: &str, message: &str, outcome: &str, latency: Duration) {
         if let (Some(log), Some(r)) = (&self.log, self.record("allow", rule, message, outcome, Some(latency))) {
             let written = log.append_deferred(r);
             tokio::spawn(async move {
@@ -808,7 +854,7 @@ impl Recorder {
     }
 }
 
-fn upstream_error(id: Value, server: &str, e: UpstreamError) -> Value {
+pub(super) fn upstream_error(id: Value, server: &str, e: UpstreamError) -> Value {
     match e {
         UpstreamError::Rpc { code, message, data } => jsonrpc::error_with_data(id, code, message, data),
         UpstreamError::Timeout(d) => {

@@ -18,6 +18,9 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// Implementation-defined server error (used for `server/discover` and upstream failures).
 pub const SERVER_ERROR: i64 = -32000;
+/// MCP: a `resources/read` of a resource the server does not have (and, from the gateway, one
+/// the caller may not read: the two are answered alike).
+pub const RESOURCE_NOT_FOUND: i64 = -32002;
 
 /// One incoming message.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@ pub mod admission;
 mod handler;
 pub mod jsonrpc;
 mod pool;
+mod relay;
 mod session;
 mod vetting;
 
@@ -250,7 +251,9 @@ fn hostname() -> String {
 }
 
 /// After a swap: closes the sessions whose token was revoked or expired (their streams end),
-/// and sends `notifications/tools/list_changed` to every session whose visible tools changed.
+/// and sends `notifications/tools/list_changed` to every session whose visible tools changed
+/// (`resources/list_changed`, `prompts/list_changed` when its resource patterns or prompt names
+/// changed).
 pub fn snapshot_changed(state: &State, old: Option<&Active>) {
     let Some(new) = state.active.load_full() else { return };
     let today = crate::units::Date::today();
@@ -266,7 +269,36 @@ pub fn snapshot_changed(state: &State, old: Option<&Active>) {
         if before != visible(state, &new, &session) {
             session.notify(json!({ "jsonrpc": "2.0", "method": "notifications/tools/list_changed" }));
         }
+        let (resources, prompts) = granted(&new, &session);
+        let (resources_before, prompts_before) = old.map(|o| granted(o, &session)).unwrap_or_default();
+        if resources != resources_before {
+            session.notify(json!({ "jsonrpc": "2.0", "method": "notifications/resources/list_changed" }));
+        }
+        if prompts != prompts_before {
+            session.notify(json!({ "jsonrpc": "2.0", "method": "notifications/prompts/list_changed" }));
+        }
     }
+}
+
+/// (server, pattern or prompt name) pairs.
+type Granted = BTreeSet<(String, String)>;
+
+/// The resource patterns and prompt names of the access entries a session sees, by server: a
+/// change of either is a change of what its resource or prompt lists could hold.
+fn granted(active: &Active, session: &session::Session) -> (Granted, Granted) {
+    let snap = &active.snapshot;
+    let (mut resources, mut prompts) = (BTreeSet::new(), BTreeSet::new());
+    let Some(grant) = snap.grant_by_name(&session.grant) else { return (resources, prompts) };
+    for (server, entries) in &grant.by_server {
+        if session.endpoint.as_deref().is_some_and(|e| e != server) || !snap.servers.contains_key(server) {
+            continue;
+        }
+        for &i in entries {
+            resources.extend(grant.access[i].resources.iter().map(|r| (server.clone(), r.pattern.to_string())));
+            prompts.extend(grant.access[i].prompts.iter().map(|r| (server.clone(), r.label().to_string())));
+        }
+    }
+    (resources, prompts)
 }
 
 /// The (server, tool) pairs a session could be allowed to call under `active`, over the tools

@@ -5,9 +5,9 @@
 //! grant in `pool`. Sessions are bounded per grant (the least recently used one is evicted) and
 //! expire when idle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,12 @@ pub struct Session {
     last_seen_ms: AtomicU64,
     /// In-flight requests by the client's JSON-RPC id (serialized), for cancellation.
     inflight: Mutex<HashMap<String, AbortHandle>>,
+    /// `resources/subscribe` of this session: (server, uri). `notifications/resources/updated`
+    /// reaches the session only for these, and only while it may still read the resource.
+    subscriptions: Mutex<HashSet<(String, String)>>,
+    /// The `logging/setLevel` of this session as a severity (0 debug … 7 emergency); unset
+    /// (`u8::MAX`): no log messages are relayed to it.
+    log_level: AtomicU8,
 }
 
 /// All open sessions.
@@ -96,6 +102,31 @@ impl Session {
         }
     }
 
+    /// Records a subscription; false if it was already there.
+    pub fn subscribe(&self, server: &str, uri: &str) -> bool {
+        self.subscriptions.lock().expect("subscriptions lock").insert((server.to_string(), uri.to_string()))
+    }
+
+    /// Drops a subscription; false if there was none.
+    pub fn unsubscribe(&self, server: &str, uri: &str) -> bool {
+        self.subscriptions.lock().expect("subscriptions lock").remove(&(server.to_string(), uri.to_string()))
+    }
+
+    pub fn is_subscribed(&self, server: &str, uri: &str) -> bool {
+        self.subscriptions.lock().expect("subscriptions lock").contains(&(server.to_string(), uri.to_string()))
+    }
+
+    /// Sets the least severity of the log messages relayed to this session.
+    pub fn set_log_level(&self, severity: u8) {
+        self.log_level.store(severity, Ordering::Relaxed);
+    }
+
+    /// Whether a log message of `severity` is relayed to this session.
+    pub fn wants_log(&self, severity: u8) -> bool {
+        let level = self.log_level.load(Ordering::Relaxed);
+        level != u8::MAX && severity >= level
+    }
+
     /// Aborts every in-flight request and ends the stream.
     fn cancel_all(&self) {
         for (_, h) in self.inflight.lock().expect("inflight lock").drain() {
@@ -141,6 +172,8 @@ impl Sessions {
             created: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashSet::new()),
+            log_level: AtomicU8::new(u8::MAX),
         });
         let mut map = self.map.lock().expect("sessions lock");
         let mine: Vec<(Duration, String)> =

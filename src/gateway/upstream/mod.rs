@@ -86,10 +86,19 @@ pub enum UpstreamError {
 }
 
 /// What an upstream tells its subscribers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum UpstreamEvent {
     /// `notifications/tools/list_changed`: the cached list was dropped.
     ToolsListChanged,
+    /// `notifications/resources/list_changed`.
+    ResourcesListChanged,
+    /// `notifications/prompts/list_changed`.
+    PromptsListChanged,
+    /// `notifications/resources/updated`: its params as received (`uri`, maybe `title`).
+    ResourceUpdated(Value),
+    /// `notifications/message` (a log message): its params as received (`level`, `logger`,
+    /// `data`).
+    Log(Value),
     /// The session ended (child exited, event stream ended, shut down); every later request
     /// fails.
     Closed,
@@ -107,7 +116,8 @@ const STREAM_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "20
 /// The largest message (a JSON body, one SSE event, one stdio line) we read.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
-/// A `tools/list` walk longer than this is an upstream bug (or a cursor loop).
+/// A list walk (`tools/list`, `resources/list`…) longer than this is an upstream bug (or a cursor
+/// loop).
 const MAX_TOOL_PAGES: usize = 100;
 
 // === impl Upstream ===
@@ -197,31 +207,42 @@ impl Upstream {
         if let Some(tools) = cached {
             return Ok(tools);
         }
-        let mut tools = Vec::new();
+        let tools = Arc::new(self.list_all("tools/list", "tools").await?);
+        self.rpc.store_tools(generation, tools.clone());
+        Ok(tools)
+    }
+
+    /// Every item of a paginated list (`resources/list` → `resources`, `prompts/list` →
+    /// `prompts`, `resources/templates/list` → `resourceTemplates`), following `nextCursor`
+    /// until absent. Not cached.
+    pub async fn list_all(&self, method: &str, key: &str) -> Result<Vec<Value>, UpstreamError> {
+        let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_TOOL_PAGES {
             let params = match &cursor {
                 Some(c) => json!({ "cursor": c }),
                 None => json!({}),
             };
-            let mut result = self.request("tools/list", params, None).await?;
-            match result.get_mut("tools").map(Value::take) {
-                Some(Value::Array(page)) => tools.extend(page),
-                _ => return Err(UpstreamError::Protocol("tools/list result has no tools array".into())),
+            let mut result = self.request(method, params, None).await?;
+            match result.get_mut(key).map(Value::take) {
+                Some(Value::Array(page)) => items.extend(page),
+                _ => return Err(UpstreamError::Protocol(format!("{method} result has no {key} array"))),
             }
             match result.get("nextCursor") {
                 Some(Value::String(next)) if cursor.as_deref() == Some(next) => {
-                    return Err(UpstreamError::Protocol("tools/list returned the same cursor twice".into()));
+                    return Err(UpstreamError::Protocol(format!("{method} returned the same cursor twice")));
                 }
                 Some(Value::String(next)) => cursor = Some(next.clone()),
-                _ => {
-                    let tools = Arc::new(tools);
-                    self.rpc.store_tools(generation, tools.clone());
-                    return Ok(tools);
-                }
+                _ => return Ok(items),
             }
         }
-        Err(UpstreamError::Protocol(format!("tools/list did not end after {MAX_TOOL_PAGES} pages")))
+        Err(UpstreamError::Protocol(format!("{method} did not end after {MAX_TOOL_PAGES} pages")))
+    }
+
+    /// Whether the upstream's `initialize` result declares the capability `name` (`resources`,
+    /// `prompts`, `logging`, `completions`).
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.init.get("capabilities").and_then(|c| c.get(name)).is_some_and(|c| !c.is_null())
     }
 
     /// The cached tool list, without asking the upstream.
@@ -229,7 +250,7 @@ impl Upstream {
         self.rpc.cached_tools().0
     }
 
-    /// Events from the upstream: tools list changed, closed.
+    /// Events from the upstream: list changes, resource updates, log messages, closed.
     pub fn subscribe(&self) -> broadcast::Receiver<UpstreamEvent> {
         self.rpc.subscribe()
     }

@@ -1,6 +1,7 @@
 //! JSON-RPC multiplexing shared by every upstream transport: the gateway's own request ids,
 //! the pending map (id → waiter), progress routing, replies to upstream requests, the tools-list
-//! cache and the closed state.
+//! cache, the closed state, and the notifications subscribers hear of (list changes, resource
+//! updates, log messages).
 //!
 //! It owns what is the same whatever carries the bytes. It must not touch sockets, processes or
 //! HTTP: a transport hands it every message it reads ([`Rpc::dispatch`]) and drains the outbound
@@ -82,7 +83,8 @@ pub(crate) struct Task(JoinHandle<()>);
 
 impl Rpc {
     pub(crate) fn new(server: &str, outbound: mpsc::UnboundedSender<Value>, secrets: Vec<String>) -> Rpc {
-        let (events, _) = broadcast::channel(16);
+        // Room for bursts of log messages; a subscriber that lags still sees later events.
+        let (events, _) = broadcast::channel(256);
         Rpc {
             server: server.to_string(),
             next_id: AtomicU64::new(1),
@@ -221,7 +223,18 @@ impl Rpc {
                 self.invalidate_tools();
                 let _ = self.events.send(UpstreamEvent::ToolsListChanged);
             }
-            "notifications/message" => tracing::debug!(server = %self.server, %params, "upstream log message"),
+            "notifications/resources/list_changed" => {
+                let _ = self.events.send(UpstreamEvent::ResourcesListChanged);
+            }
+            "notifications/prompts/list_changed" => {
+                let _ = self.events.send(UpstreamEvent::PromptsListChanged);
+            }
+            "notifications/resources/updated" if params.get("uri").is_some_and(Value::is_string) => {
+                let _ = self.events.send(UpstreamEvent::ResourceUpdated(params));
+            }
+            "notifications/message" if params.is_object() => {
+                let _ = self.events.send(UpstreamEvent::Log(params));
+            }
             _ => tracing::trace!(server = %self.server, method, "upstream notification ignored"),
         }
     }

@@ -274,3 +274,37 @@ fn a_refused_argument_is_explained_by_what_was_refused_never_by_its_value() {
     let m = decide("read_file", serde_json::json!({ "path": "/etc/passwd" }));
     assert!(!m.contains("refused"), "{m}");
 }
+
+#[test]
+fn resources_and_prompts_are_decided_by_the_access_entries_alone() {
+    use crate::policy::eval::{decide_prompt, decide_resource, grants_prompts, grants_resources, may_use_template};
+    let files = Files::from_memory([
+        ("servers/docs.yaml", "name: docs\ntransport: stdio\ncommand: [x]\nsupplier: { operated_by: internal }\npolicy: policies/base.yaml\n"),
+        ("servers/other.yaml", "name: other\ntransport: stdio\ncommand: [x]\nsupplier: { operated_by: internal }\n"),
+        ("policies/base.yaml", "default: deny\ntools: {}\n"),
+        ("roles/reader.yaml", "access:\n  - { server: docs, resources: [\"docs://handbook/**\"], prompts: [summarize] }\n"),
+        ("grants/a.yaml", "identity: a\nkind: human\naccess:\n  - { server: docs, tools: [search], resources: [\"docs://public/*\"], prompts: [triage] }\n  - { role: reader }\n  - { server: other, tools: \"*\" }\n"),
+    ]);
+    let snap = compile(&files).unwrap_or_else(|d| panic!("{d}")).snapshot;
+    let g = snap.grant("a").unwrap();
+    let d = decide_resource(g, "docs", "docs://public/readme");
+    assert!(d.is_allow());
+    assert_eq!(&*d.rule, "grants/a.yaml#/access/0/resources/0");
+    assert_eq!(&*d.message, "allowed by grants/a.yaml#/access/0/resources/0 (docs://public/*)");
+    let d = decide_resource(g, "docs", "docs://handbook/a/b");
+    assert_eq!(&*d.rule, "roles/reader.yaml#/access/0/resources/0 via grants/a.yaml#/access/1", "the server baseline (default: deny, no tools) does not apply");
+    let d = decide_resource(g, "docs", "docs://private/x?token=SECRET");
+    assert_eq!((d.verdict, &*d.rule), (Verdict::Deny, "gatehouse:resource-not-granted"));
+    assert!(!d.message.contains("SECRET") && !d.message.contains("private"), "{}", d.message);
+    assert_eq!(&*decide_resource(g, "other", "docs://public/readme").rule, "gatehouse:resource-not-granted", "none without resources:");
+    assert_eq!(&*decide_resource(g, "nope", "docs://public/readme").rule, "gatehouse:no-grant");
+    assert!(decide_prompt(g, "docs", "triage").is_allow());
+    assert_eq!(&*decide_prompt(g, "docs", "summarize").rule, "roles/reader.yaml#/access/0/prompts/0 via grants/a.yaml#/access/1");
+    assert_eq!(&*decide_prompt(g, "docs", "delete").rule, "gatehouse:prompt-not-granted");
+    assert_eq!(&*decide_prompt(g, "other", "triage").rule, "gatehouse:prompt-not-granted");
+    assert!(grants_resources(g, "docs") && grants_prompts(g, "docs") && !grants_resources(g, "other") && !grants_prompts(g, "other"));
+    assert!(may_use_template(g, "docs", "docs://public/{name}"));
+    assert!(may_use_template(g, "docs", "docs://handbook/{+path}"));
+    assert!(!may_use_template(g, "docs", "docs://private/{name}"));
+    assert!(!may_use_template(g, "other", "docs://public/{name}"));
+}

@@ -4,6 +4,8 @@
 //! than any valid name, or with characters no valid name has) is kept as a short prefix plus
 //! the sha256 of the whole, so that a record stays small and an auditor can still match it
 //! against the request; argument key paths are capped in number and length the same way.
+//! A resource URI is kept as its scheme and host and its sha256 ([`resource`]): it may hold
+//! personal data.
 //! Together with the fixed-size fields this bounds a record at [`MAX_RECORD_BYTES`] plus the
 //! lengths of the repository's own text in it (identity, grant file, rule id, message).
 
@@ -102,6 +104,31 @@ pub fn arg_keys(args: &Value) -> Vec<String> {
     out
 }
 
+/// The record's reference to a resource URI, which may hold personal data (a user name in a
+/// path, a token in a query): the scheme and host only, then the sha256 of the whole URI, e.g.
+/// `demo://resource sha256:9f86…`. Userinfo, port, path, query and fragment never appear; a
+/// scheme or host outside the plain characters (or longer than 64) is `?`. An auditor matches a
+/// record to a URI by hashing the URI.
+pub fn resource(uri: &str) -> String {
+    let hash = hex::encode(Sha256::digest(uri.as_bytes()));
+    let plain = |s: &str, extra: &[u8]| s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
+    let Some((scheme, rest)) = uri.split_once(':').filter(|(s, _)| !s.is_empty() && plain(s, b"+.-")) else {
+        return format!("? sha256:{hash}");
+    };
+    let origin = match rest.strip_prefix("//") {
+        Some(after) => {
+            let authority = after.split(['/', '?', '#']).next().unwrap_or("");
+            // No userinfo (`user:password@`), no port.
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let host = if host_port.starts_with('[') { host_port.split_inclusive(']').next().unwrap_or("") } else { host_port.split(':').next().unwrap_or("") };
+            let host = if plain(host, b".-[]:") { host } else { "?" };
+            format!("{scheme}://{host}")
+        }
+        None => format!("{scheme}:"),
+    };
+    format!("{origin} sha256:{hash}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +152,23 @@ mod tests {
         assert!(b.contains("(4194304 bytes"));
         let odd = name("tool\u{0}\n\"name\u{202e}", false);
         assert!(odd.starts_with("tool???name?…"), "{odd}");
+    }
+
+    #[test]
+    fn a_resource_is_its_scheme_and_host_and_the_hash_of_the_whole() {
+        let h = |s: &str| hex::encode(Sha256::digest(s.as_bytes()));
+        let uri = "https://alice:hunter2@files.example.com:8443/users/alice/medical.pdf?token=abc#p2";
+        let r = resource(uri);
+        assert_eq!(r, format!("https://files.example.com sha256:{}", h(uri)));
+        assert!(!r.contains("alice") && !r.contains("hunter2") && !r.contains("8443") && !r.contains("token"));
+        assert_eq!(resource("demo://resource/static/document/1"), format!("demo://resource sha256:{}", h("demo://resource/static/document/1")));
+        assert_eq!(resource("file:///home/bob/notes.txt"), format!("file:// sha256:{}", h("file:///home/bob/notes.txt")));
+        assert_eq!(resource("mailto:bob@example.com"), format!("mailto: sha256:{}", h("mailto:bob@example.com")));
+        assert_eq!(resource("x://[::1]:80/a"), format!("x://[::1] sha256:{}", h("x://[::1]:80/a")));
+        assert!(resource("no scheme at all").starts_with("? sha256:"));
+        assert!(resource("x://h\u{202e}ost/").starts_with("x://? sha256:"));
+        let huge = format!("x://{}/", "h".repeat(1 << 20));
+        assert!(resource(&huge).len() < 120);
     }
 
     #[test]
