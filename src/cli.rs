@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// instead of refusing it; it is still recorded.
     #[arg(long)]
     pub accept_rewrite: bool,
+    /// With `changes.require_signed` in gatehouse.yaml: trust the signers that the first commit
+    /// lists itself, once, while no commit has been applied (recorded as an event and in the
+    /// change record). Later trust lists always come from the last applied commit.
+    #[arg(long)]
+    pub trust_initial_signers: bool,
     /// Require `POST /-/reconcile` to carry a valid X-Hub-Signature-256 made with this secret.
     #[arg(long, env = "GATEHOUSE_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -559,6 +564,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 secrets: crate::gateway::secrets::SecretSource { dir: a.secrets_dir },
                 poll: a.poll,
                 accept_rewrite: a.accept_rewrite,
+                trust_initial_signers: a.trust_initial_signers,
                 webhook_secret: a.webhook_secret,
                 proxy,
             };

@@ -52,6 +52,7 @@ pub async fn live(repo: &std::path::Path, data: &std::path::Path, branch: Option
         // Long: changes must be noticed by the watcher, not by polling.
         poll: Duration::from_secs(600),
         accept_rewrite: false,
+        trust_initial_signers: false,
         webhook_secret: None,
         proxy: Config::default(),
     };
@@ -419,6 +420,7 @@ async fn a_remote_repository_is_cloned_and_fetched_on_a_signed_webhook() {
         secrets: SecretSource::default(),
         poll: Duration::from_secs(600),
         accept_rewrite: false,
+        trust_initial_signers: false,
         webhook_secret: Some("hook-secret".into()),
         proxy: Config::default(),
     };
