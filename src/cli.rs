@@ -112,7 +112,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Print a daemon's /status (from its admin listener): exit 0 ready, 1 not.
+    /// Print a daemon's /status (from its admin listener): exit 0 ready with the tip applied, 1
+    /// not ready or stalled (the last commit tried was rejected: invalid, unsigned or untrusted,
+    /// or a refused history rewrite; the previous commit keeps serving).
     Status {
         /// The admin listener's URL; default: the address the daemon wrote to
         /// `<data-dir>/admin.addr` when it started.
@@ -388,7 +390,8 @@ fn status(url: &str) -> Result<i32> {
     })?;
     let v: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(if v["ready"] == true { 0 } else { 1 })
+    let stalled = v["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Stalled" && c["status"] == "True"));
+    Ok(if v["ready"] == true && !stalled { 0 } else { 1 })
 }
 
 /// What `gatehouse eval` prints.
