@@ -310,12 +310,25 @@ fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat) -> Re
     }
     let (head_files, head_snap) = compiled.pop().expect("two revisions");
     let (base_files, base_snap) = compiled.pop().expect("two revisions");
-    let p = crate::commands::plan::plan(&base_files, &base_snap, &head_files, &head_snap, crate::units::Date::today());
+    let mut p = crate::commands::plan::plan(&base_files, &base_snap, &head_files, &head_snap, crate::units::Date::today());
+    // Signatures, as the daemon would check them with the base applied.
+    {
+        use crate::gitops::{git::PolicyRepo, signature};
+        let pr = PolicyRepo::discover(dir)?;
+        let (b, h) = (pr.resolve(base)?, pr.resolve(head)?);
+        p.signatures = signature::check_range(&pr, Some(b), h)?.iter().map(crate::commands::plan::SignatureCheck::from).collect();
+    }
     match format {
         PlanFormat::Md => print!("{}", crate::commands::plan::markdown(&p)),
         PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
     }
-    Ok(if p.changes_access() { 1 } else { 0 })
+    Ok(if p.signatures.iter().any(|s| !s.accepted) {
+        EXIT_INVALID
+    } else if p.changes_access() {
+        1
+    } else {
+        0
+    })
 }
 
 fn audit(command: AuditCommand) -> Result<i32> {
@@ -622,6 +635,25 @@ fn check(r: &RepoArgs) -> Result<i32> {
     let Some(c) = load(r, &mut std::io::stdout())? else { return Ok(EXIT_INVALID) };
     for w in &c.warnings {
         println!("{w}");
+    }
+    // A revision is a commit: is it an authorised change against its parent's trust list?
+    if let Some(rev) = &r.rev {
+        use crate::gitops::{git::PolicyRepo, signature};
+        let pr = PolicyRepo::discover(&r.repo)?;
+        let id = pr.resolve(rev)?;
+        let parent = pr.repo.find_commit(id)?.parent_id(0).ok();
+        let checks = signature::check_range(&pr, parent, id)?;
+        if let Some(check) = checks.last() {
+            if let Some(e) = check.rejection() {
+                println!("error: {e}");
+                println!("1 error: the daemon would reject this commit");
+                return Ok(EXIT_INVALID);
+            }
+            println!("signature: {}", signature::describe(check));
+            if parent.is_none() && c.trust.require_signed {
+                println!("note: this is a root commit: the daemon trusts its own signers only with serve --trust-initial-signers");
+            }
+        }
     }
     let s = &c.snapshot;
     println!(

@@ -318,3 +318,35 @@ pub fn trust_list_at(pr: &PolicyRepo, id: Oid) -> Result<TrustList, Vec<String>>
     let files = Files { commit: Some(id.to_string()), entries };
     repo::trust_list(&files).map_err(|d| d.errors().map(|e| e.to_string()).collect())
 }
+
+/// The signature checks of the commits from `base` (exclusive) to `head`, oldest first, as the
+/// daemon would make them with `base` applied (`gatehouse plan`; `check --rev` passes the
+/// commit's first parent as base).
+pub fn check_range(pr: &PolicyRepo, base: Option<Oid>, head: Oid) -> anyhow::Result<Vec<Check>> {
+    let commits = if Some(head) == base { Vec::new() } else { pr.range(base, head)? };
+    let mut chain = Chain::new(pr, base);
+    let mut out = Vec::with_capacity(commits.len());
+    for id in commits {
+        let info = pr.info(id)?;
+        out.push(chain.check(id, &info.files));
+    }
+    Ok(out)
+}
+
+/// One line about a check, for people: `abc123def456 verified ssh SHA256:… (alice@example.com)`.
+pub fn describe(c: &Check) -> String {
+    let s = &c.signed;
+    let short = &c.commit.to_string()[..12];
+    let key = match (s.format, &s.fingerprint) {
+        (Some(f), Some(fp)) => format!(" {f} {fp}"),
+        (Some(f), None) => format!(" {f}"),
+        _ => String::new(),
+    };
+    let from = c.trust_from.map(|f| format!("; trust list of {}", &f.to_string()[..12])).unwrap_or_default();
+    if s.verified {
+        format!("{short} verified{key} ({}){from}", s.principal.as_deref().unwrap_or("?"))
+    } else {
+        let need = if c.required { "required" } else { "not required" };
+        format!("{short} not verified{key}: {} (signature {need}{from})", s.error.as_deref().unwrap_or("?"))
+    }
+}

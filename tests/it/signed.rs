@@ -366,3 +366,50 @@ async fn the_first_commit_is_not_trusted_without_the_flag() {
     assert_eq!(st["ready"], false, "nothing is served");
     assert_eq!(record(&g, &c0).0, "rejected");
 }
+
+#[test]
+fn check_and_plan_report_signatures_so_ci_fails_early() {
+    if !tools(&["git", "ssh-keygen"]) {
+        return;
+    }
+    let (alice, mallory) = (ssh_key("alice"), ssh_key("mallory"));
+    let git = Git::new();
+    let signers = format!("alice@example.com {}\n", alice.public);
+    let c0 = git.commit(None, "trust alice", &[("gatehouse.yaml", SSH_SETTINGS), ("signers/allowed_signers", &signers), ("servers/files.yaml", SERVER), ("grants/agent.yaml", GRANT)], &Sign::Ssh(&alice));
+    let unsigned = git.commit(Some(&c0), "unsigned", &[("README.md", "1\n")], &Sign::No);
+    let by_mallory = git.commit(Some(&c0), "by mallory", &[("README.md", "2\n")], &Sign::Ssh(&mallory));
+    let good = git.commit(Some(&c0), "widen (#3)", &[("grants/agent.yaml", &GRANT.replace("[read_file]", "[read_file, delete_file]"))], &Sign::Ssh(&alice));
+    let dir = git.path().to_str().unwrap();
+
+    // check --rev: against the parent's trust list.
+    let r = gatehouse(&["check", "--repo", dir, "--rev", &unsigned]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stdout.contains("not signed; signed commits are required"), "{}", r.stdout);
+    let r = gatehouse(&["check", "--repo", dir, "--rev", &by_mallory]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stdout.contains(&format!("signed by {}, which is not in the trust list", mallory.fingerprint)), "{}", r.stdout);
+    let r = gatehouse(&["check", "--repo", dir, "--rev", &good]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains(&format!("signature: {} verified ssh {} (alice@example.com); trust list of {}", &good[..12], alice.fingerprint, &c0[..12])), "{}", r.stdout);
+
+    // plan: every commit of the range, as the daemon would check it with the base applied.
+    let r = gatehouse(&["plan", "--repo", dir, "--base", &c0, "--head", &good, "--format", "json"]);
+    assert_eq!(r.code, 1, "access changes, signatures fine: {}", r.stdout);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["signatures"][0]["signed"]["principal"], "alice@example.com");
+    assert_eq!(v["signatures"][0]["accepted"], true);
+    let r = gatehouse(&["plan", "--repo", dir, "--base", &c0, "--head", &unsigned, "--format", "json"]);
+    assert_eq!(r.code, 2, "an unsigned commit fails the pull request: {}", r.stdout);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!((v["signatures"][0]["accepted"].as_bool(), v["signatures"][0]["signed"]["error"].as_str()), (Some(false), Some("not signed")));
+    let md = gatehouse(&["plan", "--repo", dir, "--base", &c0, "--head", &unsigned]);
+    assert_eq!(md.code, 2);
+    assert!(md.stdout.contains("not signed by a trusted key") && md.stdout.contains("**refused**"), "{}", md.stdout);
+
+    // A malformed allowed_signers line is an error of the repository, at its line.
+    git.commit(Some(&c0), "back", &[], &Sign::No);
+    std::fs::write(git.path().join("signers/allowed_signers"), format!("# signers\n{signers}bob@example.com ssh-ed25519 AAAA-not-a-key\n")).unwrap();
+    let r = gatehouse(&["check", "--repo", dir]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stdout.contains("signers/allowed_signers:3:29: error: not a valid ssh-ed25519 key"), "{}", r.stdout);
+}
