@@ -163,6 +163,16 @@ pub enum Command {
         head: String,
         #[arg(long, value_enum, default_value = "md")]
         format: PlanFormat,
+        /// Measure the change against the call log of --data-dir: use of every lost tool, gained
+        /// privileged tools, and the recorded calls the head would decide differently.
+        #[arg(long)]
+        usage: bool,
+        /// The daemon's state database directory (read-only), for --usage.
+        #[arg(long, default_value = "./gatehouse-data", requires = "usage")]
+        data_dir: PathBuf,
+        /// The window of --usage, in days back from now.
+        #[arg(long, default_value_t = 30, requires = "usage")]
+        days: u64,
     },
     /// Export the evidence an auditor samples for one ISO 27001 control (or all of them as a
     /// bundle with index.html and MANIFEST.json), from git history and the state database.
@@ -295,7 +305,7 @@ fn scan(args: ScanArgs) -> Result<i32> {
     Ok(found.report.exit_code())
 }
 
-fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat) -> Result<i32> {
+fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat, usage: Option<(&std::path::Path, u64)>) -> Result<i32> {
     let mut compiled = Vec::new();
     for (which, rev) in [("base", base), ("head", head)] {
         let files = repo::read(dir, Some(rev))?;
@@ -317,6 +327,12 @@ fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat) -> Re
         let pr = PolicyRepo::discover(dir)?;
         let (b, h) = (pr.resolve(base)?, pr.resolve(head)?);
         p.signatures = signature::check_range(&pr, Some(b), h)?.iter().map(crate::commands::plan::SignatureCheck::from).collect();
+    }
+    if let Some((data_dir, days)) = usage {
+        let now = crate::units::unix_now();
+        let at = |secs: i64| format!("{}.000Z", crate::units::rfc3339(secs, 0).trim_end_matches('Z'));
+        let (since, until) = (at(now - days as i64 * 86_400), at(now + 1));
+        p.usage = Some(crate::commands::usage::usage(&p, &base_files, base_snap, &head_files, head_snap, dir, data_dir, &since, &until, days)?);
     }
     match format {
         PlanFormat::Md => print!("{}", crate::commands::plan::markdown(&p)),
@@ -604,7 +620,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             status(&url)
         }
         Command::Audit { command } => audit(command),
-        Command::Plan { repo, base, head, format } => plan(&repo, &base, &head, format),
+        Command::Plan { repo, base, head, format, usage, data_dir, days } => plan(&repo, &base, &head, format, usage.then_some((data_dir.as_path(), days))),
         Command::Evidence { control, since, until, format, out, repo, rev, data_dir } => {
             let inputs = crate::evidence::Inputs { repo, rev, data_dir, since, until };
             crate::evidence::command(&inputs, control, format, &out, &mut std::io::stdout().lock())

@@ -26,6 +26,9 @@ pub struct Plan {
     pub grants: GrantChanges,
     /// Every commit from base to head, checked as the daemon would with the base applied.
     pub signatures: Vec<SignatureCheck>,
+    /// `--usage`: the change measured against the call log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::commands::usage::Usage>,
 }
 
 /// One commit's signature, against the trust list in force for it.
@@ -139,6 +142,7 @@ pub fn plan(base_files: &Files, base: &Snapshot, head_files: &Files, head: &Snap
         servers: server_changes(base, head),
         grants: grant_changes(base, head, today),
         signatures: Vec::new(),
+        usage: None,
     }
 }
 
@@ -232,6 +236,9 @@ pub fn markdown(p: &Plan) -> String {
         access_sections(&mut s, p);
     }
     signature_section(&mut s, &p.signatures);
+    if let Some(u) = &p.usage {
+        crate::commands::usage::markdown(u, &mut s);
+    }
     s
 }
 
