@@ -288,7 +288,7 @@ pub fn parse_openpgp(file: &str, bytes: &[u8], d: &mut Diagnostics) -> Vec<PgpSi
     let keys = match parsed {
         Ok(k) => k,
         Err(e) => {
-            d.error(file, at(b"-----BEGIN"), format!("not an OpenPGP public key: {e} (export one with gpg --armor --export KEYID)"));
+            d.error(file, at(b"-----BEGIN"), format!("not an OpenPGP public key: {} (export one with gpg --armor --export KEYID)", short(&e)));
             return Vec::new();
         }
     };
@@ -297,13 +297,13 @@ pub fn parse_openpgp(file: &str, bytes: &[u8], d: &mut Diagnostics) -> Vec<PgpSi
         let key = match k {
             Ok(k) => k,
             Err(e) => {
-                d.error(file, at(b"-----BEGIN"), format!("not an OpenPGP public key: {e} (export one with gpg --armor --export KEYID)"));
+                d.error(file, at(b"-----BEGIN"), format!("not an OpenPGP public key: {} (export one with gpg --armor --export KEYID)", short(&e)));
                 continue;
             }
         };
         let fingerprint = format!("{:X}", key.primary_key.fingerprint());
         if let Err(e) = key.verify_bindings() {
-            d.error(file, at(b"-----BEGIN"), format!("key {fingerprint}: its self-signatures do not verify: {e}"));
+            d.error(file, at(b"-----BEGIN"), format!("key {fingerprint}: its self-signatures do not verify: {}", short(&e)));
             continue;
         }
         let principal = key.details.users.iter().find(|u| u.is_primary()).or(key.details.users.first()).and_then(|u| u.id.as_str()).map(email_of);
@@ -313,6 +313,13 @@ pub fn parse_openpgp(file: &str, bytes: &[u8], d: &mut Diagnostics) -> Vec<PgpSi
         d.error(file, Pos { line: 1, col: 1 }, "no OpenPGP public key in this file (export one with gpg --armor --export KEYID)");
     }
     out
+}
+
+/// An rpgp error in one short line (its parser errors carry the input bytes).
+fn short(e: &pgp::errors::Error) -> String {
+    let s = e.to_string();
+    let s = s.split(" Error(").next().unwrap_or(&s).trim();
+    s.chars().take(160).collect()
 }
 
 /// `Alice <alice@example.com>` → `alice@example.com`; a user id without one is kept whole.
