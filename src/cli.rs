@@ -332,7 +332,18 @@ fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat, usage
         let now = crate::units::unix_now();
         let at = |secs: i64| format!("{}.000Z", crate::units::rfc3339(secs, 0).trim_end_matches('Z'));
         let (since, until) = (at(now - days as i64 * 86_400), at(now + 1));
-        p.usage = Some(crate::commands::usage::usage(&p, &base_files, base_snap, &head_files, head_snap, dir, data_dir, &since, &until, days)?);
+        let input = crate::commands::usage::Inputs {
+            base_files: &base_files,
+            base: base_snap,
+            head_files: &head_files,
+            head: head_snap,
+            repo_dir: dir,
+            data_dir,
+            since: &since,
+            until: &until,
+            days,
+        };
+        p.usage = Some(crate::commands::usage::usage(&p, input)?);
     }
     match format {
         PlanFormat::Md => print!("{}", crate::commands::plan::markdown(&p)),

@@ -132,9 +132,33 @@ impl Rev {
     }
 }
 
-/// Reads the call log of `data_dir` over [since, until) and measures the plan against it.
-/// `repo_dir` is read for the commits that decided the recorded calls.
-pub fn usage(plan: &Plan, base_files: &Files, base: Snapshot, head_files: &Files, head: Snapshot, repo_dir: &Path, data_dir: &Path, since: &str, until: &str, days: u64) -> Result<Usage> {
+/// What `usage` measures a plan with.
+pub struct Inputs<'a> {
+    pub base_files: &'a Files,
+    pub base: Snapshot,
+    pub head_files: &'a Files,
+    pub head: Snapshot,
+    /// The repository, for the commits that decided the recorded calls.
+    pub repo_dir: &'a Path,
+    /// The daemon's data dir (its `gatehouse.db` is opened read-only).
+    pub data_dir: &'a Path,
+    /// The window [since, until), RFC 3339 UTC with milliseconds, and its length in days.
+    pub since: &'a str,
+    pub until: &'a str,
+    pub days: u64,
+}
+
+/// One (identity, server, tool)'s calls in the window.
+#[derive(Default, Clone, Copy)]
+struct Tally<'a> {
+    allowed: u64,
+    denied: u64,
+    last_allowed: Option<&'a str>,
+}
+
+/// Reads the call log over the window and measures the plan against it.
+pub fn usage(plan: &Plan, input: Inputs) -> Result<Usage> {
+    let Inputs { base_files, base, head_files, head, repo_dir, data_dir, since, until, days } = input;
     let conn = crate::record::store::open_read_only(data_dir).with_context(|| format!("reading the call log in {}", data_dir.display()))?;
     let calls = read_calls(&conn, since, until)?;
     let (base_commit, head_rev) = (base.commit.clone(), Rev::new(head_files, head));
@@ -143,27 +167,26 @@ pub fn usage(plan: &Plan, base_files: &Files, base: Snapshot, head_files: &Files
         revs.insert(c, Some(Rev::new(base_files, base)));
     }
 
-    // Use per (identity, server, tool): allowed, denied, last allowed.
-    let mut used: HashMap<(&str, &str, &str), (u64, u64, Option<&str>)> = HashMap::new();
+    let mut used: HashMap<(&str, &str, &str), Tally> = HashMap::new();
     for c in &calls {
         let u = used.entry((c.identity.as_str(), c.server.as_str(), c.tool.as_str())).or_default();
         if c.allowed {
-            u.0 += 1;
-            u.2 = Some(c.ts.as_str()).max(u.2);
+            u.allowed += 1;
+            u.last_allowed = Some(c.ts.as_str()).max(u.last_allowed);
         } else {
-            u.1 += 1;
+            u.denied += 1;
         }
     }
     let use_of = |ch: &Change| -> (u64, u64, Option<String>) {
-        let mut out = (0, 0, None::<&str>);
+        let mut out = Tally::default();
         for ((i, s, t), u) in &used {
             if *i == ch.identity && *s == ch.server && (ch.tool == "*" || *t == ch.tool) {
-                out.0 += u.0;
-                out.1 += u.1;
-                out.2 = out.2.max(u.2);
+                out.allowed += u.allowed;
+                out.denied += u.denied;
+                out.last_allowed = out.last_allowed.max(u.last_allowed);
             }
         }
-        (out.0, out.1, out.2.map(|t| t[..10].to_string()))
+        (out.allowed, out.denied, out.last_allowed.map(|t| t[..10].to_string()))
     };
     let lost = plan
         .lost
