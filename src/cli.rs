@@ -188,7 +188,9 @@ pub enum Command {
         until: String,
         #[arg(long, value_enum, default_value = "csv")]
         format: crate::evidence::Format,
-        /// Where the files go (created if needed).
+        /// Where the files go (created if needed). `-` writes the export of a one-table control
+        /// (access-review, provisioning, privileged, suppliers) to standard output, and its
+        /// manifest and the summary to standard error.
         #[arg(long, default_value = "./evidence")]
         out: PathBuf,
         /// The policy repository (its first-parent history of --rev is read).
@@ -406,7 +408,12 @@ fn audit(command: AuditCommand) -> Result<i32> {
             let out = out.unwrap_or_else(|| PathBuf::from(format!("calls-{}-{}.{ext}", &since[..10], &until[..10])));
             let c = crate::record::store::open_read_only(&data_dir)?;
             let manifest = verify::export(&c, &since, &until, format, &out)?;
-            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            // With --out - the records went to standard output: the manifest goes to standard error.
+            if out == std::path::Path::new("-") {
+                eprintln!("{}", serde_json::to_string_pretty(&manifest)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&manifest)?);
+            }
             Ok(0)
         }
     }
@@ -474,7 +481,8 @@ pub enum AuditCommand {
         until: String,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: crate::record::audit::verify::Format,
-        /// Output file (default: calls-<since>-<until>.<format>).
+        /// Output file (default: calls-<since>-<until>.<format>); `-` writes the records to
+        /// standard output and the manifest to standard error.
         #[arg(long)]
         out: Option<PathBuf>,
     },

@@ -51,7 +51,7 @@ pub fn decide(snapshot: &Snapshot, call: &Call, counters: &[(String, f64)]) -> R
     let now = crate::units::unix_now();
     let who = Subject { identity: call.identity, server: call.server };
     let quotas = Quotas::load(None, now);
-    let before = |q: &Quota| counters.iter().filter(|(k, _)| names(q, k)).map(|(_, n)| *n).last().unwrap_or(0.0);
+    let before = |q: &Quota| counters.iter().filter(|(k, _)| names(q, k)).map(|(_, n)| *n).next_back().unwrap_or(0.0);
     for q in &d.quotas {
         quotas.preset(q, &who, now, before(q));
     }

@@ -17,27 +17,36 @@ use crate::record::audit::verify::record_fault;
 
 pub(crate) const EVENT_COLUMNS: [&str; 8] = ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"];
 
-pub(crate) const CHANGE_COLUMNS: [&str; 16] = [
-    "commit",
-    "status",
-    "author",
-    "author_time",
-    "committer",
-    "commit_time",
-    "pull_request",
-    "message",
-    "parents",
-    "files",
-    "signed",
-    "gained",
-    "lost",
-    "errors",
-    "applied_at",
-    "recorded_at",
-];
-
 pub(crate) const REWRITE_COLUMNS: [&str; 8] =
     ["id", "detected_at", "old_tip", "new_tip", "vanished", "accepted_at", "accepted_by", "reason"];
+
+/// One change record, as the daemon wrote it.
+#[derive(Debug, Clone)]
+pub(crate) struct DaemonChange {
+    pub commit: String,
+    /// applied | superseded | rejected.
+    pub status: String,
+    pub author: String,
+    pub author_time: String,
+    pub committer: String,
+    pub commit_time: String,
+    pub pull_request: Option<i64>,
+    pub message: String,
+    pub parents: Value,
+    pub files: Value,
+    /// `{present, verified, …}`.
+    pub signed: Value,
+    /// `{gained: [cells], lost: [cells]}` or null.
+    pub access_diff: Value,
+    pub errors: Value,
+    pub applied_at: Option<String>,
+    pub recorded_at: String,
+}
+
+/// Why no daemon records were read from `data_dir`.
+pub(crate) fn missing(data_dir: &Path) -> String {
+    format!("no state database at {}", data_dir.join(crate::record::store::FILE).display())
+}
 
 /// Tool categories whose calls are privileged (A.8.2).
 const PRIVILEGED: [&str; 3] = ["destructive", "execute", "financial"];
@@ -101,13 +110,20 @@ pub(crate) struct Chain {
 
 impl Db {
     pub fn open(data_dir: &Path) -> Result<Db> {
-        let file = data_dir.join(crate::record::store::FILE);
-        if !file.exists() {
-            anyhow::bail!("no state database at {} (pass --data-dir)", file.display());
+        match Db::open_if_present(data_dir)? {
+            Some(db) => Ok(db),
+            None => anyhow::bail!("{} (pass --data-dir)", missing(data_dir)),
+        }
+    }
+
+    /// The database, or None when `data_dir` holds none (evidence from git alone).
+    pub fn open_if_present(data_dir: &Path) -> Result<Option<Db>> {
+        if !data_dir.join(crate::record::store::FILE).exists() {
+            return Ok(None);
         }
         let conn = crate::record::store::open_read_only(data_dir)?;
         conn.execute_batch("BEGIN DEFERRED").context("starting a read transaction")?;
-        Ok(Db { conn })
+        Ok(Some(Db { conn }))
     }
 
     pub fn seq_range(&self, p: &Period) -> Result<SeqRange> {
@@ -352,63 +368,37 @@ impl Db {
     }
 
     /// Change records recorded in the period (by `recorded_at`), in the order recorded.
-    pub fn changes(&self, p: &Period) -> Result<Vec<Vec<Value>>> {
+    /// Every change record the daemon wrote (one per commit), in the order it wrote them.
+    pub fn change_records(&self) -> Result<Vec<DaemonChange>> {
         let mut stmt = self.conn.prepare(
             "SELECT commit_id, status, author, author_time, committer, commit_time, pull_request, message, parents, files,
                     signed, access_diff, errors, applied_at, recorded_at
-             FROM changes WHERE recorded_at >= ?1 AND recorded_at < ?2 ORDER BY id",
+             FROM changes ORDER BY id",
         )?;
-        let mut rows = stmt.query(params![p.since, p.until])?;
+        let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let parse = |i: usize| -> Result<Value> {
                 let t: String = r.get(i)?;
                 Ok(serde_json::from_str(&t).unwrap_or(Value::String(t)))
             };
-            let signed = parse(10)?;
-            let signed = match (signed["present"].as_bool(), signed["verified"].as_bool()) {
-                (Some(true), Some(true)) => json!("signed (verified)"),
-                (Some(true), _) => json!("signed (not verified)"),
-                (Some(false), _) => json!("unsigned"),
-                _ => signed,
-            };
-            let diff = parse(11)?;
-            let side = |k: &str| -> Value {
-                match diff.get(k).and_then(Value::as_array) {
-                    Some(cells) => Value::Array(
-                        cells
-                            .iter()
-                            .map(|c| {
-                                json!(format!(
-                                    "{}: {}/{}",
-                                    c["identity"].as_str().unwrap_or("?"),
-                                    c["server"].as_str().unwrap_or("?"),
-                                    c["tool"].as_str().unwrap_or("?")
-                                ))
-                            })
-                            .collect(),
-                    ),
-                    None => Value::Null,
-                }
-            };
-            out.push(vec![
-                json!(r.get::<_, String>(0)?),
-                json!(r.get::<_, String>(1)?),
-                json!(r.get::<_, String>(2)?),
-                json!(r.get::<_, String>(3)?),
-                json!(r.get::<_, String>(4)?),
-                json!(r.get::<_, String>(5)?),
-                json!(r.get::<_, Option<i64>>(6)?),
-                json!(r.get::<_, String>(7)?),
-                parse(8)?,
-                parse(9)?,
-                signed,
-                side("gained"),
-                side("lost"),
-                parse(12)?,
-                json!(r.get::<_, Option<String>>(13)?),
-                json!(r.get::<_, String>(14)?),
-            ]);
+            out.push(DaemonChange {
+                commit: r.get(0)?,
+                status: r.get(1)?,
+                author: r.get(2)?,
+                author_time: r.get(3)?,
+                committer: r.get(4)?,
+                commit_time: r.get(5)?,
+                pull_request: r.get(6)?,
+                message: r.get(7)?,
+                parents: parse(8)?,
+                files: parse(9)?,
+                signed: parse(10)?,
+                access_diff: parse(11)?,
+                errors: parse(12)?,
+                applied_at: r.get(13)?,
+                recorded_at: r.get(14)?,
+            });
         }
         Ok(out)
     }

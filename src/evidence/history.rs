@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use super::db::Traffic;
 use super::{Control, Period, Table};
 use crate::policy::access;
-use crate::gitops::git::PolicyRepo;
+use crate::gitops::git::{CommitInfo, PolicyRepo};
 use crate::repo::{self, Entry, Files, MAX_FILE_BYTES};
 use crate::policy::snapshot::{Category, Snapshot, Transport};
 use crate::units::{Date, rfc3339};
@@ -111,6 +111,8 @@ pub(crate) struct EndState {
     pub snapshot: Snapshot,
     /// Commits after it (up to the end of the period) that did not compile.
     pub skipped: Vec<String>,
+    /// The day token statuses and review ages are computed for: the earlier of the period's
+    /// last day and today.
     pub as_of: Date,
 }
 
@@ -123,6 +125,18 @@ struct GrantState {
     /// sha256 hex → (issued, expires).
     tokens: BTreeMap<String, (Option<Date>, Option<Date>)>,
     review: Option<(Date, String)>,
+}
+
+/// One first-parent commit of the period as git alone shows it (the changes export).
+pub(crate) struct GitChange {
+    pub info: CommitInfo,
+    /// Whether the policy repository compiles at this commit (else the gateway keeps the
+    /// previous valid state).
+    pub valid: bool,
+    /// Why it does not compile, as `file:line:col: …`.
+    pub errors: Vec<String>,
+    /// Access gained and lost against the valid state before it (None when it is not valid).
+    pub diff: Option<access::Diff>,
 }
 
 /// The facts of a commit that a provisioning row shows.
@@ -198,13 +212,68 @@ impl History {
                     commit_time: rfc3339(t.seconds(), 0),
                     snapshot,
                     skipped,
-                    as_of: self.period.last_day(),
+                    // Token statuses and review ages as of the period's last day, or today when
+                    // the period ends in the future (a token is not expired before its date).
+                    as_of: self.period.last_day().min(Date::today()),
                 }));
             }
             skipped.push(c.id().to_string());
             cur = c.parents().next();
         }
         Ok(None)
+    }
+
+    /// A.8.32 from git alone: every first-parent commit of the period, oldest first, whether it
+    /// is valid, and the access it changed against the valid state before it (the last valid
+    /// commit before the period to begin with; nothing when there is none). A commit that does
+    /// not change the policy repository's tree reuses the previous commit's result.
+    pub fn changes(&self) -> Result<Vec<GitChange>> {
+        let mut prev = match self.base {
+            Some(b) => self.last_valid(b)?.map(|s| access::matrix(&s)).unwrap_or_default(),
+            None => BTreeSet::new(),
+        };
+        // The previous commit's policy tree and what compiling it gave.
+        type Built = Result<BTreeSet<access::Cell>, Vec<String>>;
+        let mut last: Option<(Option<Oid>, Built)> = None;
+        let mut out = Vec::with_capacity(self.commits.len());
+        for &id in &self.commits {
+            let info = self.pr.info(id).with_context(|| format!("reading commit {id}"))?;
+            let tree = self.policy_tree_id(&self.pr.repo.find_commit(id)?)?;
+            let built = match &last {
+                Some((t, r)) if *t == tree => r.clone(),
+                _ => self.compiled(id).map(|s| access::matrix(&s)),
+            };
+            let change = match &built {
+                Ok(m) => {
+                    let diff = access::diff(&prev, m);
+                    prev = m.clone();
+                    GitChange { info, valid: true, errors: Vec::new(), diff: Some(diff) }
+                }
+                Err(e) => GitChange { info, valid: false, errors: e.clone(), diff: None },
+            };
+            out.push(change);
+            last = Some((tree, built));
+        }
+        Ok(out)
+    }
+
+    /// The snapshot of the last valid commit at or before `id` on the first-parent chain.
+    fn last_valid(&self, id: Oid) -> Result<Option<Snapshot>> {
+        let mut cur = Some(self.pr.repo.find_commit(id)?);
+        while let Some(c) = cur {
+            if let Ok(s) = self.compiled(c.id()) {
+                return Ok(Some(s));
+            }
+            cur = c.parents().next();
+        }
+        Ok(None)
+    }
+
+    /// Reads and compiles the repository at `id`; Err holds every error as `file:line:col: …`.
+    fn compiled(&self, id: Oid) -> Result<Snapshot, Vec<String>> {
+        let entries = self.pr.files_at(id).map_err(|e| vec![format!("{e:#}")])?;
+        let files = Files { commit: Some(id.to_string()), entries };
+        repo::compile(&files).map(|c| c.snapshot).map_err(|d| d.errors().map(|e| e.to_string()).collect())
     }
 
     /// Reads and compiles the repository at `id`; None when it is not valid there.
@@ -883,9 +952,14 @@ fn tool_label(snap: &Snapshot, server: &str, tool: &str) -> (String, Option<Cate
 pub(crate) fn access_review(period: &Period, end: Option<&EndState>) -> Table {
     let mut rows = Vec::new();
     let source = match end {
-        Some(e) => {
-            json!({ "as_of": period.until, "commit": e.commit.to_string(), "commit_time": e.commit_time, "skipped_invalid": e.skipped })
-        }
+        Some(e) => json!({
+            "as_of": period.until,
+            "commit": e.commit.to_string(),
+            "commit_time": e.commit_time,
+            "skipped_invalid": e.skipped,
+            "status_as_of": e.as_of.to_string(),
+            "status_as_of_is": if e.as_of < period.last_day() { "today (the period ends in the future)" } else { "the last day of the period" },
+        }),
         None => json!({ "as_of": period.until, "commit": null }),
     };
     if let Some(e) = end {
@@ -1005,16 +1079,25 @@ pub(crate) fn registry(end: Option<&EndState>) -> Vec<RegistryRow> {
         .collect()
 }
 
+/// Per server: the period's traffic, and its count of definition changes.
+pub(crate) type DaemonCounts<'a> = (&'a BTreeMap<String, Traffic>, &'a BTreeMap<String, u64>);
+
 /// A.5.19–5.23: every registered server with its traffic, then every server that had traffic in
 /// the period but is not registered at its end (removed, or a name no server had).
 ///
 /// `definition_changes` counts the period's `tool_quarantined` events per server (a tool whose
 /// definition no longer matched its pin, or that failed screening).
-pub(crate) fn suppliers(registry: Vec<RegistryRow>, traffic: &BTreeMap<String, Traffic>, changes: &BTreeMap<String, u64>) -> Table {
+///
+/// `daemon` is the traffic and those counts, or why they are not available (no state database):
+/// then the traffic columns are empty and the source says why.
+pub(crate) fn suppliers(registry: Vec<RegistryRow>, daemon: Result<DaemonCounts<'_>, &str>) -> Table {
     let none = Traffic::default();
+    let (no_traffic, no_changes) = (BTreeMap::new(), BTreeMap::new());
+    let (traffic, changes) = daemon.unwrap_or((&no_traffic, &no_changes));
     let commit = registry.first().map(|r| r.commit.clone());
-    let count = |server: &str, t: &Traffic| {
-        vec![json!(t.calls), json!(t.allowed), json!(t.denials), json!(t.errors), json!(changes.get(server).copied().unwrap_or(0))]
+    let count = |server: &str, t: &Traffic| match daemon {
+        Ok(_) => vec![json!(t.calls), json!(t.allowed), json!(t.denials), json!(t.errors), json!(changes.get(server).copied().unwrap_or(0))],
+        Err(_) => vec![Value::Null; 5],
     };
     let mut rows = Vec::new();
     let registered: BTreeSet<String> = registry.iter().map(|r| r.server.clone()).collect();
@@ -1039,6 +1122,12 @@ pub(crate) fn suppliers(registry: Vec<RegistryRow>, traffic: &BTreeMap<String, T
         columns: SUPPLIER_COLUMNS.to_vec(),
         population: rows.len() as u64,
         rows,
-        source: json!({ "registry_commit": commit }),
+        source: match daemon {
+            Ok(_) => json!({ "registry_commit": commit }),
+            Err(why) => json!({
+                "registry_commit": commit,
+                "traffic": format!("not available: {why}; calls, allowed, denials, errors and definition_changes are empty"),
+            }),
+        },
     }
 }

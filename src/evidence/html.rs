@@ -16,6 +16,8 @@ pub(crate) struct Summary<'a> {
     pub period: &'a Period,
     pub commits: &'a Value,
     pub audit: &'a Value,
+    /// `{git: {repo, rev}, database: path | null, not_written: [{table, why}]}`.
+    pub sources: &'a Value,
     pub generated_at: &'a str,
     pub format: Format,
 }
@@ -106,11 +108,31 @@ pub(crate) fn index(s: &Summary, files: &[Written]) -> String {
             &format!("{} (the gateway kept the previous valid state)", skipped.len()),
         );
     }
+    let src = s.sources;
+    row(
+        &mut h,
+        "Sources read",
+        &format!(
+            "git: <code>{}</code> of <code>{}</code>; state database: {}",
+            esc(src["git"]["rev"].as_str().unwrap_or("")),
+            esc(src["git"]["repo"].as_str().unwrap_or("")),
+            match src["database"].as_str() {
+                Some(db) => format!("<code>{}</code>", esc(db)),
+                None => "<span class=\"bad\">not read</span> (none was given): no daemon records are in this bundle".to_string(),
+            }
+        ),
+    );
+    if let Some(missing) = src["not_written"].as_array().filter(|m| !m.is_empty()) {
+        let tables: Vec<String> = missing.iter().map(|m| format!("<code>{}</code>", esc(m["table"].as_str().unwrap_or("")))).collect();
+        let why = missing[0]["why"].as_str().unwrap_or("");
+        row(&mut h, "Not in this bundle", &format!("{} ({})", tables.join(", "), esc(why)));
+    }
     let a = s.audit;
     row(
         &mut h,
         "Audit seq range",
         &match (a["first_seq"].as_u64(), a["last_seq"].as_u64()) {
+            _ if a["read"] == false => "not read: no state database".to_string(),
             (Some(f), Some(l)) => format!("seq {f} to {l}: {} records in the period", a["count"]),
             _ => "no call records in the period".to_string(),
         },
@@ -161,6 +183,11 @@ pub(crate) fn index(s: &Summary, files: &[Written]) -> String {
             esc(control.iso()),
             esc(control.description())
         );
+        for t in control.tables() {
+            if !files.iter().any(|w| w.table == *t) {
+                let _ = writeln!(h, "<p class=\"bad\">{}: not in this bundle (no state database was read).</p>", esc(t));
+            }
+        }
         for w in files.iter().filter(|w| w.control == control) {
             let name = file_name(w);
             let _ = write!(

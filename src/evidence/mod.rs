@@ -7,8 +7,13 @@
 //! | `provisioning` (A.5.16, A.5.18) | `provisioning` | every commit of the period, grant by grant |
 //! | `privileged` (A.8.2) | `privileged` | call records of destructive, execute and financial tools |
 //! | `calls` (A.8.15, A.8.16) | `calls`, `events` | call records and monitoring events |
-//! | `changes` (A.8.32) | `changes`, `rewrites` | change records and history rewrites |
+//! | `changes` (A.8.32) | `changes`, `rewrites` | every commit of the period from git, with the daemon's change records; history rewrites |
 //! | `suppliers` (A.5.19–5.23) | `suppliers` | the server registry at `--until` and the period's traffic |
+//!
+//! Without a state database (`--data-dir` holds none: an auditor or a CI job with only the
+//! repository), `changes`, `suppliers` and `bundle` are built from git alone and say so in their
+//! sources (the daemon's columns and the traffic are empty); `privileged`, `calls`, `events` and
+//! `rewrites` exist only in the daemon's records and are left out of the bundle, which names them.
 //! | `bundle` | all of them, `index.html`, `MANIFEST.json` | |
 //!
 //! The period is half-open, `[since, until)`, for git and the database alike: a commit is in it
@@ -24,9 +29,10 @@
 //! record out.
 //!
 //! What is counted where:
-//! - call records and events are in the period by their `ts`; change records by `recorded_at`
-//!   (when the gateway recorded them; every status: applied, superseded, rejected); rewrites by
-//!   `detected_at`;
+//! - call records and events are in the period by their `ts`; commits by their committer time,
+//!   each with the daemon's change record whenever it was recorded, plus the change records
+//!   recorded in the period for commits that are not first-parent commits of it (see `changes`);
+//!   rewrites by `detected_at`;
 //! - a supplier's `calls` are decision records (a denial, or an allowed call's write-ahead
 //!   record), `denials` those denied, `errors` the outcome records `upstream_error` and `timeout`;
 //!   servers that had traffic but are not registered at `--until` get a row of their own, so the
@@ -42,6 +48,7 @@
 //!
 //! Blocking (git2, rusqlite): run it on a blocking thread.
 
+mod changes;
 mod db;
 mod history;
 mod html;
@@ -402,15 +409,28 @@ pub fn events(i: &Inputs) -> Result<Table> {
     Ok(table("events", Control::Calls, db::EVENT_COLUMNS.to_vec(), rows, json!({})))
 }
 
-/// A.8.32: the change records the gateway recorded in the period.
+/// A.8.32: every first-parent commit of the period from git, with what the daemon did with each
+/// when there is a state database (see `changes`); from git alone otherwise.
 pub fn changes(i: &Inputs) -> Result<Table> {
     let period = i.period()?;
-    let db = db::Db::open(&i.data_dir)?;
-    let rows = db.changes(&period)?;
-    Ok(table("changes", Control::Changes, db::CHANGE_COLUMNS.to_vec(), rows, json!({})))
+    let h = history::History::open(&i.repo, &i.rev, &period)?;
+    let records = db::Db::open_if_present(&i.data_dir)?.map(|db| db.change_records()).transpose()?;
+    Ok(changes_table(i, &period, &h.changes()?, records.as_deref()))
 }
 
-/// A.8.32: history rewrites detected in the period (refused, and accepted or not).
+/// The changes table from git's commits and the daemon's records (None: no database).
+fn changes_table(i: &Inputs, period: &Period, git: &[history::GitChange], records: Option<&[db::DaemonChange]>) -> Table {
+    let daemon = match records {
+        Some(records) => {
+            changes::Daemon::Read { records, database: i.data_dir.join(crate::record::store::FILE).display().to_string() }
+        }
+        None => changes::Daemon::NotRead(db::missing(&i.data_dir)),
+    };
+    changes::table(period, &i.rev, git, &daemon)
+}
+
+/// A.8.32: history rewrites the daemon detected in the period (refused, and accepted or not).
+/// They exist only in the state database: an error without one.
 pub fn rewrites(i: &Inputs) -> Result<Table> {
     let period = i.period()?;
     let db = db::Db::open(&i.data_dir)?;
@@ -418,16 +438,19 @@ pub fn rewrites(i: &Inputs) -> Result<Table> {
     Ok(table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), rows, json!({})))
 }
 
-/// A.5.19–5.23: the server registry at the end of the period and each server's traffic.
+/// A.5.19–5.23: the server registry at the end of the period and each server's traffic (not
+/// available, and marked so, without a state database).
 pub fn suppliers(i: &Inputs) -> Result<Table> {
     let period = i.period()?;
     let h = history::History::open(&i.repo, &i.rev, &period)?;
     let registry = history::registry(h.end_state()?.as_ref());
-    let db = db::Db::open(&i.data_dir)?;
+    let Some(db) = db::Db::open_if_present(&i.data_dir)? else {
+        return Ok(history::suppliers(registry, Err(&db::missing(&i.data_dir))));
+    };
     let range = db.seq_range(&period)?;
     let mut none = db::Pass::default();
     let scan = db.scan_calls(&period, &range, &mut none)?;
-    Ok(history::suppliers(registry, &scan.traffic, &db.definition_changes(&period)?))
+    Ok(history::suppliers(registry, Ok((&scan.traffic, &db.definition_changes(&period)?))))
 }
 
 /// Every table of a control, in memory.
@@ -437,7 +460,13 @@ pub fn tables(i: &Inputs, control: Control) -> Result<Vec<Table>> {
         Control::Provisioning => vec![provisioning(i)?],
         Control::Privileged => vec![privileged(i)?],
         Control::Calls => vec![calls(i)?, events(i)?],
-        Control::Changes => vec![changes(i)?, rewrites(i)?],
+        Control::Changes => {
+            let mut out = vec![changes(i)?];
+            if db::Db::open_if_present(&i.data_dir)?.is_some() {
+                out.push(rewrites(i)?);
+            }
+            out
+        }
         Control::Suppliers => vec![suppliers(i)?],
         Control::Bundle => {
             let mut out = Vec::new();
@@ -485,11 +514,21 @@ fn call_tables(i: &Inputs, calls: bool, privileged: bool) -> Result<(Option<Tabl
 /// sidecar `<table>.<ext>.manifest.json` (control, period, population, sha256, source). The call
 /// log is streamed.
 pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> Result<Vec<Written>> {
+    let to_stdout = out_dir == Path::new(write::STDOUT);
+    if to_stdout && control.tables().len() != 1 {
+        bail!(
+            "--out - writes one export to standard output; {} writes {}: give --out DIR",
+            control.name(),
+            if control == Control::Bundle { "a folder".to_string() } else { control.tables().join(" and ") }
+        );
+    }
     if control == Control::Bundle {
         return Ok(bundle(i, format, out_dir)?.files);
     }
     let period = i.period()?;
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    if !to_stdout {
+        std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    }
     let written = match control {
         Control::AccessReview | Control::Provisioning => {
             let h = history::History::open(&i.repo, &i.rev, &period)?;
@@ -510,12 +549,17 @@ pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> R
             out.written
         }
         Control::Changes => {
-            let db = db::Db::open(&i.data_dir)?;
-            let changes =
-                table("changes", Control::Changes, db::CHANGE_COLUMNS.to_vec(), db.changes(&period)?, json!({}));
-            let rewrites =
-                table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
-            vec![write_table(&changes, &period, format, out_dir)?, write_table(&rewrites, &period, format, out_dir)?]
+            let h = history::History::open(&i.repo, &i.rev, &period)?;
+            let db = db::Db::open_if_present(&i.data_dir)?;
+            let records = db.as_ref().map(db::Db::change_records).transpose()?;
+            let changes = changes_table(i, &period, &h.changes()?, records.as_deref());
+            let mut out = vec![write_table(&changes, &period, format, out_dir)?];
+            if let Some(db) = &db {
+                let rewrites =
+                    table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
+                out.push(write_table(&rewrites, &period, format, out_dir)?);
+            }
+            out
         }
         Control::Suppliers => vec![write_table(&suppliers(i)?, &period, format, out_dir)?],
         Control::Bundle => unreachable!(),
@@ -533,6 +577,10 @@ pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> R
             "sha256": w.sha256,
             "source": w.source,
         });
+        if to_stdout {
+            eprintln!("{}", serde_json::to_string_pretty(&sidecar)?);
+            continue;
+        }
         let mut p = w.path.as_os_str().to_owned();
         p.push(".manifest.json");
         std::fs::write(PathBuf::from(p), serde_json::to_string_pretty(&sidecar)? + "\n")?;
@@ -542,13 +590,14 @@ pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> R
 
 /// Writes every export into `out_dir` (created; refused if it holds anything but an earlier
 /// bundle, whose files are replaced), then `index.html` and `MANIFEST.json` with the sha256 of
-/// every file, the period, the commit range and the audit seq range. Git and the state database
-/// are read on two threads.
+/// every file, the period, the commit range, the audit seq range and the sources read. Git and
+/// the state database are read on two threads. Without a state database the bundle holds what
+/// git alone gives (access review, provisioning, changes, suppliers without traffic) and says
+/// which tables it could not write.
 pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
     let period = i.period()?;
     prepare_bundle_dir(out_dir)?;
-    // The database side opens first: a missing database fails before any git work.
-    let db = db::Db::open(&i.data_dir)?;
+    let db = db::Db::open_if_present(&i.data_dir)?;
     let (git, dbside) = std::thread::scope(|s| {
         let git = s.spawn(|| -> Result<_> {
             let h = history::History::open(&i.repo, &i.rev, &period)?;
@@ -560,37 +609,65 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
             let prov = h.provisioning()?;
             let w1 = write_table(&review, &period, format, out_dir)?;
             let w2 = write_table(&prov, &period, format, out_dir)?;
-            Ok((vec![w1, w2], registry, range))
+            Ok((vec![w1, w2], registry, range, h.changes()?))
         });
-        let dbside = (|| -> Result<_> {
-            let calls = stream_calls(&db, &period, format, out_dir, true, true)?;
-            let events = stream_events(&db, &period, format, out_dir)?;
-            let changes =
-                table("changes", Control::Changes, db::CHANGE_COLUMNS.to_vec(), db.changes(&period)?, json!({}));
-            let rewrites =
-                table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
-            let w_changes = write_table(&changes, &period, format, out_dir)?;
-            let w_rewrites = write_table(&rewrites, &period, format, out_dir)?;
-            Ok((calls, events, w_changes, w_rewrites, db.definition_changes(&period)?))
-        })();
+        let dbside = db
+            .as_ref()
+            .map(|db| -> Result<_> {
+                let calls = stream_calls(db, &period, format, out_dir, true, true)?;
+                let events = stream_events(db, &period, format, out_dir)?;
+                let rewrites =
+                    table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
+                let w_rewrites = write_table(&rewrites, &period, format, out_dir)?;
+                Ok(DbSide { calls, events, w_rewrites, records: db.change_records()?, definition_changes: db.definition_changes(&period)? })
+            })
+            .transpose();
         (git.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the git reader panicked"))), dbside)
     });
-    let (mut git_files, registry, commits) = git?;
-    let (calls, events, w_changes, w_rewrites, definition_changes) = dbside?;
-    let suppliers = history::suppliers(registry, &calls.scan.traffic, &definition_changes);
+    let (git_files, registry, commits, git_changes) = git?;
+    let dbside = dbside?;
+    let missing = db::missing(&i.data_dir);
+    let changes = changes_table(i, &period, &git_changes, dbside.as_ref().map(|d| d.records.as_slice()));
+    let w_changes = write_table(&changes, &period, format, out_dir)?;
+    let suppliers = match &dbside {
+        Some(d) => history::suppliers(registry, Ok((&d.calls.scan.traffic, &d.definition_changes))),
+        None => history::suppliers(registry, Err(&missing)),
+    };
     let w_suppliers = write_table(&suppliers, &period, format, out_dir)?;
 
     // In the order of Control::ALL.
-    let mut files = Vec::new();
-    files.append(&mut git_files);
-    let mut call_files = calls.written.into_iter();
-    let (w_calls, w_privileged) = (call_files.next().expect("calls"), call_files.next().expect("privileged"));
-    files.extend([w_privileged, w_calls, events, w_changes, w_rewrites, w_suppliers]);
-
-    let audit = calls.range.to_json_with(&calls.scan.chain);
+    let mut files = git_files;
+    let (audit, database, unavailable) = match dbside {
+        Some(d) => {
+            let audit = d.calls.range.to_json_with(&d.calls.scan.chain);
+            let mut call_files = d.calls.written.into_iter();
+            let (w_calls, w_privileged) = (call_files.next().expect("calls"), call_files.next().expect("privileged"));
+            files.extend([w_privileged, w_calls, d.events, w_changes, d.w_rewrites, w_suppliers]);
+            (audit, json!(i.data_dir.join(crate::record::store::FILE).display().to_string()), Vec::new())
+        }
+        None => {
+            files.extend([w_changes, w_suppliers]);
+            let unavailable: Vec<Value> = ["privileged", "calls", "events", "rewrites"]
+                .iter()
+                .map(|t| json!({ "table": t, "why": format!("{missing}: only the daemon records it") }))
+                .collect();
+            (json!({ "read": false, "why": missing }), Value::Null, unavailable)
+        }
+    };
+    let sources = json!({
+        "git": { "repo": i.repo.display().to_string(), "rev": i.rev },
+        "database": database,
+        "not_written": unavailable,
+    });
     let generated_at = crate::units::now_rfc3339_ms();
-    let summary =
-        html::Summary { period: &period, commits: &commits, audit: &audit, generated_at: &generated_at, format };
+    let summary = html::Summary {
+        period: &period,
+        commits: &commits,
+        audit: &audit,
+        sources: &sources,
+        generated_at: &generated_at,
+        format,
+    };
     let index = html::index(&summary, &files);
     let index_path = out_dir.join("index.html");
     std::fs::write(&index_path, &index).with_context(|| format!("writing {}", index_path.display()))?;
@@ -616,6 +693,7 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
         "generated_at": generated_at,
         "format": format.ext(),
         "period": period.to_json(),
+        "sources": sources,
         "commits": commits,
         "audit": audit,
         "files": entries,
@@ -624,6 +702,15 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
     f.write_all((serde_json::to_string_pretty(&manifest)? + "\n").as_bytes())?;
     f.sync_all()?;
     Ok(Bundle { dir: out_dir.to_path_buf(), files, manifest })
+}
+
+/// What the state database side of a bundle wrote and read.
+struct DbSide {
+    calls: Streamed,
+    events: Written,
+    w_rewrites: Written,
+    records: Vec<db::DaemonChange>,
+    definition_changes: std::collections::BTreeMap<String, u64>,
 }
 
 /// `gatehouse evidence CONTROL`: writes the export(s) into `out`, prints each file with its
@@ -636,6 +723,9 @@ pub fn command(
     out: &Path,
     stdout: &mut dyn std::io::Write,
 ) -> Result<i32> {
+    // With --out - the export itself is standard output: the summary goes to standard error.
+    let mut stderr = std::io::stderr();
+    let stdout: &mut dyn std::io::Write = if out == Path::new(write::STDOUT) { &mut stderr } else { stdout };
     let period = inputs.period()?;
     let (files, code) = if control == Control::Bundle {
         let b = bundle(inputs, format, out)?;
@@ -657,6 +747,13 @@ pub fn command(
         (export(inputs, control, format, out)?, 0)
     };
     writeln!(stdout, "period {} to {} (exclusive)", period.since, period.until)?;
+    if matches!(control, Control::Changes | Control::Suppliers | Control::Bundle) && db::Db::open_if_present(&inputs.data_dir)?.is_none() {
+        writeln!(
+            stdout,
+            "note: {}: from git alone, no daemon records read (no change statuses, rewrites, traffic, calls or events)",
+            db::missing(&inputs.data_dir)
+        )?;
+    }
     for w in &files {
         writeln!(stdout, "{}\t{} rows\t{} ({})", w.path.display(), w.population, w.control.name(), w.control.iso())?;
     }
@@ -696,9 +793,17 @@ fn prepare_bundle_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `<dir>/<table>.<ext>`, or `-` (standard output) when `dir` is `-`.
+fn out_path(dir: &Path, table: &str, format: Format) -> PathBuf {
+    if dir == Path::new(write::STDOUT) {
+        return PathBuf::from(write::STDOUT);
+    }
+    dir.join(format!("{table}.{}", format.ext()))
+}
+
 /// Writes an in-memory table as `<name>.<ext>` in `dir`.
 fn write_table(t: &Table, period: &Period, format: Format, dir: &Path) -> Result<Written> {
-    let path = dir.join(format!("{}.{}", t.name, format.ext()));
+    let path = out_path(dir, t.name, format);
     let header = write::Header {
         table: t.name,
         control: t.control,
@@ -740,7 +845,7 @@ fn stream_calls(
         Format::Csv => (0, 0),
     };
     let open = |name: &'static str, control: Control, population: u64| -> Result<write::FileOut> {
-        let path = dir.join(format!("{name}.{}", format.ext()));
+        let path = out_path(dir, name, format);
         let header =
             write::Header { table: name, control, period, population, source: &source, columns: &CALL_COLUMNS };
         write::FileOut::create(&path, format, &header)
@@ -778,7 +883,7 @@ fn stream_events(db: &db::Db, period: &Period, format: Format, dir: &Path) -> Re
         Format::Json => db.count_events(period)?,
         Format::Csv => 0,
     };
-    let path = dir.join(format!("events.{}", format.ext()));
+    let path = out_path(dir, "events", format);
     let source = json!({});
     let header = write::Header {
         table: "events",

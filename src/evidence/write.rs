@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::{Control, Format, PREVIEW_ROWS, Period, Table, Written};
+use crate::record::audit::verify::Hashing;
+
+/// The `--out` that means standard output.
+pub(crate) const STDOUT: &str = "-";
 
 /// Where rows go: a file being written, or a table in memory.
 pub(crate) trait Sink {
@@ -120,7 +123,7 @@ pub(crate) struct FileOut {
     path: PathBuf,
     format: Format,
     columns: Vec<&'static str>,
-    w: BufWriter<Hashing<File>>,
+    w: BufWriter<Hashing<Box<dyn Write>>>,
     rows: u64,
     preview: Vec<Vec<Value>>,
     /// The last row's encoding (without the separator before it).
@@ -129,13 +132,18 @@ pub(crate) struct FileOut {
 }
 
 impl FileOut {
+    /// Creates `path`; `-` is standard output.
     pub fn create(path: &Path, format: Format, header: &Header) -> Result<FileOut> {
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let inner: Box<dyn Write> = if path == Path::new(STDOUT) {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
+        };
         let mut out = FileOut {
             path: path.to_path_buf(),
             format,
             columns: header.columns.to_vec(),
-            w: BufWriter::with_capacity(1 << 20, Hashing { inner: file, hasher: Sha256::new(), bytes: 0 }),
+            w: BufWriter::with_capacity(1 << 20, Hashing::new(inner)),
             rows: 0,
             preview: Vec::new(),
             buf: Vec::with_capacity(4096),
@@ -180,8 +188,8 @@ impl FileOut {
             table: meta.name,
             control: meta.control,
             population: self.rows,
-            bytes: hashing.bytes,
-            sha256: hex::encode(hashing.hasher.finalize()),
+            bytes: hashing.bytes(),
+            sha256: hashing.sha256_hex(),
             columns: meta.columns.clone(),
             preview: self.preview,
             source: meta.source.clone(),
@@ -231,26 +239,6 @@ impl FileOut {
     /// Writes a row given by reference (for in-memory tables).
     pub fn row_values(&mut self, cells: &[Value]) -> Result<()> {
         Sink::row(self, cells.to_vec())
-    }
-}
-
-/// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

@@ -121,6 +121,18 @@ async fn every_call_leaves_chained_records_and_tampering_is_found() {
     export(&c, "2000-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z", Format::Csv, &csv).unwrap();
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 5, "header + 4 records");
     drop(c);
+    // `--out -`: the records on standard output (to pipe into jq), the manifest on standard error.
+    let dir = gw.data.path().to_str().unwrap().to_string();
+    let piped = tokio::task::spawn_blocking(move || {
+        gatehouse(&["audit", "export", "--data-dir", &dir, "--since", "2000-01-01", "--until", "2100-01-01", "--out", "-"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert_eq!(piped.stdout.as_bytes(), &body[..], "the same bytes as the file export");
+    let m: serde_json::Value = serde_json::from_str(&piped.stderr).unwrap();
+    assert_eq!((m["count"].as_u64(), m["file"].as_str()), (Some(4), Some("-")));
+    assert_eq!(m["sha256"], manifest["sha256"]);
     for entry in std::fs::read_dir(gw.data.path()).unwrap() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();

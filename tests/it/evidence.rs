@@ -688,6 +688,19 @@ fn access_review_is_the_valid_state_at_the_end_of_the_period() {
     // A commit exactly at --until is after the period.
     i.until = "2026-11-10T09:00:00Z".into();
     assert_eq!(evidence::access_review(&i).unwrap().source["commit"], ids["c2"].to_string());
+
+    // A period that ends in the future: statuses as of today, not as of its last day (a token
+    // that expires on 2027-02-01 is not expired in a review run before then), and it says so.
+    i.until = "2100-01-01".into();
+    let t = evidence::access_review(&i).unwrap();
+    let today = gatehouse::units::Date::today();
+    assert_eq!(t.source["status_as_of"], today.to_string());
+    assert_eq!(t.source["status_as_of_is"], "today (the period ends in the future)");
+    let gina = t.rows.iter().position(|r| r[0] == "gina-bot").unwrap();
+    let want = if today < gatehouse::units::Date::parse("2027-02-01").unwrap() { "active" } else { "expired" };
+    assert_eq!(cell(&t, gina, "token_status"), want);
+    i.until = UNTIL.into();
+    assert_eq!(evidence::access_review(&i).unwrap().source["status_as_of_is"], "the last day of the period");
 }
 
 #[test]
@@ -808,7 +821,7 @@ fn call_log_exports_count_exactly() {
         changes.columns,
         [
             "commit",
-            "status",
+            "source",
             "author",
             "author_time",
             "committer",
@@ -818,20 +831,37 @@ fn call_log_exports_count_exactly() {
             "parents",
             "files",
             "signed",
+            "signer",
+            "valid",
             "gained",
             "lost",
             "errors",
+            "status",
             "applied_at",
             "recorded_at"
         ]
     );
-    let statuses: Vec<&str> = changes.rows.iter().map(|r| r[1].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["applied", "superseded", "rejected"]);
-    assert_eq!(strs(cell(&changes, 0, "gained")), ["gina-bot: files/read_file"]);
-    assert_eq!(cell(&changes, 1, "gained"), &Value::Null, "no diff computed");
-    assert_eq!(strs(cell(&changes, 2, "errors")), ["grants/dave.yaml:12:1: error: unknown field `colour`"]);
+    // Every first-parent commit of the period from git, with the daemon's record where it has one.
+    let commits: Vec<&str> = changes.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    let want: Vec<String> = ["m1", "c2", "c3", "c4", "c5", "m2", "c7", "c8"].iter().map(|k| ids[*k].to_string()).collect();
+    assert_eq!(commits, want);
+    let statuses: Vec<Value> = changes.rows.iter().map(|r| r[col(&changes, "status")].clone()).collect();
+    assert_eq!(statuses, [json!("applied"), Value::Null, json!("superseded"), json!("rejected"), Value::Null, Value::Null, Value::Null, Value::Null]);
+    let sources: Vec<&str> = changes.rows.iter().map(|r| r[1].as_str().unwrap()).collect();
+    assert_eq!(sources, ["git+daemon", "git", "git+daemon", "git+daemon", "git", "git", "git", "git"]);
+    assert_eq!(strs(cell(&changes, 0, "gained")), ["gina-bot: files/read_file", "gina-bot: files/run_script"], "from git: everything the merge granted");
+    assert_eq!(strs(cell(&changes, 1, "gained")), ["bob-bot: github/create_issue"], "the role widened bob");
+    assert_eq!(cell(&changes, 3, "valid"), false);
+    assert_eq!(cell(&changes, 3, "gained"), &Value::Null, "an invalid commit changes nothing");
+    let errors = strs(cell(&changes, 3, "errors"));
+    assert!(errors[0].starts_with("grants/dave.yaml:9:1: error: unknown field `colour`"), "git's own compile error first: {errors:?}");
+    assert_eq!(errors[1], "grants/dave.yaml:12:1: error: unknown field `colour`", "then what the daemon recorded");
+    assert_eq!(cell(&changes, 4, "valid"), true);
+    assert_eq!(strs(cell(&changes, 5, "lost")), ["erin@example.com: github/list_issues"]);
     assert_eq!(cell(&changes, 0, "signed"), "unsigned");
     assert_eq!(cell(&changes, 0, "pull_request"), 11);
+    assert_eq!(cell(&changes, 0, "recorded_at"), "2026-11-03T12:00:02.000Z");
+    assert!(changes.source["statement"].as_str().unwrap().starts_with("8 first-parent commits of HEAD committed in the period, from git; 3 change records"), "{}", changes.source);
 
     let rewrites = evidence::rewrites(&i).unwrap();
     assert_eq!(
@@ -989,7 +1019,7 @@ fn bundle_has_every_export_an_index_and_a_manifest_that_verifies() {
             ("privileged", 6),
             ("calls", 12),
             ("events", 4),
-            ("changes", 3),
+            ("changes", 8),
             ("rewrites", 1),
             ("suppliers", 4)
         ]
@@ -1498,4 +1528,81 @@ fn the_binary_writes_a_bundle_that_verifies_and_refuses_bad_input() {
     let r = crate::support::gatehouse(&["evidence", "calls", "--since", SINCE, "--until", UNTIL, "--repo", &repo, "--data-dir", "/nonexistent/gh-data"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("/nonexistent/gh-data"), "{}", r.stderr);
+}
+
+/// An auditor or a CI job with the repository but not the daemon's data dir: `changes`,
+/// `suppliers` and `bundle` come from git alone, say so, and the bundle verifies.
+#[test]
+fn evidence_from_git_alone_without_a_state_database() {
+    let (s, ids) = history();
+    let none = tempfile::tempdir().unwrap();
+    let no_data = none.path().join("never-ran");
+    let out = tempfile::tempdir().unwrap();
+    let i = inputs(&s, &no_data);
+    let (repo, data_dir) = (i.repo.display().to_string(), no_data.display().to_string());
+    let run = |control: &str, dir: &Path| {
+        let dir = dir.display().to_string();
+        let args = ["evidence", control, "--since", SINCE, "--until", UNTIL, "--repo", &repo, "--data-dir", &data_dir, "--out", &dir, "--format", "json"];
+        crate::support::gatehouse(&args)
+    };
+
+    // changes: every first-parent commit of the period, with its pull request, from git.
+    let r = run("changes", &out.path().join("changes"));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("note: no state database at") && r.stdout.contains("from git alone"), "{}", r.stdout);
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("changes/changes.json")).unwrap()).unwrap();
+    let rows = file["rows"].as_array().unwrap();
+    let commits: Vec<&str> = rows.iter().map(|r| r["commit"].as_str().unwrap()).collect();
+    let want: Vec<String> = ["m1", "c2", "c3", "c4", "c5", "m2", "c7", "c8"].iter().map(|k| ids[*k].to_string()).collect();
+    assert_eq!(commits, want, "every first-parent commit of the period, oldest first");
+    let prs: Vec<Value> = rows.iter().map(|r| r["pull_request"].clone()).collect();
+    assert_eq!(prs, [json!(11), json!(12), json!(13), Value::Null, Value::Null, json!(14), Value::Null, json!(15)]);
+    assert!(rows.iter().all(|r| r["source"] == "git" && r["status"].is_null() && r["recorded_at"].is_null()));
+    let valid: Vec<bool> = rows.iter().map(|r| r["valid"].as_bool().unwrap()).collect();
+    assert_eq!(valid, [true, true, true, false, true, true, true, true]);
+    assert_eq!(rows[5]["lost"], json!(["erin@example.com: github/list_issues"]), "the merged pull request revoked erin");
+    assert_eq!(file["population"], 8);
+    let statement = file["source"]["statement"].as_str().unwrap();
+    assert!(statement.contains("8 first-parent commits") && statement.contains("no daemon records were read"), "{statement}");
+    assert!(!out.path().join("changes/rewrites.json").exists(), "rewrites exist only in the daemon's records");
+
+    // suppliers: the register from git, traffic marked as not available.
+    let r = run("suppliers", &out.path().join("suppliers"));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("suppliers/suppliers.json")).unwrap()).unwrap();
+    assert_eq!(file["population"], 3, "the three registered servers");
+    assert!(file["rows"].as_array().unwrap().iter().all(|r| r["calls"].is_null() && r["denials"].is_null()));
+    assert!(file["source"]["traffic"].as_str().unwrap().starts_with("not available: no state database"), "{}", file["source"]);
+
+    // bundle: every export git gives, the sources named, and a manifest that verifies.
+    let dir = out.path().join("bundle");
+    let r = run("bundle", &dir);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(evidence::verify_manifest(&dir).unwrap(), 5, "access-review, provisioning, changes, suppliers and index.html");
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("MANIFEST.json")).unwrap()).unwrap();
+    assert!(m["sources"]["database"].is_null());
+    let not_written: Vec<&str> = m["sources"]["not_written"].as_array().unwrap().iter().map(|t| t["table"].as_str().unwrap()).collect();
+    assert_eq!(not_written, ["privileged", "calls", "events", "rewrites"]);
+    assert_eq!(m["audit"]["read"], false);
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.contains("Sources read") && html.contains("not read"), "index.html says which sources were read");
+    assert!(html.contains("calls: not in this bundle"), "and which tables are missing");
+
+    // `--out -`: a one-table export on standard output, its manifest on standard error.
+    let r = run("access-review", Path::new("-"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let file: Value = serde_json::from_str(&r.stdout).expect("the export alone is standard output");
+    assert_eq!((file["table"].as_str(), file["population"].as_u64()), (Some("access-review"), Some(4)));
+    assert!(r.stderr.contains("\"sha256\"") && r.stderr.contains("period 2026-11-01"), "{}", r.stderr);
+    use sha2::Digest;
+    let sidecar: Value = serde_json::from_str(&r.stderr[..=r.stderr.find("\n}").unwrap() + 1]).unwrap();
+    assert_eq!(sidecar["sha256"], hex::encode(sha2::Sha256::digest(r.stdout.as_bytes())));
+    let r = run("calls", Path::new("-"));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--out - writes one export to standard output; calls writes calls and events"), "{}", r.stderr);
+
+    // Exports that only the daemon's records can give still refuse, naming the path.
+    let r = run("calls", &out.path().join("calls"));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no state database at") && r.stderr.contains("never-ran"), "{}", r.stderr);
 }

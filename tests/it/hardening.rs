@@ -35,7 +35,7 @@ impl Daemon {
         // A restart appends to the same log: only what this process writes counts.
         let offset = file.metadata().unwrap().len() as usize;
         let mut args = vec!["serve", "--repo", repo.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
-        if !extra.iter().any(|a| *a == "--listen") {
+        if !extra.contains(&"--listen") {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
         args.extend_from_slice(extra);
@@ -306,7 +306,7 @@ async fn oversized_names_keys_and_batches_cost_neither_memory_nor_disk() {
 
     let growth = dir_bytes(&data).saturating_sub(disk_before);
     assert!(growth < 5 << 20, "the data dir grew by {growth} bytes");
-    let c = rusqlite::Connection::open(&data.join("gatehouse.db")).unwrap();
+    let c = rusqlite::Connection::open(data.join("gatehouse.db")).unwrap();
     let (largest, n): (i64, i64) = c.query_row("SELECT max(length(record)), count(*) FROM calls", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert!(n >= 217, "every attempt is recorded: {n}");
     // The repository's own text in a record (identity, grant file, rule, message) is short here.

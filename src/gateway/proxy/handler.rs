@@ -587,10 +587,11 @@ async fn call_tool(
     // A name no tool can have is refused before anything else looks at it, and the record
     // keeps it bounded: a client cannot make the call log hold what it sent.
     if let Err(why) = crate::supply::check_name(tool).and_then(|()| check_server_name(server)) {
-        let (server, tool) = (bound::name(server, check_server_name(server).is_ok()), bound::name(tool, false));
+        let valid = |n: &str| crate::supply::check_name(n).is_ok();
+        let (server, tool) = (bound::name(server, check_server_name(server).is_ok()), bound::name(tool, valid(tool)));
         let record = Recorder::new(cx, session, &server, &tool, &args);
         record.denied(INVALID_NAME, &why).await;
-        return jsonrpc::error(id, INVALID_PARAMS, format!("Unknown tool: {}", bound::name(name, false)));
+        return jsonrpc::error(id, INVALID_PARAMS, format!("Unknown tool: {}", bound::name(name, valid(name))));
     }
     let call = Call { identity: &grant.identity, server, tool, args: &args };
     let record = Recorder::new(cx, session, server, tool, &args);

@@ -187,7 +187,13 @@ const COLUMNS: [&str; 22] = [
 /// (`<out>.manifest.json`: count, first/last seq, period, sha256 of the file). Returns the
 /// manifest.
 pub fn export(c: &Connection, since: &str, until: &str, format: Format, out: &Path) -> Result<Value> {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
+    let to_stdout = out == Path::new("-");
+    let inner: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?)
+    };
+    let mut file = std::io::BufWriter::new(Hashing::new(inner));
     let columns = &COLUMNS[..COLUMNS.len() - 1];
     if format == Format::Csv {
         writeln!(file, "{}", columns.join(","))?;
@@ -212,21 +218,57 @@ pub fn export(c: &Connection, since: &str, until: &str, format: Format, out: &Pa
         first.get_or_insert(seq);
         last = Some(seq);
     }
-    file.flush()?;
-    drop(file);
-    let digest = hex::encode(Sha256::digest(std::fs::read(out)?));
+    let mut hashing = file.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", out.display()))?;
+    hashing.flush()?;
     let manifest = json!({
-        "file": out.file_name().and_then(|n| n.to_str()),
+        "file": if to_stdout { Some("-") } else { out.file_name().and_then(|n| n.to_str()) },
         "format": match format { Format::Jsonl => "jsonl", Format::Csv => "csv" },
         "since": since,
         "until": until,
         "count": count,
         "first_seq": first,
         "last_seq": last,
-        "sha256": digest,
+        "bytes": hashing.bytes(),
+        "sha256": hashing.sha256_hex(),
     });
-    std::fs::write(manifest_path(out), serde_json::to_string_pretty(&manifest)? + "\n")?;
+    if !to_stdout {
+        std::fs::write(manifest_path(out), serde_json::to_string_pretty(&manifest)? + "\n")?;
+    }
     Ok(manifest)
+}
+
+/// A writer that hashes (sha256) and counts what goes through it.
+pub struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W> Hashing<W> {
+    pub fn new(inner: W) -> Hashing<W> {
+        Hashing { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn sha256_hex(self) -> String {
+        hex::encode(self.hasher.finalize())
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 pub fn manifest_path(out: &Path) -> PathBuf {
