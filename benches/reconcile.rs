@@ -457,6 +457,7 @@ async fn live(repo: &Path, secrets: SecretSource) -> Live {
         // Long: every change must be noticed by the ref watcher.
         poll: Duration::from_secs(600),
         accept_rewrite: false,
+        trust_initial_signers: false,
         webhook_secret: None,
         proxy: Config::default(),
     };

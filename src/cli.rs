@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// instead of refusing it; it is still recorded.
     #[arg(long)]
     pub accept_rewrite: bool,
+    /// With `changes.require_signed` in gatehouse.yaml: trust the signers that the first commit
+    /// lists itself, once, while no commit has been applied (recorded as an event and in the
+    /// change record). Later trust lists always come from the last applied commit.
+    #[arg(long)]
+    pub trust_initial_signers: bool,
     /// Require `POST /-/reconcile` to carry a valid X-Hub-Signature-256 made with this secret.
     #[arg(long, env = "GATEHOUSE_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -107,7 +112,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Print a daemon's /status (from its admin listener): exit 0 ready, 1 not.
+    /// Print a daemon's /status (from its admin listener): exit 0 ready with the tip applied, 1
+    /// not ready or stalled (the last commit tried was rejected: invalid, unsigned or untrusted,
+    /// or a refused history rewrite; the previous commit keeps serving).
     Status {
         /// The admin listener's URL; default: the address the daemon wrote to
         /// `<data-dir>/admin.addr` when it started.
@@ -156,6 +163,16 @@ pub enum Command {
         head: String,
         #[arg(long, value_enum, default_value = "md")]
         format: PlanFormat,
+        /// Measure the change against the call log of --data-dir: use of every lost tool, gained
+        /// privileged tools, and the recorded calls the head would decide differently.
+        #[arg(long)]
+        usage: bool,
+        /// The daemon's state database directory (read-only), for --usage.
+        #[arg(long, default_value = "./gatehouse-data", requires = "usage")]
+        data_dir: PathBuf,
+        /// The window of --usage, in days back from now.
+        #[arg(long, default_value_t = 30, requires = "usage")]
+        days: u64,
     },
     /// Export the evidence an auditor samples for one ISO 27001 control (or all of them as a
     /// bundle with index.html and MANIFEST.json), from git history and the state database.
@@ -290,7 +307,7 @@ fn scan(args: ScanArgs) -> Result<i32> {
     Ok(found.report.exit_code())
 }
 
-fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat) -> Result<i32> {
+fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat, usage: Option<(&std::path::Path, u64)>) -> Result<i32> {
     let mut compiled = Vec::new();
     for (which, rev) in [("base", base), ("head", head)] {
         let files = repo::read(dir, Some(rev))?;
@@ -305,12 +322,42 @@ fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat) -> Re
     }
     let (head_files, head_snap) = compiled.pop().expect("two revisions");
     let (base_files, base_snap) = compiled.pop().expect("two revisions");
-    let p = crate::commands::plan::plan(&base_files, &base_snap, &head_files, &head_snap, crate::units::Date::today());
+    let mut p = crate::commands::plan::plan(&base_files, &base_snap, &head_files, &head_snap, crate::units::Date::today());
+    // Signatures, as the daemon would check them with the base applied.
+    {
+        use crate::gitops::{git::PolicyRepo, signature};
+        let pr = PolicyRepo::discover(dir)?;
+        let (b, h) = (pr.resolve(base)?, pr.resolve(head)?);
+        p.signatures = signature::check_range(&pr, Some(b), h)?.iter().map(crate::commands::plan::SignatureCheck::from).collect();
+    }
+    if let Some((data_dir, days)) = usage {
+        let now = crate::units::unix_now();
+        let at = |secs: i64| format!("{}.000Z", crate::units::rfc3339(secs, 0).trim_end_matches('Z'));
+        let (since, until) = (at(now - days as i64 * 86_400), at(now + 1));
+        let input = crate::commands::usage::Inputs {
+            base_files: &base_files,
+            base: base_snap,
+            head_files: &head_files,
+            head: head_snap,
+            repo_dir: dir,
+            data_dir,
+            since: &since,
+            until: &until,
+            days,
+        };
+        p.usage = Some(crate::commands::usage::usage(&p, input)?);
+    }
     match format {
         PlanFormat::Md => print!("{}", crate::commands::plan::markdown(&p)),
         PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&p)?),
     }
-    Ok(if p.changes_access() { 1 } else { 0 })
+    Ok(if p.signatures.iter().any(|s| !s.accepted) {
+        EXIT_INVALID
+    } else if p.changes_access() {
+        1
+    } else {
+        0
+    })
 }
 
 fn audit(command: AuditCommand) -> Result<i32> {
@@ -390,7 +437,8 @@ fn status(url: &str) -> Result<i32> {
     })?;
     let v: Value = serde_json::from_slice(&body).context("/status is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(if v["ready"] == true { 0 } else { 1 })
+    let stalled = v["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Stalled" && c["status"] == "True"));
+    Ok(if v["ready"] == true && !stalled { 0 } else { 1 })
 }
 
 /// What `gatehouse eval` prints.
@@ -567,6 +615,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 secrets: crate::gateway::secrets::SecretSource { dir: a.secrets_dir },
                 poll: a.poll,
                 accept_rewrite: a.accept_rewrite,
+                trust_initial_signers: a.trust_initial_signers,
                 webhook_secret: a.webhook_secret,
                 proxy,
             };
@@ -590,7 +639,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             status(&url)
         }
         Command::Audit { command } => audit(command),
-        Command::Plan { repo, base, head, format } => plan(&repo, &base, &head, format),
+        Command::Plan { repo, base, head, format, usage, data_dir, days } => plan(&repo, &base, &head, format, usage.then_some((data_dir.as_path(), days))),
         Command::Evidence { control, since, until, format, out, repo, rev, data_dir } => {
             let inputs = crate::evidence::Inputs { repo, rev, data_dir, since, until };
             crate::evidence::command(&inputs, control, format, &out, &mut std::io::stdout().lock())
@@ -621,6 +670,25 @@ fn check(r: &RepoArgs) -> Result<i32> {
     let Some(c) = load(r, &mut std::io::stdout())? else { return Ok(EXIT_INVALID) };
     for w in &c.warnings {
         println!("{w}");
+    }
+    // A revision is a commit: is it an authorised change against its parent's trust list?
+    if let Some(rev) = &r.rev {
+        use crate::gitops::{git::PolicyRepo, signature};
+        let pr = PolicyRepo::discover(&r.repo)?;
+        let id = pr.resolve(rev)?;
+        let parent = pr.repo.find_commit(id)?.parent_id(0).ok();
+        let checks = signature::check_range(&pr, parent, id)?;
+        if let Some(check) = checks.last() {
+            if let Some(e) = check.rejection() {
+                println!("error: {e}");
+                println!("1 error: the daemon would reject this commit");
+                return Ok(EXIT_INVALID);
+            }
+            println!("signature: {}", signature::describe(check));
+            if parent.is_none() && c.trust.require_signed {
+                println!("note: this is a root commit: the daemon trusts its own signers only with serve --trust-initial-signers");
+            }
+        }
     }
     let s = &c.snapshot;
     println!(

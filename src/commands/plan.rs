@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::gitops::signature::{Basis, Check, Signed};
 use crate::policy::access::{self, Cell};
 use crate::repo::Files;
 use crate::repo::rules::{RuleNode, policy_rules};
@@ -23,6 +24,26 @@ pub struct Plan {
     pub rules: RuleChanges,
     pub servers: ServerChanges,
     pub grants: GrantChanges,
+    /// Every commit from base to head, checked as the daemon would with the base applied.
+    pub signatures: Vec<SignatureCheck>,
+    /// `--usage`: the change measured against the call log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::commands::usage::Usage>,
+}
+
+/// One commit's signature, against the trust list in force for it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SignatureCheck {
+    pub commit: String,
+    pub signed: Signed,
+    /// The trust list in force requires a verified signature.
+    pub required: bool,
+    /// The daemon would accept it (as far as signatures go).
+    pub accepted: bool,
+    /// The commit whose trust list was used, and how it came to be trusted.
+    pub trust_from: Option<String>,
+    pub basis: Basis,
+    pub error: Option<String>,
 }
 
 /// One cell gained or lost, with the tool's category when the server declares it.
@@ -120,6 +141,22 @@ pub fn plan(base_files: &Files, base: &Snapshot, head_files: &Files, head: &Snap
         rules: rule_changes(&policy_rules(base_files), &policy_rules(head_files)),
         servers: server_changes(base, head),
         grants: grant_changes(base, head, today),
+        signatures: Vec::new(),
+        usage: None,
+    }
+}
+
+impl From<&Check> for SignatureCheck {
+    fn from(c: &Check) -> SignatureCheck {
+        SignatureCheck {
+            commit: c.commit.to_string(),
+            signed: c.signed.clone(),
+            required: c.required,
+            accepted: c.accepted(),
+            trust_from: c.trust_from.map(|t| t.to_string()),
+            basis: c.basis,
+            error: c.rejection(),
+        }
     }
 }
 
@@ -189,10 +226,46 @@ fn grant_changes(base: &Snapshot, head: &Snapshot, today: Date) -> GrantChanges 
 pub fn markdown(p: &Plan) -> String {
     let short = |c: &Option<String>| c.as_deref().map(|c| c[..c.len().min(12)].to_string()).unwrap_or_else(|| "working tree".into());
     let mut s = format!("## gatehouse plan: `{}` → `{}`\n\n", short(&p.base), short(&p.head));
+    let unauthorised = p.signatures.iter().filter(|c| !c.accepted).count();
+    if unauthorised > 0 {
+        s.push_str(&format!("> **Error: {unauthorised} commit(s) are not signed by a trusted key**: the gateway would refuse this change (see Signatures).\n\n"));
+    }
     if !p.changes_access() {
         s.push_str("No access change.\n");
-        return s;
+    } else {
+        access_sections(&mut s, p);
     }
+    signature_section(&mut s, &p.signatures);
+    if let Some(u) = &p.usage {
+        crate::commands::usage::markdown(u, &mut s);
+    }
+    s
+}
+
+/// Commits and their signatures, when any is signed or a signature is required.
+fn signature_section(s: &mut String, checks: &[SignatureCheck]) {
+    if !checks.iter().any(|c| c.required || c.signed.present) {
+        return;
+    }
+    s.push_str("\n### Signatures\n\n| commit | signature | key | principal | |\n|---|---|---|---|---|\n");
+    for c in checks {
+        let state = match (c.signed.present, c.signed.verified) {
+            (_, true) => "verified".to_string(),
+            (true, false) => format!("not verified: {}", c.signed.error.as_deref().unwrap_or("?")),
+            (false, _) => "unsigned".to_string(),
+        };
+        let verdict = if !c.accepted { "**refused**" } else if c.required { "required, ok" } else { "not required" };
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {} | {verdict} |\n",
+            &c.commit[..12],
+            state,
+            c.signed.fingerprint.as_deref().map(|f| format!("{} `{f}`", c.signed.format.unwrap_or(""))).unwrap_or_default(),
+            c.signed.principal.as_deref().unwrap_or("")
+        ));
+    }
+}
+
+fn access_sections(s: &mut String, p: &Plan) {
     let cat = |c: &Change| match c.category {
         Some(c) => c.as_str().to_string(),
         None if c.tool.starts_with(access::RESOURCE_PREFIX) => "resource".into(),
@@ -220,10 +293,10 @@ pub fn markdown(p: &Plan) -> String {
             "> **Warning: widens access to privileged tools** ({}): destructive, execute or financial.\n\n",
             p.privileged_widening.len()
         ));
-        table(&mut s, "Privileged access gained", &p.privileged_widening);
+        table(s, "Privileged access gained", &p.privileged_widening);
     }
-    table(&mut s, "Access gained", &p.gained);
-    table(&mut s, "Access lost", &p.lost);
+    table(s, "Access gained", &p.gained);
+    table(s, "Access lost", &p.lost);
     let rules = [("added", &p.rules.added), ("removed", &p.rules.removed), ("changed", &p.rules.changed)];
     if rules.iter().any(|(_, r)| !r.is_empty()) {
         s.push_str("### Rules\n\n");
@@ -262,5 +335,4 @@ pub fn markdown(p: &Plan) -> String {
         s.push_str(&lines.join("\n"));
         s.push('\n');
     }
-    s
 }

@@ -36,6 +36,8 @@ pub struct Settings {
     pub secrets: SecretSource,
     pub poll: Duration,
     pub accept_rewrite: bool,
+    /// Trust the first commit's own signers (`changes:`) while no commit has been applied.
+    pub trust_initial_signers: bool,
     pub webhook_secret: Option<String>,
     pub proxy: Config,
 }
@@ -94,6 +96,7 @@ pub async fn start(settings: Settings) -> Result<Daemon> {
         secrets: settings.secrets.clone(),
         accept_rewrite: settings.accept_rewrite,
         poll: settings.poll,
+        trust_initial_signers: settings.trust_initial_signers,
     };
     let applied = {
         let (rs, store, state) = (rs.clone(), store.clone(), state.clone());

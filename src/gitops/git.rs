@@ -32,8 +32,8 @@ pub struct CommitInfo {
     pub message: String,
     /// Parsed from the message: `Merge pull request #12 …` or `… (#12)`.
     pub pull_request: Option<u64>,
-    /// A signature header (gpgsig) is present. Verification needs the signers' keys, which the
-    /// gateway does not hold: recorded as not verified.
+    /// A signature header (gpgsig) is present. Whether it verifies is `signature::verify`'s
+    /// business (against a trust list this module knows nothing of).
     pub signed: bool,
     /// Files of the policy repository the commit changed relative to its first parent.
     pub files: Vec<String>,

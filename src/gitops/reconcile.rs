@@ -10,6 +10,12 @@
 //!
 //! Only the tip is ever applied; the commits before it in one reconcile are recorded as
 //! `superseded` (validated, with their access diff, but never enforced).
+//!
+//! Only authorised changes are applied: every commit since the last applied one has its
+//! signature checked (`signature::Chain`) against a trust list that is already trusted. When
+//! that list requires signatures, one commit that is unsigned or signed by an unknown key is
+//! recorded as `rejected` and the tip with it. The very first commit's own trust list is trusted
+//! only when the daemon was started with `--trust-initial-signers` (recorded as an event).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,6 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::policy::access::{self, Cell};
 use crate::gitops::git::{CommitInfo, PolicyRepo, fetch};
+use crate::gitops::signature::{Chain, Check};
 use crate::gateway::proxy::{Active, Attempt, RewriteStatus, State};
 use crate::repo::{self, Files};
 use crate::gateway::secrets::{SecretSource, bind};
@@ -52,12 +59,16 @@ pub struct Settings {
     pub accept_rewrite: bool,
     /// How often to look for a new tip without a trigger.
     pub poll: Duration,
+    /// Trust the first commit's own trust list (`changes:`) when no commit has been applied yet.
+    pub trust_initial_signers: bool,
 }
 
 /// One change record (DESIGN.md §4).
 #[derive(Debug, Clone)]
 pub struct ChangeRecord {
     pub info: CommitInfo,
+    /// The signature check (the `signed` and `trust` columns).
+    pub signature: Check,
     pub access_diff: Option<access::Diff>,
     pub status: &'static str,
     pub errors: Vec<String>,
@@ -66,7 +77,7 @@ pub struct ChangeRecord {
 /// What one reconcile step found.
 enum Outcome {
     Unchanged,
-    Applied { active: Active, tip: Oid, records: Vec<ChangeRecord>, accepted_rewrite: Option<String> },
+    Applied { active: Active, tip: Oid, records: Vec<ChangeRecord>, accepted_rewrite: Option<String>, events: Vec<(&'static str, serde_json::Value)> },
     Rejected { tip: Oid, records: Vec<ChangeRecord> },
     Rewritten { old: Oid, new: Oid, vanished: Vec<String> },
     Failed(String),
@@ -157,12 +168,15 @@ async fn reconcile_once(settings: &Settings, store: &Store, state: &Arc<State>, 
     let now = now_rfc3339_ms();
     match outcome {
         Outcome::Unchanged => {}
-        Outcome::Applied { active, tip, records, accepted_rewrite } => {
+        Outcome::Applied { active, tip, records, accepted_rewrite, events } => {
             let tip_hex = tip.to_string();
             let write = {
                 let (records, tip_hex, now) = (records.clone(), tip_hex.clone(), now.clone());
                 store.write(move |c| {
                     insert_records(c, &records, &now)?;
+                    for (kind, detail) in &events {
+                        c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, ?2, ?3)", params![now, kind, detail.to_string()])?;
+                    }
                     c.execute("INSERT INTO kv (key, value) VALUES ('last_applied', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1", [&tip_hex])?;
                     Ok(())
                 })
@@ -239,8 +253,8 @@ fn set_attempt(state: &State, commit: &str, outcome: &'static str, errors: Vec<S
 fn insert_records(c: &rusqlite::Connection, records: &[ChangeRecord], now: &str) -> rusqlite::Result<()> {
     let mut stmt = c.prepare(
         "INSERT INTO changes (commit_id, parents, author, author_time, committer, commit_time, message, pull_request,
-                              signed, files, access_diff, status, errors, applied_at, recorded_at)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
+                              signed, files, access_diff, status, errors, applied_at, recorded_at, trust)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
          WHERE NOT EXISTS (SELECT 1 FROM changes WHERE commit_id = ?1)",
     )?;
     for r in records {
@@ -254,13 +268,14 @@ fn insert_records(c: &rusqlite::Connection, records: &[ChangeRecord], now: &str)
             i.commit_time,
             i.message,
             i.pull_request.map(|n| n as i64),
-            json!({ "present": i.signed, "verified": false }).to_string(),
+            serde_json::to_string(&r.signature.signed).unwrap_or_default(),
             serde_json::to_string(&i.files).unwrap_or_default(),
             serde_json::to_string(&r.access_diff).unwrap_or_default(),
             r.status,
             serde_json::to_string(&r.errors).unwrap_or_default(),
             (r.status == "applied").then_some(now),
             now,
+            r.signature.trust_json().to_string(),
         ])?;
     }
     Ok(())
@@ -328,14 +343,54 @@ fn step(
             Err(e) => return Outcome::Failed(format!("{e:#}")),
         }
     }
-    // With no applied commit yet, only the tip is recorded (not the whole history).
-    let commits = match applied {
+    // The trust list in force: the last applied commit's (also when it could not be served
+    // again after a restart), else nothing: the very first commit.
+    let trust_base = applied.or_else(|| last_applied(store).and_then(|c| Oid::from_str(&c).ok()));
+    let mut events = Vec::new();
+    let mut first_refused = None;
+    let mut chain = match trust_base {
+        Some(b) => {
+            if settings.trust_initial_signers {
+                info!("--trust-initial-signers is ignored: a commit has been applied, and its trust list is in force");
+            }
+            Chain::new(&pr, Some(b))
+        }
+        None if settings.trust_initial_signers => {
+            let mut chain = Chain::initial(&pr, tip);
+            if let Some(list) = chain.list_at(tip).filter(|l| !l.is_empty()) {
+                warn!(commit = %tip, keys = list.describe().len(), "trusting the first commit's own signers (--trust-initial-signers)");
+                events.push((
+                    "initial_signers_trusted",
+                    json!({ "commit": tip.to_string(), "by": "gatehouse serve --trust-initial-signers", "require_signed": list.require_signed, "keys": list.describe() }),
+                ));
+            }
+            chain
+        }
+        None => {
+            let mut chain = Chain::new(&pr, None);
+            if chain.list_at(tip).is_some_and(|l| l.require_signed) {
+                first_refused = Some(format!(
+                    "commit {}: no commit has been applied yet and gatehouse.yaml requires signed commits: a trust list never comes from the commit it would approve, so the first one is trusted only when the daemon is started once with --trust-initial-signers",
+                    &tip.to_string()[..12]
+                ));
+            }
+            chain
+        }
+    };
+    // Every commit since the trusted one is verified; with none yet, only the tip is recorded
+    // (not the whole history).
+    let commits = match applied.or(trust_base) {
         Some(a) => pr.range(Some(a), tip).unwrap_or_else(|_| vec![tip]),
         None => vec![tip],
     };
+    // The last applied commit again (it could not be served after a restart, say for a missing
+    // secret): it was authorised when it was applied.
+    let reapply = Some(tip) == trust_base;
+    let commits = if commits.is_empty() { vec![tip] } else { commits };
     let mut prev: Option<BTreeSet<Cell>> = current.map(access::matrix);
     let mut records = Vec::with_capacity(commits.len());
     let mut tip_active = None;
+    let mut unauthorised: Vec<String> = Vec::new();
     let diff_from = commits.len().saturating_sub(MAX_DIFFED);
     for (n, &id) in commits.iter().enumerate() {
         let info = match pr.info(id) {
@@ -343,7 +398,19 @@ fn step(
             Err(e) => return Outcome::Failed(format!("reading commit {id}: {e:#}")),
         };
         let is_tip = id == tip;
+        let signature = chain.check(id, &info.files);
         let mut errors = Vec::new();
+        let mut own_refusal = if reapply { None } else { signature.rejection() };
+        if is_tip && own_refusal.is_none() {
+            own_refusal = first_refused.take();
+        }
+        if is_tip {
+            errors.extend(unauthorised.iter().map(|e| format!("not applied: an earlier commit is not an authorised change: {e}")));
+        }
+        if let Some(e) = &own_refusal {
+            errors.push(e.clone());
+            unauthorised.push(e.clone());
+        }
         let mut access_diff = None;
         if is_tip || n >= diff_from {
             match build(&pr, id) {
@@ -351,28 +418,30 @@ fn step(
                     let m = access::matrix(&snapshot);
                     access_diff = prev.as_ref().map(|p| access::diff(p, &m));
                     prev = Some(m);
-                    if is_tip {
+                    if is_tip && unauthorised.is_empty() {
                         match bind(&snapshot, &settings.secrets) {
                             Ok(secrets) => tip_active = Some(Active { snapshot: Arc::new(snapshot), secrets: Arc::new(secrets) }),
-                            Err(e) => errors = e,
+                            Err(e) => errors.extend(e),
                         }
                     }
                 }
-                Err(e) => errors = e,
+                Err(e) => errors.extend(e),
             }
         }
-        let status = if !is_tip {
+        let status = if own_refusal.is_some() {
+            "rejected"
+        } else if !is_tip {
             "superseded"
         } else if errors.is_empty() && tip_active.is_some() {
             "applied"
         } else {
             "rejected"
         };
-        records.push(ChangeRecord { info, access_diff, status, errors });
+        records.push(ChangeRecord { info, signature, access_diff, status, errors });
     }
     match tip_active {
-        Some(active) => Outcome::Applied { active, tip, records, accepted_rewrite },
-        None => Outcome::Rejected { tip, records },
+        Some(active) if unauthorised.is_empty() => Outcome::Applied { active, tip, records, accepted_rewrite, events },
+        _ => Outcome::Rejected { tip, records },
     }
 }
 

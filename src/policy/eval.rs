@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{CheckKind, Decision, Policy, Quota, ToolRules, Tri};
+use super::{CheckKind, Decision, Policy, Quota, ToolRules, Tri, Verdict};
 use crate::policy::snapshot::{Grant, Snapshot};
 
 /// One tool call to decide.
@@ -138,6 +138,53 @@ pub fn grants_resources(grant: &Grant, server: &str) -> bool {
 /// Whether some access entry of the grant gives prompts on `server`.
 pub fn grants_prompts(grant: &Grant, server: &str) -> bool {
     grant.by_server.get(server).is_some_and(|e| e.iter().any(|&i| !grant.access[i].prompts.is_empty()))
+}
+
+/// A recorded call decided again from what its record keeps: identity, server and tool, never
+/// the argument values (`gatehouse plan --usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// The verdict does not depend on the arguments; `rule` decides it.
+    Decided { verdict: Verdict, rule: Arc<str> },
+    /// Allowed only if every one of these rules' conditions (on arguments or counters) passes:
+    /// it cannot be decided without the argument values.
+    Conditional { rules: Vec<Arc<str>> },
+}
+
+/// Decides a call of `identity` to `server`/`tool` as far as it can be without its arguments,
+/// in the precedence of [`evaluate_grant`]. Quotas are not counted.
+pub fn replay(snap: &Snapshot, identity: &str, server: &str, tool: &str) -> Replay {
+    let deny = |rule: &str| Replay::Decided { verdict: Verdict::Deny, rule: Arc::from(rule) };
+    let Some(grant) = snap.grant(identity) else { return deny(NO_GRANT) };
+    let Some(entries) = grant.by_server.get(server) else { return deny(NO_GRANT) };
+    let reaching: Vec<_> = entries.iter().map(|&i| &grant.access[i]).filter(|a| a.tools.contains(tool)).collect();
+    let Some(first) = reaching.first() else { return deny(TOOL_NOT_GRANTED) };
+    let baseline = snap.servers.get(server).and_then(|s| s.policy.as_deref());
+    let mut conditional = Vec::new();
+    for p in baseline.into_iter().chain(reaching.iter().filter_map(|a| a.policy.as_deref())) {
+        if let Some(rule) = p.hides(tool) {
+            return Replay::Decided { verdict: Verdict::Deny, rule: rule.clone() };
+        }
+        let entry = p.tools.get(tool);
+        if entry.is_none() && !p.default_allow {
+            return Replay::Decided { verdict: Verdict::Deny, rule: p.default_rule.clone() };
+        }
+        for rules in entry.into_iter().chain(p.wildcard.as_ref()) {
+            for check in &rules.checks {
+                match &check.kind {
+                    CheckKind::DenyAlways => return Replay::Decided { verdict: Verdict::Deny, rule: check.id.clone() },
+                    CheckKind::DenyIf(c) if c.is_empty() => return Replay::Decided { verdict: Verdict::Deny, rule: check.id.clone() },
+                    CheckKind::Require(c) if c.is_empty() => {}
+                    CheckKind::DenyIf(_) | CheckKind::Require(_) => conditional.push(check.id.clone()),
+                }
+            }
+        }
+    }
+    if conditional.is_empty() {
+        Replay::Decided { verdict: Verdict::Allow, rule: first.id.clone() }
+    } else {
+        Replay::Conditional { rules: conditional }
+    }
 }
 
 /// One policy document's verdict on a call: a denial, or None (and its quotas appended).

@@ -20,10 +20,10 @@ use serde_json::Value;
 use crate::units::{Rate, Window};
 
 pub use cond::{ArgPath, Condition, Matcher, Op, Tri};
-pub use eval::{evaluate, evaluate_grant, Call};
+pub use eval::{evaluate, evaluate_grant, replay, Call, Replay};
 
 /// allow or deny.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Allow,

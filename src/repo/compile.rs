@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::load::Doc;
 use super::policy::{compile_limit, compile_policy};
+use super::signers::{self, TrustList};
 use super::{Entry, Files, raw, scan};
 use crate::diag::{Diagnostic, Diagnostics, Pos};
 use crate::policy::resource::UriPattern;
@@ -24,6 +25,8 @@ use crate::units::{Date, parse_duration};
 #[derive(Debug)]
 pub struct Compiled {
     pub snapshot: Snapshot,
+    /// `changes:` of `gatehouse.yaml` with its keys: who may sign this commit's children.
+    pub trust: Arc<TrustList>,
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
 }
@@ -101,7 +104,7 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
     let (server_docs, policy_docs, role_docs, grant_docs, test_docs) =
         (take("servers"), take("policies"), take("roles"), take("grants"), take("tests"));
 
-    let settings = settings_doc.map(|doc| compile_settings(&doc, &mut d)).unwrap_or_default();
+    let (settings, trust) = settings_doc.map(|doc| compile_settings(&doc, &files.entries, &mut d)).unwrap_or_default();
 
     for doc in &policy_docs {
         if let Some(p) = compile_policy(doc, &mut d) {
@@ -166,7 +169,7 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
         by_token,
         tool_names: Default::default(),
     };
-    Ok(Compiled { snapshot, tests, warnings: d.sorted().into_iter().cloned().collect() })
+    Ok(Compiled { snapshot, trust: Arc::new(trust), tests, warnings: d.sorted().into_iter().cloned().collect() })
 }
 
 /// What references may point at, and what exists but failed to compile (so a reference to it
@@ -250,15 +253,50 @@ fn review(doc: &Doc, d: &mut Diagnostics, ptr: &str, r: &raw::Review) -> Option<
     Some(Review { on: date(doc, d, &format!("{ptr}/on"), &r.on)?, by: r.by.clone() })
 }
 
-fn compile_settings(doc: &Doc, d: &mut Diagnostics) -> Settings {
-    let Some(raw) = doc.typed::<raw::Settings>("", &doc.value, d) else { return Settings::default() };
+/// The trust list alone (`gatehouse.yaml` and the key files it names), without compiling the
+/// rest of the repository: what the reconciler reads of a commit whose children it verifies.
+pub fn trust_list(files: &Files) -> Result<TrustList, Diagnostics> {
+    let mut d = Diagnostics::default();
+    let doc = ["gatehouse.yaml", "gatehouse.yml"].iter().find_map(|p| files.entries.get_key_value(*p)).and_then(|(p, e)| parse_entry(p, e, &mut d));
+    let trust = doc.map(|doc| compile_settings(&doc, &files.entries, &mut d).1).unwrap_or_default();
+    if d.has_errors() { Err(d) } else { Ok(trust) }
+}
+
+fn compile_settings(doc: &Doc, entries: &BTreeMap<String, Entry>, d: &mut Diagnostics) -> (Settings, TrustList) {
+    let Some(raw) = doc.typed::<raw::Settings>("", &doc.value, d) else { return Default::default() };
     match &raw.version {
         None => {}
         Some(Value::String(s)) if s == "1" => {}
         Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
         Some(v) => doc.value_error(d, "/version", format!("unsupported version {v}: expected \"1\"")),
     }
-    Settings { audit_retention_days: raw.audit.and_then(|a| a.retention_days) }
+    let trust = raw.changes.map(|c| compile_changes(doc, c, entries, d)).unwrap_or_default();
+    (Settings { audit_retention_days: raw.audit.and_then(|a| a.retention_days) }, trust)
+}
+
+/// `changes:`: the paths must name files of the repository, and a requirement needs keys.
+fn compile_changes(doc: &Doc, c: raw::ChangeSettings, entries: &BTreeMap<String, Entry>, d: &mut Diagnostics) -> TrustList {
+    let mut trust = TrustList { require_signed: c.require_signed, ..TrustList::default() };
+    let clean = |p: &str| p.trim_start_matches("./").to_string();
+    if let Some(p) = c.allowed_signers.as_deref().map(clean) {
+        match entries.get(&p) {
+            Some(Entry::Blob(_)) => trust.allowed_signers = Some(p),
+            Some(Entry::Symlink | Entry::TooLarge(_)) => doc.value_error(d, "/changes/allowed_signers", format!("{p} must be a regular file of at most {} bytes", super::MAX_FILE_BYTES)),
+            None => doc.value_error(d, "/changes/allowed_signers", format!("{p} does not exist (a file in git's allowed signers format: principals keytype base64-key)")),
+        }
+    }
+    if let Some(p) = c.openpgp_keys.as_deref().map(clean) {
+        if signers::openpgp_files(&p, entries).is_empty() {
+            doc.value_error(d, "/changes/openpgp_keys", format!("{p} does not exist (a file, or a directory of files, of OpenPGP public keys: gpg --armor --export KEYID)"));
+        } else {
+            trust.openpgp_keys = Some(p);
+        }
+    }
+    if trust.require_signed && c.allowed_signers.is_none() && c.openpgp_keys.is_none() {
+        doc.value_error(d, "/changes/require_signed", "require_signed needs keys to check signatures against: name allowed_signers or openpgp_keys");
+    }
+    signers::load(&mut trust, entries, d);
+    trust
 }
 
 /// Parses a credential value: literal text with `${secret:NAME}` references. A value with no

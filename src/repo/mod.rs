@@ -11,13 +11,14 @@ mod policy;
 mod raw;
 pub mod rules;
 mod scan;
+pub mod signers;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-pub use compile::{Compiled, TestCase, compile};
+pub use compile::{Compiled, TestCase, compile, trust_list};
 
 /// Files larger than this are not read (a policy file is never that big).
 pub const MAX_FILE_BYTES: u64 = 1 << 20;

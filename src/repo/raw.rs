@@ -21,6 +21,19 @@ pub struct Settings {
     pub version: Option<Value>,
     pub description: Option<String>,
     pub audit: Option<AuditSettings>,
+    pub changes: Option<ChangeSettings>,
+}
+
+/// `changes:`: only commits signed by a listed key are applied.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSettings {
+    #[serde(default)]
+    pub require_signed: bool,
+    /// A file in git's allowed signers format (SSH keys).
+    pub allowed_signers: Option<String>,
+    /// A file, or a directory of files, of OpenPGP public keys.
+    pub openpgp_keys: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

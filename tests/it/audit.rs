@@ -291,6 +291,7 @@ async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
         secrets: SecretSource::default(),
         poll: std::time::Duration::from_secs(600),
         accept_rewrite: false,
+        trust_initial_signers: false,
         webhook_secret: None,
         proxy: Config::default(),
     };

@@ -14,6 +14,7 @@ mod props;
 mod reconcile;
 mod relay;
 mod scan;
+mod signed;
 mod rmcp_peer;
 mod proxy;
 mod support;

@@ -42,6 +42,11 @@ impl Drop for Live {
 }
 
 pub async fn live(repo: &std::path::Path, data: &std::path::Path, branch: Option<&str>) -> Live {
+    live_with(repo, data, branch, false).await
+}
+
+/// `live`, optionally with `serve --trust-initial-signers`.
+pub async fn live_with(repo: &std::path::Path, data: &std::path::Path, branch: Option<&str>, trust_initial_signers: bool) -> Live {
     let settings = Settings {
         repo: repo.display().to_string(),
         branch: branch.map(str::to_string),
@@ -52,6 +57,7 @@ pub async fn live(repo: &std::path::Path, data: &std::path::Path, branch: Option
         // Long: changes must be noticed by the watcher, not by polling.
         poll: Duration::from_secs(600),
         accept_rewrite: false,
+        trust_initial_signers,
         webhook_secret: None,
         proxy: Config::default(),
     };
@@ -87,7 +93,7 @@ impl Live {
         self.wait(&format!("{commit} applied"), |s| s["active"]["commit"] == commit).await
     }
 
-    async fn attempted(&self, commit: &str) -> Value {
+    pub async fn attempted(&self, commit: &str) -> Value {
         self.wait(&format!("{commit} attempted"), |s| s["last_attempted"]["commit"] == commit).await
     }
 
@@ -419,6 +425,7 @@ async fn a_remote_repository_is_cloned_and_fetched_on_a_signed_webhook() {
         secrets: SecretSource::default(),
         poll: Duration::from_secs(600),
         accept_rewrite: false,
+        trust_initial_signers: false,
         webhook_secret: Some("hook-secret".into()),
         proxy: Config::default(),
     };

@@ -15,7 +15,7 @@ const MIGRATIONS: &[&str] = &[
         commit_time   TEXT NOT NULL,
         message       TEXT NOT NULL,
         pull_request  INTEGER,
-        signed        TEXT NOT NULL,   -- JSON {present, verified}
+        signed        TEXT NOT NULL,   -- JSON {present, verified, format, fingerprint, principal, error}
         files         TEXT NOT NULL,   -- JSON array of paths
         access_diff   TEXT NOT NULL,   -- JSON {gained: [...], lost: [...]} or null
         status        TEXT NOT NULL CHECK (status IN ('applied', 'superseded', 'rejected')),
@@ -63,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
         value         REAL NOT NULL,
         PRIMARY KEY (counter, subject, window_start)
      );",
+    // 3: signed changes — which trust list a commit's signature was checked against.
+    "ALTER TABLE changes ADD COLUMN trust TEXT;   -- JSON {basis: last_applied|parent|initial|none, from: commit|null, required: bool}",
 ];
 
 /// Brings the schema up to date; a no-op when it already is.
