@@ -21,6 +21,26 @@ pub struct Settings {
     pub version: Option<Value>,
     pub description: Option<String>,
     pub audit: Option<AuditSettings>,
+    pub auth: Option<AuthSettings>,
+}
+
+/// `auth:` in `gatehouse.yaml`: the identity providers whose access tokens sign people in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(default)]
+    pub issuers: Vec<Value>,
+}
+
+/// One entry of `auth.issuers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audience: String,
+    pub identity_claim: String,
+    pub groups_claim: Option<String>,
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +201,9 @@ pub struct State {
 #[serde(deny_unknown_fields)]
 pub struct Role {
     pub description: Option<String>,
+    /// Identity-provider groups whose members hold this role when they sign in.
+    #[serde(default)]
+    pub groups: Vec<Value>,
     #[serde(default)]
     pub access: Vec<Value>,
 }

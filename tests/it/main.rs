@@ -13,6 +13,7 @@ mod plan;
 mod props;
 mod reconcile;
 mod scan;
+mod sso;
 mod rmcp_peer;
 mod proxy;
 mod support;

@@ -93,6 +93,11 @@ pub struct State {
     pub replica: String,
     /// Who may hold a connection to the MCP listener.
     pub admission: Arc<admission::Admission>,
+    /// Identity providers' keys and the access tokens validated with them.
+    pub sso: crate::gateway::auth::Sso,
+    /// Grants widened by the roles of a signed-in person's groups, per (snapshot digest, grant,
+    /// roles): built once, not per call. Bounded (cleared past 1024 entries).
+    pub group_grants: Mutex<std::collections::HashMap<String, Arc<crate::policy::snapshot::Grant>>>,
 }
 
 /// The reconciler's state, in the shape of a Flux status.
@@ -179,6 +184,8 @@ impl State {
             quotas: Quotas::load(None, 0),
             vetting: Default::default(),
             replica: hostname(),
+            sso: crate::gateway::auth::Sso::new(http_client()),
+            group_grants: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -255,8 +262,11 @@ pub fn snapshot_changed(state: &State, old: Option<&Active>) {
     let Some(new) = state.active.load_full() else { return };
     let today = crate::units::Date::today();
     for session in state.sessions.all() {
-        let valid = new.snapshot.grant_by_name(&session.grant).is_some_and(|g| {
-            g.tokens.iter().any(|t| t.sha256 == session.token && t.expires.is_none_or(|e| e > today))
+        let valid = new.snapshot.grant_by_name(&session.grant).is_some_and(|g| match &session.issuer {
+            None => g.tokens.iter().any(|t| t.sha256 == session.token && t.expires.is_none_or(|e| e > today)),
+            // Signed in: the issuer is still trusted and the grant is still this identity's
+            // (each request's access token is validated again, `exp` included).
+            Some(iss) => new.snapshot.issuer(iss).is_some() && crate::gateway::auth::session_key(iss, &g.identity) == session.token,
         });
         if !valid {
             state.sessions.close(&session.id);

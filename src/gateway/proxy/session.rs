@@ -31,7 +31,12 @@ pub struct Session {
     /// The negotiated protocol revision.
     pub protocol: &'static str,
     /// sha256 of the token that opened it: a commit that revokes the token ends the session.
+    /// For a session opened with an identity provider's access token, sha256 of the issuer and
+    /// identity (the access token itself changes as it is refreshed).
     pub token: [u8; 32],
+    /// The issuer of a signed-in session (`None` for a grant token): a commit that removes the
+    /// issuer or the grant ends it.
+    pub issuer: Option<Arc<str>>,
     /// The open GET stream, if any: server-initiated messages go there.
     stream: Mutex<Option<mpsc::UnboundedSender<Value>>>,
     created: Instant,
@@ -125,7 +130,7 @@ impl Sessions {
     }
 
     /// Opens a session with a fresh random id (256 bits from the OS).
-    pub fn open(&self, grant: &str, token: [u8; 32], endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+    pub fn open(&self, grant: &str, token: [u8; 32], issuer: Option<Arc<str>>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).expect("the OS random source");
         let id = hex::encode(bytes);
@@ -137,6 +142,7 @@ impl Sessions {
             endpoint,
             protocol,
             token,
+            issuer,
             stream: Mutex::new(None),
             created: Instant::now(),
             last_seen_ms: AtomicU64::new(0),

@@ -1,0 +1,3 @@
+//! Placeholder: the SSO validation benchmark lands in the next commit.
+
+fn main() {}
