@@ -356,6 +356,11 @@ impl Sso {
         *keys.set.write().expect("sso lock") = Arc::new(parse_jwks(jwks));
     }
 
+    /// Forgets every validated token (the next use of each verifies its signature again).
+    pub fn forget_tokens(&self) {
+        self.tokens.lock().expect("sso lock").clear();
+    }
+
     /// Validates `token` for `issuer` at `now` with the keys cached, without any IO.
     /// `Err(None)` means the signing key is not cached (fetch, then ask again).
     pub fn check(&self, issuer: &Issuer, token: &str, audiences_accepted: &[&str], now: i64) -> Result<Signed, Option<AuthError>> {
