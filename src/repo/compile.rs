@@ -139,6 +139,12 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
                 by_token.insert(t.sha256, (gi, ti));
             }
         }
+        // Only a heuristic worth a warning: every issuer asserts email addresses, and this grant
+        // has no token of its own and an identity that is not one.
+        let emails_only = !settings.issuers.is_empty() && settings.issuers.iter().all(|i| i.identity_claim == "email");
+        if emails_only && g.tokens.is_empty() && !g.identity.contains('@') {
+            doc.warning(&mut d, "/identity", format!("no token and no issuer can sign in {:?}: every issuer's identity_claim is email", g.identity));
+        }
         by_identity.insert(g.identity.clone(), gi);
         grants.push(g);
     }
