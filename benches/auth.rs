@@ -4,7 +4,7 @@
 //! - `baseline/grant-token`: what `proxy::handler::authenticate` does for a grant token: the
 //!   checksum rule, sha256 of the token, the token-hash lookup, the expiry check.
 //! - `sso/warm`: the same access token again (the common case: a client reuses its token until it
-//!   expires): the JWT shape, `iss` peeked, the issuer looked up, the validated-token cache hit
+//!   expires): the JWT shape, `iss` from the validated-token cache, the issuer looked up, the validated-token cache hit
 //!   with `exp`/`nbf`/`aud` checked again, the grant by identity, the roles of the groups and
 //!   the widened grant's cache key.
 //! - `sso/verify/<alg>`: a token not seen before, with the issuer's keys cached: everything
@@ -91,7 +91,7 @@ fn bench(c: &mut Criterion) {
     // The SSO path of `authenticate` and `signed_in`.
     let signed_in = |t: &str| {
         assert!(auth::looks_like_jwt(t));
-        let iss = auth::peek_issuer(t).unwrap();
+        let iss = sso.issuer_of(t).unwrap();
         let issuer = snap.issuer(&iss).unwrap();
         let s = sso.check(issuer, t, &[issuer.audience.as_str()], gatehouse::units::unix_now()).unwrap();
         let g = snap.grant_index_by_identity(&s.identity).unwrap();

@@ -23,7 +23,7 @@
 //! request and never forwards a token.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -143,7 +143,7 @@ struct Remembered {
 pub struct Sso {
     http: HttpClient,
     issuers: RwLock<HashMap<String, Arc<Keys>>>,
-    tokens: Mutex<HashMap<Box<str>, Arc<Remembered>>>,
+    tokens: RwLock<HashMap<Box<str>, Arc<Remembered>>>,
     /// Least time between two key fetches of one issuer (an unknown `kid` cannot make the gateway
     /// hammer the IdP). 10 s by default.
     pub refresh_min: Duration,
@@ -336,7 +336,7 @@ fn fetchable(url: &str) -> bool {
 
 impl Sso {
     pub fn new(http: HttpClient) -> Sso {
-        Sso { http, issuers: RwLock::new(HashMap::new()), tokens: Mutex::new(HashMap::new()), refresh_min: Duration::from_secs(10) }
+        Sso { http, issuers: RwLock::new(HashMap::new()), tokens: RwLock::new(HashMap::new()), refresh_min: Duration::from_secs(10) }
     }
 
     fn keys(&self, issuer: &str) -> Arc<Keys> {
@@ -358,13 +358,21 @@ impl Sso {
 
     /// Forgets every validated token (the next use of each verifies its signature again).
     pub fn forget_tokens(&self) {
-        self.tokens.lock().expect("sso lock").clear();
+        self.tokens.write().expect("sso lock").clear();
+    }
+
+    /// The issuer of `token` if it was validated before (no decoding: the common case of a
+    /// client reusing its access token); else [`peek_issuer`].
+    pub fn issuer_of(&self, token: &str) -> Option<String> {
+        let hit = self.tokens.read().expect("sso lock").get(token).map(|r| r.issuer.issuer.clone());
+        hit.or_else(|| peek_issuer(token))
     }
 
     /// Validates `token` for `issuer` at `now` with the keys cached, without any IO.
     /// `Err(None)` means the signing key is not cached (fetch, then ask again).
     pub fn check(&self, issuer: &Issuer, token: &str, audiences_accepted: &[&str], now: i64) -> Result<Signed, Option<AuthError>> {
-        if let Some(r) = self.tokens.lock().expect("sso lock").get(token).cloned()
+        let hit = self.tokens.read().expect("sso lock").get(token).cloned();
+        if let Some(r) = hit
             && r.issuer == *issuer {
                 timely(&r, audiences_accepted, now).map_err(Some)?;
                 return Ok(r.signed.clone());
@@ -400,7 +408,7 @@ impl Sso {
         let r = Remembered { issuer: issuer.clone(), aud: audiences(&p.claims), nbf, signed: Signed { issuer: Arc::from(issuer.issuer.as_str()), identity, groups, exp } };
         timely(&r, audiences_accepted, now).map_err(Some)?;
         let signed = r.signed.clone();
-        let mut cache = self.tokens.lock().expect("sso lock");
+        let mut cache = self.tokens.write().expect("sso lock");
         if cache.len() >= MAX_CACHED_TOKENS {
             cache.retain(|_, r| r.signed.exp + SKEW >= now);
             if cache.len() >= MAX_CACHED_TOKENS {

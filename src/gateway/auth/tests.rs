@@ -2,6 +2,7 @@
 //! small local hyper server. Keys: the test-only RSA key of `tests/data/sso/`, and P-256 and
 //! Ed25519 keys generated here.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http_body_util::Full;

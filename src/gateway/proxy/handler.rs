@@ -374,7 +374,7 @@ async fn authenticate(state: &State, snap: &Snapshot, headers: &HeaderMap, endpo
     }
     if !snap.settings.issuers.is_empty()
         && crate::gateway::auth::looks_like_jwt(token)
-        && let Some(issuer) = crate::gateway::auth::peek_issuer(token).and_then(|iss| snap.issuer(&iss))
+        && let Some(issuer) = state.sso.issuer_of(token).and_then(|iss| snap.issuer(&iss))
     {
         return signed_in(state, snap, issuer, token, endpoint).await;
     }
