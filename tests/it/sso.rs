@@ -78,6 +78,7 @@ struct World {
     gw: Gateway,
     idp: Idp,
     upstream: MockUpstream,
+    files: Vec<(String, String)>,
 }
 
 async fn world() -> World {
@@ -102,7 +103,8 @@ async fn world() -> World {
         ("grants/dave.yaml", dave.as_str()),
     ];
     let gw = Gateway::start(&files, SecretSource::default(), Config::default()).await;
-    World { gw, idp, upstream }
+    let files = files.iter().map(|(p, t)| (p.to_string(), t.to_string())).collect();
+    World { gw, idp, upstream, files }
 }
 
 fn mcp(w: &World) -> String {
@@ -221,4 +223,27 @@ async fn groups_add_the_roles_that_name_them_but_never_loosen_a_grants_own_polic
     assert!(r["result"]["content"][0]["text"].as_str().unwrap().contains("small sums only"), "{r}");
     let r = post(&mcp(&w), &token, Some(&sid), call(6, "mock__add", json!({ "a": 5, "b": 1 }))).await.json();
     assert!(r["result"]["content"].is_array() && r["result"]["isError"] != json!(true), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_grant_refuses_the_next_request_and_ends_the_session() {
+    use gatehouse::gateway::proxy::{self, Active};
+    let w = world().await;
+    let token = w.idp.token("alice@example.com", &[]);
+    let sid = initialize(&mcp(&w), &token, "2025-11-25").await;
+    let r = post(&mcp(&w), &token, Some(&sid), call(1, "mock__echo_headers", json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // A commit that deletes grants/alice.yaml, applied as the reconciler applies it.
+    let files: Vec<(&str, &str)> = w.files.iter().filter(|(p, _)| p != "grants/alice.yaml").map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let snapshot = Arc::new(gatehouse::repo::compile(&gatehouse::repo::Files::from_memory(files)).unwrap().snapshot);
+    let secrets = Arc::new(gatehouse::gateway::secrets::bind(&snapshot, &SecretSource::default()).unwrap());
+    let old = w.gw.state.active.load_full();
+    w.gw.state.activate(Active { snapshot, secrets });
+    proxy::snapshot_changed(&w.gw.state, old.as_deref());
+
+    // The same, still unexpired, access token: no grant any more.
+    let r = post(&mcp(&w), &token, Some(&sid), call(2, "mock__echo_headers", json!({}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(w.gw.state.sessions.all().iter().all(|s| s.grant != "alice"), "the session was closed");
 }
