@@ -247,3 +247,31 @@ async fn deleting_the_grant_refuses_the_next_request_and_ends_the_session() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     assert!(w.gw.state.sessions.all().iter().all(|s| s.grant != "alice"), "the session was closed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_that_changes_what_a_group_gives_notifies_the_signed_in_session() {
+    use gatehouse::gateway::proxy::{self, Active};
+    let w = world().await;
+    let token = w.idp.token("alice@example.com", &["eng-oncall"]);
+    let sid = initialize(&mcp(&w), &token, "2025-11-25").await;
+    let list = post(&mcp(&w), &token, Some(&sid), json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" })).await.json();
+    assert_eq!(tool_names(&list), ["mock__add", "mock__echo_headers"]);
+    let mut stream = crate::reconcile::open_stream(&mcp(&w), &token, &sid).await;
+
+    // The role no longer names the group.
+    let files: Vec<(&str, &str)> = w
+        .files
+        .iter()
+        .map(|(p, t)| (p.as_str(), if p == "roles/oncall.yaml" { "groups: [eng-leads]\naccess: [ { server: mock, tools: [add] } ]\n" } else { t.as_str() }))
+        .collect();
+    let snapshot = Arc::new(gatehouse::repo::compile(&gatehouse::repo::Files::from_memory(files)).unwrap().snapshot);
+    let secrets = Arc::new(gatehouse::gateway::secrets::bind(&snapshot, &SecretSource::default()).unwrap());
+    let old = w.gw.state.active.load_full();
+    w.gw.state.activate(Active { snapshot, secrets });
+    proxy::snapshot_changed(&w.gw.state, old.as_deref());
+
+    let event = crate::reconcile::next_event(&mut stream).await.expect("the stream is open");
+    assert!(event.contains("notifications/tools/list_changed"), "{event}");
+    let list = post(&mcp(&w), &token, Some(&sid), json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" })).await.json();
+    assert_eq!(tool_names(&list), ["mock__echo_headers"]);
+}

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, PARSE_ERROR, SERVER_ERROR};
-use super::session::Session;
+use super::session::{Session, SignIn};
 use super::{Active, State};
 use crate::policy::eval::may_allow;
 use crate::policy::{Call, evaluate_grant};
@@ -55,8 +55,9 @@ struct Ctx {
     grant: usize,
     /// sha256 of the caller's token (signed in: [`crate::gateway::auth::session_key`]).
     token: [u8; 32],
-    /// The issuer of the caller's access token; `None` for a grant token.
-    issuer: Option<Arc<str>>,
+    /// The issuer of the caller's access token and the roles its groups name; `None` for a grant
+    /// token.
+    sign_in: Option<SignIn>,
     /// The grant widened by the roles of the caller's groups, when they name any.
     effective: Option<Arc<Grant>>,
     /// `Some(server)` on `/mcp/<server>`.
@@ -316,7 +317,7 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
             return text(StatusCode::NOT_FOUND, "not found\n");
         }
     }
-    let cx = Ctx { state: state.clone(), active: active.clone(), grant: grant_index, token: caller.token, issuer: caller.issuer.clone(), effective: caller.effective.clone(), endpoint: endpoint.map(Arc::from) };
+    let cx = Ctx { state: state.clone(), active: active.clone(), grant: grant_index, token: caller.token, sign_in: caller.sign_in.clone(), effective: caller.effective.clone(), endpoint: endpoint.map(Arc::from) };
     match *req.method() {
         Method::POST => post(&cx, req).await,
         Method::DELETE => {
@@ -350,7 +351,7 @@ struct Caller {
     grant: usize,
     /// sha256 of the grant token, or the signed-in session key.
     token: [u8; 32],
-    issuer: Option<Arc<str>>,
+    sign_in: Option<SignIn>,
     effective: Option<Arc<Grant>>,
 }
 
@@ -382,7 +383,7 @@ async fn authenticate(state: &State, snap: &Snapshot, headers: &HeaderMap, endpo
         return Err(malformed());
     }
     let (grant, hash) = grant_token(snap, token).map_err(|why| Refusal::Unauthorized(why.into()))?;
-    Ok(Caller { grant, token: hash, issuer: None, effective: None })
+    Ok(Caller { grant, token: hash, sign_in: None, effective: None })
 }
 
 /// An access token of `issuer`: validated, then its identity claim selects the grant whose
@@ -400,14 +401,15 @@ async fn signed_in(state: &State, snap: &Snapshot, issuer: &crate::policy::snaps
         info!(issuer = %signed.issuer, "signed in, but no grant has this identity");
         return Err(Refusal::Forbidden("no grant for this identity".into()));
     };
-    let effective = group_grant(state, snap, gi, &signed);
-    Ok(Caller { grant: gi, token: crate::gateway::auth::session_key(&signed.issuer, &signed.identity), issuer: Some(signed.issuer), effective })
+    let roles = snap.roles_of_groups(signed.groups.iter().map(String::as_str));
+    let effective = group_grant(state, snap, gi, &signed, &roles);
+    let sign_in = SignIn { groups: signed.groups.clone(), issuer: signed.issuer.clone() };
+    Ok(Caller { grant: gi, token: crate::gateway::auth::session_key(&signed.issuer, &signed.identity), sign_in: Some(sign_in), effective })
 }
 
 /// The grant `gi` widened by the roles its holder's groups name (`None` when they name none),
 /// built once per (snapshot, grant, roles).
-fn group_grant(state: &State, snap: &Snapshot, gi: usize, signed: &crate::gateway::auth::Signed) -> Option<Arc<Grant>> {
-    let roles = snap.roles_of_groups(signed.groups.iter().map(String::as_str));
+fn group_grant(state: &State, snap: &Snapshot, gi: usize, signed: &crate::gateway::auth::Signed, roles: &[&str]) -> Option<Arc<Grant>> {
     if roles.is_empty() {
         return None;
     }
@@ -575,7 +577,7 @@ async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body
 fn initialize(cx: &Ctx, id: Value, params: &Value) -> Response<Body> {
     let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
     let version = SUPPORTED.iter().find(|v| **v == asked).copied().unwrap_or(LATEST);
-    let session = cx.state.sessions.open(&cx.grant().name, cx.token, cx.issuer.clone(), cx.endpoint().map(str::to_string), version);
+    let session = cx.state.sessions.open(&cx.grant().name, cx.token, cx.sign_in.clone(), cx.endpoint().map(str::to_string), version);
     let instructions = match cx.endpoint {
         None => "Tools from several servers, named <server>__<tool>. Every call is checked against policy and recorded.",
         Some(_) => "Every call is checked against policy and recorded.",
@@ -869,7 +871,7 @@ impl Recorder {
             session: session.reference.clone(),
             identity: grant.identity.clone(),
             grant: grant.file.clone(),
-            auth: cx.issuer.as_deref().unwrap_or("token").to_string(),
+            auth: cx.sign_in.as_ref().map_or("token", |s| &*s.issuer).to_string(),
             kind: "tool".into(),
             server: server.to_string(),
             tool: tool.to_string(),

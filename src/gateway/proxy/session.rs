@@ -34,9 +34,9 @@ pub struct Session {
     /// For a session opened with an identity provider's access token, sha256 of the issuer and
     /// identity (the access token itself changes as it is refreshed).
     pub token: [u8; 32],
-    /// The issuer of a signed-in session (`None` for a grant token): a commit that removes the
+    /// How a signed-in session signed in (`None` for a grant token): a commit that removes the
     /// issuer or the grant ends it.
-    pub issuer: Option<Arc<str>>,
+    pub sign_in: Option<SignIn>,
     /// The open GET stream, if any: server-initiated messages go there.
     stream: Mutex<Option<mpsc::UnboundedSender<Value>>>,
     created: Instant,
@@ -44,6 +44,15 @@ pub struct Session {
     last_seen_ms: AtomicU64,
     /// In-flight requests by the client's JSON-RPC id (serialized), for cancellation.
     inflight: Mutex<HashMap<String, AbortHandle>>,
+}
+
+/// A session opened with an identity provider's access token.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    pub issuer: Arc<str>,
+    /// The groups its access token listed when it opened: under a new commit, the roles that
+    /// name them are what `list_changed` compares.
+    pub groups: Vec<String>,
 }
 
 /// All open sessions.
@@ -130,7 +139,7 @@ impl Sessions {
     }
 
     /// Opens a session with a fresh random id (256 bits from the OS).
-    pub fn open(&self, grant: &str, token: [u8; 32], issuer: Option<Arc<str>>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+    pub fn open(&self, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).expect("the OS random source");
         let id = hex::encode(bytes);
@@ -142,7 +151,7 @@ impl Sessions {
             endpoint,
             protocol,
             token,
-            issuer,
+            sign_in,
             stream: Mutex::new(None),
             created: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
