@@ -279,10 +279,10 @@ fn audiences(claims: &Value) -> Vec<String> {
 
 /// The checks that depend on the time and the request, run on every request (cached or not).
 fn timely(r: &Remembered, audiences_accepted: &[&str], now: i64) -> Result<(), AuthError> {
-    if now > r.signed.exp + SKEW {
+    if now > r.signed.exp.saturating_add(SKEW) {
         return Err(AuthError::Expired);
     }
-    if r.nbf.is_some_and(|nbf| now + SKEW < nbf) {
+    if r.nbf.is_some_and(|nbf| now.saturating_add(SKEW) < nbf) {
         return Err(AuthError::NotYetValid);
     }
     if !r.aud.iter().any(|a| audiences_accepted.contains(&a.as_str())) {
@@ -319,6 +319,16 @@ fn parse_jwk(v: &Value) -> Option<Key> {
 /// The keys of a JWKS document (`{"keys": [...]}`), at most [`MAX_KEYS`].
 fn parse_jwks(doc: &Value) -> Vec<Key> {
     doc.get("keys").and_then(Value::as_array).map(|keys| keys.iter().filter_map(parse_jwk).take(MAX_KEYS).collect()).unwrap_or_default()
+}
+
+/// RFC 8414's metadata URL of `issuer`: the well-known segment between the origin and the path.
+fn rfc8414(issuer: &str) -> String {
+    let issuer = issuer.trim_end_matches('/');
+    let after = issuer.find("://").map_or(0, |i| i + 3);
+    match issuer[after..].find('/') {
+        Some(i) => format!("{}/.well-known/oauth-authorization-server{}", &issuer[..after + i], &issuer[after + i..]),
+        None => format!("{issuer}/.well-known/oauth-authorization-server"),
+    }
 }
 
 /// `Ok` for an `https://` URL or `http://` to a loopback host (a `jwks_uri` from discovery).
@@ -410,7 +420,7 @@ impl Sso {
         let signed = r.signed.clone();
         let mut cache = self.tokens.write().expect("sso lock");
         if cache.len() >= MAX_CACHED_TOKENS {
-            cache.retain(|_, r| r.signed.exp + SKEW >= now);
+            cache.retain(|_, r| r.signed.exp.saturating_add(SKEW) >= now);
             if cache.len() >= MAX_CACHED_TOKENS {
                 cache.clear();
             }
@@ -453,10 +463,16 @@ impl Sso {
         self.check(issuer, token, audiences_accepted, now).map_err(|e| e.unwrap_or(AuthError::UnknownKey))
     }
 
-    /// Discovery, then the key set.
+    /// Discovery (OpenID Connect, else RFC 8414 authorization server metadata), then the key set.
     async fn fetch_jwks(&self, issuer: &str) -> Result<Vec<Key>, String> {
-        let discovery = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let doc = self.get_json(&discovery).await?;
+        let mut discovery = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+        let doc = match self.get_json(&discovery).await {
+            Ok(doc) => doc,
+            Err(oidc) => {
+                discovery = rfc8414(issuer);
+                self.get_json(&discovery).await.map_err(|e| format!("{oidc}; {e}"))?
+            }
+        };
         if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
             return Err(format!("{discovery} names another issuer"));
         }

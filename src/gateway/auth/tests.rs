@@ -101,6 +101,11 @@ struct Idp {
 }
 
 async fn idp(keys: Value) -> Idp {
+    idp_with(keys, true).await
+}
+
+/// `oidc: false`: no OpenID discovery (404), only RFC 8414 metadata.
+async fn idp_with(keys: Value, oidc: bool) -> Idp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let issuer = format!("{base}/realms/test");
@@ -113,13 +118,19 @@ async fn idp(keys: Value) -> Idp {
             let (j, f, iss) = (j.clone(), f.clone(), iss.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let body = if req.uri().path().ends_with("/.well-known/openid-configuration") {
-                        json!({ "issuer": iss, "jwks_uri": format!("{iss}/protocol/openid-connect/certs") }).to_string()
+                    let path = req.uri().path();
+                    let discovery = json!({ "issuer": iss, "jwks_uri": format!("{iss}/protocol/openid-connect/certs") }).to_string();
+                    let (status, body) = if path.ends_with("/.well-known/openid-configuration") {
+                        if oidc { (200, discovery) } else { (404, String::new()) }
+                    } else if path.starts_with("/.well-known/oauth-authorization-server/") {
+                        (200, discovery)
                     } else {
                         f.fetch_add(1, Ordering::SeqCst);
-                        j.lock().unwrap().to_string()
+                        (200, j.lock().unwrap().to_string())
                     };
-                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
                 });
                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
@@ -176,6 +187,8 @@ async fn audience_issuer_and_times() {
         ("expired", with(&|c| c["exp"] = json!(now - SKEW - 5)), AuthError::Expired),
         ("no exp", with(&|c| { c.as_object_mut().unwrap().remove("exp"); }), AuthError::Malformed),
         ("not yet valid", with(&|c| c["nbf"] = json!(now + SKEW + 30)), AuthError::NotYetValid),
+        ("exp as text", with(&|c| c["exp"] = json!("tomorrow")), AuthError::Malformed),
+        ("nbf at the end of time", with(&|c| c["nbf"] = json!(i64::MAX)), AuthError::NotYetValid),
         ("no identity", with(&|c| { c.as_object_mut().unwrap().remove("email"); }), AuthError::NoIdentity("email".into())),
     ];
     for (name, token, want) in cases {
@@ -271,6 +284,15 @@ async fn rotated_keys_are_fetched_on_an_unknown_kid_at_a_bounded_rate() {
 }
 
 #[tokio::test]
+async fn rfc8414_metadata_when_there_is_no_openid_discovery() {
+    let ed = Signer::ed();
+    let idp = idp_with(json!({ "keys": [ed.jwk("d1")] }), false).await;
+    let s = sso().validate(&issuer(&idp), &ed.token("d1", &claims(&idp)), &[AUD]).await.unwrap();
+    assert_eq!(s.identity, "alice@example.com");
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn an_unreachable_idp_refuses() {
     let iss = Issuer { issuer: "http://127.0.0.1:9/realms/none".into(), audience: AUD.into(), identity_claim: "email".into(), groups_claim: None };
     let rsa = Signer::rsa();
@@ -287,6 +309,8 @@ fn shapes() {
     assert!(!looks_like_jwt(".b.c"));
     assert!(!looks_like_jwt("a+b.c.d"));
     assert_eq!(peek_issuer(&format!("x.{}.y", b64(br#"{"iss":"https://i"}"#))).as_deref(), Some("https://i"));
+    assert_eq!(rfc8414("https://idp.example.com/realms/eng"), "https://idp.example.com/.well-known/oauth-authorization-server/realms/eng");
+    assert_eq!(rfc8414("https://tenant.auth0.com/"), "https://tenant.auth0.com/.well-known/oauth-authorization-server");
     assert!(fetchable("https://x/jwks") && fetchable("http://127.0.0.1:1/j") && fetchable("http://[::1]/j") && !fetchable("http://idp.example.com/j"));
 }
 
