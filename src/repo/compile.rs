@@ -42,6 +42,8 @@ pub struct TestCase {
     pub rule: Option<String>,
     /// Starting counts of the call's quotas (see `raw::Case::counters`).
     pub counters: Vec<(String, f64)>,
+    /// The caller's identity-provider groups (`raw::Case::groups`).
+    pub groups: Vec<String>,
 }
 
 /// The directories of a policy repository and whether they may nest.
@@ -784,6 +786,7 @@ fn compile_tests(
             expect,
             rule: c.rule,
             counters: c.counters.into_iter().collect(),
+            groups: c.groups,
         });
     }
 }

@@ -267,4 +267,7 @@ pub struct Case {
     /// quota rule name; quotas the call reaches start from 0 otherwise.
     #[serde(default)]
     pub counters: std::collections::BTreeMap<String, f64>,
+    /// The caller's identity-provider groups, as a signed-in person (roles naming them apply).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }

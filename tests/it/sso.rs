@@ -275,3 +275,32 @@ async fn a_commit_that_changes_what_a_group_gives_notifies_the_signed_in_session
     let list = post(&mcp(&w), &token, Some(&sid), json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" })).await.json();
     assert_eq!(tool_names(&list), ["mock__echo_headers"]);
 }
+
+#[test]
+fn policy_tests_and_eval_decide_as_a_signed_in_member_of_groups() {
+    let repo = crate::support::TestRepo::new();
+    repo.write(&[
+        ("gatehouse.yaml", "auth:\n  issuers:\n    - { issuer: https://idp.example.com/realms/eng, audience: https://gatehouse.example.com/mcp, identity_claim: email, groups_claim: groups }\n"),
+        ("servers/files.yaml", "name: files\ntransport: stdio\ncommand: [x]\nsupplier: { operated_by: internal }\n"),
+        ("policies/small.yaml", "version: \"1\"\ndefault: deny\ntools:\n  write_file:\n    deny_if: [ { name: no etc, conditions: [ { path: args.path, op: regex, value: \"^/etc\" } ] } ]\n"),
+        ("roles/writers.yaml", "groups: [eng-writers]\naccess: [ { server: files, tools: [write_file] } ]\n"),
+        ("grants/alice.yaml", "identity: alice@example.com\nkind: human\naccess: [ { server: files, tools: [read_file] } ]\n"),
+        ("grants/bob.yaml", "identity: bob@example.com\nkind: human\naccess: [ { server: files, tools: [write_file], policy: policies/small.yaml } ]\n"),
+        (
+            "tests/groups.yaml",
+            "cases:\n  - { name: a member of eng-writers may write, identity: alice@example.com, groups: [eng-writers], server: files, tool: write_file, args: { path: /srv/a }, expect: allow, rule: via group eng-writers }\n  - { name: without the group, identity: alice@example.com, server: files, tool: write_file, args: { path: /srv/a }, expect: deny }\n  - { name: the group does not loosen bob's own policy, identity: bob@example.com, groups: [eng-writers], server: files, tool: write_file, args: { path: /etc/passwd }, expect: deny, rule: no etc }\n",
+        ),
+    ]);
+    let dir = repo.path().to_str().unwrap();
+    let run = crate::support::gatehouse(&["test", "--repo", dir]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--repo", dir, "--identity", "alice@example.com", "--server", "files", "--tool", "write_file"];
+        args.extend_from_slice(extra);
+        crate::support::gatehouse(&args)
+    };
+    assert_eq!(eval(&[]).code, 1);
+    let run = eval(&["--group", "eng", "--group", "eng-writers"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("roles/writers.yaml#/access/0 via group eng-writers"), "{}", run.stdout);
+}
