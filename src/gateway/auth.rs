@@ -125,8 +125,8 @@ enum Material {
 #[derive(Debug, Default)]
 struct Keys {
     set: RwLock<Arc<Vec<Key>>>,
-    /// Serializes fetches; holds when the last one finished.
-    fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Serializes fetches; holds when the last one finished, and its error if it failed.
+    fetch: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
 }
 
 /// What a validated token is remembered with: its claims, and the configuration they were read
@@ -447,11 +447,12 @@ impl Sso {
                 Err(Some(e)) => return Err(e),
                 Err(None) => {}
             }
-            if last.is_some_and(|t| t.elapsed() < self.refresh_min) {
-                return Err(AuthError::UnknownKey);
-            }
+            if let Some((at, error)) = last.as_ref()
+                && at.elapsed() < self.refresh_min {
+                    return Err(error.clone().map_or(AuthError::UnknownKey, AuthError::Keys));
+                }
             let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch_jwks(&issuer.issuer)).await.unwrap_or_else(|_| Err("timed out".into()));
-            *last = Some(Instant::now());
+            *last = Some((Instant::now(), fetched.as_ref().err().cloned()));
             match fetched {
                 Ok(set) => *keys.set.write().expect("sso lock") = Arc::new(set),
                 Err(e) => {

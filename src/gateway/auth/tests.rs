@@ -298,6 +298,10 @@ async fn an_unreachable_idp_refuses() {
     let rsa = Signer::rsa();
     let t = rsa.token("r1", &json!({ "iss": iss.issuer, "aud": AUD, "email": "a@b", "exp": crate::units::unix_now() + 60 }));
     assert!(matches!(sso().validate(&iss, &t, &[AUD]).await, Err(AuthError::Keys(_))));
+    // Within refresh_min of a failed fetch, the same failure is reported without another fetch.
+    let sso = Sso::new(crate::gateway::upstream::http_client());
+    assert!(matches!(sso.validate(&iss, &t, &[AUD]).await, Err(AuthError::Keys(_))));
+    assert!(matches!(sso.validate(&iss, &t, &[AUD]).await, Err(AuthError::Keys(_))));
 }
 
 #[test]
