@@ -146,6 +146,10 @@ pub enum Command {
         /// rule name. Quotas the call reaches start from 0 otherwise.
         #[arg(long = "counter", value_name = "COUNTER=N", value_parser = parse_counter)]
         counters: Vec<(String, f64)>,
+        /// Decide as a caller signed in through an identity provider with this group (repeatable):
+        /// the roles whose `groups` name it apply, as in the gateway.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
     },
     /// Issue, revoke or review a grant's tokens: edits grants/NAME.yaml for you to commit.
     Grant {
@@ -647,7 +651,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Grant { command } => grant(command),
         Command::Check(r) => check(&r),
         Command::Test(r) => test(&r),
-        Command::Eval { repo, identity, server, tool, args, counters } => eval(&repo, &identity, &server, &tool, &args, &counters),
+        Command::Eval { repo, identity, server, tool, args, counters, groups } => eval(&repo, &identity, &server, &tool, &args, &counters, &groups),
         Command::Scan(args) => scan(args),
         Command::ExampleUpstream { flavor, root } => crate::commands::example_upstream::run(flavor, root).map(|()| 0),
     }
@@ -724,7 +728,7 @@ fn parse_counter(s: &str) -> std::result::Result<(String, f64), String> {
     }
 }
 
-fn eval(r: &RepoArgs, identity: &str, server: &str, tool: &str, args: &str, counters: &[(String, f64)]) -> Result<i32> {
+fn eval(r: &RepoArgs, identity: &str, server: &str, tool: &str, args: &str, counters: &[(String, f64)], groups: &[String]) -> Result<i32> {
     let args: Value = serde_json::from_str(args).context("--args is not valid JSON")?;
     if !args.is_object() {
         bail!("--args must be a JSON object, e.g. '{{\"path\": \"/srv/projects/a\"}}'");
@@ -732,7 +736,7 @@ fn eval(r: &RepoArgs, identity: &str, server: &str, tool: &str, args: &str, coun
     let Some(c) = load(r, &mut std::io::stderr())? else { return Ok(EXIT_INVALID) };
     let s = &c.snapshot;
     // Quotas are decided against the given starting counts (0 otherwise), never a daemon's store.
-    let decided = crate::commands::testing::decide(s, &Call { identity, server, tool, args: &args }, counters).map_err(|e| anyhow!("--counter: {e}"))?;
+    let decided = crate::commands::testing::decide_signed_in(s, &Call { identity, server, tool, args: &args }, counters, groups).map_err(|e| anyhow!("--counter: {e}"))?;
     let quotas: Vec<Value> = decided
         .quotas
         .iter()

@@ -36,7 +36,24 @@ pub struct QuotaStatus {
 /// quota; for one they allow, a key that names none of its quotas is an error naming the ones
 /// it does reach.
 pub fn decide(snapshot: &Snapshot, call: &Call, counters: &[(String, f64)]) -> Result<Decided, String> {
-    let d = evaluate(snapshot, call);
+    decide_signed_in(snapshot, call, counters, &[])
+}
+
+/// [`decide`] for a caller signed in through an identity provider with `groups`: the roles that
+/// name them add their entries to the caller's grant, as the gateway does.
+pub fn decide_signed_in(snapshot: &Snapshot, call: &Call, counters: &[(String, f64)], groups: &[String]) -> Result<Decided, String> {
+    let roles = snapshot.roles_of_groups(groups.iter().map(String::as_str));
+    let d = match snapshot.grant(call.identity) {
+        Some(g) if !roles.is_empty() => {
+            let with: Vec<_> = roles
+                .iter()
+                .filter_map(|r| snapshot.roles.get(*r))
+                .map(|r| (r, format!("group {}", groups.iter().find(|g| r.groups.contains(g)).map(String::as_str).unwrap_or("?"))))
+                .collect();
+            crate::policy::evaluate_grant(snapshot, &g.with_roles(&with), call)
+        }
+        _ => evaluate(snapshot, call),
+    };
     if !d.is_allow() {
         return Ok(Decided { decision: d, quotas: Vec::new() });
     }
@@ -119,7 +136,7 @@ pub fn run(compiled: &Compiled) -> Vec<Outcome<'_>> {
         .iter()
         .map(|case| {
             let call = Call { identity: &case.identity, server: &case.server, tool: &case.tool, args: &case.args };
-            let decision = match decide(&compiled.snapshot, &call, &case.counters) {
+            let decision = match decide_signed_in(&compiled.snapshot, &call, &case.counters, &case.groups) {
                 Ok(d) => d.decision,
                 Err(e) => Decision::deny(Arc::<str>::from(COUNTERS_ERROR), e),
             };

@@ -5,6 +5,7 @@
 //! `gitops::reconcile` does); it never reads git. Decisions come from the pure `policy`
 //! engine; what is written down goes through `record`.
 
+pub mod auth;
 pub mod proxy;
 pub mod secrets;
 pub mod token;

@@ -7,13 +7,17 @@
 //! Resources and prompts share the `tool` column with a prefix no tool name can have (tool names
 //! hold no `:`): `resource:<pattern>` for each pattern of an access entry (`resource:*` for every
 //! resource) and `prompt:<name>` (`prompt:*`).
+//!
+//! An identity-provider group that roles name (`roles/x.yaml` `groups:`) has rows of its own,
+//! identity `group:<name>`: what those roles give any signed-in member with a grant, on their own
+//! (a member's own grant entries can only narrow a tool both reach).
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 
 use crate::policy::eval::may_allow;
-use crate::policy::snapshot::{Snapshot, ToolSet};
+use crate::policy::snapshot::{Grant, Kind, Snapshot, ToolSet};
 
 /// Prefix of a resource pattern's cell in the `tool` column.
 pub const RESOURCE_PREFIX: &str = "resource:";
@@ -39,6 +43,32 @@ pub struct Diff {
 pub fn matrix(snap: &Snapshot) -> BTreeSet<Cell> {
     let mut out = BTreeSet::new();
     for grant in &snap.grants {
+        cells(snap, grant, &mut out);
+    }
+    let groups: BTreeSet<&str> = snap.roles.values().flat_map(|r| r.groups.iter().map(String::as_str)).collect();
+    for group in groups {
+        let identity = format!("group:{group}");
+        let nobody = Grant {
+            name: identity.clone(),
+            file: String::new(),
+            identity,
+            kind: Kind::Human,
+            owner: None,
+            tokens: Vec::new(),
+            access: Vec::new(),
+            by_server: Default::default(),
+            quotas: Vec::new(),
+            review: None,
+        };
+        let roles: Vec<_> = snap.roles.values().filter(|r| r.groups.iter().any(|g| g == group)).map(|r| (r, format!("group {group}"))).collect();
+        cells(snap, &nobody.with_roles(&roles), &mut out);
+    }
+    out
+}
+
+/// The cells of one grant.
+fn cells(snap: &Snapshot, grant: &Grant, out: &mut BTreeSet<Cell>) {
+    {
         for server in grant.by_server.keys() {
             let Some(s) = snap.servers.get(server) else { continue };
             let mut tools: BTreeSet<&str> = s.tools.keys().map(String::as_str).collect();
@@ -72,7 +102,6 @@ pub fn matrix(snap: &Snapshot) -> BTreeSet<Cell> {
             }
         }
     }
-    out
 }
 
 /// What changes from `old` to `new`.
@@ -116,5 +145,17 @@ mod tests {
         assert_eq!(cells(&some), ["g s a", "g s prompt:*", "g s prompt:triage", "g s resource:*", "g s resource:repo://x/**"]);
         let d = diff(&matrix(&some), &matrix(&none));
         assert_eq!(d.lost.len(), 4);
+    }
+
+    #[test]
+    fn groups_have_rows_of_their_own() {
+        let files = Files::from_memory([
+            ("servers/s.yaml", "name: s\ntransport: stdio\ncommand: [x]\nsupplier: { operated_by: internal }\ntools: { a: { category: read }, b: { category: destructive } }\n"),
+            ("roles/ops.yaml", "groups: [eng-oncall, sre]\naccess: [ { server: s, tools: [b] } ]\n"),
+            ("grants/g.yaml", "identity: g\nkind: human\naccess: [ { server: s, tools: [a] } ]\n"),
+        ]);
+        let snap = compile(&files).unwrap().snapshot;
+        let cells: Vec<String> = matrix(&snap).into_iter().map(|c| format!("{} {} {}", c.identity, c.server, c.tool)).collect();
+        assert_eq!(cells, ["g s a", "group:eng-oncall s b", "group:sre s b"]);
     }
 }

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub(crate) by_identity: HashMap<String, usize>,
     pub(crate) by_name: HashMap<String, usize>,
     pub(crate) by_token: HashMap<[u8; 32], (usize, usize)>,
+    /// Identity-provider group → the roles that name it (`roles/<name>.yaml` `groups:`).
+    pub(crate) by_group: HashMap<String, Vec<String>>,
     /// Every server's declared tool names, for screening definitions (built on first use).
     pub(crate) tool_names: std::sync::OnceLock<crate::supply::ToolNames>,
 }
@@ -40,6 +42,21 @@ pub struct Snapshot {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Settings {
     pub audit_retention_days: Option<u32>,
+    /// `auth.issuers`: identity providers whose access tokens (JWTs) sign people in.
+    pub issuers: Vec<Issuer>,
+}
+
+/// One trusted identity provider (`gatehouse.yaml` `auth.issuers[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Issuer {
+    /// The `iss` its tokens carry, and where OpenID discovery starts.
+    pub issuer: String,
+    /// What the tokens' `aud` must contain: the gateway's public `/mcp` URL.
+    pub audience: String,
+    /// The claim matched against grants' `identity`.
+    pub identity_claim: String,
+    /// The claim listing the person's groups, which roles may name.
+    pub groups_claim: Option<String>,
 }
 
 #[derive(Debug)]
@@ -123,6 +140,8 @@ pub struct ToolInfo {
 pub struct Role {
     pub name: String,
     pub file: String,
+    /// Identity-provider groups whose members hold this role when signed in through an issuer.
+    pub groups: Vec<String>,
     pub access: Vec<Access>,
 }
 
@@ -160,7 +179,7 @@ pub struct Token {
 
 /// One access entry: a server, which of its tools, resources and prompts, and an optional extra
 /// policy (for tools).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Access {
     /// `grants/alice.yaml#/access/0`, or for a role entry
     /// `roles/repo-reader.yaml#/access/0 via grants/bob.yaml#/access/1`.
@@ -228,6 +247,12 @@ impl Snapshot {
         self.by_token.get(sha256).map(|&(g, t)| (&self.grants[g], &self.grants[g].tokens[t]))
     }
 
+    /// Index of the grant whose `identity` is `identity` (never a file stem: what an identity
+    /// provider asserts is matched against `identity` only).
+    pub fn grant_index_by_identity(&self, identity: &str) -> Option<usize> {
+        self.by_identity.get(identity).copied()
+    }
+
     /// The grant in `grants/<name>.yaml`.
     pub fn grant_by_name(&self, name: &str) -> Option<&Grant> {
         self.by_name.get(name).map(|&i| &self.grants[i])
@@ -236,6 +261,19 @@ impl Snapshot {
     /// Indexes (grant, token) of a bearer token's sha256.
     pub fn grant_index_by_token_hash(&self, sha256: &[u8; 32]) -> Option<(usize, usize)> {
         self.by_token.get(sha256).copied()
+    }
+
+    /// The configured issuer whose `iss` is `iss`.
+    pub fn issuer(&self, iss: &str) -> Option<&Issuer> {
+        self.settings.issuers.iter().find(|i| i.issuer == iss)
+    }
+
+    /// The roles that name any of `groups`, sorted and without repeats.
+    pub fn roles_of_groups<'a>(&'a self, groups: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut out: Vec<&str> = groups.into_iter().filter_map(|g| self.by_group.get(g)).flatten().map(String::as_str).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The first 12 hex digits of the commit, or `worktree`.
@@ -251,6 +289,45 @@ impl Snapshot {
         let mut v: Vec<&str> = self.servers.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+}
+
+// === impl Grant ===
+
+impl Grant {
+    /// This grant plus the access entries of `roles`, as if it listed `- role: <name>` for each
+    /// (what a signed-in person's groups add, `via` naming why). A role already among the grant's
+    /// entries is not added twice. Like any role entry, an added entry holds its own policies and
+    /// cannot loosen the grant's: every entry reaching a tool must allow the call.
+    pub fn with_roles(&self, roles: &[(&Role, String)]) -> Grant {
+        let mut access = self.access.clone();
+        for (role, via) in roles {
+            let prefix = format!("{}#", role.file);
+            if self.access.iter().any(|a| a.id.starts_with(&prefix)) {
+                continue;
+            }
+            access.extend(role.access.iter().map(|ra| Access {
+                id: Arc::from(format!("{} via {via}", ra.id)),
+                allow_message: Arc::from(format!("allowed by {} via {via}", ra.id)),
+                ..ra.clone()
+            }));
+        }
+        let mut by_server: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, a) in access.iter().enumerate() {
+            by_server.entry(a.server.clone()).or_default().push(i);
+        }
+        Grant {
+            name: self.name.clone(),
+            file: self.file.clone(),
+            identity: self.identity.clone(),
+            kind: self.kind,
+            owner: self.owner.clone(),
+            tokens: self.tokens.clone(),
+            access,
+            by_server,
+            quotas: self.quotas.clone(),
+            review: self.review.clone(),
+        }
     }
 }
 

@@ -46,6 +46,8 @@ pub struct TestCase {
     pub rule: Option<String>,
     /// Starting counts of the call's quotas (see `raw::Case::counters`).
     pub counters: Vec<(String, f64)>,
+    /// The caller's identity-provider groups (`raw::Case::groups`).
+    pub groups: Vec<String>,
 }
 
 /// The directories of a policy repository and whether they may nest.
@@ -143,10 +145,29 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
                 by_token.insert(t.sha256, (gi, ti));
             }
         }
+        // Only a heuristic worth a warning: every issuer asserts email addresses, and this grant
+        // has no token of its own and an identity that is not one.
+        let emails_only = !settings.issuers.is_empty() && settings.issuers.iter().all(|i| i.identity_claim == "email");
+        if emails_only && g.tokens.is_empty() && !g.identity.contains('@') {
+            doc.warning(&mut d, "/identity", format!("no token and no issuer can sign in {:?}: every issuer's identity_claim is email", g.identity));
+        }
         by_identity.insert(g.identity.clone(), gi);
         grants.push(g);
     }
     let by_name = grants.iter().enumerate().map(|(i, g)| (g.name.clone(), i)).collect::<HashMap<_, _>>();
+    let mut by_group: HashMap<String, Vec<String>> = HashMap::new();
+    for r in roles.values() {
+        for g in &r.groups {
+            by_group.entry(g.clone()).or_default().push(r.name.clone());
+        }
+    }
+    if settings.issuers.is_empty() {
+        for doc in &role_docs {
+            if roles.get(stem(&doc.file)).is_some_and(|r| !r.groups.is_empty()) {
+                doc.warning(&mut d, "/groups", "groups take effect only for people signed in through an issuer, and gatehouse.yaml configures none (auth.issuers)");
+            }
+        }
+    }
 
     let mut tests = Vec::new();
     for doc in &test_docs {
@@ -167,6 +188,7 @@ pub fn compile(files: &Files) -> Result<Compiled, Diagnostics> {
         by_identity,
         by_name,
         by_token,
+        by_group,
         tool_names: Default::default(),
     };
     Ok(Compiled { snapshot, trust: Arc::new(trust), tests, warnings: d.sorted().into_iter().cloned().collect() })
@@ -270,8 +292,36 @@ fn compile_settings(doc: &Doc, entries: &BTreeMap<String, Entry>, d: &mut Diagno
         Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
         Some(v) => doc.value_error(d, "/version", format!("unsupported version {v}: expected \"1\"")),
     }
+    let mut issuers: Vec<crate::policy::snapshot::Issuer> = Vec::new();
+    for (i, v) in raw.auth.iter().flat_map(|a| a.issuers.iter()).enumerate() {
+        let ptr = format!("/auth/issuers/{i}");
+        let Some(r) = doc.typed::<raw::Issuer>(&ptr, v, d) else { continue };
+        let mut ok = true;
+        if let Err(why) = check_auth_url(&r.issuer) {
+            doc.value_error(d, &format!("{ptr}/issuer"), format!("issuer {why}"));
+            ok = false;
+        }
+        if let Err(why) = check_auth_url(&r.audience) {
+            doc.value_error(d, &format!("{ptr}/audience"), format!("audience {why} (the gateway's public /mcp URL, the resource clients ask tokens for)"));
+            ok = false;
+        }
+        for (field, claim) in [("identity_claim", Some(&r.identity_claim)), ("groups_claim", r.groups_claim.as_ref())] {
+            if let Some(c) = claim
+                && c.trim().is_empty() {
+                    doc.value_error(d, &format!("{ptr}/{field}"), format!("{field} must name a claim (e.g. email, groups)"));
+                    ok = false;
+                }
+        }
+        if issuers.iter().any(|x| x.issuer == r.issuer) {
+            doc.value_error(d, &format!("{ptr}/issuer"), format!("issuer {:?} is listed twice", r.issuer));
+            ok = false;
+        }
+        if ok {
+            issuers.push(crate::policy::snapshot::Issuer { issuer: r.issuer, audience: r.audience, identity_claim: r.identity_claim, groups_claim: r.groups_claim });
+        }
+    }
     let trust = raw.changes.map(|c| compile_changes(doc, c, entries, d)).unwrap_or_default();
-    (Settings { audit_retention_days: raw.audit.and_then(|a| a.retention_days) }, trust)
+    (Settings { audit_retention_days: raw.audit.and_then(|a| a.retention_days), issuers }, trust)
 }
 
 /// `changes:`: the paths must name files of the repository, and a requirement needs keys.
@@ -297,6 +347,28 @@ fn compile_changes(doc: &Doc, c: raw::ChangeSettings, entries: &BTreeMap<String,
     }
     signers::load(&mut trust, entries, d);
     trust
+}
+
+/// `Ok` for an absolute `https://` URL, or `http://` to a loopback host (tests, a local IdP).
+fn check_auth_url(url: &str) -> Result<(), String> {
+    let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        _ => return Err(format!("{url:?} must be an https:// URL")),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = if let Some(v6) = authority.strip_prefix('[') { v6.split(']').next().unwrap_or("") } else { authority.split(':').next().unwrap_or("") };
+    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) || url.contains('#') {
+        return Err(format!("{url:?} is not a valid URL"));
+    }
+    if !https && !is_loopback(host) {
+        return Err(format!("{url:?} must use https:// (http:// only for a loopback address)"));
+    }
+    Ok(())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Parses a credential value: literal text with `${secret:NAME}` references. A value with no
@@ -674,10 +746,22 @@ fn compile_role(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Role> {
             access.push(a);
         }
     }
+    let mut groups: Vec<String> = Vec::new();
+    for (i, g) in raw.groups.iter().enumerate() {
+        match g.as_str() {
+            Some(g) if !g.trim().is_empty() => {
+                if groups.iter().any(|x| x == g) {
+                    doc.value_error(d, &format!("/groups/{i}"), format!("group {g:?} is listed twice"));
+                }
+                groups.push(g.to_string());
+            }
+            _ => doc.value_error(d, &format!("/groups/{i}"), "a group must be a non-empty string (as the identity provider's groups claim spells it)"),
+        }
+    }
     if d.errors().count() > before {
         return None;
     }
-    Some(Role { name: stem(&doc.file).to_string(), file: doc.file.clone(), access })
+    Some(Role { name: stem(&doc.file).to_string(), file: doc.file.clone(), groups, access })
 }
 
 fn compile_grant(doc: &Doc, refs: &Refs, roles: &BTreeMap<String, Role>, d: &mut Diagnostics) -> Option<Grant> {
@@ -837,6 +921,7 @@ fn compile_tests(
             expect,
             rule: c.rule,
             counters: c.counters.into_iter().collect(),
+            groups: c.groups,
         });
     }
 }

@@ -22,6 +22,7 @@ pub struct Settings {
     pub description: Option<String>,
     pub audit: Option<AuditSettings>,
     pub changes: Option<ChangeSettings>,
+    pub auth: Option<AuthSettings>,
 }
 
 /// `changes:`: only commits signed by a listed key are applied.
@@ -34,6 +35,25 @@ pub struct ChangeSettings {
     pub allowed_signers: Option<String>,
     /// A file, or a directory of files, of OpenPGP public keys.
     pub openpgp_keys: Option<String>,
+}
+
+/// `auth:` in `gatehouse.yaml`: the identity providers whose access tokens sign people in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(default)]
+    pub issuers: Vec<Value>,
+}
+
+/// One entry of `auth.issuers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audience: String,
+    pub identity_claim: String,
+    pub groups_claim: Option<String>,
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +214,9 @@ pub struct State {
 #[serde(deny_unknown_fields)]
 pub struct Role {
     pub description: Option<String>,
+    /// Identity-provider groups whose members hold this role when they sign in.
+    #[serde(default)]
+    pub groups: Vec<Value>,
     #[serde(default)]
     pub access: Vec<Value>,
 }
@@ -262,4 +285,7 @@ pub struct Case {
     /// quota rule name; quotas the call reaches start from 0 otherwise.
     #[serde(default)]
     pub counters: std::collections::BTreeMap<String, f64>,
+    /// The caller's identity-provider groups, as a signed-in person (roles naming them apply).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }

@@ -15,6 +15,7 @@ mod reconcile;
 mod relay;
 mod scan;
 mod signed;
+mod sso;
 mod rmcp_peer;
 mod proxy;
 mod support;

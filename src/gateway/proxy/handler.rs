@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use super::relay;
 use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, PARSE_ERROR, SERVER_ERROR};
-use super::session::Session;
+use super::session::{Session, SignIn};
 use super::{Active, State};
 use crate::policy::eval::may_allow;
 use crate::policy::{Call, evaluate_grant};
@@ -54,8 +54,13 @@ pub(super) struct Ctx {
     pub(super) active: Arc<Active>,
     /// Index of the caller's grant in `active.snapshot.grants`.
     grant: usize,
-    /// sha256 of the caller's token.
+    /// sha256 of the caller's token (signed in: [`crate::gateway::auth::session_key`]).
     token: [u8; 32],
+    /// The issuer of the caller's access token and the roles its groups name; `None` for a grant
+    /// token.
+    sign_in: Option<SignIn>,
+    /// The grant widened by the roles of the caller's groups, when they name any.
+    effective: Option<Arc<Grant>>,
     /// `Some(server)` on `/mcp/<server>`.
     endpoint: Option<Arc<str>>,
 }
@@ -64,7 +69,7 @@ pub(super) struct Ctx {
 
 impl Ctx {
     pub(super) fn grant(&self) -> &Grant {
-        &self.active.snapshot.grants[self.grant]
+        self.effective.as_deref().unwrap_or(&self.active.snapshot.grants[self.grant])
     }
 
     pub(super) fn endpoint(&self) -> Option<&str> {
@@ -80,9 +85,55 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(&state),
         (_, p) if p == "/mcp" || p.starts_with("/mcp/") => mcp(state, req, &path).await,
+        (&Method::GET, p) if p == RESOURCE_METADATA || p.starts_with(&format!("{RESOURCE_METADATA}/")) => resource_metadata(&state, p),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
+}
+
+/// RFC 9728's well-known path of protected resource metadata.
+const RESOURCE_METADATA: &str = "/.well-known/oauth-protected-resource";
+
+/// The public URLs of what a client reaches at `path` (`/mcp` or `/mcp/<server>`) when issuers
+/// are configured: `(resource, metadata URL)`. The first issuer's `audience` is the public URL of
+/// `/mcp`; whatever precedes `/mcp` in it (a reverse proxy's prefix) prefixes every resource.
+fn resource_urls(snap: &Snapshot, path: &str) -> Option<(String, String)> {
+    let audience = snap.settings.issuers.first()?.audience.trim_end_matches('/');
+    let base = audience.strip_suffix("/mcp").unwrap_or(audience);
+    let scheme_end = base.find("://").map(|i| i + 3)?;
+    let (origin, prefix) = match base[scheme_end..].find('/') {
+        Some(i) => base.split_at(scheme_end + i),
+        None => (base, ""),
+    };
+    let path = path.trim_end_matches('/');
+    Some((format!("{base}{path}"), format!("{origin}{RESOURCE_METADATA}{prefix}{path}")))
+}
+
+/// `GET /.well-known/oauth-protected-resource[/…/mcp[/<server>]]`: RFC 9728 metadata naming the
+/// configured issuers as authorization servers. 404 when none are configured.
+fn resource_metadata(state: &State, path: &str) -> Response<Body> {
+    let Some(active) = state.active.load_full() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid policy commit is active\n");
+    };
+    let snap = &active.snapshot;
+    let rest = &path[RESOURCE_METADATA.len()..];
+    // The resource path: from the `/mcp` segment on (a prefix before it is the proxy's).
+    let mcp_path = match rest.match_indices("/mcp").find(|(i, _)| rest[i + 4..].is_empty() || rest[i + 4..].starts_with('/')) {
+        Some((i, _)) => &rest[i..],
+        None if rest.is_empty() => "/mcp",
+        None => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let Some((resource, _)) = resource_urls(snap, mcp_path) else { return text(StatusCode::NOT_FOUND, "not found\n") };
+    let issuers: Vec<&str> = snap.settings.issuers.iter().map(|i| i.issuer.as_str()).collect();
+    let body = json!({
+        "resource": resource,
+        "authorization_servers": issuers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "gatehouse",
+    });
+    let mut r = json_response(StatusCode::OK, &body);
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    r
 }
 
 /// A request on the admin listener: `/status`, `/metrics`, `POST /-/reconcile` and the probes.
@@ -244,18 +295,30 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
         let body = jsonrpc::error(Value::Null, SERVER_ERROR, "gatehouse is not ready: no valid policy commit is active");
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
     };
-    let (grant_index, token) = match authenticate(&active.snapshot, req.headers()) {
-        Ok(g) => g,
-        Err(why) => return unauthorized(why),
+    let caller = match authenticate(&state, &active.snapshot, req.headers(), endpoint).await {
+        Ok(c) => c,
+        Err(Refusal::Unauthorized(why)) => {
+            let mut r = unauthorized(&why);
+            // MCP authorization: every 401 points at the protected resource metadata.
+            if let Some((_, url)) = resource_urls(&active.snapshot, path) {
+                let error = if why == "missing bearer token" { "" } else { ", error=\"invalid_token\"" };
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"gatehouse\", resource_metadata=\"{url}\"{error}")) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            return r;
+        }
+        Err(Refusal::Forbidden(why)) => return rpc_error(StatusCode::FORBIDDEN, SERVER_ERROR, format!("forbidden: {why}")),
     };
-    let grant = &active.snapshot.grants[grant_index];
+    let grant_index = caller.grant;
+    let grant: &Grant = caller.effective.as_deref().unwrap_or(&active.snapshot.grants[grant_index]);
     if let Some(server) = endpoint {
         // Never reveal whether a server the caller cannot reach exists.
         if !active.snapshot.servers.contains_key(server) || !grant.by_server.contains_key(server) {
             return text(StatusCode::NOT_FOUND, "not found\n");
         }
     }
-    let cx = Ctx { state: state.clone(), active: active.clone(), grant: grant_index, token, endpoint: endpoint.map(Arc::from) };
+    let cx = Ctx { state: state.clone(), active: active.clone(), grant: grant_index, token: caller.token, sign_in: caller.sign_in.clone(), effective: caller.effective.clone(), endpoint: endpoint.map(Arc::from) };
     match *req.method() {
         Method::POST => post(&cx, req).await,
         Method::DELETE => {
@@ -283,16 +346,98 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
     }
 }
 
-/// `Authorization: Bearer <token>` → the index of the grant whose token hash matches, if the
-/// token has not expired.
-fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<(usize, [u8; 32]), &'static str> {
-    let value = headers.get(header::AUTHORIZATION).ok_or("missing bearer token")?;
-    let value = value.to_str().map_err(|_| "malformed authorization header")?;
-    let (scheme, token) = value.split_once(' ').ok_or("malformed authorization header")?;
+/// Who is calling, once authenticated.
+struct Caller {
+    /// Index of the grant in the snapshot.
+    grant: usize,
+    /// sha256 of the grant token, or the signed-in session key.
+    token: [u8; 32],
+    sign_in: Option<SignIn>,
+    effective: Option<Arc<Grant>>,
+}
+
+/// Why a request is refused before anything else: 401 (no valid credentials) or 403 (a valid
+/// access token whose identity has no grant).
+enum Refusal {
+    Unauthorized(String),
+    Forbidden(String),
+}
+
+/// `Authorization: Bearer <token>`: an identity provider's access token (a JWT whose `iss` is a
+/// configured issuer) or a grant token.
+async fn authenticate(state: &State, snap: &Snapshot, headers: &HeaderMap, endpoint: Option<&str>) -> Result<Caller, Refusal> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| Refusal::Unauthorized("missing bearer token".into()))?;
+    let malformed = || Refusal::Unauthorized("malformed authorization header".into());
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
     let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > 4096 {
-        return Err("malformed authorization header");
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > crate::gateway::auth::MAX_TOKEN {
+        return Err(malformed());
     }
+    if !snap.settings.issuers.is_empty()
+        && crate::gateway::auth::looks_like_jwt(token)
+        && let Some(issuer) = state.sso.issuer_of(token).and_then(|iss| snap.issuer(&iss))
+    {
+        return signed_in(state, snap, issuer, token, endpoint).await;
+    }
+    if token.len() > 4096 {
+        return Err(malformed());
+    }
+    let (grant, hash) = grant_token(snap, token).map_err(|why| Refusal::Unauthorized(why.into()))?;
+    Ok(Caller { grant, token: hash, sign_in: None, effective: None })
+}
+
+/// An access token of `issuer`: validated, then its identity claim selects the grant whose
+/// `identity` equals it, and its groups add the roles that name them.
+async fn signed_in(state: &State, snap: &Snapshot, issuer: &crate::policy::snapshot::Issuer, token: &str, endpoint: Option<&str>) -> Result<Caller, Refusal> {
+    // /mcp is the audience; /mcp/<server> also accepts a token for that resource itself.
+    let per_server = endpoint.map(|s| format!("{}/{s}", issuer.audience.trim_end_matches('/')));
+    let mut accepted = vec![issuer.audience.as_str()];
+    accepted.extend(per_server.as_deref());
+    let signed = state.sso.validate(issuer, token, &accepted).await.map_err(|e| {
+        debug!(issuer = %issuer.issuer, error = %e, "access token refused");
+        Refusal::Unauthorized(e.to_string())
+    })?;
+    let Some(gi) = snap.grant_index_by_identity(&signed.identity) else {
+        info!(issuer = %signed.issuer, "signed in, but no grant has this identity");
+        return Err(Refusal::Forbidden("no grant for this identity".into()));
+    };
+    let roles = snap.roles_of_groups(signed.groups.iter().map(String::as_str));
+    let effective = group_grant(state, snap, gi, &signed, &roles);
+    let sign_in = SignIn { groups: signed.groups.clone(), issuer: signed.issuer.clone() };
+    Ok(Caller { grant: gi, token: crate::gateway::auth::session_key(&signed.issuer, &signed.identity), sign_in: Some(sign_in), effective })
+}
+
+/// The grant `gi` widened by the roles its holder's groups name (`None` when they name none),
+/// built once per (snapshot, grant, roles).
+fn group_grant(state: &State, snap: &Snapshot, gi: usize, signed: &crate::gateway::auth::Signed, roles: &[&str]) -> Option<Arc<Grant>> {
+    if roles.is_empty() {
+        return None;
+    }
+    let key = format!("{}\n{gi}\n{}\n{}", snap.digest, signed.issuer, roles.join("\n"));
+    let mut cache = state.group_grants.lock().expect("group grants lock");
+    if let Some(g) = cache.get(&key) {
+        return Some(g.clone());
+    }
+    let with: Vec<(&crate::policy::snapshot::Role, String)> = roles
+        .iter()
+        .filter_map(|r| snap.roles.get(*r))
+        .map(|r| {
+            let group = signed.groups.iter().find(|g| r.groups.contains(g)).map(String::as_str).unwrap_or("?");
+            (r, format!("group {group} of {}", signed.issuer))
+        })
+        .collect();
+    let g = Arc::new(snap.grants[gi].with_roles(&with));
+    if cache.len() >= 1024 {
+        cache.clear();
+    }
+    cache.insert(key, g.clone());
+    Some(g)
+}
+
+/// A grant token → the index of the grant whose token hash matches, if the token has not
+/// expired.
+fn grant_token(snap: &Snapshot, token: &str) -> Result<(usize, [u8; 32]), &'static str> {
     // A gatehouse token carries a checksum: a mistyped or forged one is refused before any lookup.
     if !crate::gateway::token::admissible(token) {
         return Err("malformed token");
@@ -433,7 +578,7 @@ async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body
 fn initialize(cx: &Ctx, id: Value, params: &Value) -> Response<Body> {
     let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
     let version = SUPPORTED.iter().find(|v| **v == asked).copied().unwrap_or(LATEST);
-    let session = cx.state.sessions.open(&cx.grant().name, cx.token, cx.endpoint().map(str::to_string), version);
+    let session = cx.state.sessions.open(&cx.grant().name, cx.token, cx.sign_in.clone(), cx.endpoint().map(str::to_string), version);
     let instructions = match cx.endpoint {
         None => "Tools and prompts from several servers, named <server>__<name>; resources under their own URIs. Every call is checked against policy and recorded.",
         Some(_) => "Every call is checked against policy and recorded.",
@@ -764,7 +909,7 @@ impl Recorder {
             session: session.reference.clone(),
             identity: grant.identity.clone(),
             grant: grant.file.clone(),
-            auth: "token".into(),
+            auth: cx.sign_in.as_ref().map_or("token", |s| &*s.issuer).to_string(),
             kind: kind.into(),
             server: server.to_string(),
             tool,

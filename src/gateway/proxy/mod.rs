@@ -94,6 +94,11 @@ pub struct State {
     pub replica: String,
     /// Who may hold a connection to the MCP listener.
     pub admission: Arc<admission::Admission>,
+    /// Identity providers' keys and the access tokens validated with them.
+    pub sso: crate::gateway::auth::Sso,
+    /// Grants widened by the roles of a signed-in person's groups, per (snapshot digest, grant,
+    /// roles): built once, not per call. Bounded (cleared past 1024 entries).
+    pub group_grants: Mutex<std::collections::HashMap<String, Arc<crate::policy::snapshot::Grant>>>,
 }
 
 /// The reconciler's state, in the shape of a Flux status.
@@ -180,6 +185,8 @@ impl State {
             quotas: Quotas::load(None, 0),
             vetting: Default::default(),
             replica: hostname(),
+            sso: crate::gateway::auth::Sso::new(http_client()),
+            group_grants: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -258,8 +265,11 @@ pub fn snapshot_changed(state: &State, old: Option<&Active>) {
     let Some(new) = state.active.load_full() else { return };
     let today = crate::units::Date::today();
     for session in state.sessions.all() {
-        let valid = new.snapshot.grant_by_name(&session.grant).is_some_and(|g| {
-            g.tokens.iter().any(|t| t.sha256 == session.token && t.expires.is_none_or(|e| e > today))
+        let valid = new.snapshot.grant_by_name(&session.grant).is_some_and(|g| match session.sign_in.as_ref().map(|s| &*s.issuer) {
+            None => g.tokens.iter().any(|t| t.sha256 == session.token && t.expires.is_none_or(|e| e > today)),
+            // Signed in: the issuer is still trusted and the grant is still this identity's
+            // (each request's access token is validated again, `exp` included).
+            Some(iss) => new.snapshot.issuer(iss).is_some() && crate::gateway::auth::session_key(iss, &g.identity) == session.token,
         });
         if !valid {
             state.sessions.close(&session.id);
@@ -306,6 +316,17 @@ fn granted(active: &Active, session: &session::Session) -> (Granted, Granted) {
 fn visible(state: &State, active: &Active, session: &session::Session) -> BTreeSet<(String, String)> {
     let snap = &active.snapshot;
     let Some(grant) = snap.grant_by_name(&session.grant) else { return BTreeSet::new() };
+    // A signed-in session also sees what its groups' roles give, under this snapshot's roles.
+    let widened;
+    let grant = match &session.sign_in {
+        Some(s) if !s.groups.is_empty() => {
+            let names = snap.roles_of_groups(s.groups.iter().map(String::as_str));
+            let roles: Vec<_> = names.iter().filter_map(|r| snap.roles.get(*r)).map(|r| (r, String::new())).collect();
+            widened = grant.with_roles(&roles);
+            &widened
+        }
+        _ => grant,
+    };
     let mut out = BTreeSet::new();
     for server in grant.by_server.keys() {
         if session.endpoint.as_deref().is_some_and(|e| e != server) {

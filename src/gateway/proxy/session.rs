@@ -31,7 +31,12 @@ pub struct Session {
     /// The negotiated protocol revision.
     pub protocol: &'static str,
     /// sha256 of the token that opened it: a commit that revokes the token ends the session.
+    /// For a session opened with an identity provider's access token, sha256 of the issuer and
+    /// identity (the access token itself changes as it is refreshed).
     pub token: [u8; 32],
+    /// How a signed-in session signed in (`None` for a grant token): a commit that removes the
+    /// issuer or the grant ends it.
+    pub sign_in: Option<SignIn>,
     /// The open GET stream, if any: server-initiated messages go there.
     stream: Mutex<Option<mpsc::UnboundedSender<Value>>>,
     created: Instant,
@@ -45,6 +50,15 @@ pub struct Session {
     /// The `logging/setLevel` of this session as a severity (0 debug … 7 emergency); unset
     /// (`u8::MAX`): no log messages are relayed to it.
     log_level: AtomicU8,
+}
+
+/// A session opened with an identity provider's access token.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    pub issuer: Arc<str>,
+    /// The groups its access token listed when it opened: under a new commit, the roles that
+    /// name them are what `list_changed` compares.
+    pub groups: Vec<String>,
 }
 
 /// All open sessions.
@@ -156,7 +170,7 @@ impl Sessions {
     }
 
     /// Opens a session with a fresh random id (256 bits from the OS).
-    pub fn open(&self, grant: &str, token: [u8; 32], endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+    pub fn open(&self, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).expect("the OS random source");
         let id = hex::encode(bytes);
@@ -168,6 +182,7 @@ impl Sessions {
             endpoint,
             protocol,
             token,
+            sign_in,
             stream: Mutex::new(None),
             created: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
