@@ -8,10 +8,12 @@
 #   HTTP+SSE (started with shared/peers/start-servers.sh), server-filesystem over stdio (on a
 #   copy of the fsroot fixture), mcp-server-time over stdio.
 # Clients: the official Python SDK (shared/peers/mcp_client.py), MCP Inspector CLI 1.x (Node 20)
-#   and 2.x (Node 22, when installed), curl for the wire-level checks.
+#   and 2.x (Node 22, when installed), curl for the wire-level checks, and the official
+#   conformance suite (@modelcontextprotocol/conformance, Node 22), whose server scenarios must
+#   pass through /mcp/everything wherever they pass against server-everything directly.
 # A temporary policy repository (git init + one commit) registers the four upstreams with
 #   supplier facts and tool categories, argument rules (deny_if contains, require path_within,
-#   require in, a rules-style rule), hidden tools and two grants with different tokens.
+#   require in, a rules-style rule), hidden tools and three grants with different tokens.
 #
 # Prints a PASS/FAIL line per check and, last, "N passed, M failed"; exits 1 on any failure.
 #
@@ -218,7 +220,8 @@ peers_complete() {
   [ -f "$PEERS_DIR/env.sh" ] || return 1
   ( source "$PEERS_DIR/env.sh"
     for f in "$PEERS_PY" "$PEERS_EVERYTHING_JS" "$PEERS_FILESYSTEM_JS" "$PEERS_INSPECTOR1" \
-             "$PEERS_DIR/venv/bin/mcp-server-time" "$PEERS_DIR/fsroot/hello.txt"; do
+             "$PEERS_DIR/venv/bin/mcp-server-time" "$PEERS_DIR/fsroot/hello.txt" \
+             "${PEERS_NODE22:-}" "${PEERS_CONFORMANCE_JS:-}"; do
       [ -e "$f" ] || exit 1
     done )
 }
@@ -290,7 +293,7 @@ echo "$SECRET_WORD" >"$WORK/outside.txt"
 
 tok() { "$PEERS_PY" -c 'import secrets; print("ghi-" + secrets.token_hex(20))'; }
 sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
-OPS_TOKEN=$(tok); AGENT_TOKEN=$(tok); EXPIRED_TOKEN=$(tok); BAD_TOKEN=$(tok)
+OPS_TOKEN=$(tok); AGENT_TOKEN=$(tok); EXPIRED_TOKEN=$(tok); BAD_TOKEN=$(tok); CONFORMANCE_TOKEN=$(tok)
 TODAY=$(date -u +%F); NEXT_YEAR=$(date -u -d '+365 days' +%F)
 REPO=$WORK/policy-repo
 mkdir -p "$REPO"/{servers,policies,grants,tests}
@@ -424,6 +427,17 @@ access:
   - { server: everything, tools: [echo, get-sum] }
   - { server: files, tools: [read_text_file, list_directory, list_allowed_directories] }
   - { server: time, tools: [get_current_time], policy: policies/time-zones.yaml }
+review: { on: $TODAY, by: interop@example.com }
+EOF
+# The official conformance suite's client, through /mcp/everything: all that server-everything has.
+cat >"$REPO/grants/conformance.yaml" <<EOF
+identity: conformance-suite
+kind: agent
+owner: ops@example.com
+tokens:
+  - { sha256: $(sha "$CONFORMANCE_TOKEN"), issued: $TODAY, expires: $NEXT_YEAR }
+access:
+  - { server: everything, tools: "*", resources: "*", prompts: "*" }
 review: { on: $TODAY, by: interop@example.com }
 EOF
 cat >"$REPO/tests/interop.yaml" <<EOF
@@ -697,6 +711,85 @@ check "py-sdk /mcp/time call" --has '"timezone": "Europe/Paris"' --lacks "time__
   -- "${PY[@]}" --url "$GW/mcp/time" --token "$AGENT_TOKEN" --call get_current_time --args '{"timezone":"Europe/Paris"}'
 check "py-sdk /mcp/time with a bad token fails (401)" --rc fail --has "unauthorized: unknown token" \
   -- "${PY[@]}" --url "$GW/mcp/time" --token "$BAD_TOKEN"
+
+# --- the official conformance suite ----------------------------------------------------------
+# @modelcontextprotocol/conformance runs its server scenarios against server-everything directly,
+# then through /mcp/everything with a grant to all of it (tools, resources "*", prompts "*").
+# Every scenario that passes directly must pass through the gateway (those that fail directly
+# need the suite's own test server: shared/peers/conformance-baseline-everything.yml).
+# Two scenarios "pass" directly only because server-everything answers a call to a tool it does
+# not have (the suite's test_simple_text, test_error_handling) with an isError result, which the
+# suite accepts; the gateway answers JSON-RPC -32602 "Unknown tool: <name>" (DESIGN.md §3, the
+# spec's own example). For those the gateway's failure must be exactly that.
+# The suite has no option for a header, so a preload adds the bearer token to its client's
+# fetch() calls to the gateway's URL (and to nothing else).
+section "official MCP conformance suite: server scenarios directly vs through /mcp/everything"
+CONF=$WORK/conformance; mkdir -p "$CONF"
+cat >"$CONF/bearer.cjs" <<'JSEOF'
+// Preloaded into the conformance suite (node --require): the gateway's bearer token on every
+// fetch() to GATEHOUSE_CONFORMANCE_URL. The suite itself cannot send a header.
+const token = process.env.GATEHOUSE_CONFORMANCE_TOKEN, base = process.env.GATEHOUSE_CONFORMANCE_URL;
+if (token && base && typeof globalThis.fetch === "function") {
+  const inner = globalThis.fetch;
+  globalThis.fetch = (input, init = {}) => {
+    const url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url;
+    if (url.startsWith(base)) {
+      const headers = new Headers(init.headers ?? (input instanceof Request ? input.headers : undefined));
+      if (!headers.has("authorization")) headers.set("authorization", "Bearer " + token);
+      init = { ...init, headers };
+    }
+    return inner(input, init);
+  };
+}
+JSEOF
+conformance() {  # conformance LABEL URL [TOKEN]: results in $CONF/LABEL, the log in $LOGS
+  ( cd "$PEERS_DIR/npm" && env HOME="$WORK/home" GATEHOUSE_CONFORMANCE_URL="$2" GATEHOUSE_CONFORMANCE_TOKEN="${3:-}" \
+      NODE_OPTIONS="--require $CONF/bearer.cjs" timeout -k 5 600 "$PEERS_NODE22" "$PEERS_CONFORMANCE_JS" server --url "$2" -o "$CONF/$1" ) \
+    >"$LOGS/conformance-$1.log" 2>&1
+  echo "=== conformance $1 ($2): exit $?" >>"$CLIENT_LOG"; sed -n '/=== SUMMARY ===/,$p' "$LOGS/conformance-$1.log" >>"$CLIENT_LOG"
+}
+conformance direct "http://127.0.0.1:$HTTP_PORT/mcp"
+conformance gateway "$GW/mcp/everything" "$CONFORMANCE_TOKEN"
+cat >"$CONF/compare.py" <<'PYEOF'
+import glob, json, os, re, sys
+# compare.py DIRECT GATEWAY: one line per scenario run directly, "<name>\t<direct>\t<gateway>"
+# (pass | fail | missing): a scenario passes with at least one check passed and none failed.
+def results(d):
+    out = {}
+    for f in glob.glob(os.path.join(d, "*", "checks.json")):
+        m = re.match(r"server-(.+)-\d{4}-\d\d-\d\dT", os.path.basename(os.path.dirname(f)))
+        if not m:
+            continue
+        try:
+            checks = json.load(open(f))
+        except Exception:
+            out[m.group(1)] = "fail"; continue
+        ok = sum(c.get("status") == "SUCCESS" for c in checks); bad = sum(c.get("status") == "FAILURE" for c in checks)
+        out[m.group(1)] = "pass" if ok > 0 and bad == 0 else "fail"
+    return out
+a, b = results(sys.argv[1]), results(sys.argv[2])
+for name in sorted(a):
+    print("%s\t%s\t%s" % (name, a[name], b.get(name, "missing")))
+PYEOF
+"$PEERS_PY" "$CONF/compare.py" "$CONF/direct" "$CONF/gateway" >"$CONF/compare.tsv" 2>>"$LOGS/conformance-direct.log"
+ndirect=$(awk -F'\t' '$2=="pass"' "$CONF/compare.tsv" | wc -l)
+result "conformance: the suite ran against server-everything directly ($ndirect scenarios pass)" \
+  "$([ "$ndirect" -ge 10 ] || echo "only $ndirect scenarios pass directly (expected at least 10)")" "$(tail -n 40 "$LOGS/conformance-direct.log")"
+declare -A CONF_UNKNOWN_TOOL=([tools-call-simple-text]=test_simple_text [tools-call-error]=test_error_handling)
+while IFS=$'\t' read -r name direct gateway; do
+  unknown=${CONF_UNKNOWN_TOOL[$name]:-}
+  if [ "$direct" = pass ] && [ -n "$unknown" ] && [ "$gateway" != pass ]; then
+    out=$(cat "$CONF"/gateway/server-"$name"-*/checks.json 2>/dev/null | head -c 3000)
+    result "conformance $name: server-everything lacks $unknown; the gateway answers Unknown tool (-32602)" \
+      "$([[ $out == *"-32602: Unknown tool: $unknown"* ]] || echo "passes directly, $gateway through the gateway, not for Unknown tool")" "$out"
+  elif [ "$direct" = pass ]; then
+    why=""; [ "$gateway" = pass ] || why="passes directly, $gateway through the gateway"
+    result "conformance $name: passes directly and through the gateway" "$why" \
+      "$(cat "$CONF"/gateway/server-"$name"-*/checks.json 2>/dev/null | head -c 3000)"
+  elif [ "$gateway" = pass ]; then
+    echo "      (conformance $name fails directly, passes through the gateway)"
+  fi
+done <"$CONF/compare.tsv"
 
 section "upstream content passes through unchanged (Python SDK validates it)"
 check "py-sdk image content (get-tiny-image) relayed" --has '"type": "image"' --has '"mimeType": "image/png"' \
