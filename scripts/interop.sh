@@ -791,6 +791,51 @@ while IFS=$'\t' read -r name direct gateway; do
   fi
 done <"$CONF/compare.tsv"
 
+section "server-to-client requests (sampling, elicitation, roots) through the gateway, Python SDK"
+# A client built on the SDK's own callbacks: it answers sampling, elicitation and roots, and
+# prints what it was asked. server-everything registers its trigger tools only for a client
+# (here: the gateway's upstream connection) that declares those capabilities.
+ASKER=$WORK/asker.py
+cat >"$ASKER" <<'PYEOF'
+import asyncio, json, sys
+from mcp import Client, types
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+url, token, tool, args, answer = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5] == "answer"
+asked = []
+async def sampling(ctx, params):
+    asked.append("sampling")
+    return types.CreateMessageResult.model_validate({"role": "assistant", "content": {"type": "text", "text": "a relayed model answer"}, "model": "interop-model", "stopReason": "endTurn"})
+async def elicitation(ctx, params):
+    asked.append("elicitation")
+    return types.ElicitResult.model_validate({"action": "accept", "content": {"name": "Ada Relayed"}})
+async def roots(ctx):
+    asked.append("roots")
+    return types.ListRootsResult.model_validate({"roots": [{"uri": "file:///interop/relayed-root", "name": "relayed"}]})
+async def main():
+    http = create_mcp_http_client(headers={"Authorization": "Bearer " + token})
+    callbacks = dict(sampling_callback=sampling, elicitation_callback=elicitation, list_roots_callback=roots) if answer else {}
+    async with Client(streamable_http_client(url, http_client=http), mode="legacy", read_timeout_seconds=30, **callbacks) as c:
+        r = await c.call_tool(tool, args)
+        print("asked:", ",".join(asked) or "nothing")
+        print("isError=%s" % bool(r.is_error))
+        print(json.dumps(r.model_dump(by_alias=True, mode="json", exclude_none=True)))
+asyncio.run(main())
+PYEOF
+ASK=(env HOME="$WORK/home" "$PEERS_PY" "$ASKER" "$GW/mcp" "$OPS_TOKEN")
+check "py-sdk sampling/createMessage reaches the calling client, its answer goes back upstream" \
+  --has "asked: sampling" --has "a relayed model answer" --has "isError=False" \
+  -- "${ASK[@]}" everything__trigger-sampling-request '{"prompt":"hello","maxTokens":10}' answer
+check "py-sdk elicitation/create reaches the calling client, its answer goes back upstream" \
+  --has "asked: elicitation" --has "Ada Relayed" --has "isError=False" \
+  -- "${ASK[@]}" everything__trigger-elicitation-request '{}' answer
+check "py-sdk roots/list reaches the calling client, its answer goes back upstream" \
+  --has "asked: roots" --has "file:///interop/relayed-root" \
+  -- "${ASK[@]}" everything__get-roots-list '{}' answer
+check "py-sdk a client without the sampling capability is never asked (the upstream is refused)" \
+  --has "asked: nothing" --has "the client does not support sampling/createMessage" --lacks "a relayed model answer" \
+  -- "${ASK[@]}" everything__trigger-sampling-request '{"prompt":"hello","maxTokens":10}' no
+
 section "upstream content passes through unchanged (Python SDK validates it)"
 check "py-sdk image content (get-tiny-image) relayed" --has '"type": "image"' --has '"mimeType": "image/png"' \
   -- "${PY[@]}" "${OPS[@]}" --call everything__get-tiny-image
