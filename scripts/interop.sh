@@ -514,6 +514,10 @@ scan_twice files "min=10 read_text_file=read list_directory=read write_file=dest
   -- --server files --repo "$REPO"
 scan_twice time "get_current_time=read convert_time=read" \
   -- --repo "$REPO" -- "$PEERS_DIR/venv/bin/mcp-server-time" --local-timezone UTC
+check "scan lists server-everything's resources, resource templates and prompts, screened, no findings" \
+  --has "RESOURCE TEMPLATE" --has "demo://resource/static/document/" --has "demo://resource/dynamic/text/{resourceId}" \
+  --has "simple-prompt" --has "prompts, no findings" \
+  -- "$BIN" scan --server everything --repo "$REPO" --secrets-dir "$WORK/secrets"
 check "scan --server files --write pins the filesystem tools, keeps the declared categories" \
   --has "wrote servers/files.yaml" --has "no findings" -- "$BIN" scan --server files --repo "$REPO" --write
 drain
