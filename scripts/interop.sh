@@ -424,7 +424,7 @@ tokens:
   - { sha256: $(sha "$AGENT_TOKEN"), issued: $TODAY, expires: $NEXT_YEAR }
   - { sha256: $(sha "$EXPIRED_TOKEN"), issued: 2025-01-01, expires: 2025-06-01 }
 access:
-  - { server: everything, tools: [echo, get-sum] }
+  - { server: everything, tools: [echo, get-sum], resources: ["demo://resource/dynamic/text/*"], prompts: [simple-prompt] }
   - { server: files, tools: [read_text_file, list_directory, list_allowed_directories] }
   - { server: time, tools: [get_current_time], policy: policies/time-zones.yaml }
 review: { on: $TODAY, by: interop@example.com }
@@ -839,6 +839,51 @@ check "py-sdk roots/list reaches the calling client, its answer goes back upstre
 check "py-sdk a client without the sampling capability is never asked (the upstream is refused)" \
   --has "asked: nothing" --has "the client does not support sampling/createMessage" --lacks "a relayed model answer" \
   -- "${ASK[@]}" everything__trigger-sampling-request '{"prompt":"hello","maxTokens":10}' no
+
+section "resources and prompts under a narrow grant (one resource pattern, one prompt), Python SDK"
+# The agent grant reaches server-everything's dynamic text resources and its simple-prompt only.
+READER=$WORK/reader.py
+cat >"$READER" <<'PYEOF'
+import asyncio, json, sys
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+url, token, action, *rest = sys.argv[1:]
+async def main():
+    http = create_mcp_http_client(headers={"Authorization": "Bearer " + token})
+    async with Client(streamable_http_client(url, http_client=http), mode="legacy", read_timeout_seconds=30) as c:
+        try:
+            if action == "lists":
+                for r in (await c.list_resources()).resources: print("resource", r.uri)
+                for t in (await c.list_resource_templates()).resource_templates: print("template", t.uri_template)
+                for p in (await c.list_prompts()).prompts: print("prompt", p.name)
+                print("listed")
+            elif action == "read":
+                r = await c.read_resource(rest[0])
+                print(json.dumps(r.model_dump(by_alias=True, mode="json", exclude_none=True)))
+            elif action == "get":
+                r = await c.get_prompt(rest[0], json.loads(rest[1]) if len(rest) > 1 else None)
+                print(json.dumps(r.model_dump(by_alias=True, mode="json", exclude_none=True)))
+        except MCPError as e:
+            print("JSON-RPC error code=%s message=%r" % (e.code, e.error.message))
+asyncio.run(main())
+PYEOF
+RD=(env HOME="$WORK/home" "$PEERS_PY" "$READER" "$GW/mcp" "$AGENT_TOKEN")
+check "py-sdk narrow grant: lists hold only the granted pattern's template and the granted prompt" \
+  --has "template demo://resource/dynamic/text/{resourceId}" --has "prompt everything__simple-prompt" --has "listed" \
+  --lacks "resource demo://resource/static" --lacks "dynamic/blob" --lacks "args-prompt" --lacks "resource-prompt" \
+  -- "${RD[@]}" lists
+check "py-sdk narrow grant: a resource of the granted pattern reads" --has '"uri": "demo://resource/dynamic/text/7"' --has '"text"' \
+  -- "${RD[@]}" read demo://resource/dynamic/text/7
+check "py-sdk narrow grant: a resource outside the pattern is 'Resource not found' (-32002)" \
+  --has "code=-32002" --has "Resource not found" --lacks "blob" \
+  -- "${RD[@]}" read demo://resource/static/document/architecture.md
+check "py-sdk narrow grant: the granted prompt is got" --has '"messages"' --lacks "JSON-RPC error" \
+  -- "${RD[@]}" get everything__simple-prompt
+check "py-sdk narrow grant: another prompt is 'Unknown prompt' (-32602)" \
+  --has "code=-32602" --has "Unknown prompt: everything__args-prompt" \
+  -- "${RD[@]}" get everything__args-prompt '{"city":"Paris"}'
 
 section "upstream content passes through unchanged (Python SDK validates it)"
 check "py-sdk image content (get-tiny-image) relayed" --has '"type": "image"' --has '"mimeType": "image/png"' \
