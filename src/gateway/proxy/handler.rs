@@ -364,12 +364,14 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let accepts_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     match messages {
         Batch::One(m) => {
-            if accepts_sse
-                && let Message::Request { id, method, params } = &m
-                    && method == "tools/call" {
-                        let token = params.pointer("/_meta/progressToken").cloned();
-                        return call_streaming(cx.clone(), session, id.clone(), params.clone(), token).await;
-                    }
+            // Moved, not cloned: arguments can be megabytes.
+            let m = match m {
+                Message::Request { id, method, params } if accepts_sse && method == "tools/call" => {
+                    let token = params.pointer("/_meta/progressToken").cloned();
+                    return call_streaming(cx.clone(), session, id, params, token).await;
+                }
+                m => m,
+            };
             match dispatch(cx, &session, m).await {
                 Some(resp) => capped_response(&cx.state, &resp),
                 None => empty(StatusCode::ACCEPTED),
