@@ -836,6 +836,9 @@ check "py-sdk elicitation/create reaches the calling client, its answer goes bac
 check "py-sdk roots/list reaches the calling client, its answer goes back upstream" \
   --has "asked: roots" --has "file:///interop/relayed-root" \
   -- "${ASK[@]}" everything__get-roots-list '{}' answer
+check "py-sdk sampling from the legacy SSE upstream (no per-call stream: the one call in progress) reaches the calling client" \
+  --has "asked: sampling" --has "a relayed model answer" --has "isError=False" \
+  -- "${ASK[@]}" everything-sse__trigger-sampling-request '{"prompt":"over sse","maxTokens":10}' answer
 check "py-sdk a client without the sampling capability is never asked (the upstream is refused)" \
   --has "asked: nothing" --has "the client does not support sampling/createMessage" --lacks "a relayed model answer" \
   -- "${ASK[@]}" everything__trigger-sampling-request '{"prompt":"hello","maxTokens":10}' no
