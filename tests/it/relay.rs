@@ -644,8 +644,14 @@ async fn a_request_goes_to_the_get_stream_without_a_call_stream_and_is_refused_t
     let r = post(&url, WIDE, Some(&s), call(8, "everything__ask", json!({ "kind": "sampling" }))).await.json();
     assert_eq!(r["result"]["isError"], json!(true), "{r}");
     assert!(r["result"]["content"][0]["text"].as_str().unwrap().contains("does not support sampling/createMessage"), "{r}");
+    // A session with the capability but neither an event stream for the call nor a GET stream.
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": { "protocolVersion": "2025-11-25",
+        "capabilities": { "roots": {} }, "clientInfo": { "name": "raw", "version": "1" } } });
+    let quiet = post(&url, WIDE, None, init).await.session();
+    let body = call(9, "everything__ask", json!({ "kind": "roots" })).to_string();
+    let r = crate::gateway::send("POST", &url, Some(WIDE), Some(&quiet), &body, &[("accept", "application/json")]).await.json();
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
     let recs = records(&w.gw).await;
-    let refused: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "server_request" && r["verdict"] == "deny").collect();
-    assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!((refused[0]["tool"].as_str(), refused[0]["rule"].as_str()), (Some("sampling/createMessage"), Some("gatehouse:client-capability")));
+    let refused: Vec<(&str, &str)> = recs.iter().filter(|r| r["kind"] == "server_request" && r["verdict"] == "deny").map(|r| (r["tool"].as_str().unwrap(), r["rule"].as_str().unwrap())).collect();
+    assert_eq!(refused, [("sampling/createMessage", "gatehouse:client-capability"), ("roots/list", "gatehouse:no-client-stream")]);
 }
