@@ -2,6 +2,8 @@
 //! list, and show for each tool what the supply chain checks of [`crate::supply`] make of it: a
 //! proposed category (with its reasons), the definition hash that `servers/NAME.yaml` pins, the
 //! hidden content and cross-server mentions found in its definition, and problems with its name.
+//! Its resources, resource templates and prompts (when it declares them) are listed too, screened
+//! for the same hidden content (they are not classified or pinned).
 //!
 //! With `--write` (for a registered server) it merges the result into the server's file as a text
 //! edit of the `tools:` mapping, in the manner of `commands::grant`: every byte outside the edited
@@ -78,6 +80,33 @@ pub struct Report {
     pub tools: Vec<ToolReport>,
     /// Tools the server file declares that the upstream does not offer (reported, never removed).
     pub not_offered: Vec<String>,
+    /// `resources/list`, `resources/templates/list` and `prompts/list`, in the upstream's order
+    /// (empty when it does not declare the capability).
+    pub resources: Vec<ItemReport>,
+    pub resource_templates: Vec<ItemReport>,
+    pub prompts: Vec<ItemReport>,
+    /// A list the upstream declares but failed to give (`prompts/list: upstream error …`).
+    pub list_errors: Vec<String>,
+}
+
+/// One listed resource, resource template or prompt.
+#[derive(Debug, Serialize)]
+pub struct ItemReport {
+    pub name: String,
+    /// The resource's `uri` or the template's `uriTemplate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Hidden content and cross-server mentions in what a model reads of it ([`supply::screen_fields`]).
+    pub findings: Vec<Finding>,
+}
+
+/// What an upstream lists besides tools (None: not declared).
+#[derive(Default)]
+struct Lists {
+    resources: Vec<Value>,
+    templates: Vec<Value>,
+    prompts: Vec<Value>,
+    errors: Vec<String>,
 }
 
 /// One offered tool.
@@ -141,9 +170,19 @@ pub struct Scan {
 // === impl Report ===
 
 impl Report {
-    /// 1 when a tool has findings or name problems, else 0.
+    /// 1 when a tool has findings or name problems, or a resource, template or prompt has
+    /// findings, else 0.
     pub fn exit_code(&self) -> i32 {
-        if self.tools.iter().any(ToolReport::is_flagged) { 1 } else { 0 }
+        if self.tools.iter().any(ToolReport::is_flagged) || self.items().any(|(_, i)| !i.findings.is_empty()) { 1 } else { 0 }
+    }
+
+    /// Resources, templates and prompts, each with what it is.
+    fn items(&self) -> impl Iterator<Item = (&'static str, &ItemReport)> {
+        self.resources
+            .iter()
+            .map(|i| ("resource", i))
+            .chain(self.resource_templates.iter().map(|i| ("resource template", i)))
+            .chain(self.prompts.iter().map(|i| ("prompt", i)))
     }
 }
 
@@ -203,9 +242,9 @@ pub fn run(settings: &Settings) -> Result<Scan> {
         }
     };
     let (names, screened) = names;
-    let (tools, init, protocol) = list(server.clone(), Arc::new(bound))?;
+    let (tools, lists, init, protocol) = list(server.clone(), Arc::new(bound))?;
     let registered = matches!(settings.target, Target::Server(_));
-    let report = report(&server, registered, &tools, names, init, protocol, screened);
+    let report = report(&server, registered, &tools, &lists, names, init, protocol, screened);
     Ok(Scan { report, server: registered.then_some(server) })
 }
 
@@ -288,19 +327,34 @@ fn resolve_secrets(s: &str, secrets: &SecretSource) -> Result<String, String> {
     Ok(out)
 }
 
-/// Connects, lists every tool, shuts the session down. Returns the tools, the `serverInfo` and
-/// the negotiated protocol version.
-fn list(server: Arc<Server>, bound: Arc<Bound>) -> Result<(Vec<Value>, Value, String)> {
+/// Connects, lists every tool (and the resources, templates and prompts it declares), shuts the
+/// session down. Returns the tools, the other lists, the `serverInfo` and the negotiated protocol
+/// version.
+fn list(server: Arc<Server>, bound: Arc<Bound>) -> Result<(Vec<Value>, Lists, Value, String)> {
     let label = describe(&server);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let upstream = Upstream::connect(server, bound, http_client()).await.map_err(|e| anyhow!("cannot connect to {label}: {e}"))?;
         let tools = upstream.list_tools().await;
+        let mut lists = Lists::default();
+        for (capability, method, key) in
+            [("resources", "resources/list", "resources"), ("resources", "resources/templates/list", "resourceTemplates"), ("prompts", "prompts/list", "prompts")]
+        {
+            if !upstream.has_capability(capability) {
+                continue;
+            }
+            match upstream.list_all(method, key).await {
+                Ok(items) if key == "resources" => lists.resources = items,
+                Ok(items) if key == "prompts" => lists.prompts = items,
+                Ok(items) => lists.templates = items,
+                Err(e) => lists.errors.push(format!("{method}: {e}")),
+            }
+        }
         let info = upstream.initialize_result().get("serverInfo").cloned().unwrap_or(Value::Null);
         let protocol = upstream.protocol_version().to_string();
         upstream.shutdown().await;
         let tools = tools.map_err(|e| anyhow!("{label}: tools/list failed: {e}"))?;
-        Ok(((*tools).clone(), info, protocol))
+        Ok(((*tools).clone(), lists, info, protocol))
     })
 }
 
@@ -322,10 +376,12 @@ fn transport_name(t: &Transport) -> &'static str {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     server: &Server,
     registered: bool,
     tools: &[Value],
+    lists: &Lists,
     mut names: ToolNames,
     upstream: Value,
     protocol_version: String,
@@ -376,6 +432,19 @@ fn report(
     }
     out.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.sha256.cmp(&b.sha256)));
     let offered: BTreeSet<&str> = offered.into_iter().collect();
+    let items = |list: &[Value], fields: &[&str], uri: &str| -> Vec<ItemReport> {
+        list.iter()
+            .enumerate()
+            .map(|(i, item)| ItemReport {
+                name: item.get("name").and_then(Value::as_str).map_or_else(|| format!("(#{i} has no name)"), str::to_string),
+                uri: item.get(uri).and_then(Value::as_str).map(str::to_string),
+                findings: supply::screen_fields(item, fields, &server.name, &names, &offered),
+            })
+            .collect()
+    };
+    let resources = items(&lists.resources, &supply::RESOURCE_FIELDS, "uri");
+    let resource_templates = items(&lists.templates, &supply::TEMPLATE_FIELDS, "uriTemplate");
+    let prompts = items(&lists.prompts, &supply::PROMPT_FIELDS, "");
     let not_offered = server.tools.keys().filter(|k| !offered.contains(k.as_str())).cloned().collect();
     let source = match &server.transport {
         _ if registered => server.file.clone(),
@@ -391,6 +460,10 @@ fn report(
         screened_against_repository: screened,
         tools: out,
         not_offered,
+        resources,
+        resource_templates,
+        prompts,
+        list_errors: lists.errors.clone(),
     }
 }
 
@@ -434,6 +507,27 @@ pub fn table(report: &Report, written: Option<&Written>, policy: Option<&PolicyW
             let _ = writeln!(s, "{pad}NAME {p}");
         }
     }
+    for (title, list) in [("RESOURCE", &report.resources), ("RESOURCE TEMPLATE", &report.resource_templates), ("PROMPT", &report.prompts)] {
+        if list.is_empty() {
+            continue;
+        }
+        s.push('\n');
+        let width = list.iter().map(|i| i.name.chars().count()).max().unwrap_or(4).max(title.len());
+        let line = |name: &str, uri: Option<&str>| match uri {
+            Some(uri) => format!("{name:width$}  {uri}"),
+            None => name.to_string(),
+        };
+        let _ = writeln!(s, "{}", line(title, (title != "PROMPT").then_some("URI")));
+        for i in list {
+            let _ = writeln!(s, "{}", line(&i.name, i.uri.as_deref()));
+            for f in &i.findings {
+                let _ = writeln!(s, "{}FINDING {f}", " ".repeat(width + 2));
+            }
+        }
+    }
+    for e in &report.list_errors {
+        let _ = writeln!(s, "could not list {e}");
+    }
     s.push('\n');
     if !report.not_offered.is_empty() {
         let _ = writeln!(s, "declared in {} but not offered by the upstream: {}", report.source, report.not_offered.join(", "));
@@ -443,6 +537,15 @@ pub fn table(report: &Report, written: Option<&Written>, policy: Option<&PolicyW
         let _ = writeln!(s, "{} tools, no findings", report.tools.len());
     } else {
         let _ = writeln!(s, "{} tools, {} with findings: {}", report.tools.len(), flagged.len(), flagged.join(", "));
+    }
+    if report.items().next().is_some() {
+        let flagged: Vec<String> = report.items().filter(|(_, i)| !i.findings.is_empty()).map(|(what, i)| format!("{what} {}", i.name)).collect();
+        let counts = format!("{} resources, {} resource templates, {} prompts", report.resources.len(), report.resource_templates.len(), report.prompts.len());
+        if flagged.is_empty() {
+            let _ = writeln!(s, "{counts}, no findings");
+        } else {
+            let _ = writeln!(s, "{counts}, {} with findings: {}", flagged.len(), flagged.join(", "));
+        }
     }
     if let Some(w) = written {
         s.push_str(&w.summary());

@@ -25,11 +25,17 @@ use sha2::{Digest, Sha256};
 
 pub use canonical::canonical_json;
 pub use classify::{Classification, classify};
-pub use screen::{Finding, FindingKind, ToolNames, screen, screen_offered};
+pub use screen::{Finding, FindingKind, ToolNames, screen, screen_fields, screen_offered};
 pub use vet::{Quarantine, Vetted, Why, vet};
 
 /// The fields of a tool definition that are hashed, in the order they are listed in docs.
 pub const DEFINITION_FIELDS: [&str; 6] = ["name", "title", "description", "inputSchema", "outputSchema", "annotations"];
+
+/// The fields of a resource, a resource template and a prompt that a model may read, screened
+/// like a tool definition ([`screen::screen_fields`]).
+pub const RESOURCE_FIELDS: [&str; 6] = ["name", "title", "description", "uri", "mimeType", "annotations"];
+pub const TEMPLATE_FIELDS: [&str; 6] = ["name", "title", "description", "uriTemplate", "mimeType", "annotations"];
+pub const PROMPT_FIELDS: [&str; 4] = ["name", "title", "description", "arguments"];
 
 /// The longest tool name the gateway relays (MCP 2025-11-25: "SHOULD be between 1 and 128
 /// characters").

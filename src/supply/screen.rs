@@ -105,10 +105,17 @@ pub fn screen(tool: &Value, server: &str, names: &ToolNames) -> Vec<Finding> {
 /// [`screen`], with `offered` (the names in the upstream's own list) counted as this server's
 /// tools too: a server that offers `get-sum` may name it, declared or not.
 pub fn screen_offered(tool: &Value, server: &str, names: &ToolNames, offered: &BTreeSet<&str>) -> Vec<Finding> {
+    screen_fields(tool, &super::DEFINITION_FIELDS, server, names, offered)
+}
+
+/// The same screening over the `fields` of any listed item: a resource
+/// ([`super::RESOURCE_FIELDS`]), a resource template ([`super::TEMPLATE_FIELDS`]) or a prompt
+/// ([`super::PROMPT_FIELDS`]) is text a model reads too. `offered`: the upstream's tool names.
+pub fn screen_fields(item: &Value, fields: &[&str], server: &str, names: &ToolNames, offered: &BTreeSet<&str>) -> Vec<Finding> {
     let mut out = Vec::new();
     let own = Own { declared: names.of(server), offered };
-    for field in super::DEFINITION_FIELDS {
-        if let Some(v) = tool.get(field) {
+    for field in fields {
+        if let Some(v) = item.get(field) {
             walk(v, &mut format!("/{field}"), server, &own, names, &mut out);
         }
     }

@@ -1,6 +1,8 @@
 //! Resources, prompts, completion and logging through the gateway, under policy: an rmcp upstream
 //! (the official Rust SDK) offering static resources, templates, prompts, completions and log
-//! messages; the rmcp client and a raw client with a GET stream on the gateway's side.
+//! messages; the rmcp client and a raw client with a GET stream on the gateway's side. And the
+//! upstream's requests to the client during a call (sampling, elicitation, roots): relayed to the
+//! client of that call only, answered back.
 
 // rmcp marks logging deprecated (SEP-2577, a future protocol); the protocols relayed have it.
 #![allow(deprecated)]
@@ -74,7 +76,8 @@ impl ServerHandler for Everything {
         Ok(ListToolsResult::with_all_items(vec![
             Tool::new("touch", "Say a resource was updated (all: to every subscriber, whatever it subscribed to)", schema.clone()),
             Tool::new("lists_changed", "Say the resource and prompt lists changed", schema.clone()),
-            Tool::new("log", "Send a log message", schema),
+            Tool::new("log", "Send a log message", schema.clone()),
+            Tool::new("ask", "Ask the client (kind: sampling, elicitation or roots) and return its answer", schema),
         ]))
     }
 
@@ -105,6 +108,26 @@ impl ServerHandler for Everything {
             "log" => {
                 let p = from(json!({ "level": args["level"], "logger": "db", "data": args["text"] }));
                 let _ = ctx.peer.notify_logging_message(p).await;
+            }
+            "ask" => {
+                let answer = match args["kind"].as_str() {
+                    Some("sampling") => {
+                        let p = from(json!({ "messages": [ { "role": "user", "content": { "type": "text", "text": "say hi" } } ], "maxTokens": 20 }));
+                        ctx.peer.create_message(p).await.map(|r| serde_json::to_value(r).unwrap())
+                    }
+                    Some("elicitation") => {
+                        let p = from(json!({ "mode": "form", "message": "your name?", "requestedSchema": { "type": "object", "properties": { "name": { "type": "string" } } } }));
+                        // (rmcp's create_elicitation needs its "elicitation" feature: the request by hand)
+                        let request = rmcp::model::ServerRequest::ElicitRequest(rmcp::model::ElicitRequest::new(p));
+                        ctx.peer.send_request(request).await.map(|r| serde_json::to_value(r).unwrap())
+                    }
+                    _ => ctx.peer.list_roots().await.map(|r| serde_json::to_value(r).unwrap()),
+                };
+                return Ok(match answer {
+                    Ok(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
+                    Err(e) => CallToolResult::error(vec![ContentBlock::text(format!("refused: {e}"))]),
+                }
+                .into());
             }
             _ => return Err(ErrorData::invalid_params("no such tool", None)),
         }
@@ -197,6 +220,33 @@ impl ServerHandler for Everything {
 struct World {
     gw: Gateway,
     seen: Arc<Mutex<Seen>>,
+}
+
+/// A client that answers the upstream's requests: a model, a user, a root.
+#[derive(Clone, Default)]
+struct Answerer {
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+impl rmcp::ClientHandler for Answerer {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        from(json!({ "protocolVersion": "2025-11-25", "capabilities": { "sampling": {}, "elicitation": {}, "roots": {} }, "clientInfo": { "name": "answerer", "version": "1" } }))
+    }
+
+    async fn create_message(&self, _: rmcp::model::CreateMessageRequestParams, _: RequestContext<RoleClient>) -> Result<rmcp::model::CreateMessageResult, ErrorData> {
+        self.asked.lock().unwrap().push("sampling".into());
+        Ok(from(json!({ "role": "assistant", "content": { "type": "text", "text": "hi from the model" }, "model": "test-model", "stopReason": "endTurn" })))
+    }
+
+    async fn create_elicitation(&self, _: rmcp::model::ElicitRequestParams, _: RequestContext<RoleClient>) -> Result<rmcp::model::ElicitResult, ErrorData> {
+        self.asked.lock().unwrap().push("elicitation".into());
+        Ok(from(json!({ "action": "accept", "content": { "name": "Ada" } })))
+    }
+
+    async fn list_roots(&self, _: RequestContext<RoleClient>) -> Result<rmcp::model::ListRootsResult, ErrorData> {
+        self.asked.lock().unwrap().push("roots".into());
+        Ok(from(json!({ "roots": [ { "uri": "file:///work/project", "name": "project" } ] })))
+    }
 }
 
 async fn upstream(up: Everything) -> String {
@@ -514,4 +564,94 @@ async fn a_commit_that_changes_patterns_or_prompt_names_says_the_lists_changed()
     snapshot_changed(&w.gw.state, Some(&before));
     let m = messages_within(&mut stream, 500).await;
     assert_eq!(methods(&m), ["notifications/resources/list_changed", "notifications/prompts/list_changed"]);
+}
+
+fn call_text(r: &CallToolResult) -> (bool, String) {
+    let v = serde_json::to_value(r).unwrap();
+    (v["isError"] == json!(true), v["content"][0]["text"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_elicitation_and_roots_reach_the_client_of_the_call_and_the_answer_goes_back() {
+    let w = world().await;
+    let url = format!("{}/mcp", w.gw.url);
+    // Another grant's session, able to answer everything, listening on its GET stream.
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": { "protocolVersion": "2025-11-25",
+        "capabilities": { "sampling": {}, "elicitation": {}, "roots": {} }, "clientInfo": { "name": "bystander", "version": "1" } } });
+    let other = post(&url, NARROW, None, init).await.session();
+    let mut other_stream = open_stream(&url, NARROW, &other).await;
+
+    let answerer = Answerer::default();
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(WIDE));
+    let c = answerer.clone().serve(transport).await.expect("rmcp client initializes through the gateway");
+    for (kind, expect) in [("sampling", "hi from the model"), ("elicitation", "Ada"), ("roots", "file:///work/project")] {
+        let args = json!({ "kind": kind }).as_object().unwrap().clone();
+        let r = c.call_tool(CallToolRequestParams::new("everything__ask").with_arguments(args)).await.unwrap();
+        let (is_error, text) = call_text(&r);
+        assert!(!is_error && text.contains(expect), "{kind}: {text}");
+    }
+    assert_eq!(*answerer.asked.lock().unwrap(), ["sampling", "elicitation", "roots"]);
+    assert!(messages_within(&mut other_stream, 300).await.is_empty(), "another grant's session never sees the requests");
+    c.cancel().await.unwrap();
+
+    let recs = records(&w.gw).await;
+    let relayed: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "server_request").collect();
+    let summary: Vec<(String, String, String)> = relayed.iter().map(|r| (r["tool"].as_str().unwrap().into(), r["verdict"].as_str().unwrap().into(), r["outcome"].as_str().unwrap().into())).collect();
+    let pair = |m: &str| [(m.to_string(), "allow".to_string(), "unknown".to_string()), (m.to_string(), "allow".to_string(), "ok".to_string())];
+    assert_eq!(summary, [pair("sampling/createMessage"), pair("elicitation/create"), pair("roots/list")].concat(), "{relayed:?}");
+    assert!(relayed.iter().all(|r| r["rule"] == "gatehouse:call-in-progress" && r["server"] == "everything" && r["identity"] == "wide"));
+    let keys = &relayed[0]["arg_keys"];
+    assert!(keys.as_array().unwrap().contains(&json!("maxTokens")) && !keys.to_string().contains("progressToken"), "parameter keys, never values, no upstream progress token: {keys}");
+    assert!(!serde_json::to_string(&recs).unwrap().contains("say hi"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_goes_to_the_get_stream_without_a_call_stream_and_is_refused_to_a_client_without_the_capability() {
+    let w = world().await;
+    let url = format!("{}/mcp", w.gw.url);
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": { "protocolVersion": "2025-11-25",
+        "capabilities": { "roots": {} }, "clientInfo": { "name": "raw", "version": "1" } } });
+    let s = post(&url, WIDE, None, init).await.session();
+    let mut stream = open_stream(&url, WIDE, &s).await;
+    // A client that takes JSON only: the request comes on its GET stream, with the gateway's id.
+    let call_url = url.clone();
+    let sid = s.clone();
+    let pending = tokio::spawn(async move {
+        let body = call(7, "everything__ask", json!({ "kind": "roots" })).to_string();
+        crate::gateway::send("POST", &call_url, Some(WIDE), Some(&sid), &body, &[("accept", "application/json")]).await
+    });
+    let mut asked = Vec::new();
+    for _ in 0..20 {
+        asked = messages_within(&mut stream, 250).await;
+        if !asked.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(methods(&asked), ["roots/list"], "{asked:?}");
+    let id = asked[0]["id"].clone();
+    assert!(id.as_str().is_some_and(|i| i.starts_with("gatehouse-")), "the gateway's own id: {id}");
+    // An answer from another grant's session, or to an id never sent, goes nowhere.
+    let other = initialize(&url, NARROW, "2025-11-25").await;
+    let stray = post(&url, NARROW, Some(&other), json!({ "jsonrpc": "2.0", "id": id, "result": { "roots": [ { "uri": "file:///elsewhere" } ] } })).await;
+    assert_eq!(stray.status, http::StatusCode::ACCEPTED);
+    let answer = post(&url, WIDE, Some(&s), json!({ "jsonrpc": "2.0", "id": id, "result": { "roots": [ { "uri": "file:///raw/root" } ] } })).await;
+    assert_eq!(answer.status, http::StatusCode::ACCEPTED, "{}", answer.body);
+    let r = pending.await.unwrap().json();
+    let text = r["result"]["content"][0]["text"].as_str().unwrap().to_string();
+    assert!(text.contains("file:///raw/root") && !text.contains("elsewhere"), "{r}");
+
+    // This client never declared sampling: the upstream hears a refusal, and it is recorded.
+    let r = post(&url, WIDE, Some(&s), call(8, "everything__ask", json!({ "kind": "sampling" }))).await.json();
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    assert!(r["result"]["content"][0]["text"].as_str().unwrap().contains("does not support sampling/createMessage"), "{r}");
+    // A session with the capability but neither an event stream for the call nor a GET stream.
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": { "protocolVersion": "2025-11-25",
+        "capabilities": { "roots": {} }, "clientInfo": { "name": "raw", "version": "1" } } });
+    let quiet = post(&url, WIDE, None, init).await.session();
+    let body = call(9, "everything__ask", json!({ "kind": "roots" })).to_string();
+    let r = crate::gateway::send("POST", &url, Some(WIDE), Some(&quiet), &body, &[("accept", "application/json")]).await.json();
+    assert_eq!(r["result"]["isError"], json!(true), "{r}");
+    let recs = records(&w.gw).await;
+    let refused: Vec<(&str, &str)> = recs.iter().filter(|r| r["kind"] == "server_request" && r["verdict"] == "deny").map(|r| (r["tool"].as_str().unwrap(), r["rule"].as_str().unwrap())).collect();
+    assert_eq!(refused, [("sampling/createMessage", "gatehouse:client-capability"), ("roots/list", "gatehouse:no-client-stream")]);
 }

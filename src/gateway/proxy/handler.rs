@@ -1,5 +1,6 @@
 //! One HTTP request: routing, authentication, the Streamable HTTP rules of MCP, and the gateway's
-//! handling of `initialize`, `tools/list` and `tools/call`.
+//! handling of `initialize`, `tools/list` and `tools/call` (with the upstream's requests to the
+//! client made during a call: sampling, elicitation, roots).
 //!
 //! The active snapshot is loaded once per request and passed down; the decision of a call and
 //! everything reported about it come from that one snapshot.
@@ -31,7 +32,7 @@ use crate::record::audit::log::AuditLog;
 use crate::record::audit::{CallRecord, arg_keys, bound};
 use crate::record::quota::{Reservation, Subject};
 use crate::units::{Date, now_rfc3339_ms, unix_now};
-use crate::gateway::upstream::UpstreamError;
+use crate::gateway::upstream::{ServerRequest, UpstreamError};
 
 pub type Body = BoxBody<Bytes, Infallible>;
 
@@ -508,12 +509,14 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
     let accepts_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
     match messages {
         Batch::One(m) => {
-            if accepts_sse
-                && let Message::Request { id, method, params } = &m
-                    && method == "tools/call"
-                        && let Some(token) = params.pointer("/_meta/progressToken") {
-                            return call_with_progress(cx.clone(), session, id.clone(), params.clone(), token.clone());
-                        }
+            // Moved, not cloned: arguments can be megabytes.
+            let m = match m {
+                Message::Request { id, method, params } if accepts_sse && method == "tools/call" => {
+                    let token = params.pointer("/_meta/progressToken").cloned();
+                    return call_streaming(cx.clone(), session, id, params, token).await;
+                }
+                m => m,
+            };
             match dispatch(cx, &session, m).await {
                 Some(resp) => capped_response(&cx.state, &resp),
                 None => empty(StatusCode::ACCEPTED),
@@ -579,6 +582,7 @@ fn initialize(cx: &Ctx, id: Value, params: &Value) -> Response<Body> {
     let asked = params.get("protocolVersion").and_then(Value::as_str).unwrap_or("");
     let version = SUPPORTED.iter().find(|v| **v == asked).copied().unwrap_or(LATEST);
     let session = cx.state.sessions.open(&cx.grant().name, cx.token, cx.sign_in.clone(), cx.endpoint().map(str::to_string), version);
+    session.set_capabilities(params.get("capabilities").cloned().unwrap_or(Value::Null));
     let instructions = match cx.endpoint {
         None => "Tools and prompts from several servers, named <server>__<name>; resources under their own URIs. Every call is checked against policy and recorded.",
         Some(_) => "Every call is checked against policy and recorded.",
@@ -608,7 +612,7 @@ async fn dispatch(cx: &Ctx, session: &Arc<Session>, m: Message) -> Option<Value>
             "ping" => jsonrpc::result(id, json!({})),
             "initialize" => jsonrpc::error(id, INVALID_REQUEST, "the session is already initialized"),
             "tools/list" => jsonrpc::result(id, list_tools(cx).await),
-            "tools/call" => call_tool(cx, session, id, params, None).await,
+            "tools/call" => call_tool(cx, session, id, params, None, None).await,
             "resources/list" => jsonrpc::result(id, relay::list_resources(cx).await),
             "resources/templates/list" => jsonrpc::result(id, relay::list_resource_templates(cx).await),
             "resources/read" => relay::read_resource(cx, session, id, &params).await,
@@ -630,7 +634,13 @@ async fn dispatch(cx: &Ctx, session: &Arc<Session>, m: Message) -> Option<Value>
                 }
             None
         }
-        Message::Response => None,
+        Message::Response { id, outcome } => {
+            // Only an answer to a request relayed to this very session goes anywhere.
+            if !session.answer(&id, outcome) {
+                debug!("a response to no request of this session; ignored");
+            }
+            None
+        }
     }
 }
 
@@ -731,12 +741,15 @@ async fn relay_events(
 }
 
 /// `tools/call`: route, decide, forward. `progress` relays upstream progress to the client.
+/// The upstream's requests to the client during the call go to `to_client` (the call's own
+/// event stream) or, without one, to the session's GET stream ([`relay_server_request`]).
 async fn call_tool(
     cx: &Ctx,
     session: &Arc<Session>,
     id: Value,
     mut params: Value,
     progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
+    to_client: Option<mpsc::UnboundedSender<Value>>,
 ) -> Value {
     // Taken out of the request, not copied: arguments can be megabytes.
     let args = match params.get_mut("arguments").map(Value::take) {
@@ -821,9 +834,16 @@ async fn call_tool(
     // upstream request future tells the upstream to cancel too.
     let started = Instant::now();
     let forwarded = json!({ "name": tool, "arguments": args });
-    let task = tokio::spawn(async move { upstream.request("tools/call", forwarded, progress).await });
+    let (requests_tx, mut requests_rx) = mpsc::unbounded_channel();
+    let mut task = tokio::spawn(async move { upstream.request_relaying("tools/call", forwarded, progress, Some(requests_tx)).await });
     let _guard = session.track(id.to_string(), task.abort_handle());
-    let (reply, outcome) = match task.await {
+    let joined = loop {
+        tokio::select! {
+            joined = &mut task => break joined,
+            Some(request) = requests_rx.recv() => relay_server_request(cx, session, server, request, to_client.as_ref()).await,
+        }
+    };
+    let (reply, outcome) = match joined {
         Ok(Ok(result)) => {
             let failed = result.get("isError").and_then(Value::as_bool) == Some(true);
             (jsonrpc::result(id, result), if failed { "upstream_error" } else { "ok" })
@@ -842,6 +862,82 @@ async fn call_tool(
     }
     record.outcome(&decision.rule, &decision.message, outcome, started.elapsed());
     reply
+}
+
+/// Rule id of an upstream request relayed to the client whose call caused it.
+const CALL_IN_PROGRESS: &str = "gatehouse:call-in-progress";
+/// Rule id of an upstream request the client did not declare the capability for.
+const NO_CLIENT_CAPABILITY: &str = "gatehouse:client-capability";
+/// Rule id of an upstream request with no stream to the client to carry it.
+const NO_CLIENT_STREAM: &str = "gatehouse:no-client-stream";
+
+/// One request of the upstream to the client (sampling, elicitation, roots) made during a call
+/// of this session: recorded (kind `server_request`, the method as the name, its parameter
+/// keys), refused if the client did not declare the capability or there is no stream to carry
+/// it, else sent to the client with an id of the gateway's (`to_client`, or the GET stream).
+/// The client's answer (a POSTed response, [`Session::answer`]) goes back to the upstream under
+/// its own id; no answer within the server's timeout is an error to the upstream.
+async fn relay_server_request(cx: &Ctx, session: &Arc<Session>, server: &str, request: ServerRequest, to_client: Option<&mpsc::UnboundedSender<Value>>) {
+    let ServerRequest { method, mut params, reply } = request;
+    // The upstream's progress token is its own (client progress is not relayed back): dropped.
+    if let Some(Value::Object(meta)) = params.get_mut("_meta") {
+        meta.remove("progressToken");
+        if meta.is_empty() {
+            params.as_object_mut().map(|p| p.remove("_meta"));
+        }
+    }
+    let record = Recorder::with_kind(cx, session, "server_request", server, method.clone(), arg_keys(&params));
+    let capability = match method.as_str() {
+        "sampling/createMessage" => "sampling",
+        "elicitation/create" => "elicitation",
+        _ => "roots",
+    };
+    let refuse = |code: i64, message: String| json!({ "code": code, "message": message });
+    if !session.has_capability(capability) {
+        record.denied(NO_CLIENT_CAPABILITY, &format!("the client did not declare the {capability} capability")).await;
+        let _ = reply.send(Err(refuse(METHOD_NOT_FOUND, format!("the client does not support {method}"))));
+        return;
+    }
+    if to_client.is_none() && !session.has_stream() {
+        record.denied(NO_CLIENT_STREAM, "no stream to the client is open to carry the request").await;
+        let _ = reply.send(Err(refuse(INTERNAL_ERROR, format!("{method}: the client has no open stream to receive it"))));
+        return;
+    }
+    let why = "relayed to the client of the call in progress";
+    if let Err(e) = record.allowed_plain(CALL_IN_PROGRESS, why).await {
+        error!(error = %e, server, method, "audit log unavailable: an upstream request was not relayed");
+        let _ = reply.send(Err(refuse(INTERNAL_ERROR, "the gateway's audit log is unavailable".into())));
+        return;
+    }
+    let (tx, answer) = tokio::sync::oneshot::channel();
+    let client_id = session.expect_answer(tx);
+    let message = json!({ "jsonrpc": "2.0", "id": client_id, "method": method, "params": params });
+    let started = Instant::now();
+    let delivered = match to_client {
+        Some(out) => out.send(message).is_ok(),
+        None => session.notify(message),
+    };
+    if !delivered {
+        session.forget_answer(&client_id);
+        let _ = reply.send(Err(refuse(INTERNAL_ERROR, format!("{method}: the client's stream closed"))));
+        record.outcome(CALL_IN_PROGRESS, why, "upstream_error", started.elapsed());
+        return;
+    }
+    let timeout = cx.active.snapshot.servers.get(server).map_or(Duration::from_secs(60), |s| s.timeout);
+    let session = session.clone();
+    tokio::spawn(async move {
+        let (outcome, answer) = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(Ok(result))) => ("ok", Ok(result)),
+            Ok(Ok(Err(error))) => ("upstream_error", Err(error)),
+            Ok(Err(_)) => ("unknown", Err(refuse(INTERNAL_ERROR, "the client session ended".into()))),
+            Err(_) => {
+                session.forget_answer(&client_id);
+                ("timeout", Err(refuse(UPSTREAM_TIMEOUT, format!("the client did not answer within {} ms", timeout.as_millis()))))
+            }
+        };
+        let _ = reply.send(answer);
+        record.outcome(CALL_IN_PROGRESS, why, outcome, started.elapsed());
+    });
 }
 
 /// The upstream's tool list vetted against the snapshot's pins; a quarantine seen for the first
@@ -1014,28 +1110,43 @@ pub(super) fn upstream_error(id: Value, server: &str, e: UpstreamError) -> Value
     }
 }
 
-/// A `tools/call` with a progress token from a client that accepts SSE: the response is an event
-/// stream carrying the upstream's progress (with the client's token) as it happens, then the
-/// result.
-fn call_with_progress(cx: Ctx, session: Arc<Session>, id: Value, params: Value, token: Value) -> Response<Body> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-    let (frames_tx, frames_rx) = mpsc::unbounded_channel::<Result<Frame<Bytes>, Infallible>>();
+/// A `tools/call` from a client that accepts SSE. With a progress token the response is an event
+/// stream from the start, carrying the upstream's progress (with the client's token) as it
+/// happens, then the result. Without one it is plain JSON, unless the upstream asks the client
+/// something (sampling, elicitation, roots) before the result: then an event stream carrying
+/// those requests, then the result.
+async fn call_streaming(cx: Ctx, session: Arc<Session>, id: Value, params: Value, token: Option<Value>) -> Response<Body> {
+    let state = cx.state.clone();
+    let streamed = token.is_some();
+    // Everything for the client in order: progress, relayed requests, and last the reply (the
+    // one message without a method).
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
     tokio::spawn(async move {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
         let forward = {
-            let frames_tx = frames_tx.clone();
+            let out_tx = out_tx.clone();
             async move {
                 while let Some(p) = rx.recv().await {
-                    let note = json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": p });
-                    let _ = frames_tx.send(Ok(Frame::data(sse_event(&note))));
+                    let _ = out_tx.send(json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": p }));
                 }
             }
         };
-        let call = call_tool(&cx, &session, id, params, Some((tx, token)));
+        let call = call_tool(&cx, &session, id, params, token.map(|token| (tx, token)), Some(out_tx.clone()));
         // The call ends by dropping its progress sender, which ends `forward`.
         let (reply, ()) = tokio::join!(call, forward);
-        let _ = frames_tx.send(Ok(Frame::data(sse_event(&reply))));
+        let _ = out_tx.send(reply);
     });
-    let body = BodyExt::boxed(StreamBody::new(tokio_stream_from(frames_rx)));
+    let first = if streamed {
+        None
+    } else {
+        match out_rx.recv().await {
+            Some(reply) if reply.get("method").is_none() => return capped_response(&state, &reply),
+            Some(request) => Some(request),
+            None => return rpc_error(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_ERROR, "the call ended without an answer"),
+        }
+    };
+    let frames = futures_util::stream::iter(first).chain(tokio_stream_from(out_rx)).map(|m| Ok::<_, Infallible>(Frame::data(sse_event(&m))));
+    let body = BodyExt::boxed(StreamBody::new(frames));
     let mut resp = Response::new(body);
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

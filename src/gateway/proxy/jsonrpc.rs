@@ -27,8 +27,9 @@ pub const RESOURCE_NOT_FOUND: i64 = -32002;
 pub enum Message {
     Request { id: Value, method: String, params: Value },
     Notification { method: String, params: Value },
-    /// A response from the client to a server-initiated request (we send none; ignored).
-    Response,
+    /// A response from the client to a request the gateway relayed to it (sampling,
+    /// elicitation, roots): its id, and its `result` or its `error` object.
+    Response { id: Value, outcome: Result<Value, Value> },
 }
 
 /// A JSON value parsed with duplicate keys refused.
@@ -207,7 +208,13 @@ pub fn classify(v: Value) -> Result<Message, Value> {
         }
         (Some(Value::String(method)), None) => Ok(Message::Notification { method, params: m.remove("params").unwrap_or(Value::Null) }),
         (Some(_), id) => Err(error(id.unwrap_or(Value::Null), INVALID_REQUEST, "invalid request: method must be a string")),
-        (None, Some(_)) if m.contains_key("result") || m.contains_key("error") => Ok(Message::Response),
+        (None, Some(id)) if has_result || has_error => {
+            let outcome = match m.remove("result") {
+                Some(result) => Ok(result),
+                None => Err(m.remove("error").unwrap_or(Value::Null)),
+            };
+            Ok(Message::Response { id, outcome })
+        }
         (None, id) => Err(error(id.unwrap_or(Value::Null), INVALID_REQUEST, "invalid request: no method")),
     }
 }
@@ -283,6 +290,6 @@ mod tests {
         let both = parse_body(br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"x"}}"#).unwrap();
         assert!(classify(both).is_err());
         let response = parse_body(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).unwrap();
-        assert!(matches!(classify(response), Ok(Message::Response)));
+        assert!(matches!(classify(response), Ok(Message::Response { .. })));
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 /// One client session.
@@ -50,6 +50,13 @@ pub struct Session {
     /// The `logging/setLevel` of this session as a severity (0 debug … 7 emergency); unset
     /// (`u8::MAX`): no log messages are relayed to it.
     log_level: AtomicU8,
+    /// The client's `capabilities` from `initialize`: an upstream's sampling, elicitation or
+    /// roots request is relayed only to a client that declared it.
+    capabilities: Mutex<Value>,
+    /// Requests relayed to the client and not yet answered, by the id the gateway gave them
+    /// (serialized): where the answer goes.
+    awaiting: Mutex<HashMap<String, oneshot::Sender<Result<Value, Value>>>>,
+    next_request: AtomicU64,
 }
 
 /// A session opened with an identity provider's access token.
@@ -141,8 +148,44 @@ impl Session {
         level != u8::MAX && severity >= level
     }
 
+    /// Whether a GET stream is open.
+    pub fn has_stream(&self) -> bool {
+        self.stream.lock().expect("stream lock").as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Keeps the client's `capabilities` from `initialize`.
+    pub fn set_capabilities(&self, capabilities: Value) {
+        *self.capabilities.lock().expect("capabilities lock") = capabilities;
+    }
+
+    /// Whether the client declared the capability `name` (`sampling`, `elicitation`, `roots`).
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.lock().expect("capabilities lock").get(name).is_some_and(Value::is_object)
+    }
+
+    /// A fresh id (`gatehouse-<n>`) for a request relayed to the client; its answer goes to `tx`.
+    pub fn expect_answer(&self, tx: oneshot::Sender<Result<Value, Value>>) -> Value {
+        let id = Value::String(format!("gatehouse-{}", self.next_request.fetch_add(1, Ordering::Relaxed)));
+        self.awaiting.lock().expect("awaiting lock").insert(id.to_string(), tx);
+        id
+    }
+
+    /// The client's answer to a relayed request; false if no request of this session has `id`.
+    pub fn answer(&self, id: &Value, outcome: Result<Value, Value>) -> bool {
+        match self.awaiting.lock().expect("awaiting lock").remove(&id.to_string()) {
+            Some(tx) => tx.send(outcome).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops waiting for the answer to `id` (it came too late, or was never delivered).
+    pub fn forget_answer(&self, id: &Value) {
+        self.awaiting.lock().expect("awaiting lock").remove(&id.to_string());
+    }
+
     /// Aborts every in-flight request and ends the stream.
     fn cancel_all(&self) {
+        self.awaiting.lock().expect("awaiting lock").clear();
         for (_, h) in self.inflight.lock().expect("inflight lock").drain() {
             h.abort();
         }
@@ -189,6 +232,9 @@ impl Sessions {
             inflight: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashSet::new()),
             log_level: AtomicU8::new(u8::MAX),
+            capabilities: Mutex::new(Value::Null),
+            awaiting: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
         });
         let mut map = self.map.lock().expect("sessions lock");
         let mine: Vec<(Duration, String)> =

@@ -280,7 +280,7 @@ impl Inner {
                     }
                     let msg: Value = serde_json::from_str(&ev.data)
                         .map_err(|_| UpstreamError::Protocol("an event that is not JSON".into()))?;
-                    self.rpc.dispatch(msg);
+                    self.rpc.dispatch_from(msg, Some(call.id));
                     if let Some(result) = call.try_result() {
                         // Finish reading in the background so the connection returns to the pool.
                         drain(body);
@@ -293,7 +293,7 @@ impl Inner {
             let bytes = read_capped(resp.into_body(), MAX_MESSAGE_BYTES).await?;
             let msg: Value = serde_json::from_slice(&bytes)
                 .map_err(|_| UpstreamError::Protocol("a body that is not JSON".into()))?;
-            self.rpc.dispatch(msg);
+            self.rpc.dispatch_from(msg, Some(call.id));
             call.try_result().unwrap_or_else(|| {
                 Err(UpstreamError::Protocol("an answer that is not the response to the request".into()))
             })

@@ -31,7 +31,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::gateway::secrets::Bound;
 use crate::policy::snapshot::{Server, Transport};
@@ -83,6 +83,18 @@ pub enum UpstreamError {
     /// A JSON-RPC error answer, as the upstream sent it (credential values scrubbed).
     #[error("upstream error {code}: {message}")]
     Rpc { code: i64, message: String, data: Option<Value> },
+}
+
+/// A request of the upstream to the client (`sampling/createMessage`, `elicitation/create`,
+/// `roots/list`) made while a request of ours that relays them is in progress
+/// ([`Upstream::request_relaying`]). Its id is the upstream's and stays here: answer through
+/// `reply` (a `result`, or a JSON-RPC `error` object); dropped unanswered, the upstream gets
+/// an error.
+#[derive(Debug)]
+pub struct ServerRequest {
+    pub method: String,
+    pub params: Value,
+    pub reply: oneshot::Sender<Result<Value, Value>>,
 }
 
 /// What an upstream tells its subscribers.
@@ -171,9 +183,24 @@ impl Upstream {
         params: Value,
         progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
     ) -> Result<Value, UpstreamError> {
+        self.request_relaying(method, params, progress, None).await
+    }
+
+    /// [`Upstream::request`], and the upstream's requests to the client made while this one is
+    /// in progress (sampling, elicitation, roots) go to `requests`: those on this request's
+    /// response stream (Streamable HTTP), and those on the shared channel (stdio, legacy SSE,
+    /// the GET stream) while this is the only relaying request in progress on the connection.
+    /// Any other is refused with a JSON-RPC error to the upstream.
+    pub async fn request_relaying(
+        &self,
+        method: &str,
+        params: Value,
+        progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
+        requests: Option<mpsc::UnboundedSender<ServerRequest>>,
+    ) -> Result<Value, UpstreamError> {
         let timeout = self.server.timeout;
         let call = async {
-            let mut call = self.rpc.start(method, params, progress)?;
+            let mut call = self.rpc.start_relaying(method, params, progress, requests)?;
             let result = self.channel.request(&mut call).await;
             call.disarm();
             result
@@ -339,11 +366,12 @@ async fn handshake(rpc: &Arc<Rpc>, channel: &Channel) -> Result<(String, Value),
     Ok((version, result))
 }
 
-/// Our `initialize` params: no client capabilities (we answer no upstream requests but ping).
+/// Our `initialize` params: sampling, elicitation and roots, which are relayed to the client of
+/// the call in progress (and refused when there is none, or it did not declare them).
 pub(crate) fn initialize_params() -> Value {
     json!({
         "protocolVersion": REQUESTED_VERSION,
-        "capabilities": {},
+        "capabilities": { "sampling": {}, "elicitation": {}, "roots": {} },
         "clientInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
     })
 }

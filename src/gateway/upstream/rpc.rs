@@ -1,5 +1,6 @@
 //! JSON-RPC multiplexing shared by every upstream transport: the gateway's own request ids,
-//! the pending map (id → waiter), progress routing, replies to upstream requests, the tools-list
+//! the pending map (id → waiter), progress routing, replies to upstream requests (and the
+//! routing of the ones relayed to a client: sampling, elicitation, roots), the tools-list
 //! cache, the closed state, and the notifications subscribers hear of (list changes, resource
 //! updates, log messages).
 //!
@@ -17,7 +18,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{UpstreamError, UpstreamEvent};
+use super::{ServerRequest, UpstreamError, UpstreamEvent};
 
 /// Prefix of the progress tokens we put in `params._meta.progressToken`; the rest is the
 /// request id, so one map serves both responses and progress.
@@ -25,6 +26,11 @@ const PROGRESS_PREFIX: &str = "gatehouse-";
 
 /// JSON-RPC "method not found".
 const METHOD_NOT_FOUND: i64 = -32601;
+/// JSON-RPC "internal error": a relayable request with no call to relay it to.
+const INTERNAL_ERROR: i64 = -32603;
+
+/// The upstream requests that are relayed to the client whose call is in progress.
+pub(crate) const RELAYED_REQUESTS: [&str; 3] = ["sampling/createMessage", "elicitation/create", "roots/list"];
 
 /// The multiplexing state of one upstream session. Shared (Arc) between the [`super::Upstream`]
 /// and its transport's tasks.
@@ -52,6 +58,8 @@ struct Waiter {
     tx: oneshot::Sender<Result<Value, UpstreamError>>,
     /// Where this request's progress goes, and the caller's token to put in it.
     progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
+    /// Where the upstream's requests to the client go while this request is in progress.
+    requests: Option<mpsc::UnboundedSender<ServerRequest>>,
 }
 
 #[derive(Default)]
@@ -111,6 +119,18 @@ impl Rpc {
         params: Value,
         progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
     ) -> Result<Call, UpstreamError> {
+        self.start_relaying(method, params, progress, None)
+    }
+
+    /// [`Rpc::start`], and the upstream's requests to the client (sampling, elicitation, roots)
+    /// made while this one is in progress go to `requests` (see [`Rpc::dispatch_from`]).
+    pub(crate) fn start_relaying(
+        self: &Arc<Self>,
+        method: &str,
+        params: Value,
+        progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
+        requests: Option<mpsc::UnboundedSender<ServerRequest>>,
+    ) -> Result<Call, UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut params = match params {
             Value::Object(m) => m,
@@ -136,7 +156,7 @@ impl Rpc {
             if let Some(e) = &state.closed {
                 return Err(e.clone());
             }
-            state.pending.insert(id, Waiter { tx, progress });
+            state.pending.insert(id, Waiter { tx, progress, requests });
         }
         Ok(Call { id, message, rx, rpc: self.clone(), armed: method != "initialize" })
     }
@@ -149,20 +169,27 @@ impl Rpc {
     /// Handles one message read from the upstream: a response goes to its waiter, a request
     /// is answered, a notification is routed. Anything else is logged and dropped.
     pub(crate) fn dispatch(&self, message: Value) {
+        self.dispatch_from(message, None)
+    }
+
+    /// [`Rpc::dispatch`] of a message read on the response stream of our request `origin`
+    /// (Streamable HTTP): a request to the client there was caused by that request, so it is
+    /// relayed to that request's caller or refused, never to another one.
+    pub(crate) fn dispatch_from(&self, message: Value, origin: Option<u64>) {
         match message {
-            Value::Array(batch) => batch.into_iter().for_each(|m| self.dispatch_one(m)),
-            m => self.dispatch_one(m),
+            Value::Array(batch) => batch.into_iter().for_each(|m| self.dispatch_one(m, origin)),
+            m => self.dispatch_one(m, origin),
         }
     }
 
-    fn dispatch_one(&self, message: Value) {
+    fn dispatch_one(&self, message: Value, origin: Option<u64>) {
         let Value::Object(mut m) = message else {
             tracing::debug!(server = %self.server, "upstream sent a JSON-RPC message that is not an object");
             return;
         };
         let method = m.get("method").and_then(Value::as_str).map(str::to_string);
         match (method, m.remove("id")) {
-            (Some(method), Some(id)) => self.answer_request(&method, id),
+            (Some(method), Some(id)) => self.answer_request(&method, id, m.remove("params").unwrap_or(Value::Null), origin),
             (Some(method), None) => self.notification(&method, m.remove("params").unwrap_or(Value::Null)),
             (None, Some(id)) => self.response(id, m),
             (None, None) => {
@@ -204,16 +231,48 @@ impl Rpc {
         }
     }
 
-    /// We offer no client capabilities (sampling, roots, elicitation), so every upstream
-    /// request but `ping` is answered "method not found".
-    fn answer_request(&self, method: &str, id: Value) {
-        let reply = if method == "ping" {
-            json!({ "jsonrpc": "2.0", "id": id, "result": {} })
-        } else {
+    /// `ping` is answered here. Sampling, elicitation and roots requests are relayed to the
+    /// caller of the request that caused them: the request `origin` whose response stream
+    /// carried it, else the only request in progress that relays (there must be exactly one),
+    /// else refused. The caller answers through the [`ServerRequest`]; the upstream gets that
+    /// answer with its own id. Every other request is answered "method not found".
+    fn answer_request(&self, method: &str, id: Value, params: Value, origin: Option<u64>) {
+        if method == "ping" {
+            return self.send(json!({ "jsonrpc": "2.0", "id": id, "result": {} }));
+        }
+        if !RELAYED_REQUESTS.contains(&method) {
             tracing::debug!(server = %self.server, method, "refusing an upstream request");
-            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": METHOD_NOT_FOUND, "message": "Method not found" } })
+            return self.send(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": METHOD_NOT_FOUND, "message": "Method not found" } }));
+        }
+        let sink = {
+            let state = self.state();
+            match origin {
+                Some(origin) => state.pending.get(&origin).and_then(|w| w.requests.clone()),
+                None => {
+                    let mut relaying = state.pending.values().filter_map(|w| w.requests.as_ref());
+                    match (relaying.next(), relaying.next()) {
+                        (Some(only), None) => Some(only.clone()),
+                        _ => None,
+                    }
+                }
+            }
         };
-        self.send(reply);
+        let (reply, answer) = oneshot::channel();
+        let request = ServerRequest { method: method.to_string(), params, reply };
+        if sink.is_none_or(|s| s.send(request).is_err()) {
+            tracing::debug!(server = %self.server, method, "refusing an upstream request: no single call in progress to relay it to");
+            let message = format!("{method} refused by the gateway: it is relayed only to the client of the one call in progress");
+            return self.send(json!({ "jsonrpc": "2.0", "id": id, "error": { "code": INTERNAL_ERROR, "message": message } }));
+        }
+        let outbound = self.outbound.clone();
+        tokio::spawn(async move {
+            let reply = match answer.await {
+                Ok(Ok(result)) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+                Ok(Err(error)) => json!({ "jsonrpc": "2.0", "id": id, "error": error }),
+                Err(_) => json!({ "jsonrpc": "2.0", "id": id, "error": { "code": INTERNAL_ERROR, "message": "the client did not answer" } }),
+            };
+            let _ = outbound.send(reply);
+        });
     }
 
     fn notification(&self, method: &str, params: Value) {

@@ -175,8 +175,39 @@ async fn upstream_requests_are_answered() {
     let (rpc, mut out) = rpc();
     rpc.dispatch(json!({"jsonrpc": "2.0", "id": "s1", "method": "ping"}));
     rpc.dispatch(json!({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage", "params": {}}));
+    rpc.dispatch(json!({"jsonrpc": "2.0", "id": 6, "method": "tasks/list", "params": {}}));
     assert_eq!(out.try_recv().unwrap(), json!({"jsonrpc": "2.0", "id": "s1", "result": {}}));
+    let refused = out.try_recv().unwrap();
+    assert_eq!((refused["id"].clone(), refused["error"]["code"].clone()), (json!(5), json!(-32603)), "no call in progress to relay it to");
     assert_eq!(out.try_recv().unwrap()["error"]["code"], json!(-32601));
+}
+
+#[tokio::test]
+async fn client_requests_go_to_the_one_relaying_call_or_are_refused() {
+    let (rpc, mut out) = rpc();
+    let (tx_a, mut rx_a) = tokio::sync::mpsc::unbounded_channel();
+    let a = rpc.start_relaying("tools/call", json!({}), None, Some(tx_a)).unwrap();
+    let _listing = rpc.start("tools/list", json!({}), None).unwrap();
+    // The only relaying call: it gets the request, and its answer goes back under the upstream's id.
+    rpc.dispatch(json!({"jsonrpc": "2.0", "id": "up-1", "method": "roots/list"}));
+    let request = rx_a.try_recv().unwrap();
+    assert_eq!(request.method, "roots/list");
+    request.reply.send(Ok(json!({"roots": []}))).unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), out.recv()).await.unwrap().unwrap();
+    assert_eq!(answer, json!({"jsonrpc": "2.0", "id": "up-1", "result": {"roots": []}}));
+    // Two relaying calls: on the shared channel it is refused; on a call's own stream it is that call's.
+    let (tx_b, mut rx_b) = tokio::sync::mpsc::unbounded_channel();
+    let b = rpc.start_relaying("tools/call", json!({}), None, Some(tx_b)).unwrap();
+    rpc.dispatch(json!({"jsonrpc": "2.0", "id": 2, "method": "elicitation/create", "params": {}}));
+    assert_eq!(out.try_recv().unwrap()["error"]["code"], json!(-32603));
+    rpc.dispatch_from(json!({"jsonrpc": "2.0", "id": 3, "method": "sampling/createMessage", "params": {}}), Some(b.id));
+    assert_eq!(rx_b.try_recv().unwrap().method, "sampling/createMessage");
+    assert!(rx_a.try_recv().is_err());
+    // A request on the stream of a call that does not relay is refused, never given to another.
+    rpc.dispatch_from(json!({"jsonrpc": "2.0", "id": 4, "method": "roots/list"}), Some(_listing.id));
+    assert_eq!(out.try_recv().unwrap()["error"]["code"], json!(-32603));
+    assert!(rx_a.try_recv().is_err() && rx_b.try_recv().is_err());
+    drop((a, b));
 }
 
 #[tokio::test]
