@@ -952,7 +952,29 @@ fn tool_label(snap: &Snapshot, server: &str, tool: &str) -> (String, Option<Cate
     (label, category)
 }
 
-/// A.5.18: one row per identity of the state in force at the end of the period.
+/// The (server, tool) cells of `identity` as access review columns: tool labels with their
+/// categories, the categories, and the privileged tools.
+fn what_it_reaches(snap: &Snapshot, cells: &HashMap<&str, Vec<(String, String)>>, identity: &str) -> (Vec<String>, BTreeSet<&'static str>, Vec<String>) {
+    let (mut tools, mut categories, mut privileged) = (Vec::new(), BTreeSet::new(), Vec::new());
+    for (server, tool) in cells.get(identity).map(Vec::as_slice).unwrap_or(&[]) {
+        let (label, cat) = tool_label(snap, server, tool);
+        categories.insert(match cat {
+            Some(c) => c.as_str(),
+            None if tool == "*" => "any",
+            None if tool.starts_with(access::RESOURCE_PREFIX) => "resource",
+            None if tool.starts_with(access::PROMPT_PREFIX) => "prompt",
+            None => "unclassified",
+        });
+        if cat.is_some_and(Category::is_privileged) {
+            privileged.push(format!("{server}/{tool}"));
+        }
+        tools.push(label);
+    }
+    (tools, categories, privileged)
+}
+
+/// A.5.18: one row per identity of the state in force at the end of the period, then one per
+/// identity-provider group that roles name.
 pub(crate) fn access_review(period: &Period, end: Option<&EndState>) -> Table {
     let mut rows = Vec::new();
     let source = match end {
@@ -976,28 +998,15 @@ pub(crate) fn access_review(period: &Period, end: Option<&EndState>) -> Table {
         let mut grants: Vec<_> = snap.grants.iter().collect();
         grants.sort_by(|a, b| a.identity.cmp(&b.identity));
         for g in grants {
-            let (mut tools, mut categories, mut privileged) = (Vec::new(), BTreeSet::new(), Vec::new());
-            for (server, tool) in cells.get(g.identity.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
-                let (label, cat) = tool_label(snap, server, tool);
-                categories.insert(match cat {
-                    Some(c) => c.as_str(),
-                    None if tool == "*" => "any",
-                    None if tool.starts_with(access::RESOURCE_PREFIX) => "resource",
-                    None if tool.starts_with(access::PROMPT_PREFIX) => "prompt",
-                    None => "unclassified",
-                });
-                if cat.is_some_and(Category::is_privileged) {
-                    privileged.push(format!("{server}/{tool}"));
-                }
-                tools.push(label);
-            }
+            let (tools, categories, privileged) = what_it_reaches(snap, &cells, &g.identity);
             let d = |x: Option<Date>| x.map_or(String::new(), |d| d.to_string());
             let tokens: Vec<String> =
                 g.tokens.iter().map(|t| format!("sha256:{}", &hex::encode(t.sha256)[..12])).collect();
             let issued: Vec<String> = g.tokens.iter().map(|t| d(t.issued)).collect();
             let expires: Vec<String> = g.tokens.iter().map(|t| d(t.expires)).collect();
+            // A grant without tokens is reached by signing in, when an issuer is configured.
             let status = if g.tokens.is_empty() {
-                "none"
+                if snap.settings.issuers.is_empty() { "none" } else { "sso" }
             } else if g.tokens.iter().all(|t| t.expires.is_some_and(|x| x <= e.as_of)) {
                 "expired"
             } else {
@@ -1018,6 +1027,36 @@ pub(crate) fn access_review(period: &Period, end: Option<&EndState>) -> Table {
                 json!(g.review.as_ref().map(|r| r.on.to_string())),
                 json!(g.review.as_ref().map(|r| r.by.clone())),
                 json!(g.review.as_ref().map(|r| e.as_of.days_since_epoch() - r.on.days_since_epoch())),
+                json!(e.commit.to_string()),
+            ]);
+        }
+        // Identity-provider groups that roles name: what any signed-in member gets through them
+        // (on top of the member's own grant), with the roles that give it.
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for role in snap.roles.values() {
+            for g in &role.groups {
+                groups.entry(g.as_str()).or_default().push(role.file.as_str());
+            }
+        }
+        for (group, roles) in groups {
+            let identity = format!("group:{group}");
+            let (tools, categories, privileged) = what_it_reaches(snap, &cells, &identity);
+            let none: Vec<String> = Vec::new();
+            rows.push(vec![
+                json!(identity),
+                json!(roles.join(", ")),
+                json!("idp-group"),
+                Value::Null,
+                json!(tools),
+                json!(categories),
+                json!(privileged),
+                json!(none),
+                json!(none),
+                json!(none),
+                json!("sso"),
+                Value::Null,
+                Value::Null,
+                Value::Null,
                 json!(e.commit.to_string()),
             ]);
         }

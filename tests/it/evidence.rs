@@ -1606,3 +1606,26 @@ fn evidence_from_git_alone_without_a_state_database() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no state database at") && r.stderr.contains("never-ran"), "{}", r.stderr);
 }
+
+/// With sign-in through an identity provider, the access review shows the grants reached by
+/// signing in (`sso`) and one row per IdP group that roles name, with what it gives and the roles.
+#[test]
+fn the_access_review_lists_sso_grants_and_idp_groups() {
+    let r = crate::support::TestRepo::new();
+    r.commit("sso", &[
+        ("gatehouse.yaml", "auth:\n  issuers:\n    - { issuer: https://idp.example.com, audience: https://gh.example.com/mcp, identity_claim: email, groups_claim: groups }\n"),
+        ("servers/s.yaml", "name: s\ntransport: stdio\ncommand: [x]\nsupplier: { operated_by: internal }\ntools: { a: { category: read }, b: { category: destructive } }\n"),
+        ("roles/oncall.yaml", "groups: [eng-oncall]\naccess: [ { server: s, tools: [b] } ]\n"),
+        ("grants/alice.yaml", "identity: alice@example.com\nkind: human\naccess: [ { server: s, tools: [a] } ]\n"),
+    ]);
+    let data = tempfile::tempdir().unwrap();
+    let i = Inputs::new(r.path(), data.path(), "2000-01-01", "2100-01-01");
+    let t = evidence::access_review(&i).unwrap();
+    let who: Vec<&str> = t.rows.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(who, ["alice@example.com", "group:eng-oncall"]);
+    assert_eq!(cell(&t, 0, "token_status"), "sso", "no tokens: reached by signing in");
+    assert_eq!(cell(&t, 1, "grant"), "roles/oncall.yaml");
+    assert_eq!(cell(&t, 1, "kind"), "idp-group");
+    assert_eq!(strs(cell(&t, 1, "tools")), ["s/b (destructive)"]);
+    assert_eq!(strs(cell(&t, 1, "privileged_tools")), ["s/b"]);
+}
