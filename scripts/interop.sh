@@ -827,18 +827,25 @@ async def main():
 asyncio.run(main())
 PYEOF
 ASK=(env HOME="$WORK/home" "$PEERS_PY" "$ASKER" "$GW/mcp" "$OPS_TOKEN")
+# One at a time (drain before each): the checks share the ops grant's upstream connection, and a
+# request an upstream sends on its shared stream (server-everything's roots/list) is relayed only
+# while exactly one call is in progress on that connection (docs/gateway.md).
 check "py-sdk sampling/createMessage reaches the calling client, its answer goes back upstream" \
   --has "asked: sampling" --has "a relayed model answer" --has "isError=False" \
   -- "${ASK[@]}" everything__trigger-sampling-request '{"prompt":"hello","maxTokens":10}' answer
+drain
 check "py-sdk elicitation/create reaches the calling client, its answer goes back upstream" \
   --has "asked: elicitation" --has "Ada Relayed" --has "isError=False" \
   -- "${ASK[@]}" everything__trigger-elicitation-request '{}' answer
+drain
 check "py-sdk roots/list reaches the calling client, its answer goes back upstream" \
   --has "asked: roots" --has "file:///interop/relayed-root" \
   -- "${ASK[@]}" everything__get-roots-list '{}' answer
+drain
 check "py-sdk sampling from the legacy SSE upstream (no per-call stream: the one call in progress) reaches the calling client" \
   --has "asked: sampling" --has "a relayed model answer" --has "isError=False" \
   -- "${ASK[@]}" everything-sse__trigger-sampling-request '{"prompt":"over sse","maxTokens":10}' answer
+drain
 check "py-sdk a client without the sampling capability is never asked (the upstream is refused)" \
   --has "asked: nothing" --has "the client does not support sampling/createMessage" --lacks "a relayed model answer" \
   -- "${ASK[@]}" everything__trigger-sampling-request '{"prompt":"hello","maxTokens":10}' no
