@@ -43,6 +43,11 @@ pub(crate) struct DaemonChange {
     pub recorded_at: String,
 }
 
+/// Whether `data_dir` holds a state database.
+pub(crate) fn present(data_dir: &Path) -> bool {
+    data_dir.join(crate::record::store::FILE).exists()
+}
+
 /// Why no daemon records were read from `data_dir`.
 pub(crate) fn missing(data_dir: &Path) -> String {
     format!("no state database at {}", data_dir.join(crate::record::store::FILE).display())
@@ -118,7 +123,7 @@ impl Db {
 
     /// The database, or None when `data_dir` holds none (evidence from git alone).
     pub fn open_if_present(data_dir: &Path) -> Result<Option<Db>> {
-        if !data_dir.join(crate::record::store::FILE).exists() {
+        if !present(data_dir) {
             return Ok(None);
         }
         let conn = crate::record::store::open_read_only(data_dir)?;

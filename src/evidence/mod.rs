@@ -462,7 +462,7 @@ pub fn tables(i: &Inputs, control: Control) -> Result<Vec<Table>> {
         Control::Calls => vec![calls(i)?, events(i)?],
         Control::Changes => {
             let mut out = vec![changes(i)?];
-            if db::Db::open_if_present(&i.data_dir)?.is_some() {
+            if db::present(&i.data_dir) {
                 out.push(rewrites(i)?);
             }
             out
@@ -549,15 +549,9 @@ pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> R
             out.written
         }
         Control::Changes => {
-            let h = history::History::open(&i.repo, &i.rev, &period)?;
-            let db = db::Db::open_if_present(&i.data_dir)?;
-            let records = db.as_ref().map(db::Db::change_records).transpose()?;
-            let changes = changes_table(i, &period, &h.changes()?, records.as_deref());
-            let mut out = vec![write_table(&changes, &period, format, out_dir)?];
-            if let Some(db) = &db {
-                let rewrites =
-                    table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), db.rewrites(&period)?, json!({}));
-                out.push(write_table(&rewrites, &period, format, out_dir)?);
+            let mut out = Vec::new();
+            for t in tables(i, Control::Changes)? {
+                out.push(write_table(&t, &period, format, out_dir)?);
             }
             out
         }
@@ -747,7 +741,7 @@ pub fn command(
         (export(inputs, control, format, out)?, 0)
     };
     writeln!(stdout, "period {} to {} (exclusive)", period.since, period.until)?;
-    if matches!(control, Control::Changes | Control::Suppliers | Control::Bundle) && db::Db::open_if_present(&inputs.data_dir)?.is_none() {
+    if matches!(control, Control::Changes | Control::Suppliers | Control::Bundle) && !db::present(&inputs.data_dir) {
         writeln!(
             stdout,
             "note: {}: from git alone, no daemon records read (no change statuses, rewrites, traffic, calls or events)",

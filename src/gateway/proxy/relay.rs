@@ -92,37 +92,33 @@ async fn gather<'a>(cx: &'a Ctx, servers: &[&'a str], capability: &str, method: 
 /// `resources/list`: the resources the caller may read. On `/mcp` a URI two servers list is
 /// kept once, from the first server by name (where a read of it goes).
 pub(super) async fn list_resources(cx: &Ctx) -> Value {
-    let grant = cx.grant();
-    let servers: Vec<&str> = scope(cx).into_iter().filter(|s| grants_resources(grant, s)).collect();
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for (server, items) in gather(cx, &servers, "resources", "resources/list", "resources").await {
-        for r in items {
-            let Some(uri) = r.get("uri").and_then(Value::as_str) else { continue };
-            if decide_resource(grant, server, uri).is_allow() && seen.insert(uri.to_string()) {
-                out.push(r);
-            }
-        }
-    }
+    let out = listed_resources(cx, "resources/list", "resources", "uri", |grant, server, uri| decide_resource(grant, server, uri).is_allow()).await;
     json!({ "resources": out })
 }
 
 /// `resources/templates/list`: the templates that could produce a resource the caller may read
 /// (their literal start could match one of its patterns).
 pub(super) async fn list_resource_templates(cx: &Ctx) -> Value {
+    let out = listed_resources(cx, "resources/templates/list", "resourceTemplates", "uriTemplate", may_use_template).await;
+    json!({ "resourceTemplates": out })
+}
+
+/// The items of `method` (under `key`) from every server in scope that grants resources, kept
+/// when `allowed(grant, server, item[field])`, each `field` value once (the first server by name).
+async fn listed_resources(cx: &Ctx, method: &str, key: &str, field: &str, allowed: impl Fn(&Grant, &str, &str) -> bool) -> Vec<Value> {
     let grant = cx.grant();
     let servers: Vec<&str> = scope(cx).into_iter().filter(|s| grants_resources(grant, s)).collect();
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for (server, items) in gather(cx, &servers, "resources", "resources/templates/list", "resourceTemplates").await {
-        for t in items {
-            let Some(template) = t.get("uriTemplate").and_then(Value::as_str) else { continue };
-            if may_use_template(grant, server, template) && seen.insert(template.to_string()) {
-                out.push(t);
+    for (server, items) in gather(cx, &servers, "resources", method, key).await {
+        for item in items {
+            let Some(name) = item.get(field).and_then(Value::as_str) else { continue };
+            if allowed(grant, server, name) && seen.insert(name.to_string()) {
+                out.push(item);
             }
         }
     }
-    json!({ "resourceTemplates": out })
+    out
 }
 
 /// The server a resource URI goes to, and the decision for it there. On `/mcp/<server>` that
