@@ -182,6 +182,9 @@ async def run(ns: argparse.Namespace) -> dict[str, Any]:
             out["claims"] = _claims(token)
             out["token_header"] = _header(token)
             out["registered_client"] = storage.client.client_id if storage.client else None
+            if ns.token_out and token:
+                with open(ns.token_out, "w") as f:
+                    f.write(token)
             out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
             for name, args in ns.calls:
                 entry: dict[str, Any] = {"tool": name, "ok": False, "error": None, "text": ""}
@@ -213,6 +216,7 @@ def main() -> int:
     p.add_argument("--login", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--redirect-uri", default="http://127.0.0.1:33418/callback", help="the client's callback (never listened on: the browser stops there)")
+    p.add_argument("--token-out", help="write the access token to this file (for the test's own checks)")
     p.add_argument("--call", action="append", default=[], help="tool to call (repeatable)")
     p.add_argument("--args", action="append", default=[], help="JSON arguments of the --call at the same position")
     ns = p.parse_args()

@@ -73,7 +73,9 @@ const configuration = {
   clients: [],
   jwks: signingKeys(),
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
-  scopes: ['openid', 'email', 'groups', 'offline_access'],
+  // The resource's scope is listed too: registration (RFC 7591) checks a client's `scope`
+  // against these, and the SDK registers with the scope gatehouse challenges.
+  scopes: ['openid', 'email', 'groups', 'offline_access', scope],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
   async findAccount(_ctx, id) {
     const a = accounts()[id];

@@ -126,12 +126,16 @@ fn resource_metadata(state: &State, path: &str) -> Response<Body> {
     };
     let Some((resource, _)) = resource_urls(snap, mcp_path) else { return text(StatusCode::NOT_FOUND, "not found\n") };
     let issuers: Vec<&str> = snap.settings.issuers.iter().map(|i| i.issuer.as_str()).collect();
-    let body = json!({
+    let mut body = json!({
         "resource": resource,
         "authorization_servers": issuers,
         "bearer_methods_supported": ["header"],
         "resource_name": "gatehouse",
     });
+    // The scopes the first issuer requires: what a client asks for when a 401 names none.
+    if let Some(first) = snap.settings.issuers.first().filter(|i| !i.scopes.is_empty()) {
+        body["scopes_supported"] = json!(first.scopes);
+    }
     let mut r = json_response(StatusCode::OK, &body);
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
     r
@@ -300,12 +304,24 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
         Ok(c) => c,
         Err(Refusal::Unauthorized(why)) => {
             let mut r = unauthorized(&why);
-            // MCP authorization: every 401 points at the protected resource metadata.
+            // MCP authorization: every 401 points at the protected resource metadata, and names
+            // the scopes to ask for when the (first) issuer requires some.
             if let Some((_, url)) = resource_urls(&active.snapshot, path) {
                 let error = if why == "missing bearer token" { "" } else { ", error=\"invalid_token\"" };
-                if let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"gatehouse\", resource_metadata=\"{url}\"{error}")) {
+                let scope = active.snapshot.settings.issuers.first().map(|i| scope_param(&i.scopes)).unwrap_or_default();
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"gatehouse\", resource_metadata=\"{url}\"{scope}{error}")) {
                     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
+            }
+            return r;
+        }
+        Err(Refusal::InsufficientScope(scopes)) => {
+            // RFC 6750 §3.1 and the MCP spec's scope challenge: 403, the scopes needed, and
+            // where the metadata is, so that a client can step up.
+            let mut r = rpc_error(StatusCode::FORBIDDEN, SERVER_ERROR, "forbidden: the access token lacks a required scope");
+            let url = resource_urls(&active.snapshot, path).map(|(_, u)| format!(", resource_metadata=\"{u}\"")).unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"gatehouse\", error=\"insufficient_scope\"{}{url}", scope_param(&scopes))) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
             return r;
         }
@@ -362,6 +378,14 @@ struct Caller {
 enum Refusal {
     Unauthorized(String),
     Forbidden(String),
+    /// A valid access token without the scopes its issuer requires (these).
+    InsufficientScope(Vec<String>),
+}
+
+/// `, scope="a b"` for a challenge, or nothing when no scope is required. Scopes are checked
+/// to be RFC 6749 scope tokens (no quote, backslash or space) when the commit is compiled.
+fn scope_param(scopes: &[String]) -> String {
+    if scopes.is_empty() { String::new() } else { format!(", scope=\"{}\"", scopes.join(" ")) }
 }
 
 /// `Authorization: Bearer <token>`: an identity provider's access token (a JWT whose `iss` is a
@@ -397,7 +421,10 @@ async fn signed_in(state: &State, snap: &Snapshot, issuer: &crate::policy::snaps
     accepted.extend(per_server.as_deref());
     let signed = state.sso.validate(issuer, token, &accepted).await.map_err(|e| {
         debug!(issuer = %issuer.issuer, error = %e, "access token refused");
-        Refusal::Unauthorized(e.to_string())
+        match e {
+            crate::gateway::auth::AuthError::InsufficientScope => Refusal::InsufficientScope(issuer.scopes.clone()),
+            e => Refusal::Unauthorized(e.to_string()),
+        }
     })?;
     let Some(gi) = snap.grant_index_by_identity(&signed.identity) else {
         info!(issuer = %signed.issuer, "signed in, but no grant has this identity");
