@@ -376,3 +376,18 @@ fn a_token_shaped_as_node_oidc_provider_mints_it() {
     let s = sso.check(&iss, &t, &[AUD], now).unwrap();
     assert_eq!((s.identity.as_str(), s.groups.as_slice()), ("alice@example.com", &["eng-oncall".to_string()][..]));
 }
+
+/// An issuer with a trailing slash (Auth0, some Entra ID and Okta set-ups): `iss` is compared
+/// byte for byte (RFC 8414 §3.3, OIDC Discovery §4.3), so the configured issuer is written as the
+/// provider writes it; the discovery URL has no doubled slash ([`rfc8414`] and the OIDC path trim it).
+#[test]
+fn an_issuer_with_a_trailing_slash_is_compared_as_written() {
+    let rsa = Signer::rsa();
+    let sso = Sso::new(crate::gateway::upstream::http_client());
+    let iss = Issuer { issuer: "https://tenant.auth0.com/".into(), audience: AUD.into(), identity_claim: "email".into(), groups_claim: None, scopes: Vec::new() };
+    sso.preload(&iss.issuer, &json!({ "keys": [rsa.jwk("a1")] }));
+    let now = crate::units::unix_now();
+    let token = |i: &str| rsa.token("a1", &json!({ "iss": i, "aud": [AUD, "https://tenant.auth0.com/userinfo"], "email": "alice@example.com", "exp": now + 60 }));
+    assert!(sso.check(&iss, &token("https://tenant.auth0.com/"), &[AUD], now).is_ok());
+    assert_eq!(sso.check(&iss, &token("https://tenant.auth0.com"), &[AUD], now).unwrap_err(), Some(AuthError::Issuer));
+}
