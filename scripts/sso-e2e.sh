@@ -22,7 +22,8 @@
 # tool; a wrong password gets no token; bob (signed in, no grant) is refused; alice's calls are
 # recorded with auth = the issuer; after alice leaves the group, her next sign-in no longer
 # reaches the role's tool; a provider key rotation (new kid) is followed; a commit that requires
-# a scope her token lacks answers 403 insufficient_scope.
+# a scope her token lacks answers 403 insufficient_scope, from which her connected client steps
+# up (signs in again for the scopes the challenge names) on its own.
 # Prints a PASS/FAIL line per check and, last, "N passed, M failed"; exits 1 on any failure.
 #
 # Environment:
@@ -173,7 +174,7 @@ cat >"$ACCOUNTS" <<'EOF'
 EOF
 
 start_idp() {  # start_idp [ROTATE]
-  ( cd "$SSO_E2E_DIR" && exec env PORT="$IDP_PORT" RESOURCE="$RESOURCE" SCOPE=mcp ACCOUNTS="$ACCOUNTS" \
+  ( cd "$SSO_E2E_DIR" && exec env PORT="$IDP_PORT" RESOURCE="$RESOURCE" SCOPE="mcp mcp-admin" ACCOUNTS="$ACCOUNTS" \
       KEYS_DIR="$WORK/idp-keys" ROTATE="${1:-0}" node "$SSO_E2E_DIR/provider.mjs" ) >>"$LOGS/provider.log" 2>&1 &
   IDP_PID=$!
   for _ in $(seq 1 100); do
@@ -397,7 +398,17 @@ signin alice3 alice alice-pw --token-out "$WORK/alice3.token" --call files__list
 report "after a key rotation: a token signed with the new kid is accepted (the JWKS is fetched again)" \
   "$(why "$([ $rc -eq 0 ] || echo "client exit $rc")" "$(verdict alice3 'd["token_header"]["kid"] != "'"$old_kid"'"' 'calls["files__list_directory"]["ok"]')")" "$(show alice3)"
 
-echo "== a commit requires a scope the provider does not grant"
+echo "== a commit requires a further scope while alice's client is connected (step-up)"
+# alice connects (a token with scope mcp) and waits; the commit requires mcp and mcp-admin; then
+# her client calls: the gateway answers 403 insufficient_scope, and the SDK, on its own, signs in
+# again asking for both scopes and retries the call with the new token. The client is the
+# provider's pre-registered one: a dynamically registered client may only ask for the scopes it
+# registered with (mcp), as the provider enforces.
+"$PY" "$KIT/client.py" --url "$RESOURCE" --login alice --password alice-pw --pause "$WORK/go" --client-id gatehouse-cli \
+  --call files__list_directory --args '{"path":"/srv/projects"}' >"$WORK/stepup.json" 2>"$WORK/stepup.err" </dev/null &
+STEPUP_PID=$!
+for _ in $(seq 1 300); do [ -f "$WORK/go.ready" ] || ! kill -0 "$STEPUP_PID" 2>/dev/null && break; sleep 0.1; done
+[ -f "$WORK/go.ready" ] || report "step-up: alice's client connects" "it did not get to tools/list" "$(cat "$WORK/stepup.err")"
 write_settings "mcp, mcp-admin"
 git_commit "require the mcp-admin scope" || fatal "commit" "git commit failed"
 applied=""
@@ -414,5 +425,13 @@ why=""
 [[ $head == *'scope="mcp mcp-admin"'* ]] || why+="${why:+; }no scope=\"mcp mcp-admin\""
 [[ $head == *"resource_metadata=\"$GW/.well-known/oauth-protected-resource/mcp\""* ]] || why+="${why:+; }no resource_metadata"
 report "alice's valid token without mcp-admin: 403 insufficient_scope naming the scopes and the metadata" "$why" "$head$(cat "$WORK/scope.body")"
+touch "$WORK/go"
+for _ in $(seq 1 $((CLIENT_TIMEOUT * 10))); do kill -0 "$STEPUP_PID" 2>/dev/null || break; sleep 0.1; done
+stop "$STEPUP_PID"; wait "$STEPUP_PID" 2>/dev/null; rc=$?
+{ echo "=== stepup (exit $rc)"; cat "$WORK/stepup.json" "$WORK/stepup.err"; } >>"$LOGS/clients.log"
+report "step-up: the SDK answers the 403 by signing in again for mcp and mcp-admin, and the call goes through" \
+  "$(why "$([ $rc -eq 0 ] || echo "client exit $rc")" "$(verdict stepup '"mcp-admin" not in d["claims"]["scope"].split()' \
+    '{"mcp", "mcp-admin"} <= set(d["final_claims"]["scope"].split())' 'd["final_claims"]["client_id"] == "gatehouse-cli"' \
+    'sum(s.startswith("sign in as") for s in d["steps"]) == 2' 'calls["files__list_directory"]["ok"]')")" "$(show stepup)"
 
 finish

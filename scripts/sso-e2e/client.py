@@ -4,7 +4,7 @@
 The OAuth work is all the official Python SDK's (`mcp` on PyPI, tested with 2.3.0):
 `mcp.client.auth.OAuthClientProvider` on the Streamable HTTP transport reads gatehouse's 401,
 fetches the RFC 9728 protected resource metadata it points at, then the authorization server's
-metadata, registers a client (RFC 7591), runs the authorization code flow with PKCE and the
+metadata, registers a client (RFC 7591; or uses --client-id, registered beforehand), runs the authorization code flow with PKCE and the
 resource indicator (RFC 8707), exchanges the code and retries with the access token.
 
 This script only plays the person at the browser: its redirect handler follows the
@@ -17,8 +17,10 @@ handler gives back to the SDK.
       --call everything__echo --args '{"message":"hi"}' [--call NAME --args JSON]...
 
 Prints one JSON object on standard output:
-  {"signed_in": true, "claims": {...access token payload, unverified...}, "tools": [names],
-   "calls": [{"tool": ..., "ok": bool, "error": str|null, "text": str}], "error": str|null}
+  {"signed_in": true, "claims": {...the first access token's payload, unverified...},
+   "final_claims": {...the last one's (after a step-up on 403 insufficient_scope)...},
+   "tools": [names], "calls": [{"tool": ..., "ok": bool, "error": str|null, "text": str}],
+   "steps": [what the browser did], "error": str|null}
 Exit status: 0 when connected (whatever the calls gave), 1 when the sign-in or the connection
 failed (the "error" says why).
 """
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import sys
 from html.parser import HTMLParser
 from typing import Any
@@ -149,6 +152,17 @@ async def run(ns: argparse.Namespace) -> dict[str, Any]:
     redirect_uri = ns.redirect_uri
     browser = Browser(ns.login, ns.password, redirect_uri, out["steps"])
     storage = MemoryStorage()
+    if ns.client_id:
+        # A pre-registered client: the SDK skips registration when its storage has one.
+        from mcp.shared.auth import OAuthClientInformationFull
+
+        storage.client = OAuthClientInformationFull(
+            client_id=ns.client_id,
+            redirect_uris=[redirect_uri],
+            token_endpoint_auth_method="none",
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+        )
 
     async def redirect_handler(url: str) -> None:
         q = parse_qs(urlparse(url).query)
@@ -186,6 +200,13 @@ async def run(ns: argparse.Namespace) -> dict[str, Any]:
                 with open(ns.token_out, "w") as f:
                     f.write(token)
             out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
+            if ns.pause:
+                # The test changes something (a commit) while this session is open, then says go.
+                open(ns.pause + ".ready", "w").close()
+                for _ in range(600):
+                    if os.path.exists(ns.pause):
+                        break
+                    await asyncio.sleep(0.1)
             for name, args in ns.calls:
                 entry: dict[str, Any] = {"tool": name, "ok": False, "error": None, "text": ""}
                 try:
@@ -198,6 +219,9 @@ async def run(ns: argparse.Namespace) -> dict[str, Any]:
                     if res.is_error:
                         entry["error"] = entry["text"]
                 out["calls"].append(entry)
+            # The token in use at the end (another one if the SDK stepped up on a 403).
+            final = storage.tokens.access_token if storage.tokens else None
+            out["final_claims"] = _claims(final)
     except BaseException as e:  # noqa: BLE001 (connection, sign-in or HTTP failures, reported)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
@@ -216,6 +240,8 @@ def main() -> int:
     p.add_argument("--login", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--redirect-uri", default="http://127.0.0.1:33418/callback", help="the client's callback (never listened on: the browser stops there)")
+    p.add_argument("--client-id", help="a client registered at the provider beforehand (default: dynamic registration)")
+    p.add_argument("--pause", help="after tools/list, create PAUSE.ready and wait (60 s at most) for PAUSE to exist before the calls")
     p.add_argument("--token-out", help="write the access token to this file (for the test's own checks)")
     p.add_argument("--call", action="append", default=[], help="tool to call (repeatable)")
     p.add_argument("--args", action="append", default=[], help="JSON arguments of the --call at the same position")

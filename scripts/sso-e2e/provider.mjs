@@ -7,14 +7,16 @@
 //   PORT       port on 127.0.0.1; the issuer is http://127.0.0.1:PORT
 //   RESOURCE   the gatehouse resource (its /mcp URL): access tokens for it, or for
 //              RESOURCE/<server>, are JWTs (RFC 9068, typ at+jwt) whose aud is that resource
-//   SCOPE      the resource's scope (default "mcp"), granted on consent, carried in `scope`
+//   SCOPE      the resource's scopes, space-separated (default "mcp"): what a client may ask for
+//              the resource, granted on consent, carried in the token's `scope`
 //   ACCOUNTS   a JSON file { "<login>": { "password": "...", "email": "...", "groups": [...] } },
 //              read on every sign-in and every token: edit it to change a person's groups
 //   KEYS_DIR   where the signing keys are kept (generated on first start); a second start with
 //              ROTATE=1 puts a new key first (a new kid signs, the old one is still published)
 //
-// Dynamic client registration is open (RFC 7591), PKCE (S256) is required, clients are public
-// (token_endpoint_auth_method none) or confidential as they register. The sign-in and consent
+// Dynamic client registration is open (RFC 7591), and a public client is pre-registered
+// (PUBLIC_CLIENT_ID, default gatehouse-cli, redirect PUBLIC_CLIENT_REDIRECT, default
+// http://127.0.0.1:33418/callback); PKCE (S256) is required. The sign-in and consent
 // pages are the minimal forms below (login + password checked against ACCOUNTS, then "Allow");
 // everything else (discovery, authorization, token, JWKS, registration) is oidc-provider's own.
 import fs from 'node:fs';
@@ -69,13 +71,25 @@ function resourceServer(indicator) {
   };
 }
 
+// A pre-registered public client (what an enterprise IdP gives a CLI), beside open registration.
+// With no `scope` of its own it may ask for any of the provider's scopes; a dynamically
+// registered client may ask only for those it registered with.
+const preRegistered = {
+  client_id: process.env.PUBLIC_CLIENT_ID || 'gatehouse-cli',
+  application_type: 'native',
+  token_endpoint_auth_method: 'none',
+  redirect_uris: [process.env.PUBLIC_CLIENT_REDIRECT || 'http://127.0.0.1:33418/callback'],
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+};
+
 const configuration = {
-  clients: [],
+  clients: [preRegistered],
   jwks: signingKeys(),
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
   // The resource's scope is listed too: registration (RFC 7591) checks a client's `scope`
   // against these, and the SDK registers with the scope gatehouse challenges.
-  scopes: ['openid', 'email', 'groups', 'offline_access', scope],
+  scopes: ['openid', 'email', 'groups', 'offline_access', ...scope.split(' ').filter(Boolean)],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
   async findAccount(_ctx, id) {
     const a = accounts()[id];

@@ -327,6 +327,9 @@ async fn required_scopes_are_challenged_and_a_token_without_them_is_403_insuffic
     let r = send("POST", &mcp(&w), None, None, &init, &[]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers["www-authenticate"], format!("Bearer realm=\"gatehouse\", resource_metadata=\"{metadata}\", scope=\"mcp\""));
+    // The body was not read: the connection is closed, and the response says so (an OAuth client
+    // fetches the metadata next and must not do it on this connection).
+    assert_eq!(r.headers["connection"], "close");
     let r = send("GET", &format!("{}/.well-known/oauth-protected-resource/mcp", w.gw.url), None, None, "", &[]).await;
     assert_eq!(r.json()["scopes_supported"], json!(["mcp"]));
 

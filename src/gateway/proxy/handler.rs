@@ -300,6 +300,17 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
         let body = jsonrpc::error(Value::Null, SERVER_ERROR, "gatehouse is not ready: no valid policy commit is active");
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
     };
+    // A refusal is answered without reading the request's body, and hyper then closes the
+    // connection: say so (`Connection: close`), or a client that reuses it for its next request
+    // (an OAuth client fetches the resource metadata right after the 401) may find it closed
+    // under that request.
+    let has_body = req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0") || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let closing = |mut r: Response<Body>| {
+        if has_body {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    };
     let caller = match authenticate(&state, &active.snapshot, req.headers(), endpoint).await {
         Ok(c) => c,
         Err(Refusal::Unauthorized(why)) => {
@@ -313,7 +324,7 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
                     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
             }
-            return r;
+            return closing(r);
         }
         Err(Refusal::InsufficientScope(scopes)) => {
             // RFC 6750 §3.1 and the MCP spec's scope challenge: 403, the scopes needed, and
@@ -323,9 +334,9 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"gatehouse\", error=\"insufficient_scope\"{}{url}", scope_param(&scopes))) {
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
-            return r;
+            return closing(r);
         }
-        Err(Refusal::Forbidden(why)) => return rpc_error(StatusCode::FORBIDDEN, SERVER_ERROR, format!("forbidden: {why}")),
+        Err(Refusal::Forbidden(why)) => return closing(rpc_error(StatusCode::FORBIDDEN, SERVER_ERROR, format!("forbidden: {why}"))),
     };
     let grant_index = caller.grant;
     let grant: &Grant = caller.effective.as_deref().unwrap_or(&active.snapshot.grants[grant_index]);
