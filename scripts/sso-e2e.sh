@@ -345,6 +345,13 @@ report "alice: her grant's tool answers (files__list_directory)" \
 report "alice: the role's tool answers through her group (sql__list_tables)" \
   "$(verdict alice1 'calls["sql__list_tables"]["ok"]')" "$(show alice1)"
 
+signin alice-files alice alice-pw --url "$RESOURCE/files" --call list_directory --args '{"path":"/srv/projects"}'; rc=$?
+report "alice on /mcp/files: the SDK asks for that resource, the token's aud is it, the tool answers" \
+  "$(why "$([ $rc -eq 0 ] || echo "client exit $rc")" "$(verdict alice-files \
+    'd["authorization_request"].get("resource") == "'"$RESOURCE/files"'"' \
+    'd["claims"]["aud"] in ("'"$RESOURCE/files"'", ["'"$RESOURCE/files"'"])' \
+    'd["tools"] == ["list_directory"]' 'calls["list_directory"]["ok"]')")" "$(show alice-files)"
+
 echo "== refusals"
 signin wrongpw alice not-her-password --call files__list_directory --args '{"path":"/srv/projects"}'; rc=$?
 report "a wrong password gets no token and no access" \
@@ -362,7 +369,7 @@ import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 mine = [r for r in recs if r.get("identity") == "alice@example.com" and r.get("tool") in ("list_directory", "list_tables")]
 w = []
-if len(mine) < 2: w.append("%d of alice's call records (expected 2): %s" % (len(mine), [(r.get("identity"), r.get("tool")) for r in recs]))
+if len(mine) < 2: w.append("%d of alice's call records (expected at least 2): %s" % (len(mine), [(r.get("identity"), r.get("tool")) for r in recs]))
 for r in mine:
     if r.get("auth") != sys.argv[2]: w.append("%s: auth %r" % (r.get("tool"), r.get("auth")))
 print("; ".join(w))
