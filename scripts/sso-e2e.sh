@@ -27,8 +27,8 @@
 # Prints a PASS/FAIL line per check and, last, "N passed, M failed"; exits 1 on any failure.
 #
 # Environment:
-#   GATEHOUSE_BIN   gateway binary (default: target/debug/gatehouse when built, else
-#                   cargo build --release)
+#   GATEHOUSE_BIN   gateway binary (default: cargo build, target/debug when it is already
+#                   built there, else cargo build --release)
 #   SSO_E2E_DIR     where the provider (npm) and, without interop peers, a Python venv with the
 #                   SDK are installed (default: <repo>/target/sso-e2e)
 #   PEERS_DIR       interop peers (default: <repo>/target/interop-peers): their venv is used when
@@ -139,13 +139,12 @@ SDK_VERSION=$("$PY" -c 'import importlib.metadata as m; print(m.version("mcp"))'
 
 if [ -n "${GATEHOUSE_BIN:-}" ]; then
   BIN=$GATEHOUSE_BIN
-elif [ -x "$ROOT/target/debug/gatehouse" ]; then
-  BIN=$ROOT/target/debug/gatehouse
-else
-  echo "sso-e2e: cargo build --release (log: $LOGS/build.log)"
-  ( cd "$ROOT" && cargo build --release --bin gatehouse ) >"$LOGS/build.log" 2>&1 \
+else  # as interop.sh: the debug build when there is one (brought up to date), else a release build
+  if [ -x "$ROOT/target/debug/gatehouse" ]; then PROFILE=debug; FLAG=(); else PROFILE=release; FLAG=(--release); fi
+  echo "sso-e2e: cargo build ${FLAG[*]:-} (log: $LOGS/build.log)"
+  ( cd "$ROOT" && cargo build ${FLAG[@]+"${FLAG[@]}"} --bin gatehouse ) >"$LOGS/build.log" 2>&1 \
     || fatal "build gatehouse" "cargo build failed" "$(tail -n 30 "$LOGS/build.log")"
-  BIN=$ROOT/target/release/gatehouse
+  BIN=$ROOT/target/$PROFILE/gatehouse
 fi
 [ -x "$BIN" ] || fatal "gateway binary" "$BIN is not executable"
 echo "sso-e2e: oidc-provider $OP_VERSION (node $(node --version)), mcp $SDK_VERSION, gateway $BIN"
