@@ -74,6 +74,10 @@ pub enum AuthError {
     NoIdentity(String),
     #[error("the identity provider's keys could not be fetched: {0}")]
     Keys(String),
+    /// A valid token that lacks a scope the issuer's `scopes` require: HTTP 403
+    /// `insufficient_scope` (RFC 6750 §3.1), not 401.
+    #[error("access token lacks a required scope")]
+    InsufficientScope,
 }
 
 /// The JWS algorithms accepted: asymmetric only.
@@ -291,6 +295,16 @@ fn timely(r: &Remembered, audiences_accepted: &[&str], now: i64) -> Result<(), A
     Ok(())
 }
 
+/// The scopes a token grants: `scope` (RFC 9068, space-separated), else `scp` (a string or a
+/// list, as Entra ID and Okta write it).
+fn granted_scopes(claims: &Value) -> Vec<&str> {
+    match claims.get("scope").or_else(|| claims.get("scp")) {
+        Some(Value::String(s)) => s.split(' ').filter(|x| !x.is_empty()).collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Parses one JWK; `None` for a key that is not for signatures or of a type we do not accept.
 fn parse_jwk(v: &Value) -> Option<Key> {
     let s = |name: &str| v.get(name).and_then(Value::as_str);
@@ -417,6 +431,15 @@ impl Sso {
         };
         let r = Remembered { issuer: issuer.clone(), aud: audiences(&p.claims), nbf, signed: Signed { issuer: Arc::from(issuer.issuer.as_str()), identity, groups, exp } };
         timely(&r, audiences_accepted, now).map_err(Some)?;
+        // Checked after everything else, so that insufficient_scope (a 403 the client may step
+        // up from) is only said of a token that is otherwise valid. A token refused here is not
+        // remembered; one remembered was checked under the same `issuer` (scopes included).
+        if !issuer.scopes.is_empty() {
+            let granted = granted_scopes(&p.claims);
+            if !issuer.scopes.iter().all(|s| granted.contains(&s.as_str())) {
+                return Err(Some(AuthError::InsufficientScope));
+            }
+        }
         let signed = r.signed.clone();
         let mut cache = self.tokens.write().expect("sso lock");
         if cache.len() >= MAX_CACHED_TOKENS {

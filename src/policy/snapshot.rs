@@ -57,6 +57,9 @@ pub struct Issuer {
     pub identity_claim: String,
     /// The claim listing the person's groups, which roles may name.
     pub groups_claim: Option<String>,
+    /// Scopes an access token must carry (in `scope`, or `scp`), all of them; named in the 401
+    /// challenge and the resource metadata. Empty: no scope is required or challenged.
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug)]

@@ -312,12 +312,22 @@ fn compile_settings(doc: &Doc, entries: &BTreeMap<String, Entry>, d: &mut Diagno
                     ok = false;
                 }
         }
+        for (j, scope) in r.scopes.iter().enumerate() {
+            // RFC 6749 §3.3 scope-token: it goes into a quoted WWW-Authenticate parameter.
+            if scope.is_empty() || !scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)) {
+                doc.value_error(d, &format!("{ptr}/scopes/{j}"), format!("scope {scope:?} must be a non-empty scope token: printable ASCII without spaces, quotes or backslashes (RFC 6749 §3.3)"));
+                ok = false;
+            } else if r.scopes[..j].contains(scope) {
+                doc.value_error(d, &format!("{ptr}/scopes/{j}"), format!("scope {scope:?} is listed twice"));
+                ok = false;
+            }
+        }
         if issuers.iter().any(|x| x.issuer == r.issuer) {
             doc.value_error(d, &format!("{ptr}/issuer"), format!("issuer {:?} is listed twice", r.issuer));
             ok = false;
         }
         if ok {
-            issuers.push(crate::policy::snapshot::Issuer { issuer: r.issuer, audience: r.audience, identity_claim: r.identity_claim, groups_claim: r.groups_claim });
+            issuers.push(crate::policy::snapshot::Issuer { issuer: r.issuer, audience: r.audience, identity_claim: r.identity_claim, groups_claim: r.groups_claim, scopes: r.scopes });
         }
     }
     let trust = raw.changes.map(|c| compile_changes(doc, c, entries, d)).unwrap_or_default();

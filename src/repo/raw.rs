@@ -53,6 +53,9 @@ pub struct Issuer {
     pub audience: String,
     pub identity_claim: String,
     pub groups_claim: Option<String>,
+    /// Scopes every access token must carry (`scope` or `scp`), challenged on a 401.
+    #[serde(default)]
+    pub scopes: Vec<String>,
     pub description: Option<String>,
 }
 

@@ -304,3 +304,50 @@ fn policy_tests_and_eval_decide_as_a_signed_in_member_of_groups() {
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("roles/writers.yaml#/access/0 via group eng-writers"), "{}", run.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_scopes_are_challenged_and_a_token_without_them_is_403_insufficient_scope() {
+    use gatehouse::gateway::proxy::{self, Active};
+    let w = world().await;
+    // A commit that makes the issuer require the scope mcp.
+    let files: Vec<(String, String)> = w
+        .files
+        .iter()
+        .map(|(p, t)| if p == "gatehouse.yaml" { (p.clone(), format!("{t}      scopes: [mcp]\n")) } else { (p.clone(), t.clone()) })
+        .collect();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), t.as_str())).collect();
+    let snapshot = Arc::new(gatehouse::repo::compile(&gatehouse::repo::Files::from_memory(files)).unwrap().snapshot);
+    let secrets = Arc::new(gatehouse::gateway::secrets::bind(&snapshot, &SecretSource::default()).unwrap());
+    let old = w.gw.state.active.load_full();
+    w.gw.state.activate(Active { snapshot, secrets });
+    proxy::snapshot_changed(&w.gw.state, old.as_deref());
+
+    let init = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": { "protocolVersion": "2025-11-25" } }).to_string();
+    let metadata = "https://gatehouse.example.com/.well-known/oauth-protected-resource/mcp";
+    let r = send("POST", &mcp(&w), None, None, &init, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], format!("Bearer realm=\"gatehouse\", resource_metadata=\"{metadata}\", scope=\"mcp\""));
+    // The body was not read: the connection is closed, and the response says so (an OAuth client
+    // fetches the metadata next and must not do it on this connection).
+    assert_eq!(r.headers["connection"], "close");
+    let r = send("GET", &format!("{}/.well-known/oauth-protected-resource/mcp", w.gw.url), None, None, "", &[]).await;
+    assert_eq!(r.json()["scopes_supported"], json!(["mcp"]));
+
+    // alice's token without the scope: valid, but 403 insufficient_scope (RFC 6750 §3.1).
+    let r = send("POST", &mcp(&w), Some(&w.idp.token("alice@example.com", &[])), None, &init, &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.headers["www-authenticate"], format!("Bearer realm=\"gatehouse\", error=\"insufficient_scope\", scope=\"mcp\", resource_metadata=\"{metadata}\""));
+    // An expired token without the scope is a 401 invalid_token: the scope is judged last.
+    let expired = w.idp.sign(&json!({ "iss": w.idp.issuer, "aud": AUD, "email": "alice@example.com", "exp": 1_000_000 }));
+    let r = send("POST", &mcp(&w), Some(&expired), None, &init, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // With the scope (among others): in.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let scoped = w.idp.sign(&json!({ "iss": w.idp.issuer, "aud": AUD, "email": "alice@example.com", "scope": "openid mcp", "exp": now + 300 }));
+    let sid = initialize(&mcp(&w), &scoped, "2025-11-25").await;
+    let r = post(&mcp(&w), &scoped, Some(&sid), call(2, "mock__echo_headers", json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Grant tokens are not OAuth tokens: no scope applies to them.
+    let sid = initialize(&mcp(&w), DAVE, "2025-11-25").await;
+    assert!(!sid.is_empty());
+}

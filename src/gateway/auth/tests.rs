@@ -140,7 +140,7 @@ async fn idp_with(keys: Value, oidc: bool) -> Idp {
 }
 
 fn issuer(idp: &Idp) -> Issuer {
-    Issuer { issuer: idp.issuer.clone(), audience: AUD.into(), identity_claim: "email".into(), groups_claim: Some("groups".into()) }
+    Issuer { issuer: idp.issuer.clone(), audience: AUD.into(), identity_claim: "email".into(), groups_claim: Some("groups".into()), scopes: Vec::new() }
 }
 
 fn claims(idp: &Idp) -> Value {
@@ -294,7 +294,7 @@ async fn rfc8414_metadata_when_there_is_no_openid_discovery() {
 
 #[tokio::test]
 async fn an_unreachable_idp_refuses() {
-    let iss = Issuer { issuer: "http://127.0.0.1:9/realms/none".into(), audience: AUD.into(), identity_claim: "email".into(), groups_claim: None };
+    let iss = Issuer { issuer: "http://127.0.0.1:9/realms/none".into(), audience: AUD.into(), identity_claim: "email".into(), groups_claim: None, scopes: Vec::new() };
     let rsa = Signer::rsa();
     let t = rsa.token("r1", &json!({ "iss": iss.issuer, "aud": AUD, "email": "a@b", "exp": crate::units::unix_now() + 60 }));
     assert!(matches!(sso().validate(&iss, &t, &[AUD]).await, Err(AuthError::Keys(_))));
@@ -322,7 +322,7 @@ fn shapes() {
 fn preloaded_keys_validate_without_io() {
     let rsa = Signer::rsa();
     let sso = Sso::new(crate::gateway::upstream::http_client());
-    let iss = Issuer { issuer: "https://idp.example.com/realms/eng".into(), audience: AUD.into(), identity_claim: "sub".into(), groups_claim: None };
+    let iss = Issuer { issuer: "https://idp.example.com/realms/eng".into(), audience: AUD.into(), identity_claim: "sub".into(), groups_claim: None, scopes: Vec::new() };
     sso.preload(&iss.issuer, &json!({ "keys": [rsa.jwk("r1")] }));
     let now = crate::units::unix_now();
     let t = rsa.token("r1", &json!({ "iss": iss.issuer, "aud": AUD, "sub": "u-1", "exp": now + 60 }));
@@ -330,4 +330,64 @@ fn preloaded_keys_validate_without_io() {
     // Another issuer's configuration does not reuse the cached result.
     let other = Issuer { identity_claim: "email".into(), ..iss.clone() };
     assert_eq!(sso.check(&other, &t, &[AUD], now).unwrap_err(), Some(AuthError::NoIdentity("email".into())));
+}
+
+#[test]
+fn required_scopes_from_scope_or_scp() {
+    let rsa = Signer::rsa();
+    let sso = Sso::new(crate::gateway::upstream::http_client());
+    let iss = Issuer { issuer: "https://idp.example.com/realms/eng".into(), audience: AUD.into(), identity_claim: "sub".into(), groups_claim: None, scopes: vec!["mcp".into()] };
+    sso.preload(&iss.issuer, &json!({ "keys": [rsa.jwk("r1")] }));
+    let now = crate::units::unix_now();
+    let with = |extra: Value| {
+        let mut c = json!({ "iss": iss.issuer, "aud": AUD, "sub": "u-1", "exp": now + 60 });
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        rsa.token("r1", &c)
+    };
+    // RFC 9068 `scope` (space-separated), Entra/Okta `scp` (a list or a string).
+    for ok in [json!({ "scope": "openid mcp" }), json!({ "scp": ["mcp", "other"] }), json!({ "scp": "mcp" })] {
+        assert_eq!(sso.check(&iss, &with(ok.clone()), &[AUD], now).map(|s| s.identity), Ok("u-1".into()), "{ok}");
+    }
+    for lacking in [json!({}), json!({ "scope": "openid email" }), json!({ "scope": "mcp:read" }), json!({ "scp": ["openid"] }), json!({ "scope": 7 })] {
+        assert_eq!(sso.check(&iss, &with(lacking.clone()), &[AUD], now).unwrap_err(), Some(AuthError::InsufficientScope), "{lacking}");
+    }
+    // A token that is invalid for another reason says that, not insufficient_scope.
+    let t = rsa.token("r1", &json!({ "iss": iss.issuer, "aud": "https://other.example.com/mcp", "sub": "u-1", "exp": now + 60 }));
+    assert_eq!(sso.check(&iss, &t, &[AUD], now).unwrap_err(), Some(AuthError::Audience));
+    // Without required scopes, a token without any is accepted (access is the grant's).
+    let open = Issuer { scopes: Vec::new(), ..iss.clone() };
+    assert!(sso.check(&open, &with(json!({})), &[AUD], now).is_ok());
+}
+
+/// The access token node-oidc-provider mints for a resource (what scripts/sso-e2e.sh gets):
+/// header `typ: at+jwt`, a string `aud` that is the resource itself, `scope`, `client_id`,
+/// `jti`, no `nbf`, an http loopback issuer without a path.
+#[test]
+fn a_token_shaped_as_node_oidc_provider_mints_it() {
+    let rsa = Signer::rsa();
+    let sso = Sso::new(crate::gateway::upstream::http_client());
+    let iss = Issuer { issuer: "http://127.0.0.1:39001".into(), audience: AUD.into(), identity_claim: "email".into(), groups_claim: Some("groups".into()), scopes: vec!["mcp".into()] };
+    sso.preload(&iss.issuer, &json!({ "keys": [rsa.jwk("kmx1")] }));
+    let now = crate::units::unix_now();
+    let t = rsa.token("kmx1", &json!({
+        "jti": "8hX2", "sub": "alice", "iat": now, "exp": now + 300, "scope": "mcp", "client_id": "c-1",
+        "iss": iss.issuer, "aud": AUD, "email": "alice@example.com", "groups": ["eng-oncall"],
+    }));
+    let s = sso.check(&iss, &t, &[AUD], now).unwrap();
+    assert_eq!((s.identity.as_str(), s.groups.as_slice()), ("alice@example.com", &["eng-oncall".to_string()][..]));
+}
+
+/// An issuer with a trailing slash (Auth0, some Entra ID and Okta set-ups): `iss` is compared
+/// byte for byte (RFC 8414 §3.3, OIDC Discovery §4.3), so the configured issuer is written as the
+/// provider writes it; the discovery URL has no doubled slash ([`rfc8414`] and the OIDC path trim it).
+#[test]
+fn an_issuer_with_a_trailing_slash_is_compared_as_written() {
+    let rsa = Signer::rsa();
+    let sso = Sso::new(crate::gateway::upstream::http_client());
+    let iss = Issuer { issuer: "https://tenant.auth0.com/".into(), audience: AUD.into(), identity_claim: "email".into(), groups_claim: None, scopes: Vec::new() };
+    sso.preload(&iss.issuer, &json!({ "keys": [rsa.jwk("a1")] }));
+    let now = crate::units::unix_now();
+    let token = |i: &str| rsa.token("a1", &json!({ "iss": i, "aud": [AUD, "https://tenant.auth0.com/userinfo"], "email": "alice@example.com", "exp": now + 60 }));
+    assert!(sso.check(&iss, &token("https://tenant.auth0.com/"), &[AUD], now).is_ok());
+    assert_eq!(sso.check(&iss, &token("https://tenant.auth0.com"), &[AUD], now).unwrap_err(), Some(AuthError::Issuer));
 }

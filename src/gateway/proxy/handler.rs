@@ -126,12 +126,16 @@ fn resource_metadata(state: &State, path: &str) -> Response<Body> {
     };
     let Some((resource, _)) = resource_urls(snap, mcp_path) else { return text(StatusCode::NOT_FOUND, "not found\n") };
     let issuers: Vec<&str> = snap.settings.issuers.iter().map(|i| i.issuer.as_str()).collect();
-    let body = json!({
+    let mut body = json!({
         "resource": resource,
         "authorization_servers": issuers,
         "bearer_methods_supported": ["header"],
         "resource_name": "gatehouse",
     });
+    // The scopes the first issuer requires: what a client asks for when a 401 names none.
+    if let Some(first) = snap.settings.issuers.first().filter(|i| !i.scopes.is_empty()) {
+        body["scopes_supported"] = json!(first.scopes);
+    }
     let mut r = json_response(StatusCode::OK, &body);
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
     r
@@ -296,20 +300,43 @@ async fn mcp(state: Arc<State>, req: Request<Incoming>, path: &str) -> Response<
         let body = jsonrpc::error(Value::Null, SERVER_ERROR, "gatehouse is not ready: no valid policy commit is active");
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
     };
+    // A refusal is answered without reading the request's body, and hyper then closes the
+    // connection: say so (`Connection: close`), or a client that reuses it for its next request
+    // (an OAuth client fetches the resource metadata right after the 401) may find it closed
+    // under that request.
+    let has_body = req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0") || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let closing = |mut r: Response<Body>| {
+        if has_body {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    };
     let caller = match authenticate(&state, &active.snapshot, req.headers(), endpoint).await {
         Ok(c) => c,
         Err(Refusal::Unauthorized(why)) => {
             let mut r = unauthorized(&why);
-            // MCP authorization: every 401 points at the protected resource metadata.
+            // MCP authorization: every 401 points at the protected resource metadata, and names
+            // the scopes to ask for when the (first) issuer requires some.
             if let Some((_, url)) = resource_urls(&active.snapshot, path) {
                 let error = if why == "missing bearer token" { "" } else { ", error=\"invalid_token\"" };
-                if let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"gatehouse\", resource_metadata=\"{url}\"{error}")) {
+                let scope = active.snapshot.settings.issuers.first().map(|i| scope_param(&i.scopes)).unwrap_or_default();
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"gatehouse\", resource_metadata=\"{url}\"{scope}{error}")) {
                     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
             }
-            return r;
+            return closing(r);
         }
-        Err(Refusal::Forbidden(why)) => return rpc_error(StatusCode::FORBIDDEN, SERVER_ERROR, format!("forbidden: {why}")),
+        Err(Refusal::InsufficientScope(scopes)) => {
+            // RFC 6750 §3.1 and the MCP spec's scope challenge: 403, the scopes needed, and
+            // where the metadata is, so that a client can step up.
+            let mut r = rpc_error(StatusCode::FORBIDDEN, SERVER_ERROR, "forbidden: the access token lacks a required scope");
+            let url = resource_urls(&active.snapshot, path).map(|(_, u)| format!(", resource_metadata=\"{u}\"")).unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer realm=\"gatehouse\", error=\"insufficient_scope\"{}{url}", scope_param(&scopes))) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return closing(r);
+        }
+        Err(Refusal::Forbidden(why)) => return closing(rpc_error(StatusCode::FORBIDDEN, SERVER_ERROR, format!("forbidden: {why}"))),
     };
     let grant_index = caller.grant;
     let grant: &Grant = caller.effective.as_deref().unwrap_or(&active.snapshot.grants[grant_index]);
@@ -362,6 +389,14 @@ struct Caller {
 enum Refusal {
     Unauthorized(String),
     Forbidden(String),
+    /// A valid access token without the scopes its issuer requires (these).
+    InsufficientScope(Vec<String>),
+}
+
+/// `, scope="a b"` for a challenge, or nothing when no scope is required. Scopes are checked
+/// to be RFC 6749 scope tokens (no quote, backslash or space) when the commit is compiled.
+fn scope_param(scopes: &[String]) -> String {
+    if scopes.is_empty() { String::new() } else { format!(", scope=\"{}\"", scopes.join(" ")) }
 }
 
 /// `Authorization: Bearer <token>`: an identity provider's access token (a JWT whose `iss` is a
@@ -397,7 +432,10 @@ async fn signed_in(state: &State, snap: &Snapshot, issuer: &crate::policy::snaps
     accepted.extend(per_server.as_deref());
     let signed = state.sso.validate(issuer, token, &accepted).await.map_err(|e| {
         debug!(issuer = %issuer.issuer, error = %e, "access token refused");
-        Refusal::Unauthorized(e.to_string())
+        match e {
+            crate::gateway::auth::AuthError::InsufficientScope => Refusal::InsufficientScope(issuer.scopes.clone()),
+            e => Refusal::Unauthorized(e.to_string()),
+        }
     })?;
     let Some(gi) = snap.grant_index_by_identity(&signed.identity) else {
         info!(issuer = %signed.issuer, "signed in, but no grant has this identity");
