@@ -137,15 +137,14 @@ impl Shared {
             client,
             conn: Mutex::new(conn),
             key_start: format!("gatehouse:{{{}}}:quota:", config.prefix),
-            up: AtomicBool::new(false),
+            // Up until a round trip fails: the first failure is then logged like any outage.
+            up: AtomicBool::new(true),
             reserve: redis::Script::new(RESERVE),
             give_back: redis::Script::new(GIVE_BACK),
         });
         let shared = Shared { inner };
         if shared.ping().await {
             tracing::info!(store = %redacted(&config.url), prefix = %config.prefix, "quota counters shared in redis");
-        } else {
-            tracing::warn!(store = %redacted(&config.url), "the quota store is unreachable: calls with quotas are refused until it answers");
         }
         tokio::spawn(probe(Arc::downgrade(&shared.inner)));
         Ok(shared)
