@@ -260,7 +260,10 @@ async fn reserve_shared(s: &shared::Shared, quotas: &[Arc<Quota>], who: &Subject
     let parts: Vec<_> = wanted.iter().map(|(key, inc, q)| (key, *inc, q.max, q.inclusive, q.window.seconds())).collect();
     match s.reserve(&parts).await {
         Err(e) => Err(Refused::Unavailable(e)),
-        Ok(Some(i)) => Err(Refused::Exceeded(Exceeded::by(wanted[i].2))),
+        Ok(Some(i)) => match wanted.get(i) {
+            Some((_, _, q)) => Err(Refused::Exceeded(Exceeded::by(q))),
+            None => Err(Refused::Unavailable(shared::Unavailable(format!("the reservation script named quota {} of {}", i + 1, wanted.len())))),
+        },
         Ok(None) => Ok(Reservation { parts: wanted.into_iter().map(|(key, inc, _)| (key, inc)).collect(), durable: false, shared: true }),
     }
 }
