@@ -3,8 +3,11 @@
 //! global rate limit and a per-identity spend cap read from its arguments; caps are far away, so
 //! every reservation succeeds and is committed.
 //!
-//! - `baseline/local`: `Quotas::reserve` + `commit` on local counters (no store: the memory
-//!   half of what `serve` does; the disk half rides the decision record's transaction).
+//! - `baseline/local`: `Quotas::reserve_local` + `commit` on local counters (no store: the
+//!   memory half of what `serve` does; the disk half rides the decision record's transaction),
+//!   what the handler called before reservations could go to Redis.
+//! - `local/async`: the same through the async `Quotas::reserve` the handler calls now, polled
+//!   once (it completes at once on local counters): what the async API costs the local path.
 //! - `redis/sequential`: the same on the shared store, one call at a time: one script round trip
 //!   over loopback (the commit sends nothing).
 //! - `redis/64-in-flight`: 64 reservations at once on one multiplexed connection, per call (what
@@ -18,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
 use gatehouse::policy::{ArgPath, Increment, Quota, Scope};
 use gatehouse::record::quota::shared::{Config, Shared};
 use gatehouse::record::quota::{Quotas, Subject};
@@ -51,8 +55,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("quota");
 
     let local = Quotas::load(None, now);
-    g.bench_function("baseline/local", |b| {
-        b.iter(|| rt.block_on(async { local.commit(local.reserve(black_box(&qs), &WHO, black_box(&args), now).await.unwrap()) }))
+    g.bench_function("baseline/local", |b| b.iter(|| local.commit(local.reserve_local(black_box(&qs), &WHO, black_box(&args), now).unwrap())));
+    g.bench_function("local/async", |b| {
+        b.iter(|| {
+            let reserved = local.reserve(black_box(&qs), &WHO, black_box(&args), now).now_or_never().expect("local counters never wait");
+            local.commit(reserved.unwrap())
+        })
     });
 
     let prefix = format!("bench-{}-{now}", std::process::id());

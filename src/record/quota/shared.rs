@@ -279,3 +279,6 @@ pub fn redacted(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;
