@@ -210,8 +210,12 @@ async fn two_serve_processes_on_one_redis_forward_exactly_the_cap() {
         }
     }
     assert_eq!(answered[0] + answered[1], 100, "allowed per replica: {answered:?}");
-    assert!(answered[0] > 0 && answered[1] > 0, "both replicas answered some: {answered:?}");
     assert_eq!(adds(&up), 100, "the upstream heard exactly the cap");
+    // Whichever replica allowed them, both count them: each refuses the next call.
+    for (i, (mcp, session)) in endpoints.iter().enumerate() {
+        let reply = post(mcp, TOKEN, Some(session), call(1000 + i as i64, "add", json!({ "a": 1, "b": 2 }))).await.json();
+        assert!(!allowed(&reply) && reply.to_string().contains("adds per day"), "replica {i}: {reply}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -262,6 +266,7 @@ async fn redis_going_away_mid_load_refuses_only_calls_with_quotas_until_it_retur
     let status: Value = send("GET", &format!("{}/status", d.admin), None, None, "", &[]).await.json();
     let condition = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "QuotaStoreAvailable").cloned();
     assert_eq!(condition.as_ref().map(|c| c["status"].clone()), Some(json!("False")), "{status}");
+    assert_eq!(status["quota_store"], json!({ "kind": "redis", "available": false }));
     let metrics = send("GET", &format!("{}/metrics", d.admin), None, None, "", &[]).await.body;
     assert!(metrics.contains("gatehouse_quota_store_up 0"), "{metrics}");
     for i in 0..10 {

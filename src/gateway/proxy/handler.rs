@@ -250,6 +250,10 @@ fn status(state: &State) -> Value {
         })),
         "servers": servers,
         "sessions": state.sessions.len(),
+        "quota_store": match state.quotas.store_available() {
+            None => json!({ "kind": "local" }),
+            Some(available) => json!({ "kind": "redis", "available": available }),
+        },
         "uptime_seconds": state.started.elapsed().as_secs(),
     })
 }
