@@ -235,9 +235,12 @@ impl Quotas {
     }
 }
 
-/// What each quota asks of the call: (counter, amount, quota); a spend cap whose argument is
-/// missing or not a non-negative number refuses.
-fn wanted<'q>(quotas: &'q [Arc<Quota>], who: &Subject, args: &Value, now: i64) -> Result<Vec<(Key, f64, &'q Arc<Quota>)>, Exceeded> {
+/// What one quota asks of a call: its counter, the amount, the quota.
+type Wanted<'q> = (Key, f64, &'q Arc<Quota>);
+
+/// What each quota asks of the call; a spend cap whose argument is missing or not a
+/// non-negative number refuses.
+fn wanted<'q>(quotas: &'q [Arc<Quota>], who: &Subject, args: &Value, now: i64) -> Result<Vec<Wanted<'q>>, Exceeded> {
     let mut wanted = Vec::with_capacity(quotas.len());
     for q in quotas {
         let inc = match &q.increment {

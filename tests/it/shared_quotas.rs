@@ -118,7 +118,7 @@ async fn shared_spend_caps_sum_an_argument_across_replicas() {
     let both = [roomy.clone(), spend(1000.0)];
     assert!(a.reserve(&both, &WHO, &json!({ "amount": 1 }), now).await.is_err());
     for _ in 0..10 {
-        a.commit(a.reserve(&[roomy.clone()], &WHO, &json!({}), now).await.expect("the refused call reserved nothing"));
+        a.commit(a.reserve(std::slice::from_ref(&roomy), &WHO, &json!({}), now).await.expect("the refused call reserved nothing"));
     }
 }
 
