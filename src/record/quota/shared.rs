@@ -82,7 +82,8 @@ return 0
 /// Where the counters are shared: what `--quota-store` and `--quota-key-prefix` say.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `redis://[user:password@]host[:port][/db]` (or `rediss://`, `redis+unix://`).
+    /// `redis://[user:password@]host[:port][/db]`, or `redis+unix:///path/redis.sock` (no TLS:
+    /// `rediss://` is refused at start-up; the client is built without a TLS stack).
     pub url: String,
     /// Separates deployments (and tests) on one Redis; inside the hash tag of every key.
     pub prefix: String,
@@ -101,6 +102,8 @@ struct Inner {
     conn: Mutex<ConnectionManager>,
     /// `gatehouse:{<prefix>}:quota:`
     key_start: String,
+    /// The URL without its password, for logs.
+    store: String,
     /// The last round trip (a call's or the probe's) succeeded.
     up: AtomicBool,
     reserve: redis::Script,
@@ -137,6 +140,7 @@ impl Shared {
             client,
             conn: Mutex::new(conn),
             key_start: format!("gatehouse:{{{}}}:quota:", config.prefix),
+            store: redacted(&config.url),
             // Up until a round trip fails: the first failure is then logged like any outage.
             up: AtomicBool::new(true),
             reserve: redis::Script::new(RESERVE),
@@ -225,8 +229,10 @@ impl Inner {
     fn set_up(&self, error: Option<&Unavailable>) {
         let was = self.up.swap(error.is_none(), Ordering::Relaxed);
         match error {
-            Some(e) if was => tracing::error!(error = %e.0, "quota store unavailable: calls with quotas are refused (gatehouse:quota-unavailable)"),
-            None if !was => tracing::info!("quota store available again"),
+            Some(e) if was => {
+                tracing::error!(store = %self.store, error = %e.0, "quota store unavailable: calls with quotas are refused (gatehouse:quota-unavailable)")
+            }
+            None if !was => tracing::info!(store = %self.store, "quota store available again"),
             _ => {}
         }
     }
