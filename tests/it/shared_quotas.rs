@@ -134,7 +134,7 @@ async fn a_store_that_cannot_answer_refuses_only_calls_with_quotas() {
     relay.cut();
     let t = Instant::now();
     assert!(matches!(q.reserve(&cap, &WHO, &json!({}), now).await, Err(Refused::Unavailable(_))), "fail closed");
-    assert!(t.elapsed() < Duration::from_millis(900), "refused within the timeout: {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(2), "refused within the timeout (500 ms, and slack for a loaded machine): {:?}", t.elapsed());
     assert_eq!(q.store_available(), Some(false));
     assert!(q.reserve(&[], &WHO, &json!({}), now).await.is_ok(), "a call without quotas never asks the store");
     relay.restore();
@@ -260,7 +260,7 @@ async fn redis_going_away_mid_load_refuses_only_calls_with_quotas_until_it_retur
         if r.body.contains("quota store unavailable") {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(3), "/readyz never said so: {}", r.body);
+        assert!(t.elapsed() < Duration::from_secs(5), "/readyz never said so: {}", r.body);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status: Value = send("GET", &format!("{}/status", d.admin), None, None, "", &[]).await.json();
