@@ -123,6 +123,24 @@ async fn shared_spend_caps_sum_an_argument_across_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_dies_after_reserving_gives_nothing_back() {
+    let Some(url) = redis().await else { return };
+    let prefix = fresh_prefix();
+    let cap = [rate(3, Window::Hour)];
+    let now = unix_now();
+    {
+        // Reserved, then gone before it could commit or roll back (kill -9 mid-call).
+        let dying = replica(&url, &prefix).await;
+        for _ in 0..3 {
+            let held = dying.reserve(&cap, &WHO, &json!({}), now).await;
+            assert!(held.is_ok(), "{held:?}");
+        }
+    }
+    let survivor = replica(&url, &prefix).await;
+    assert!(matches!(survivor.reserve(&cap, &WHO, &json!({}), now).await, Err(Refused::Exceeded(_))), "the dead replica's calls count as spent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_store_that_cannot_answer_refuses_only_calls_with_quotas() {
     let Some(_) = redis().await else { return };
     let relay = Relay::start(REDIS).await;
