@@ -460,6 +460,7 @@ async fn live(repo: &Path, secrets: SecretSource) -> Live {
         trust_initial_signers: false,
         webhook_secret: None,
         proxy: Config::default(),
+        quota_store: None,
     };
     let daemon = serve::start(settings).await.expect("the daemon starts");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

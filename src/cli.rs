@@ -90,6 +90,15 @@ pub struct ServeArgs {
     /// Largest response body the gateway builds, in bytes (one reply, or a batch's replies).
     #[arg(long, default_value_t = 16 << 20)]
     pub max_response: usize,
+    /// Count rate limits and spend caps in Redis, shared by every replica
+    /// (`redis://[user:password@]host[:port][/db]`). Default: in the local state database (one
+    /// replica). When Redis does not answer, calls with quotas are refused.
+    #[arg(long, env = "GATEHOUSE_QUOTA_STORE", hide_env_values = true)]
+    pub quota_store: Option<String>,
+    /// Separates the counters of deployments (or tests) that share one Redis: keys are
+    /// `gatehouse:{PREFIX}:quota:…`.
+    #[arg(long, env = "GATEHOUSE_QUOTA_KEY_PREFIX", default_value = "default")]
+    pub quota_key_prefix: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -622,6 +631,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 trust_initial_signers: a.trust_initial_signers,
                 webhook_secret: a.webhook_secret,
                 proxy,
+                quota_store: a.quota_store.map(|url| crate::record::quota::shared::Config { url, prefix: a.quota_key_prefix }),
             };
             crate::commands::serve::run(settings).map(|()| 0)
         }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub trust_initial_signers: bool,
     pub webhook_secret: Option<String>,
     pub proxy: Config,
+    /// Quota counters shared in Redis (`--quota-store`); None: in the local store.
+    pub quota_store: Option<crate::record::quota::shared::Config>,
 }
 
 /// A running daemon (without its listener): what tests and `run` hold.
@@ -86,7 +88,12 @@ pub fn source(settings: &Settings) -> Source {
 pub async fn start(settings: Settings) -> Result<Daemon> {
     let data_dir = settings.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
-    let state = Arc::new(State::with_store(settings.proxy.clone(), store.clone()));
+    let mut state = State::with_store(settings.proxy.clone(), store.clone());
+    if let Some(shared) = &settings.quota_store {
+        let shared = crate::record::quota::shared::Shared::connect(shared).await.map_err(anyhow::Error::msg)?;
+        state.quotas = crate::record::quota::Quotas::shared(shared);
+    }
+    let state = Arc::new(state);
     if let Some(secret) = &settings.webhook_secret {
         let _ = state.webhook_secret.set(secret.as_bytes().to_vec());
     }

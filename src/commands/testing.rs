@@ -72,7 +72,7 @@ pub fn decide_signed_in(snapshot: &Snapshot, call: &Call, counters: &[(String, f
     for q in &d.quotas {
         quotas.preset(q, &who, now, before(q));
     }
-    let refused = quotas.reserve(&d.quotas, &who, call.args, now).err();
+    let refused = quotas.reserve_local(&d.quotas, &who, call.args, now).err();
     let at = refused.as_ref().and_then(|e| d.quotas.iter().position(|q| Arc::ptr_eq(q, &e.quota)));
     let statuses = d
         .quotas

@@ -265,9 +265,9 @@ async fn quota_counts_survive_a_restart() {
     let window_left = 60 - now.rem_euclid(60);
     if window_left > 2 {
         for _ in 0..95 {
-            reloaded.reserve(&d.quotas, &who, &args, now).unwrap();
+            reloaded.reserve_local(&d.quotas, &who, &args, now).unwrap();
         }
-        assert!(reloaded.reserve(&d.quotas, &who, &args, now).is_err(), "the count was reloaded");
+        assert!(reloaded.reserve_local(&d.quotas, &who, &args, now).is_err(), "the count was reloaded");
     }
 }
 
@@ -294,6 +294,7 @@ async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
         trust_initial_signers: false,
         webhook_secret: None,
         proxy: Config::default(),
+        quota_store: None,
     };
     // What `serve::serve_until` (and so `gatehouse serve`) does, holding one more handle on the
     // store as a task still alive at exit would: dropping handles is not what commits.

@@ -17,19 +17,19 @@ use crate::support::{TestRepo, copy_dir, crate_dir, gatehouse};
 const ALICE: &str = "demo-token-alice";
 
 /// A `gatehouse serve` process on a git copy of examples/policy-repo, with its log in a file.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     /// `http://127.0.0.1:PORT` of the MCP listener.
-    url: String,
+    pub(crate) url: String,
     /// `http://…` of the admin listener.
-    admin: String,
-    log: PathBuf,
+    pub(crate) admin: String,
+    pub(crate) log: PathBuf,
     data: PathBuf,
 }
 
 impl Daemon {
     /// Starts the binary with `extra` flags on `repo` and waits until /readyz answers 200.
-    async fn start(repo: &Path, data: &Path, extra: &[&str]) -> Daemon {
+    pub(crate) async fn start(repo: &Path, data: &Path, extra: &[&str]) -> Daemon {
         let log = data.with_extension("log");
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         // A restart appends to the same log: only what this process writes counts.

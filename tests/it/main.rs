@@ -15,6 +15,8 @@ mod reconcile;
 mod relay;
 mod scan;
 mod signed;
+mod services_redis;
+mod shared_quotas;
 mod sso;
 mod rmcp_peer;
 mod proxy;

@@ -60,6 +60,7 @@ pub async fn live_with(repo: &std::path::Path, data: &std::path::Path, branch: O
         trust_initial_signers,
         webhook_secret: None,
         proxy: Config::default(),
+        quota_store: None,
     };
     let daemon = serve::start(settings).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -428,6 +429,7 @@ async fn a_remote_repository_is_cloned_and_fetched_on_a_signed_webhook() {
         trust_initial_signers: false,
         webhook_secret: Some("hook-secret".into()),
         proxy: Config::default(),
+        quota_store: None,
     };
     let daemon = serve::start(settings).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -30,7 +30,7 @@ use crate::policy::{Call, evaluate_grant};
 use crate::policy::snapshot::{Grant, Snapshot};
 use crate::record::audit::log::AuditLog;
 use crate::record::audit::{CallRecord, arg_keys, bound};
-use crate::record::quota::{Reservation, Subject};
+use crate::record::quota::{Refused, Reservation, Subject};
 use crate::units::{Date, now_rfc3339_ms, unix_now};
 use crate::gateway::upstream::{ServerRequest, UpstreamError};
 
@@ -150,7 +150,11 @@ pub async fn admin(state: Arc<State>, req: Request<Incoming>) -> Result<Response
         (&Method::GET, "/status") => json_response(StatusCode::OK, &status(&state)),
         (&Method::GET, "/metrics") => {
             let active = state.active.load_full();
-            let body = state.metrics.render(active.as_ref().and_then(|a| a.snapshot.commit.as_deref()), state.sessions.len(), &state.admission);
+            let mut body = state.metrics.render(active.as_ref().and_then(|a| a.snapshot.commit.as_deref()), state.sessions.len(), &state.admission);
+            if let Some(up) = state.quotas.store_available() {
+                body.push_str("# HELP gatehouse_quota_store_up Whether the shared quota store (Redis) answered last time.\n# TYPE gatehouse_quota_store_up gauge\n");
+                body.push_str(&format!("gatehouse_quota_store_up {}\n", u8::from(up)));
+            }
             let mut r = text(StatusCode::OK, &body);
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
@@ -161,8 +165,15 @@ pub async fn admin(state: Arc<State>, req: Request<Incoming>) -> Result<Response
     Ok(resp)
 }
 
+/// 200 once a commit decides calls. An unavailable shared quota store keeps it 200 and says so:
+/// calls without quotas still flow, and the store is shared, so every replica would go unready
+/// at once and a load balancer would stop those calls too.
 fn readyz(state: &State) -> Response<Body> {
     match state.active.load().as_ref() {
+        Some(a) if state.quotas.store_available() == Some(false) => text(
+            StatusCode::OK,
+            &format!("ready: commit {}; quota store unavailable: calls with quotas are refused ({QUOTA_UNAVAILABLE})\n", a.snapshot.short_commit()),
+        ),
         Some(a) => text(StatusCode::OK, &format!("ready: commit {}\n", a.snapshot.short_commit())),
         None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid policy commit is active\n"),
     }
@@ -220,6 +231,15 @@ fn status(state: &State) -> Value {
                 .unwrap_or_default(),
         ),
     ];
+    let mut conditions = conditions;
+    if let Some(up) = state.quotas.store_available() {
+        conditions.push(condition(
+            "QuotaStoreAvailable",
+            up,
+            if up { "Answering" } else { "Unavailable" },
+            if up { String::new() } else { format!("the shared quota store does not answer: calls with quotas are refused ({QUOTA_UNAVAILABLE})") },
+        ));
+    }
     json!({
         "ready": active.is_some(),
         "last_applied": rs.last_applied,
@@ -234,6 +254,10 @@ fn status(state: &State) -> Value {
         })),
         "servers": servers,
         "sessions": state.sessions.len(),
+        "quota_store": match state.quotas.store_available() {
+            None => json!({ "kind": "local" }),
+            Some(available) => json!({ "kind": "redis", "available": available }),
+        },
         "uptime_seconds": state.started.elapsed().as_secs(),
     })
 }
@@ -852,9 +876,17 @@ async fn call_tool(
     }
     // Quotas: reserve before anything reaches the upstream; a refused call consumes nothing.
     let who = Subject { identity: &grant.identity, server };
-    let mut reservation = match cx.state.quotas.reserve(&decision.quotas, &who, &args, unix_now()) {
+    let mut reservation = match cx.state.quotas.reserve(&decision.quotas, &who, &args, unix_now()).await {
         Ok(r) => r,
-        Err(exceeded) => {
+        Err(Refused::Unavailable(e)) => {
+            // Fail closed: a quota that cannot be counted cannot be held. (The store logs its
+            // outages once; a line per refused call would flood the log.)
+            debug!(error = %e, server, tool, "quota store unavailable: call refused");
+            let message = "the quota store is unavailable, so no call that counts a quota is forwarded";
+            record.denied(QUOTA_UNAVAILABLE, message).await;
+            return deny(QUOTA_UNAVAILABLE, message);
+        }
+        Err(Refused::Exceeded(exceeded)) => {
             let rule = exceeded.quota.id.clone();
             record.denied(&rule, &exceeded.why).await;
             record.event("quota_exceeded", json!({ "rule": &*rule, "quota": exceeded.quota.name, "limit": exceeded.quota.describe() })).await;
@@ -864,7 +896,7 @@ async fn call_tool(
     // Write-ahead: the decision is durable before the upstream hears of the call, or the call
     // is refused.
     if let Err(e) = record.allowed(&decision.rule, &decision.message, &mut reservation, cx.state.quotas.persistent()).await {
-        cx.state.quotas.rollback(reservation);
+        cx.state.quotas.rollback(reservation).await;
         error!(error = %e, server, tool, "audit log unavailable: call refused");
         return deny(AUDIT_UNAVAILABLE, "the audit log is unavailable, so no call is forwarded");
     }
@@ -896,7 +928,7 @@ async fn call_tool(
     if outcome == "ok" {
         cx.state.quotas.commit(reservation);
     } else {
-        cx.state.quotas.rollback(reservation);
+        cx.state.quotas.rollback(reservation).await;
     }
     record.outcome(&decision.rule, &decision.message, outcome, started.elapsed());
     reply
@@ -1009,6 +1041,9 @@ pub(super) fn check_server_name(server: &str) -> Result<(), String> {
 }
 /// Rule id of a call refused because its decision record could not be written.
 pub(super) const AUDIT_UNAVAILABLE: &str = "gatehouse:audit-unavailable";
+/// Rule id of a call refused because its quotas could not be counted (the shared quota store
+/// did not answer).
+pub(super) const QUOTA_UNAVAILABLE: &str = "gatehouse:quota-unavailable";
 
 /// Builds and writes the call records of one `tools/call` (or `resources/read`, `prompts/get`),
 /// all from the request's snapshot.
