@@ -410,7 +410,7 @@ fn audit_tail_prints_the_last_n_records_past_a_page() {
             for n in 0..2500 {
                 gatehouse::record::audit::log::append_in(c, record(n))?;
             }
-            Ok(())
+            Ok::<(), gatehouse::record::store::sql::Error>(())
         })
         .unwrap();
     store.close_blocking();

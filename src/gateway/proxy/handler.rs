@@ -146,7 +146,10 @@ pub async fn admin(state: Arc<State>, req: Request<Incoming>) -> Result<Response
         (&Method::GET, "/status") => json_response(StatusCode::OK, &status(&state)),
         (&Method::GET, "/metrics") => {
             let active = state.active.load_full();
-            let body = state.metrics.render(active.as_ref().and_then(|a| a.snapshot.commit.as_deref()), state.sessions.len(), &state.admission);
+            let mut body = state.metrics.render(active.as_ref().and_then(|a| a.snapshot.commit.as_deref()), state.sessions.len(), &state.admission);
+            super::Metrics::render_replicas(&state.fleet.lock().expect("fleet lock"), &mut body);
+            let healthy = state.audit.get().is_none_or(|a| a.store().healthy());
+            body.push_str(&format!("# HELP gatehouse_store_up 1 when the last write to the state database committed.\n# TYPE gatehouse_store_up gauge\ngatehouse_store_up {}\n", u8::from(healthy)));
             let mut r = text(StatusCode::OK, &body);
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
@@ -159,6 +162,10 @@ pub async fn admin(state: Arc<State>, req: Request<Incoming>) -> Result<Response
 
 fn readyz(state: &State) -> Response<Body> {
     match state.active.load().as_ref() {
+        // Every call would be refused (fail closed) until the state database takes writes again.
+        Some(_) if state.audit.get().is_some_and(|a| !a.store().healthy()) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the state database does not take writes (calls are refused)\n")
+        }
         Some(a) => text(StatusCode::OK, &format!("ready: commit {}\n", a.snapshot.short_commit())),
         None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid policy commit is active\n"),
     }
@@ -186,6 +193,7 @@ fn status(state: &State) -> Value {
             .collect(),
     };
     let rs = state.status.lock().expect("status lock").clone();
+    let fleet = crate::record::replicas::view(&state.fleet.lock().expect("fleet lock"), crate::units::unix_now_ms());
     let stalled = rs.last_attempted.as_ref().is_some_and(|a| a.outcome != "applied");
     let condition = |kind: &str, ok: bool, reason: &str, message: String| {
         json!({ "type": kind, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message })
@@ -231,6 +239,10 @@ fn status(state: &State) -> Value {
         "servers": servers,
         "sessions": state.sessions.len(),
         "uptime_seconds": state.started.elapsed().as_secs(),
+        "replica": state.replica,
+        "store": state.audit.get().map(|a| json!({ "location": a.store().location().describe(), "healthy": a.store().healthy() })),
+        "replicas": fleet["replicas"],
+        "converged": fleet["converged"],
     })
 }
 

@@ -23,9 +23,9 @@ fn a_failing_job_does_not_undo_the_others_of_its_group() {
     let store = Store::open(dir.path()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
-        let a = store.write(|c| c.execute("INSERT INTO kv VALUES ('a', '1')", []));
-        let dup = store.write(|c| c.execute("INSERT INTO kv VALUES ('a', '2')", []));
-        let b = store.write(|c| c.execute("INSERT INTO kv VALUES ('b', '1')", []));
+        let a = store.write(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('a', '1')", []));
+        let dup = store.write(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('a', '2')", []));
+        let b = store.write(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('b', '1')", []));
         let (a, dup, b) = tokio::join!(a, dup, b);
         assert!(a.is_ok() && b.is_ok());
         assert!(dup.is_err(), "primary key violation");
@@ -46,16 +46,16 @@ fn a_deferred_job_rides_the_next_group_or_is_committed_after_defer_max() {
     rt.block_on(async {
         // Alone: it waits for another group, then is committed on its own.
         let t = Instant::now();
-        store.write_deferred(|c| c.execute("INSERT INTO kv VALUES ('alone', '1')", [])).await.unwrap();
+        store.write_deferred(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('alone', '1')", [])).await.unwrap();
         assert!(t.elapsed() >= DEFER_MAX, "committed after {:?}", t.elapsed());
         assert!(kv_has(&store.reader().unwrap(), "alone"));
 
         // With a job that is not deferred: both in one transaction. Inside the second job, the
         // writer sees the deferred row while another connection does not: not yet committed.
-        let rider = store.write_deferred(|c| c.execute("INSERT INTO kv VALUES ('rider', '1')", []));
+        let rider = store.write_deferred(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('rider', '1')", []));
         tokio::time::sleep(Duration::from_millis(10)).await;
         let reader = store.reader().unwrap();
-        let driver = store.write(move |c| Ok((kv_has(c, "rider"), kv_has(&reader, "rider"))));
+        let driver = store.write(move |c| Ok::<_, rusqlite::Error>((kv_has(c.sqlite().unwrap(), "rider"), kv_has(&reader, "rider"))));
         let (rider, driver) = tokio::join!(rider, driver);
         rider.unwrap();
         assert_eq!(driver.unwrap(), (true, false), "the deferred job ran, uncommitted, in the same transaction");
@@ -69,7 +69,7 @@ fn close_commits_what_is_queued_and_stops_the_writer() {
     let store = Store::open(dir.path()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     rt.block_on(async {
-        let queued: Vec<_> = (0..50).map(|i| store.write_deferred(move |c| c.execute("INSERT INTO kv VALUES (?1, '1')", [format!("k{i}")]))).collect();
+        let queued: Vec<_> = (0..50).map(|i| store.write_deferred(move |c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES (?1, '1')", [format!("k{i}")]))).collect();
         let other = store.clone();
         other.close().await;
         for q in queued {
@@ -77,8 +77,8 @@ fn close_commits_what_is_queued_and_stops_the_writer() {
         }
         let n: i64 = store.reader().unwrap().query_row("SELECT count(*) FROM kv", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 50);
-        assert!(matches!(store.write(|_| Ok(())).await, Err(StoreError::Stopped)));
-        assert!(matches!(store.write_deferred(|_| Ok(())).await, Err(StoreError::Stopped)));
+        assert!(matches!(store.write(|_| Ok::<(), rusqlite::Error>(())).await, Err(StoreError::Stopped)));
+        assert!(matches!(store.write_deferred(|_| Ok::<(), rusqlite::Error>(())).await, Err(StoreError::Stopped)));
         store.close().await; // twice: a no-op
     });
 }
