@@ -101,7 +101,11 @@ pub async fn start(settings: Settings) -> Result<Daemon> {
         tokio::task::spawn_blocking(move || Store::open_at(&at)).await??
     };
     info!(database = %at.describe(), "state database open");
-    let mut state = State::with_store(settings.proxy.clone(), store.clone());
+    // Loading the quota counters reads the database: off the async workers.
+    let mut state = {
+        let (config, store) = (settings.proxy.clone(), store.clone());
+        tokio::task::spawn_blocking(move || State::with_store(config, store)).await?
+    };
     if let Some(name) = settings.replica.as_ref().filter(|n| !n.trim().is_empty()) {
         state.replica = name.trim().to_string();
     }

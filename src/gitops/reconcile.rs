@@ -112,6 +112,12 @@ pub fn restore(settings: &Settings, store: &Store, state: &State) -> Option<Oid>
         Ok(active) => {
             info!(commit = %&commit[..12], "serving the last applied commit");
             state.activate(active);
+            // On a shared database the commit may have been applied by another replica: this
+            // one enforces it from now on, and says so.
+            let (replica, c, now) = (state.replica.clone(), commit.clone(), now_rfc3339_ms());
+            if let Err(e) = store.write_blocking(move |conn| crate::record::replicas::applied_in(conn, &replica, &c, &now)) {
+                warn!(error = %e, "cannot record this replica's application of the restored commit");
+            }
             state.status.lock().expect("status lock").last_applied = Some(crate::gateway::proxy::AppliedStatus { commit: commit.clone(), time: None });
             Some(id)
         }

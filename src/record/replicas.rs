@@ -26,8 +26,9 @@ pub struct Replica {
     pub heartbeat: String,
 }
 
-/// Records that `replica` applied `commit` at `now`, in the reconciler's transaction (the
-/// change record itself is written once, by `gitops::reconcile`).
+/// Records that `replica` applied `commit` at `now` (its first application is kept), in the
+/// reconciler's transaction (the change record itself is written once, by `gitops::reconcile`),
+/// or when a replica starts serving the commit the database records as last applied.
 pub fn applied_in(c: &Conn, replica: &str, commit: &str, now: &str) -> sql::Result<()> {
     c.exec(
         "INSERT INTO change_applications (commit_id, replica, applied_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",

@@ -17,19 +17,19 @@ use crate::support::{TestRepo, copy_dir, crate_dir, gatehouse};
 const ALICE: &str = "demo-token-alice";
 
 /// A `gatehouse serve` process on a git copy of examples/policy-repo, with its log in a file.
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     /// `http://127.0.0.1:PORT` of the MCP listener.
-    url: String,
+    pub(crate) url: String,
     /// `http://…` of the admin listener.
-    admin: String,
-    log: PathBuf,
+    pub(crate) admin: String,
+    pub(crate) log: PathBuf,
     data: PathBuf,
 }
 
 impl Daemon {
     /// Starts the binary with `extra` flags on `repo` and waits until /readyz answers 200.
-    async fn start(repo: &Path, data: &Path, extra: &[&str]) -> Daemon {
+    pub(crate) async fn start(repo: &Path, data: &Path, extra: &[&str]) -> Daemon {
         let log = data.with_extension("log");
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         // A restart appends to the same log: only what this process writes counts.
@@ -100,7 +100,7 @@ impl Drop for Daemon {
 }
 
 /// examples/policy-repo copied into a fresh git repository (one commit), and a data dir path.
-fn example_repo() -> (TestRepo, tempfile::TempDir) {
+pub(crate) fn example_repo() -> (TestRepo, tempfile::TempDir) {
     let repo = TestRepo::new();
     copy_dir(&crate_dir().join("examples/policy-repo"), repo.path());
     repo.commit("the example repository", &[]);
@@ -120,11 +120,11 @@ fn dir_bytes(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn is_allowed(reply: &Value) -> bool {
+pub(crate) fn is_allowed(reply: &Value) -> bool {
     reply["result"].is_object() && reply["result"]["isError"] != true
 }
 
-fn charge(id: i64, amount: u64) -> Value {
+pub(crate) fn charge(id: i64, amount: u64) -> Value {
     call(id, "create_charge", json!({ "amount": amount, "currency": "usd", "customer": "cus_001" }))
 }
 
