@@ -166,6 +166,15 @@ async fn two_serve_processes_share_one_postgres_database() {
     let metrics = send("GET", &format!("{}/metrics", two.admin), None, None, "", &[]).await.body;
     assert!(metrics.contains(&format!("gatehouse_replica_applied{{replica=\"one\",commit=\"{head}\"}} 1")), "{metrics}");
     assert!(metrics.contains("gatehouse_replicas_converged 1"), "{metrics}");
+    let out = gatehouse(&["status", "--url", &one.admin]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("\"converged\": true") && out.stdout.contains("\"name\": \"two\""), "{}", out.stdout);
+    // Quotas are still counted per process: the replica that sees the other one says so.
+    let t = Instant::now();
+    while !std::fs::read_to_string(&two.log).unwrap_or_default().contains("quotas are counted in each process") {
+        assert!(t.elapsed() < Duration::from_secs(15), "no warning about local quotas:\n{}", std::fs::read_to_string(&two.log).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Both chains verify; the evidence reads both replicas' records.
     let out = gatehouse(&["audit", "verify", "--database", &pg.url]);

@@ -141,6 +141,10 @@ impl PgConn {
     pub fn connect(url: &str) -> Result<PgConn> {
         let mut config: postgres::Config = url.parse()?;
         config.connect_timeout(std::time::Duration::from_secs(5));
+        // A server that vanishes without closing the connection (a cable, a partition) fails the
+        // writes in flight within seconds instead of hanging the writer thread.
+        config.tcp_user_timeout(std::time::Duration::from_secs(10));
+        config.keepalives(true).keepalives_idle(std::time::Duration::from_secs(10));
         config.application_name("gatehouse");
         let mut client = config.connect(postgres::NoTls)?;
         client.batch_execute("SET synchronous_commit = on")?;
