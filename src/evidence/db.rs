@@ -44,6 +44,8 @@ pub(crate) struct DaemonChange {
     pub errors: Value,
     pub applied_at: Option<String>,
     pub recorded_at: String,
+    /// Every replica that applied the commit, and when (`change_applications`).
+    pub applications: Vec<(String, String)>,
 }
 
 /// Whether `at` holds a state database (a PostgreSQL URL always does: connecting says otherwise).
@@ -445,7 +447,12 @@ impl Db {
     /// Change records recorded in the period (by `recorded_at`), in the order recorded.
     /// Every change record the daemon wrote (one per commit), in the order it wrote them.
     pub fn change_records(&self) -> Result<Vec<DaemonChange>> {
-        let out = self.conn().query(
+        let mut applications: std::collections::HashMap<String, Vec<(String, String)>> = std::collections::HashMap::new();
+        self.conn().each("SELECT commit_id, replica, applied_at FROM change_applications ORDER BY applied_at, replica", &[], |r| {
+            applications.entry(r.string(0)?).or_default().push((r.string(1)?, r.string(2)?));
+            Ok(())
+        })?;
+        let mut out = self.conn().query(
             "SELECT commit_id, status, author, author_time, committer, commit_time, pull_request, message, parents, files,
                     signed, access_diff, errors, applied_at, recorded_at
              FROM changes ORDER BY id",
@@ -471,9 +478,13 @@ impl Db {
                     errors: parse(12)?,
                     applied_at: r.opt_string(13)?,
                     recorded_at: r.string(14)?,
+                    applications: Vec::new(),
                 })
             },
         )?;
+        for c in &mut out {
+            c.applications = applications.remove(&c.commit).unwrap_or_default();
+        }
         Ok(out)
     }
 

@@ -205,6 +205,17 @@ async fn two_serve_processes_share_one_postgres_database() {
     ]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dirs.path().join("bundle/MANIFEST.json")).unwrap()).unwrap();
+    // The change export names the replicas that applied each commit.
+    let ev = dirs.path().join("changes");
+    let out = gatehouse(&[
+        "evidence", "changes", "--since", &since, "--until", &until, "--format", "json", "--out", ev.to_str().unwrap(), "--repo", repo_dir,
+        "--database", &pg.url,
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let changes: Value = serde_json::from_str(&std::fs::read_to_string(ev.join("changes.json")).unwrap()).unwrap();
+    let applied: Vec<&str> =
+        changes["source"]["daemon"]["applications"][&head].as_array().unwrap().iter().map(|a| a["replica"].as_str().unwrap()).collect();
+    assert_eq!(applied.len(), 2, "{:#}", changes["source"]);
     assert_eq!(manifest["audit"]["count"], 6, "{:#}", manifest["audit"]);
     assert_eq!(manifest["audit"]["chain"]["intact"], true, "{:#}", manifest["audit"]);
     assert!(manifest["sources"]["database"].as_str().is_some_and(|d| d.starts_with("postgres://")), "{:#}", manifest["sources"]);
