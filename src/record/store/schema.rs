@@ -191,9 +191,14 @@ const PG_MIGRATIONS: &[&str] = &[
 
 /// Brings the schema up to date; a no-op when it already is.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Brings the schema up to version `to` (tests build old databases with it).
+pub fn migrate_to(conn: &mut Connection, to: usize) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(to).skip(version) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }

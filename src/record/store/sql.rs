@@ -462,3 +462,6 @@ impl Reader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
