@@ -414,7 +414,10 @@ fn audit(command: AuditCommand) -> Result<i32> {
                 println!("{line}");
             }
             const PAGE: usize = 1000;
-            while follow {
+            if !follow {
+                return Ok(0);
+            }
+            loop {
                 // Everything written since, page by page, then wait for more.
                 let page = verify::since(&reader, &after, PAGE)?;
                 let full = page.len() >= PAGE;
@@ -426,7 +429,6 @@ fn audit(command: AuditCommand) -> Result<i32> {
                     std::thread::sleep(std::time::Duration::from_millis(250));
                 }
             }
-            Ok(0)
         }
         AuditCommand::Export { data_dir, database, since, until, format, out } => {
             let (since, until) = (verify::bound(&since)?, verify::bound(&until)?);

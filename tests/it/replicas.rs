@@ -155,7 +155,7 @@ async fn two_serve_processes_share_one_postgres_database() {
 
     // The commit has one change record and an application by each replica; the replicas view
     // shows both on it.
-    assert_eq!(texts(&pg, "SELECT commit_id FROM changes"), [head.clone()]);
+    assert_eq!(texts(&pg, "SELECT commit_id FROM changes"), [head.as_str()]);
     assert_eq!(texts(&pg, "SELECT replica FROM change_applications ORDER BY replica"), ["one", "two"]);
     let status = status_until(&one.admin, "both replicas on the commit", |v| {
         v["converged"] == true && v["replicas"].as_array().is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["applied"] == json!(head)))

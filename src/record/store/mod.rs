@@ -115,7 +115,7 @@ impl Store {
             Location::Postgres(url) => {
                 let mut pg = PgConn::connect(url).map_err(|e| StoreError::Sqlite(format!("connecting to {}: {e}", sql::redact(url))))?;
                 schema::migrate_pg(&mut pg).map_err(|e| StoreError::Sqlite(format!("migrating {}: {e}", sql::redact(url))))?;
-                Backend::Pg { url: url.clone(), conn: Some(RefCell::new(pg)), last_try: None }
+                Backend::Pg { url: url.clone(), conn: Some(Box::new(RefCell::new(pg))), last_try: None }
             }
         };
         let healthy = Arc::new(AtomicBool::new(true));
@@ -343,8 +343,9 @@ fn writer(mut conn: Backend, rx: std_mpsc::Receiver<Msg>, healthy: Arc<AtomicBoo
 /// The writer's connection.
 enum Backend {
     Lite(Connection),
-    /// `conn` is None after the connection failed, until a reconnect succeeds.
-    Pg { url: String, conn: Option<RefCell<PgConn>>, last_try: Option<Instant> },
+    /// `conn` is None after the connection failed, until a reconnect succeeds. Boxed: the
+    /// client is large, and the enum lives on the writer's stack.
+    Pg { url: String, conn: Option<Box<RefCell<PgConn>>>, last_try: Option<Instant> },
 }
 
 // === impl Backend ===
@@ -364,7 +365,7 @@ impl Backend {
                     match PgConn::connect(url) {
                         Ok(pg) => {
                             tracing::info!("state database: reconnected to PostgreSQL");
-                            *conn = Some(RefCell::new(pg));
+                            *conn = Some(Box::new(RefCell::new(pg)));
                         }
                         Err(e) => return Err(StoreError::Sqlite(format!("the state database is unreachable: {e}"))),
                     }
@@ -376,10 +377,10 @@ impl Backend {
 
     /// Forgets a PostgreSQL connection that failed: the next group reconnects.
     fn lost(&mut self) {
-        if let Backend::Pg { conn, .. } = self {
-            if conn.take().is_some() {
-                tracing::error!("state database: the PostgreSQL connection is lost; writes are refused until it returns");
-            }
+        if let Backend::Pg { conn, .. } = self
+            && conn.take().is_some()
+        {
+            tracing::error!("state database: the PostgreSQL connection is lost; writes are refused until it returns");
         }
     }
 }

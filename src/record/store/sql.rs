@@ -75,7 +75,7 @@ pub enum Row<'a, 'b> {
 /// read through.
 pub enum Reader {
     Lite(rusqlite::Connection),
-    Pg(RefCell<PgConn>),
+    Pg(Box<RefCell<PgConn>>),
 }
 
 // === impl Location ===
@@ -441,7 +441,7 @@ impl Reader {
             Location::Dir(d) => Ok(Reader::Lite(super::open_read_only(d)?)),
             Location::Postgres(url) => {
                 let pg = PgConn::connect(url).map_err(|e| super::StoreError::Sqlite(format!("connecting to {}: {e}", redact(url))))?;
-                Ok(Reader::Pg(RefCell::new(pg)))
+                Ok(Reader::Pg(Box::new(RefCell::new(pg))))
             }
         }
     }
