@@ -188,7 +188,8 @@ pub enum Command {
         #[arg(long, default_value = "./gatehouse-data", requires = "usage")]
         data_dir: PathBuf,
         /// A PostgreSQL state database (postgres://user@host/db), read instead of --data-dir's
-        /// for --usage (not `requires = "usage"`: the variable may be set for every command).
+        /// for --usage.
+        // Not `requires = "usage"`: the variable may be set for every command.
         #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
         database: Option<String>,
         /// The window of --usage, in days back from now.
