@@ -79,6 +79,15 @@ async fn the_store_on_postgres_is_write_ahead_and_keeps_a_chain_per_replica() {
     });
     assert_eq!(seen, (1, 500.0), "durable before the answer");
 
+    // A failing job (alone in its group, or among others) fails alone; the writer goes on.
+    let kv = |k: &'static str| move |c: &gatehouse::record::store::Conn| c.exec("INSERT INTO kv (key, value) VALUES (?1, 'v')", gatehouse::record::store::sql::params![k]);
+    a.write(kv("k1")).await.unwrap();
+    assert!(a.write(kv("k1")).await.is_err(), "a duplicate key fails");
+    let (x, y, z) = tokio::join!(a.write(kv("k2")), a.write(kv("k2")), a.write(kv("k3")));
+    assert_eq!([x.is_ok(), y.is_ok(), z.is_ok()].iter().filter(|ok| **ok).count(), 2, "{x:?} {y:?} {z:?}");
+    a.write(kv("k4")).await.unwrap();
+    assert_eq!(texts(&pg, "SELECT key FROM kv WHERE key LIKE 'k%' ORDER BY key"), ["k1", "k2", "k3", "k4"]);
+
     // Both replicas append concurrently, many calls each (group commit on both writers).
     const N: u64 = 150;
     let mut calls = Vec::new();
