@@ -401,7 +401,18 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
             return false;
         }
     };
-    let begin = if conn.is_pg() { "BEGIN" } else { "BEGIN IMMEDIATE" };
+    let pg = conn.is_pg();
+    let size = group.len();
+    // A job alone in its group on PostgreSQL needs no savepoint (round trips fewer on the
+    // write-ahead path): if it fails, the transaction is aborted and COMMIT rolls it back.
+    let savepoints = !pg || size > 1;
+    // PostgreSQL: each savepoint change is one round trip: the first savepoint rides BEGIN,
+    // and the statement after a job ends its savepoint and opens the next job's.
+    let begin = match (pg, savepoints) {
+        (false, _) => "BEGIN IMMEDIATE",
+        (true, false) => "BEGIN",
+        (true, true) => "BEGIN; SAVEPOINT job",
+    };
     if let Err(e) = exec_cached(&conn, begin) {
         let lost = e.is_connection();
         let e = StoreError::Sqlite(e.to_string());
@@ -415,15 +426,31 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
         }
         return false;
     }
-    let mut done: Vec<Done> = Vec::with_capacity(group.len());
-    // A job alone in its group on PostgreSQL needs no savepoint (two round trips fewer on the
-    // write-ahead path): if it fails, the transaction is aborted and COMMIT rolls it back.
-    let savepoints = !conn.is_pg() || group.len() > 1;
+    let mut done: Vec<Done> = Vec::with_capacity(size);
     let mut jobs = group.into_iter();
     let mut aborted = None;
+    let mut ran = 0;
     for job in jobs.by_ref() {
+        ran += 1;
         if !savepoints {
             done.push((job.run)(Some(&conn)).1);
+            continue;
+        }
+        if pg {
+            let (ok, reply) = (job.run)(Some(&conn));
+            done.push(reply);
+            let step = match (ok, ran == size) {
+                (true, false) => Some("RELEASE SAVEPOINT job; SAVEPOINT job"),
+                (false, false) => Some("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job; SAVEPOINT job"),
+                // COMMIT releases the last savepoint.
+                (true, true) => None,
+                (false, true) => Some("ROLLBACK TO SAVEPOINT job"),
+            };
+            if let Some(Err(e)) = step.map(|st| exec_cached(&conn, st)) {
+                // The connection went away under the job.
+                aborted = Some(StoreError::Sqlite(e.to_string()));
+                break;
+            }
             continue;
         }
         if let Err(e) = exec_cached(&conn, "SAVEPOINT job") {
@@ -444,7 +471,6 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
             aborted = Some(StoreError::Sqlite("the transaction was rolled back by the database (disk full or I/O error)".into()));
             break;
         } else if let Err(e) = exec_cached(&conn, "ROLLBACK TO SAVEPOINT job").and_then(|_| exec_cached(&conn, "RELEASE SAVEPOINT job")) {
-            // PostgreSQL: the connection went away under the job.
             aborted = Some(StoreError::Sqlite(e.to_string()));
             break;
         }
@@ -460,10 +486,10 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
         None => exec_cached(&conn, "COMMIT").map_err(|e| StoreError::Sqlite(e.to_string())),
     };
     let mut lost = false;
-    if committed.is_err() && exec_cached(&conn, "ROLLBACK").is_err() && conn.is_pg() {
+    if committed.is_err() && exec_cached(&conn, "ROLLBACK").is_err() && pg {
         lost = true;
     }
-    if committed.is_err() && conn.is_pg() && !lost {
+    if committed.is_err() && pg && !lost {
         // A failed statement or commit may be the connection's fault: check it.
         lost = exec_cached(&conn, "SELECT 1").is_err();
     }
