@@ -180,33 +180,30 @@ async fn heartbeat(state: Arc<State>, store: Store) {
     }
 }
 
-/// One heartbeat (see [`heartbeat`]); returns how many other live replicas there are.
+/// One heartbeat (see [`heartbeat`]); returns how many other live replicas there are. The view
+/// is read in the heartbeat's own write (the writer's connection): no connection of its own.
 async fn heartbeat_once(state: &Arc<State>, store: &Store, started: &str) -> usize {
     let (name, started, now) = (state.replica.clone(), started.to_string(), crate::units::now_rfc3339_ms());
     let applied = state.active.load().as_ref().and_then(|a| a.snapshot.commit.clone());
-    let write = store.write(move |c| crate::record::replicas::heartbeat_in(c, &name, applied.as_deref(), &started, &now));
-    if let Err(e) = write.await {
-        tracing::debug!(error = %e, "heartbeat not written");
-        return 0;
-    }
-    let s = store.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<Vec<crate::record::replicas::Replica>> {
-        let reader = s.read()?;
-        Ok(crate::record::replicas::list(&reader.conn())?)
+    let write = store.write(move |c| {
+        crate::record::replicas::heartbeat_in(c, &name, applied.as_deref(), &started, &now)?;
+        crate::record::replicas::list(c)
     });
-    match read.await {
-        Ok(Ok(fleet)) => {
-            let now = crate::units::unix_now_ms();
-            let others = fleet
-                .iter()
-                .filter(|r| r.name != state.replica)
-                .filter(|r| crate::record::replicas::age_secs(&r.heartbeat, now).is_some_and(|a| a < crate::record::replicas::STALE_AFTER.as_secs_f64()))
-                .count();
-            *state.fleet.lock().expect("fleet lock") = fleet;
-            others
+    let fleet = match write.await {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            tracing::debug!(error = %e, "heartbeat not written");
+            return 0;
         }
-        _ => 0,
-    }
+    };
+    let now = crate::units::unix_now_ms();
+    let others = fleet
+        .iter()
+        .filter(|r| r.name != state.replica)
+        .filter(|r| crate::record::replicas::age_secs(&r.heartbeat, now).is_some_and(|a| a < crate::record::replicas::STALE_AFTER.as_secs_f64()))
+        .count();
+    *state.fleet.lock().expect("fleet lock") = fleet;
+    others
 }
 
 /// Runs the daemon until a shutdown signal.
