@@ -848,7 +848,7 @@ fn verify_part(s: &Settings) -> VerifyPart {
         while done < n {
             let tx = c.unchecked_transaction().unwrap();
             for i in done..(done + chunk).min(n) {
-                append_in(&tx, record(i)).expect("append_in");
+                append_in(&gatehouse::record::store::Conn::Lite(&tx), record(i)).expect("append_in");
             }
             tx.commit().unwrap();
             done = (done + chunk).min(n);

@@ -404,7 +404,7 @@ fn generate_db(dir: &Path, calls: usize, grants: usize) {
                     base
                 }
             };
-            gatehouse::record::audit::log::append_in(&tx, r).unwrap();
+            gatehouse::record::audit::log::append_in(&gatehouse::record::store::Conn::Lite(&tx), r).unwrap();
             if n.is_multiple_of(997) {
                 let detail = json!({ "rule": "policies/p0.yaml#/tools/t0/limits/cap", "quota": "cap", "limit": "60/minute", "identity": "user1@example.com", "server": "s0", "tool": "t0" });
                 tx.execute(

@@ -48,6 +48,7 @@
 //! | `LOAD_ALLOCS` | 0 | 1: count heap allocations per call in each part (slows every part a little) |
 //! | `LOAD_ENFORCE` | 0 | 1: exit 3 when a target is missed |
 //! | `LOAD_AUDIT` | 1 | 0: the gateway without its audit log (a reference, not how it runs) |
+//! | `LOAD_DATABASE` | unset | `postgres://…`: also measure a second gateway whose state database is this PostgreSQL database (audit on), and report its calls/s and added p50 against the SQLite gateway's, measured in the same run |
 //!
 //! **The fsync floor.** Before the load, the bench measures on the same file system the cost of
 //! the least a durable write-ahead record needs: a small write into a preallocated file plus
@@ -112,6 +113,8 @@ struct Settings {
     gateway: bool,
     arg_bytes: usize,
     audit: bool,
+    /// A PostgreSQL URL: a second gateway on it, compared with the SQLite one.
+    database: Option<String>,
 }
 
 /// The least a durable record costs on this file system: one small append plus fdatasync.
@@ -217,8 +220,14 @@ fn main() {
     println!("fsync floor on this file system: p50 {:.3} ms, CPU {:.1} us per append + fdatasync", floor.p50_ms, floor.cpu_us);
     let upstream_addr = up_rt.block_on(common::start_upstream("echo"));
     let upstream_url = format!("http://{upstream_addr}/mcp");
-    let (gateway_addr, stop, served) = start_gateway(&gw_rt, &upstream_url, s.audit.then_some(data.path()));
+    let (gateway_addr, stop, served) =
+        start_gateway(&gw_rt, &upstream_url, s.audit.then(|| gatehouse::record::store::Location::Dir(data.path().to_path_buf())));
     let gateway_url = format!("http://{gateway_addr}/mcp");
+    // The same gateway on PostgreSQL, beside it (LOAD_DATABASE).
+    let on_pg = s.database.as_ref().filter(|_| s.audit).map(|url| {
+        let (addr, stop, served) = start_gateway(&gw_rt, &upstream_url, Some(gatehouse::record::store::Location::Postgres(url.clone())));
+        (addr, stop, served, gatehouse::record::store::sql::redact(url))
+    });
 
     println!(
         "proxy_load: {cores} cores shared by client, gateway and upstream (3 runtimes x {} worker threads); \
@@ -253,13 +262,54 @@ fn main() {
     let payload = Arc::new(Payload { args: args.to_string(), expected: args });
     let errors = Arc::new(Errors::default());
 
+    let gateway_pg = on_pg.as_ref().map(|(addr, ..)| {
+        Arc::new(Target {
+            uri: format!("http://{addr}/mcp").parse().unwrap(),
+            bearer: Some(HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap()),
+            tool: "bench__echo",
+        })
+    });
     let mut rows = Vec::new();
+    let mut rows_pg = Vec::new();
     for &n in &s.clients {
         let row = cl_rt.block_on(measure(n, &s, &direct, &gateway, &payload, &errors));
         rows.push(row);
+        if let Some(g) = &gateway_pg {
+            rows_pg.push(cl_rt.block_on(measure(n, &s, &direct, g, &payload, &errors)));
+        }
     }
 
     print_table(&rows);
+    let pg_compare: Vec<Value> = rows
+        .iter()
+        .zip(&rows_pg)
+        .map(|(lite, pg)| {
+            json!({
+                "clients": lite.clients,
+                "calls_per_s_ratio": r3(pg.gateway.per_sec / lite.gateway.per_sec),
+                "added_p50_ms": { "sqlite": r3(lite.added_p50()), "postgres": r3(pg.added_p50()) },
+                "added_p50_ratio": r3(pg.added_p50() / lite.added_p50()),
+                "postgres": pg.json(),
+            })
+        })
+        .collect();
+    if let Some((.., url)) = &on_pg {
+        println!("The same gateway with its state database on PostgreSQL ({url}), measured in the same run:");
+        print_table(&rows_pg);
+        for (lite, pg) in rows.iter().zip(&rows_pg) {
+            println!(
+                "postgres vs sqlite at {} clients: gateway calls/s {:.0} vs {:.0} (ratio {:.2}); added p50 {:.3} ms vs {:.3} ms (ratio {:.2})",
+                lite.clients,
+                pg.gateway.per_sec,
+                lite.gateway.per_sec,
+                pg.gateway.per_sec / lite.gateway.per_sec,
+                pg.added_p50(),
+                lite.added_p50(),
+                pg.added_p50() / lite.added_p50()
+            );
+        }
+        println!();
+    }
     print_cpu(&rows);
     if s.allocs {
         print_allocs(&rows);
@@ -287,10 +337,15 @@ fn main() {
         "errors": total_errors,
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
         "targets": verdicts.iter().map(|(name, ok, _)| json!({ "name": name, "met": ok })).collect::<Vec<_>>(),
+        "postgres_vs_sqlite": on_pg.as_ref().map(|_| pg_compare),
     });
     println!("RESULT {result}");
 
     // Stop the gateway (it DELETEs its upstream session), then the rest.
+    if let Some((_, stop, served, _)) = on_pg {
+        let _ = stop.send(());
+        let _ = gw_rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), served).await });
+    }
     let _ = stop.send(());
     let _ = gw_rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), served).await });
     cl_rt.shutdown_timeout(Duration::from_secs(1));
@@ -344,6 +399,7 @@ fn settings(cores: usize) -> Settings {
         gateway: paths.iter().any(|p| p == "gateway"),
         arg_bytes: var("LOAD_ARG_BYTES", TEXT.len()),
         audit: var("LOAD_AUDIT", 1u8) != 0,
+        database: std::env::var("LOAD_DATABASE").ok().filter(|d| !d.trim().is_empty()),
     }
 }
 
@@ -397,7 +453,11 @@ fn disk_per_call(dir: &std::path::Path) -> (u64, u64) {
     (bytes, calls)
 }
 
-fn start_gateway(rt: &Runtime, upstream_url: &str, audit: Option<&std::path::Path>) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn start_gateway(
+    rt: &Runtime,
+    upstream_url: &str,
+    audit: Option<gatehouse::record::store::Location>,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let server = format!(
         "name: bench\ntransport: streamable-http\nurl: {upstream_url}\ntimeout: 10s\nsupplier: {{ operated_by: internal }}\n"
     );
@@ -419,11 +479,16 @@ fn start_gateway(rt: &Runtime, upstream_url: &str, audit: Option<&std::path::Pat
     let snapshot = Arc::new(compiled.snapshot);
     let secrets = Arc::new(bind(&snapshot, &SecretSource::default()).unwrap_or_else(|e| panic!("{e:?}")));
     let (stop, stopped) = oneshot::channel::<()>();
-    rt.block_on(async move {
-        let state = Arc::new(match &audit {
-            Some(dir) => State::with_store(Config::default(), gatehouse::record::store::Store::open(dir).expect("the state database")),
+    // Opening the store and loading quotas block (and the sync PostgreSQL client refuses an
+    // async worker): a blocking thread, as `gatehouse serve` does.
+    let state = rt
+        .block_on(rt.spawn_blocking(move || match &audit {
+            Some(at) => State::with_store(Config::default(), gatehouse::record::store::Store::open_at(at).expect("the state database")),
             None => State::new(Config::default()),
-        });
+        }))
+        .expect("the gateway state");
+    rt.block_on(async move {
+        let state = Arc::new(state);
         state.activate(Active { snapshot, secrets });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -453,6 +453,8 @@ async fn live(repo: &Path, secrets: SecretSource) -> Live {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_path_buf(),
+        database: None,
+        replica: None,
         secrets,
         // Long: every change must be noticed by the ref watcher.
         poll: Duration::from_secs(600),

@@ -257,7 +257,7 @@ for seq, outcome, verdict, session, _, keys in outcomes:
             problems.append(f"outcome record seq {seq} ({outcome}) has no earlier decision record")
 
 # d. seq: no gap from the anchor (or 1) to the last record
-anchor = c.execute("SELECT value FROM kv WHERE key = 'chain_anchor'").fetchone()
+anchor = c.execute("SELECT value FROM kv WHERE key LIKE 'chain_anchor:%'").fetchone()  # one replica: one chain
 first = int(anchor[0].split(":")[0]) + 1 if anchor else 1
 lo, hi, n = c.execute("SELECT min(seq), max(seq), count(*) FROM calls").fetchone()
 if n == 0:

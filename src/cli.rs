@@ -51,6 +51,16 @@ pub struct ServeArgs {
     /// Where the state database (and a remote repository's clone) live.
     #[arg(long, default_value = "./gatehouse-data")]
     pub data_dir: PathBuf,
+    /// A PostgreSQL state database shared by several replicas (postgres://user@host/db; no
+    /// TLS), instead of the SQLite file in --data-dir (which still holds admin.addr and a
+    /// remote repository's clone).
+    #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
+    /// This process's name in call records, change applications and the replicas view; each
+    /// replica keeps its own hash chain. Default: the host name. Must be unique per process
+    /// sharing a database.
+    #[arg(long)]
+    pub replica: Option<String>,
     /// Directory of secret files (`DIR/NAME` for `${secret:NAME}`); the environment
     /// (`GATEHOUSE_SECRET_NAME`) is read too.
     #[arg(long)]
@@ -109,6 +119,9 @@ pub enum Command {
     AcceptRewrite {
         #[arg(long, default_value = "./gatehouse-data")]
         data_dir: PathBuf,
+        /// A PostgreSQL state database (postgres://user@host/db), read instead of --data-dir's.
+        #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
         /// Why the rewrite is acceptable (kept in the change history).
         #[arg(long)]
         reason: String,
@@ -183,6 +196,11 @@ pub enum Command {
         /// The daemon's state database directory (read-only), for --usage.
         #[arg(long, default_value = "./gatehouse-data", requires = "usage")]
         data_dir: PathBuf,
+        /// A PostgreSQL state database (postgres://user@host/db), read instead of --data-dir's
+        /// for --usage.
+        // Not `requires = "usage"`: the variable may be set for every command.
+        #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
         /// The window of --usage, in days back from now.
         #[arg(long, default_value_t = 30, requires = "usage")]
         days: u64,
@@ -214,6 +232,9 @@ pub enum Command {
         /// The daemon's state database directory.
         #[arg(long, default_value = "./gatehouse-data")]
         data_dir: PathBuf,
+        /// A PostgreSQL state database (postgres://user@host/db), read instead of --data-dir's.
+        #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
     },
     /// Connect to an upstream and list its tools with a proposed category, definition hash
     /// (the pin) and screening findings: exit 0 clean, 1 findings, 2 error. --write pins them in
@@ -320,7 +341,7 @@ fn scan(args: ScanArgs) -> Result<i32> {
     Ok(found.report.exit_code())
 }
 
-fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat, usage: Option<(&std::path::Path, u64)>) -> Result<i32> {
+fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat, usage: Option<(&crate::record::store::Location, u64)>) -> Result<i32> {
     let mut compiled = Vec::new();
     for (which, rev) in [("base", base), ("head", head)] {
         let files = repo::read(dir, Some(rev))?;
@@ -343,7 +364,7 @@ fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat, usage
         let (b, h) = (pr.resolve(base)?, pr.resolve(head)?);
         p.signatures = signature::check_range(&pr, Some(b), h)?.iter().map(crate::commands::plan::SignatureCheck::from).collect();
     }
-    if let Some((data_dir, days)) = usage {
+    if let Some((store, days)) = usage {
         let now = crate::units::unix_now();
         let at = |secs: i64| format!("{}.000Z", crate::units::rfc3339(secs, 0).trim_end_matches('Z'));
         let (since, until) = (at(now - days as i64 * 86_400), at(now + 1));
@@ -353,7 +374,7 @@ fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat, usage
             head_files: &head_files,
             head: head_snap,
             repo_dir: dir,
-            data_dir,
+            store,
             since: &since,
             until: &until,
             days,
@@ -375,52 +396,60 @@ fn plan(dir: &std::path::Path, base: &str, head: &str, format: PlanFormat, usage
 
 fn audit(command: AuditCommand) -> Result<i32> {
     use crate::record::audit::verify::{self, Verdict};
+    use crate::record::store::{Location, Reader};
     match command {
-        AuditCommand::Verify { data_dir } => {
-            let c = crate::record::store::open_read_only(&data_dir)?;
-            match verify::verify(&c)? {
-                Verdict::Intact { count, first, last } => {
-                    println!("ok: {count} records, seq {first}..{last}, the chain verifies");
-                    Ok(0)
-                }
-                Verdict::Broken { seq, why } => {
-                    println!("broken at seq {seq}: {why}");
-                    Ok(1)
+        AuditCommand::Verify { data_dir, database } => {
+            let reader = Reader::open(&Location::of(&data_dir, database.as_deref()))?;
+            let chains = verify::verify_all(&reader)?;
+            let mut code = 0;
+            for (replica, verdict) in &chains {
+                match verdict {
+                    Verdict::Intact { count, first, last } => {
+                        println!("ok: {count} records, seq {first}..{last}, the chain verifies (replica {replica})");
+                    }
+                    Verdict::Broken { seq, why } => {
+                        println!("broken at seq {seq} (replica {replica}): {why}");
+                        code = 1;
+                    }
                 }
             }
+            if chains.is_empty() {
+                println!("ok: 0 records, no chain yet");
+            }
+            Ok(code)
         }
-        AuditCommand::Tail { data_dir, lines, follow } => {
-            let c = crate::record::store::open_read_only(&data_dir)?;
-            let last: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM calls", [], |r| r.get(0))?;
-            let mut after = (last as u64).saturating_sub(lines);
+        AuditCommand::Tail { data_dir, database, lines, follow } => {
+            let reader = Reader::open(&Location::of(&data_dir, database.as_deref()))?;
+            let (last, mut after) = verify::last_records(&reader, lines)?;
+            for line in last {
+                println!("{line}");
+            }
             const PAGE: usize = 1000;
+            if !follow {
+                return Ok(0);
+            }
             loop {
-                // Page through everything written so far (the last -n records at first), then
-                // wait for more when following.
-                let page = verify::since_seq(&c, after, PAGE)?;
-                let full = page.len() == PAGE;
-                for (seq, line) in page {
+                // Everything written since, page by page, then wait for more.
+                let page = verify::since(&reader, &after, PAGE)?;
+                let full = page.len() >= PAGE;
+                for (replica, seq, line) in page {
                     println!("{line}");
-                    after = seq;
+                    after.insert(replica, seq);
                 }
-                if full {
-                    continue;
+                if !full {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
                 }
-                if !follow {
-                    return Ok(0);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(250));
             }
         }
-        AuditCommand::Export { data_dir, since, until, format, out } => {
+        AuditCommand::Export { data_dir, database, since, until, format, out } => {
             let (since, until) = (verify::bound(&since)?, verify::bound(&until)?);
             let ext = match format {
                 verify::Format::Jsonl => "jsonl",
                 verify::Format::Csv => "csv",
             };
             let out = out.unwrap_or_else(|| PathBuf::from(format!("calls-{}-{}.{ext}", &since[..10], &until[..10])));
-            let c = crate::record::store::open_read_only(&data_dir)?;
-            let manifest = verify::export(&c, &since, &until, format, &out)?;
+            let reader = Reader::open(&Location::of(&data_dir, database.as_deref()))?;
+            let manifest = verify::export(&reader, &since, &until, format, &out)?;
             // With --out - the records went to standard output: the manifest goes to standard error.
             if out == std::path::Path::new("-") {
                 eprintln!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -472,11 +501,17 @@ pub enum AuditCommand {
     Verify {
         #[arg(long, default_value = "./gatehouse-data")]
         data_dir: PathBuf,
+        /// A PostgreSQL state database (postgres://user@host/db), read instead of --data-dir's.
+        #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
     },
     /// Print the last records and, with --follow, new ones as they are written (JSON lines).
     Tail {
         #[arg(long, default_value = "./gatehouse-data")]
         data_dir: PathBuf,
+        /// A PostgreSQL state database (postgres://user@host/db), read instead of --data-dir's.
+        #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: u64,
         #[arg(long)]
@@ -486,6 +521,9 @@ pub enum AuditCommand {
     Export {
         #[arg(long, default_value = "./gatehouse-data")]
         data_dir: PathBuf,
+        /// A PostgreSQL state database (postgres://user@host/db), read instead of --data-dir's.
+        #[arg(long, env = "GATEHOUSE_DATABASE_URL", hide_env_values = true)]
+        database: Option<String>,
         /// Start (inclusive): YYYY-MM-DD or RFC 3339 UTC.
         #[arg(long)]
         since: String,
@@ -625,6 +663,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 listen: a.listen,
                 admin_listen: a.admin_listen,
                 data_dir: a.data_dir,
+                database: a.database.filter(|d| !d.trim().is_empty()),
+                replica: a.replica,
                 secrets: crate::gateway::secrets::SecretSource { dir: a.secrets_dir },
                 poll: a.poll,
                 accept_rewrite: a.accept_rewrite,
@@ -635,8 +675,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             crate::commands::serve::run(settings).map(|()| 0)
         }
-        Command::AcceptRewrite { data_dir, reason, by } => {
-            let (old, new) = crate::gitops::reconcile::accept_rewrite(&data_dir, &by, &reason)?;
+        Command::AcceptRewrite { data_dir, database, reason, by } => {
+            let at = crate::record::store::Location::of(&data_dir, database.as_deref());
+            let (old, new) = crate::gitops::reconcile::accept_rewrite(&at, &by, &reason)?;
             println!("accepted the rewrite from {old} to {new}; the daemon applies it on its next reconcile (POST /-/reconcile to hurry it)");
             Ok(0)
         }
@@ -653,9 +694,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             status(&url)
         }
         Command::Audit { command } => audit(command),
-        Command::Plan { repo, base, head, format, usage, data_dir, days } => plan(&repo, &base, &head, format, usage.then_some((data_dir.as_path(), days))),
-        Command::Evidence { control, since, until, format, out, repo, rev, data_dir } => {
-            let inputs = crate::evidence::Inputs { repo, rev, data_dir, since, until };
+        Command::Plan { repo, base, head, format, usage, data_dir, database, days } => {
+            let at = crate::record::store::Location::of(&data_dir, database.as_deref());
+            plan(&repo, &base, &head, format, usage.then_some((&at, days)))
+        }
+        Command::Evidence { control, since, until, format, out, repo, rev, data_dir, database } => {
+            let inputs = crate::evidence::Inputs { repo, rev, data_dir, database, since, until };
             crate::evidence::command(&inputs, control, format, &out, &mut std::io::stdout().lock())
         }
         Command::Grant { command } => grant(command),

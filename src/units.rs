@@ -206,6 +206,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Milliseconds since the epoch of a UTC time as [`now_rfc3339_ms`] writes it
+/// (`2026-11-26T07:13:39.123Z`; the milliseconds may be absent).
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let date = Date::parse(s.get(..10)?).ok()?;
+    let rest = s.get(10..)?.strip_prefix('T')?.strip_suffix('Z')?;
+    let (hms, ms) = rest.split_once('.').unwrap_or((rest, "0"));
+    let mut parts = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
+    let ms: i64 = ms.parse().ok()?;
+    Some(((date.days_since_epoch() * 86_400 + h * 3600 + m * 60 + sec) * 1000) + ms)
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)

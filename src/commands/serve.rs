@@ -17,7 +17,7 @@ use tracing::info;
 use crate::gateway::proxy::{self, Config, State};
 use crate::gitops::reconcile::{self, Source};
 use crate::gateway::secrets::SecretSource;
-use crate::record::store::Store;
+use crate::record::store::{Location, Store};
 
 /// The file in the data dir where a running daemon writes its admin listener's address.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
@@ -33,6 +33,10 @@ pub struct Settings {
     /// The admin listener (`/status`, `/metrics`, `POST /-/reconcile`); port 0 picks a free one.
     pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// A PostgreSQL state database (`--database`) instead of `data_dir`'s SQLite file.
+    pub database: Option<String>,
+    /// This process's name among the replicas (`--replica`); default the host name.
+    pub replica: Option<String>,
     pub secrets: SecretSource,
     pub poll: Duration,
     pub accept_rewrite: bool,
@@ -51,12 +55,14 @@ pub struct Daemon {
     _watcher: Option<notify::RecommendedWatcher>,
     reconciler: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.reconciler.abort();
         self.retention.abort();
+        self.heartbeat.abort();
     }
 }
 
@@ -68,8 +74,10 @@ impl Daemon {
     pub async fn shutdown(mut self) {
         self.reconciler.abort();
         self.retention.abort();
+        self.heartbeat.abort();
         let _ = (&mut self.reconciler).await;
         let _ = (&mut self.retention).await;
+        let _ = (&mut self.heartbeat).await;
         self.store.close().await;
     }
 }
@@ -86,9 +94,23 @@ pub fn source(settings: &Settings) -> Source {
 
 /// Starts everything but the HTTP listener. Must run inside a tokio runtime.
 pub async fn start(settings: Settings) -> Result<Daemon> {
-    let data_dir = settings.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir)).await??;
-    let mut state = State::with_store(settings.proxy.clone(), store.clone());
+    let at = Location::of(&settings.data_dir, settings.database.as_deref());
+    if at.is_pg() {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    }
+    let store = {
+        let at = at.clone();
+        tokio::task::spawn_blocking(move || Store::open_at(&at)).await??
+    };
+    info!(database = %at.describe(), "state database open");
+    // Loading the quota counters reads the database: off the async workers.
+    let mut state = {
+        let (config, store) = (settings.proxy.clone(), store.clone());
+        tokio::task::spawn_blocking(move || State::with_store(config, store)).await?
+    };
+    if let Some(name) = settings.replica.as_ref().filter(|n| !n.trim().is_empty()) {
+        state.replica = name.trim().to_string();
+    }
     if let Some(shared) = &settings.quota_store {
         let shared = crate::record::quota::shared::Shared::connect(shared).await.map_err(anyhow::Error::msg)?;
         state.quotas = crate::record::quota::Quotas::shared(shared);
@@ -117,7 +139,9 @@ pub async fn start(settings: Settings) -> Result<Daemon> {
     };
     let reconciler = tokio::spawn(reconcile::run(rs, store.clone(), state.clone(), rx, applied));
     let retention = tokio::spawn(retention(state.clone(), store.clone()));
-    Ok(Daemon { state, store, _watcher: watcher, reconciler, retention })
+    heartbeat_once(&state, &store, &crate::units::now_rfc3339_ms()).await;
+    let heartbeat = tokio::spawn(heartbeat(state.clone(), store.clone()));
+    Ok(Daemon { state, store, _watcher: watcher, reconciler, retention, heartbeat })
 }
 
 /// Every hour: prune call records older than `audit.retention_days` of the active snapshot (the
@@ -137,6 +161,55 @@ async fn retention(state: Arc<State>, store: Store) {
             Err(e) => tracing::error!(error = %e, "pruning the call log failed"),
         }
     }
+}
+
+/// Every [`HEARTBEAT`](crate::record::replicas::HEARTBEAT): this replica's row in the replicas
+/// view (its applied commit and heartbeat), then the whole view read back for `/status` and
+/// `/metrics`. The write also notices a database that went away or came back.
+async fn heartbeat(state: Arc<State>, store: Store) {
+    let started = crate::units::now_rfc3339_ms();
+    let mut tick = tokio::time::interval(crate::record::replicas::HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let others = heartbeat_once(&state, &store, &started).await;
+        // Without --quota-store quotas are counted in this process: several replicas on one
+        // database each count their own calls against every limit.
+        if others > 0 && !warned && state.quotas.store_available().is_none() {
+            tracing::warn!(
+                replicas = others + 1,
+                "other replicas share this state database but quotas are counted in each process (no --quota-store): every rate limit and spend cap is enforced per replica"
+            );
+            warned = true;
+        }
+    }
+}
+
+/// One heartbeat (see [`heartbeat`]); returns how many other live replicas there are. The view
+/// is read in the heartbeat's own write (the writer's connection): no connection of its own.
+async fn heartbeat_once(state: &Arc<State>, store: &Store, started: &str) -> usize {
+    let (name, started, now) = (state.replica.clone(), started.to_string(), crate::units::now_rfc3339_ms());
+    let applied = state.active.load().as_ref().and_then(|a| a.snapshot.commit.clone());
+    let write = store.write(move |c| {
+        crate::record::replicas::heartbeat_in(c, &name, applied.as_deref(), &started, &now)?;
+        crate::record::replicas::list(c)
+    });
+    let fleet = match write.await {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            tracing::debug!(error = %e, "heartbeat not written");
+            return 0;
+        }
+    };
+    let now = crate::units::unix_now_ms();
+    let others = fleet
+        .iter()
+        .filter(|r| r.name != state.replica)
+        .filter(|r| crate::record::replicas::age_secs(&r.heartbeat, now).is_some_and(|a| a < crate::record::replicas::STALE_AFTER.as_secs_f64()))
+        .count();
+    *state.fleet.lock().expect("fleet lock") = fleet;
+    others
 }
 
 /// Runs the daemon until a shutdown signal.

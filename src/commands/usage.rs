@@ -141,7 +141,8 @@ pub struct Inputs<'a> {
     /// The repository, for the commits that decided the recorded calls.
     pub repo_dir: &'a Path,
     /// The daemon's data dir (its `gatehouse.db` is opened read-only).
-    pub data_dir: &'a Path,
+    /// The state database (`--data-dir` or `--database`).
+    pub store: &'a crate::record::store::Location,
     /// The window [since, until), RFC 3339 UTC with milliseconds, and its length in days.
     pub since: &'a str,
     pub until: &'a str,
@@ -158,9 +159,9 @@ struct Tally<'a> {
 
 /// Reads the call log over the window and measures the plan against it.
 pub fn usage(plan: &Plan, input: Inputs) -> Result<Usage> {
-    let Inputs { base_files, base, head_files, head, repo_dir, data_dir, since, until, days } = input;
-    let conn = crate::record::store::open_read_only(data_dir).with_context(|| format!("reading the call log in {}", data_dir.display()))?;
-    let calls = read_calls(&conn, since, until)?;
+    let Inputs { base_files, base, head_files, head, repo_dir, store, since, until, days } = input;
+    let reader = crate::record::store::Reader::open(store).with_context(|| format!("reading the call log in {}", store.describe()))?;
+    let calls = read_calls(&reader.conn(), since, until)?;
     let (base_commit, head_rev) = (base.commit.clone(), Rev::new(head_files, head));
     let mut revs: HashMap<String, Option<Rev>> = HashMap::new();
     if let Some(c) = base_commit {
@@ -261,30 +262,29 @@ fn compile_rev(repo_dir: &Path, commit: &str) -> Option<Rev> {
 
 /// The tool-call decision records of [since, until) (outcome records are the second record of
 /// an allowed call and are skipped).
-fn read_calls(conn: &rusqlite::Connection, since: &str, until: &str) -> Result<Vec<Call>> {
-    let mut stmt = conn.prepare(
-        "SELECT ts, identity, server, tool, verdict, record FROM calls
-         WHERE ts >= ?1 AND ts < ?2 AND outcome IN ('unknown', 'denied') ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([since, until])?;
+fn read_calls(conn: &crate::record::store::Conn, since: &str, until: &str) -> Result<Vec<Call>> {
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let record: String = r.get(5)?;
-        let v: Value = serde_json::from_str(&record).unwrap_or(Value::Null);
-        if v.get("kind").and_then(Value::as_str).unwrap_or("tool") != "tool" {
-            continue;
-        }
-        let verdict: String = r.get(4)?;
-        out.push(Call {
-            ts: r.get(0)?,
-            identity: r.get(1)?,
-            server: r.get(2)?,
-            tool: r.get(3)?,
-            allowed: verdict == "allow",
-            rule: v.get("rule").and_then(Value::as_str).unwrap_or("").to_string(),
-            commit: v.get("policy_commit").and_then(Value::as_str).map(str::to_string),
-        });
-    }
+    conn.each(
+        "SELECT ts, identity, server, tool, verdict, record FROM calls
+         WHERE ts >= ?1 AND ts < ?2 AND outcome IN ('unknown', 'denied') ORDER BY ts, replica, seq",
+        crate::record::store::sql::params![since, until],
+        |r| {
+            let v: Value = serde_json::from_str(r.str(5)?).unwrap_or(Value::Null);
+            if v.get("kind").and_then(Value::as_str).unwrap_or("tool") != "tool" {
+                return Ok(());
+            }
+            out.push(Call {
+                ts: r.string(0)?,
+                identity: r.string(1)?,
+                server: r.string(2)?,
+                tool: r.string(3)?,
+                allowed: r.str(4)? == "allow",
+                rule: v.get("rule").and_then(Value::as_str).unwrap_or("").to_string(),
+                commit: v.get("policy_commit").and_then(Value::as_str).map(str::to_string),
+            });
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 

@@ -79,7 +79,16 @@ pub(crate) fn table(period: &Period, rev: &str, git: &[GitChange], daemon: &Daem
         ),
     };
     let daemon_source = match daemon {
-        Daemon::Read { database, .. } => json!({ "read": true, "database": database, "records_in_period": in_period.len(), "not_first_parent": others.len() }),
+        Daemon::Read { database, .. } => {
+            // Which replicas applied each commit of the period, and when (several replicas on
+            // one database record a commit once, and each its application).
+            let applications: serde_json::Map<String, Value> = in_period
+                .iter()
+                .filter(|r| !r.applications.is_empty())
+                .map(|r| (r.commit.clone(), r.applications.iter().map(|(replica, at)| json!({ "replica": replica, "applied_at": at })).collect()))
+                .collect();
+            json!({ "read": true, "database": database, "records_in_period": in_period.len(), "not_first_parent": others.len(), "applications": applications })
+        }
         Daemon::NotRead(why) => json!({ "read": false, "why": why }),
     };
     let source = json!({

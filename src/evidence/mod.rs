@@ -75,6 +75,8 @@ pub struct Inputs {
     pub rev: String,
     /// The state database's directory (`--data-dir`).
     pub data_dir: PathBuf,
+    /// A PostgreSQL state database (`--database`), read instead of `data_dir`'s.
+    pub database: Option<String>,
     /// Start of the period (inclusive): `YYYY-MM-DD` or RFC 3339 UTC.
     pub since: String,
     /// End of the period (exclusive).
@@ -184,6 +186,7 @@ impl Inputs {
             repo: repo.into(),
             rev: "HEAD".into(),
             data_dir: data_dir.into(),
+            database: None,
             since: since.into(),
             until: until.into(),
         }
@@ -191,6 +194,11 @@ impl Inputs {
 
     pub fn period(&self) -> Result<Period> {
         Period::parse(&self.since, &self.until)
+    }
+
+    /// Where the state database is: `--database`, else the data directory's SQLite file.
+    pub fn location(&self) -> crate::record::store::Location {
+        crate::record::store::Location::of(&self.data_dir, self.database.as_deref())
     }
 }
 
@@ -403,7 +411,7 @@ pub fn calls(i: &Inputs) -> Result<Table> {
 /// A.8.16: the period's monitoring events.
 pub fn events(i: &Inputs) -> Result<Table> {
     let period = i.period()?;
-    let db = db::Db::open(&i.data_dir)?;
+    let db = db::Db::open(&i.location())?;
     let mut rows = Vec::new();
     db.events(&period, &mut rows)?;
     Ok(table("events", Control::Calls, db::EVENT_COLUMNS.to_vec(), rows, json!({})))
@@ -414,7 +422,7 @@ pub fn events(i: &Inputs) -> Result<Table> {
 pub fn changes(i: &Inputs) -> Result<Table> {
     let period = i.period()?;
     let h = history::History::open(&i.repo, &i.rev, &period)?;
-    let records = db::Db::open_if_present(&i.data_dir)?.map(|db| db.change_records()).transpose()?;
+    let records = db::Db::open_if_present(&i.location())?.map(|db| db.change_records()).transpose()?;
     Ok(changes_table(i, &period, &h.changes()?, records.as_deref()))
 }
 
@@ -422,9 +430,9 @@ pub fn changes(i: &Inputs) -> Result<Table> {
 fn changes_table(i: &Inputs, period: &Period, git: &[history::GitChange], records: Option<&[db::DaemonChange]>) -> Table {
     let daemon = match records {
         Some(records) => {
-            changes::Daemon::Read { records, database: i.data_dir.join(crate::record::store::FILE).display().to_string() }
+            changes::Daemon::Read { records, database: i.location().describe() }
         }
-        None => changes::Daemon::NotRead(db::missing(&i.data_dir)),
+        None => changes::Daemon::NotRead(db::missing(&i.location())),
     };
     changes::table(period, &i.rev, git, &daemon)
 }
@@ -433,7 +441,7 @@ fn changes_table(i: &Inputs, period: &Period, git: &[history::GitChange], record
 /// They exist only in the state database: an error without one.
 pub fn rewrites(i: &Inputs) -> Result<Table> {
     let period = i.period()?;
-    let db = db::Db::open(&i.data_dir)?;
+    let db = db::Db::open(&i.location())?;
     let rows = db.rewrites(&period)?;
     Ok(table("rewrites", Control::Changes, db::REWRITE_COLUMNS.to_vec(), rows, json!({})))
 }
@@ -444,8 +452,8 @@ pub fn suppliers(i: &Inputs) -> Result<Table> {
     let period = i.period()?;
     let h = history::History::open(&i.repo, &i.rev, &period)?;
     let registry = history::registry(h.end_state()?.as_ref());
-    let Some(db) = db::Db::open_if_present(&i.data_dir)? else {
-        return Ok(history::suppliers(registry, Err(&db::missing(&i.data_dir))));
+    let Some(db) = db::Db::open_if_present(&i.location())? else {
+        return Ok(history::suppliers(registry, Err(&db::missing(&i.location()))));
     };
     let range = db.seq_range(&period)?;
     let mut none = db::Pass::default();
@@ -462,7 +470,7 @@ pub fn tables(i: &Inputs, control: Control) -> Result<Vec<Table>> {
         Control::Calls => vec![calls(i)?, events(i)?],
         Control::Changes => {
             let mut out = vec![changes(i)?];
-            if db::present(&i.data_dir) {
+            if db::present(&i.location()) {
                 out.push(rewrites(i)?);
             }
             out
@@ -491,7 +499,7 @@ fn table(
 /// The call tables in memory: (calls, privileged).
 fn call_tables(i: &Inputs, calls: bool, privileged: bool) -> Result<(Option<Table>, Option<Table>)> {
     let period = i.period()?;
-    let db = db::Db::open(&i.data_dir)?;
+    let db = db::Db::open(&i.location())?;
     let range = db.seq_range(&period)?;
     let (mut all, mut privy) = (Vec::new(), Vec::new());
     let mut pass = db::Pass::default();
@@ -540,7 +548,7 @@ pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> R
             vec![write_table(&t, &period, format, out_dir)?]
         }
         Control::Privileged | Control::Calls => {
-            let db = db::Db::open(&i.data_dir)?;
+            let db = db::Db::open(&i.location())?;
             let mut out =
                 stream_calls(&db, &period, format, out_dir, control == Control::Calls, control == Control::Privileged)?;
             if control == Control::Calls {
@@ -591,7 +599,7 @@ pub fn export(i: &Inputs, control: Control, format: Format, out_dir: &Path) -> R
 pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
     let period = i.period()?;
     prepare_bundle_dir(out_dir)?;
-    let db = db::Db::open_if_present(&i.data_dir)?;
+    let db = db::Db::open_if_present(&i.location())?;
     let (git, dbside) = std::thread::scope(|s| {
         let git = s.spawn(|| -> Result<_> {
             let h = history::History::open(&i.repo, &i.rev, &period)?;
@@ -620,7 +628,7 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
     });
     let (git_files, registry, commits, git_changes) = git?;
     let dbside = dbside?;
-    let missing = db::missing(&i.data_dir);
+    let missing = db::missing(&i.location());
     let changes = changes_table(i, &period, &git_changes, dbside.as_ref().map(|d| d.records.as_slice()));
     let w_changes = write_table(&changes, &period, format, out_dir)?;
     let suppliers = match &dbside {
@@ -637,7 +645,7 @@ pub fn bundle(i: &Inputs, format: Format, out_dir: &Path) -> Result<Bundle> {
             let mut call_files = d.calls.written.into_iter();
             let (w_calls, w_privileged) = (call_files.next().expect("calls"), call_files.next().expect("privileged"));
             files.extend([w_privileged, w_calls, d.events, w_changes, d.w_rewrites, w_suppliers]);
-            (audit, json!(i.data_dir.join(crate::record::store::FILE).display().to_string()), Vec::new())
+            (audit, json!(i.location().describe()), Vec::new())
         }
         None => {
             files.extend([w_changes, w_suppliers]);
@@ -741,11 +749,11 @@ pub fn command(
         (export(inputs, control, format, out)?, 0)
     };
     writeln!(stdout, "period {} to {} (exclusive)", period.since, period.until)?;
-    if matches!(control, Control::Changes | Control::Suppliers | Control::Bundle) && !db::present(&inputs.data_dir) {
+    if matches!(control, Control::Changes | Control::Suppliers | Control::Bundle) && !db::present(&inputs.location()) {
         writeln!(
             stdout,
             "note: {}: from git alone, no daemon records read (no change statuses, rewrites, traffic, calls or events)",
-            db::missing(&inputs.data_dir)
+            db::missing(&inputs.location())
         )?;
     }
     for w in &files {

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use git2::Oid;
-use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -37,6 +36,7 @@ use crate::repo::{self, Files};
 use crate::gateway::secrets::{SecretSource, bind};
 use crate::policy::snapshot::Snapshot;
 use crate::record::store::Store;
+use crate::record::store::sql::{self, Conn, params};
 use crate::units::now_rfc3339_ms;
 
 /// Where the policy repository comes from.
@@ -112,6 +112,12 @@ pub fn restore(settings: &Settings, store: &Store, state: &State) -> Option<Oid>
         Ok(active) => {
             info!(commit = %&commit[..12], "serving the last applied commit");
             state.activate(active);
+            // On a shared database the commit may have been applied by another replica: this
+            // one enforces it from now on, and says so.
+            let (replica, c, now) = (state.replica.clone(), commit.clone(), now_rfc3339_ms());
+            if let Err(e) = store.write_blocking(move |conn| crate::record::replicas::applied_in(conn, &replica, &c, &now)) {
+                warn!(error = %e, "cannot record this replica's application of the restored commit");
+            }
             state.status.lock().expect("status lock").last_applied = Some(crate::gateway::proxy::AppliedStatus { commit: commit.clone(), time: None });
             Some(id)
         }
@@ -123,8 +129,8 @@ pub fn restore(settings: &Settings, store: &Store, state: &State) -> Option<Oid>
 }
 
 fn last_applied(store: &Store) -> Option<String> {
-    let conn = store.reader().ok()?;
-    conn.query_row("SELECT value FROM kv WHERE key = 'last_applied'", [], |r| r.get(0)).optional().ok().flatten()
+    let reader = store.read().ok()?;
+    reader.conn().query_opt("SELECT value FROM kv WHERE key = 'last_applied'", &[], |r| r.string(0)).ok().flatten()
 }
 
 /// Runs until the process ends: one reconcile per trigger or poll interval.
@@ -171,14 +177,14 @@ async fn reconcile_once(settings: &Settings, store: &Store, state: &Arc<State>, 
         Outcome::Applied { active, tip, records, accepted_rewrite, events } => {
             let tip_hex = tip.to_string();
             let write = {
-                let (records, tip_hex, now) = (records.clone(), tip_hex.clone(), now.clone());
+                let (records, tip_hex, now, replica) = (records.clone(), tip_hex.clone(), now.clone(), state.replica.clone());
                 store.write(move |c| {
                     insert_records(c, &records, &now)?;
                     for (kind, detail) in &events {
-                        c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, ?2, ?3)", params![now, kind, detail.to_string()])?;
+                        c.exec("INSERT INTO events (ts, kind, detail) VALUES (?1, ?2, ?3)", params![&now, *kind, &*detail.to_string()])?;
                     }
-                    c.execute("INSERT INTO kv (key, value) VALUES ('last_applied', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1", [&tip_hex])?;
-                    Ok(())
+                    c.exec("INSERT INTO kv (key, value) VALUES ('last_applied', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1", params![&tip_hex])?;
+                    crate::record::replicas::applied_in(c, &replica, &tip_hex, &now)
                 })
             };
             // The change is recorded (durably) before it is enforced.
@@ -222,9 +228,9 @@ async fn reconcile_once(settings: &Settings, store: &Store, state: &Arc<State>, 
             let (o2, n2, v2, now2) = (o.clone(), n.clone(), vanished.clone(), now.clone());
             if let Err(e) = store
                 .write(move |c| {
-                    c.execute(
+                    c.exec(
                         "INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![o2, n2, serde_json::to_string(&v2).unwrap_or_default(), now2],
+                        params![&o2, &n2, &*serde_json::to_string(&v2).unwrap_or_default(), &now2],
                     )
                 })
                 .await
@@ -249,36 +255,46 @@ fn set_attempt(state: &State, commit: &str, outcome: &'static str, errors: Vec<S
         Some(Attempt { commit: commit.to_string(), outcome, errors, time: now.to_string() });
 }
 
-/// Inserts change records, once per commit: a commit that already has one keeps it.
-fn insert_records(c: &rusqlite::Connection, records: &[ChangeRecord], now: &str) -> rusqlite::Result<()> {
-    let mut stmt = c.prepare(
-        "INSERT INTO changes (commit_id, parents, author, author_time, committer, commit_time, message, pull_request,
-                              signed, files, access_diff, status, errors, applied_at, recorded_at, trust)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
-         WHERE NOT EXISTS (SELECT 1 FROM changes WHERE commit_id = ?1)",
-    )?;
+/// Inserts change records, once per commit: a commit that already has one keeps it (on a shared
+/// database, the first replica to record a commit writes its record; the unique index on
+/// PostgreSQL settles two that race).
+fn insert_records(c: &Conn, records: &[ChangeRecord], now: &str) -> sql::Result<()> {
     for r in records {
         let i = &r.info;
-        stmt.execute(params![
-            i.commit,
-            serde_json::to_string(&i.parents).unwrap_or_default(),
-            i.author,
-            i.author_time,
-            i.committer,
-            i.commit_time,
-            i.message,
-            i.pull_request.map(|n| n as i64),
-            serde_json::to_string(&r.signature.signed).unwrap_or_default(),
-            serde_json::to_string(&i.files).unwrap_or_default(),
-            serde_json::to_string(&r.access_diff).unwrap_or_default(),
-            r.status,
-            serde_json::to_string(&r.errors).unwrap_or_default(),
-            (r.status == "applied").then_some(now),
-            now,
-            r.signature.trust_json().to_string(),
-        ])?;
+        if c.query_opt("SELECT 1 FROM changes WHERE commit_id = ?1", params![&i.commit], |_| Ok(()))?.is_some() {
+            continue;
+        }
+        c.exec(
+            "INSERT INTO changes (commit_id, parents, author, author_time, committer, commit_time, message, pull_request,
+                                  signed, files, access_diff, status, errors, applied_at, recorded_at, trust)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT DO NOTHING",
+            params![
+                &i.commit,
+                &*text(&i.parents),
+                &i.author,
+                &i.author_time,
+                &i.committer,
+                &i.commit_time,
+                &i.message,
+                i.pull_request.map(|n| n as i64),
+                &*text(&r.signature.signed),
+                &*text(&i.files),
+                &*text(&r.access_diff),
+                r.status,
+                &*text(&r.errors),
+                (r.status == "applied").then_some(now),
+                now,
+                &*r.signature.trust_json().to_string(),
+            ],
+        )?;
     }
     Ok(())
+}
+
+/// A JSON column of a change record.
+fn text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn open(source: &Source) -> Result<PolicyRepo> {
@@ -454,55 +470,54 @@ fn build(pr: &PolicyRepo, id: Oid) -> Result<Snapshot, Vec<String>> {
 
 /// An operator's acceptance of the rewrite from `old` to `new` (`gatehouse accept-rewrite`).
 fn accepted(store: &Store, old: Oid, new: Oid) -> Option<String> {
-    let c = store.reader().ok()?;
-    c.query_row(
-        "SELECT reason FROM rewrites WHERE old_tip = ?1 AND new_tip = ?2 AND accepted_at IS NOT NULL ORDER BY id DESC LIMIT 1",
-        params![old.to_string(), new.to_string()],
-        |r| r.get::<_, Option<String>>(0),
-    )
-    .optional()
-    .ok()
-    .flatten()
-    .map(|r| r.unwrap_or_default())
+    let reader = store.read().ok()?;
+    reader
+        .conn()
+        .query_opt(
+            "SELECT reason FROM rewrites WHERE old_tip = ?1 AND new_tip = ?2 AND accepted_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+            params![&*old.to_string(), &*new.to_string()],
+            |r| r.opt_string(0),
+        )
+        .ok()
+        .flatten()
+        .map(|r| r.unwrap_or_default())
 }
 
 fn record_acceptance(store: &Store, old: Oid, new: Oid, reason: &str) {
     let (o, n, reason, now) = (old.to_string(), new.to_string(), reason.to_string(), now_rfc3339_ms());
     let _ = store.write_blocking(move |c| {
-        let updated = c.execute(
+        let updated = c.exec(
             "UPDATE rewrites SET accepted_at = coalesce(accepted_at, ?3), accepted_by = coalesce(accepted_by, 'gatehouse serve'), reason = coalesce(reason, ?4)
              WHERE old_tip = ?1 AND new_tip = ?2",
-            params![o, n, now, reason],
+            params![&o, &n, &now, &reason],
         )?;
         if updated == 0 {
-            c.execute(
+            c.exec(
                 "INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at, accepted_at, accepted_by, reason) VALUES (?1, ?2, '[]', ?3, ?3, 'gatehouse serve', ?4)",
-                params![o, n, now, reason],
+                params![&o, &n, &now, &reason],
             )?;
         }
-        Ok(())
+        Ok::<(), sql::Error>(())
     });
 }
 
 /// `gatehouse accept-rewrite`: accepts the newest refused rewrite, recording who and why.
-pub fn accept_rewrite(data_dir: &Path, by: &str, reason: &str) -> Result<(String, String)> {
-    let store = Store::open(data_dir)?;
+pub fn accept_rewrite(at: &crate::record::store::Location, by: &str, reason: &str) -> Result<(String, String)> {
+    let store = Store::open_at(at)?;
     let (by, reason) = (by.to_string(), reason.to_string());
-    store
-        .write_blocking(move |c| {
-            let row: Option<(i64, String, String)> = c
-                .query_row("SELECT id, old_tip, new_tip FROM rewrites WHERE accepted_at IS NULL ORDER BY id DESC LIMIT 1", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
-            let Some((id, old, new)) = row else { return Ok(None) };
-            c.execute(
-                "UPDATE rewrites SET accepted_at = ?2, accepted_by = ?3, reason = ?4 WHERE id = ?1",
-                params![id, now_rfc3339_ms(), by, reason],
-            )?;
-            Ok(Some((old, new)))
-        })?
-        .context("no refused history rewrite is waiting for acceptance")
+    let accepted = store.write_blocking(move |c| {
+        let row = c.query_opt("SELECT id, old_tip, new_tip FROM rewrites WHERE accepted_at IS NULL ORDER BY id DESC LIMIT 1", &[], |r| {
+            Ok((r.i64(0)?, r.string(1)?, r.string(2)?))
+        })?;
+        let Some((id, old, new)) = row else { return Ok(None) };
+        c.exec(
+            "UPDATE rewrites SET accepted_at = ?2, accepted_by = ?3, reason = ?4 WHERE id = ?1",
+            params![id, &*now_rfc3339_ms(), &by, &reason],
+        )?;
+        Ok::<_, sql::Error>(Some((old, new)))
+    });
+    store.close_blocking();
+    accepted?.context("no refused history rewrite is waiting for acceptance")
 }
 
 /// Watches the git directory of a local repository; every change of a ref sends a trigger.

@@ -23,11 +23,11 @@ pub mod shared;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::params;
 use serde_json::Value;
 
 use crate::policy::{Increment, Quota, Scope};
 use crate::record::store::Store;
+use crate::record::store::sql::{self, Conn, params};
 
 /// One counter in one window for one subject.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -110,15 +110,15 @@ impl Quotas {
     pub fn load(store: Option<Store>, now: i64) -> Quotas {
         let mut counts = HashMap::new();
         if let Some(s) = &store
-            && let Ok(c) = s.reader() {
+            && let Ok(reader) = s.read() {
                 // The longest window is a day: older rows can never matter again.
-                if let Ok(mut stmt) = c.prepare("SELECT counter, subject, window_start, value FROM quota_counters WHERE window_start > ?1") {
-                    let rows = stmt.query_map([now - 86_400], |r| {
-                        Ok((Key { counter: r.get(0)?, subject: r.get(1)?, window_start: r.get(2)? }, r.get::<_, f64>(3)?))
-                    });
-                    for (k, v) in rows.into_iter().flatten().flatten() {
-                        counts.insert(k, Count { committed: v, reserved: 0.0 });
-                    }
+                let rows = reader.conn().query(
+                    "SELECT counter, subject, window_start, value FROM quota_counters WHERE window_start > ?1",
+                    params![now - 86_400],
+                    |r| Ok((Key { counter: r.string(0)?, subject: r.string(1)?, window_start: r.i64(2)? }, r.f64(3)?)),
+                );
+                for (k, v) in rows.into_iter().flatten() {
+                    counts.insert(k, Count { committed: v, reserved: 0.0 });
                 }
             }
         Quotas { counts: Mutex::new(counts), store, shared: None }
@@ -300,13 +300,16 @@ impl Reservation {
 
 /// Adds each row's amount to its stored counter (a negative amount takes it back), in the
 /// caller's transaction.
-pub fn persist_in(c: &rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
-    let mut stmt = c.prepare_cached(
-        "INSERT INTO quota_counters (counter, subject, window_start, value) VALUES (?1, ?2, ?3, max(?4, 0))
-         ON CONFLICT (counter, subject, window_start) DO UPDATE SET value = max(value + ?4, 0)",
-    )?;
+/// Runs on SQLite and PostgreSQL alike: the new row's value is clamped in Rust, the updated one
+/// by a CASE (SQLite has no `greatest`, PostgreSQL's `max` is an aggregate).
+pub fn persist_in(c: &Conn, rows: &[Row]) -> sql::Result<()> {
     for (counter, subject, window, v) in rows {
-        stmt.execute(params![counter, subject, window, v])?;
+        c.exec(
+            "INSERT INTO quota_counters (counter, subject, window_start, value) VALUES (?1, ?2, ?3, ?5)
+             ON CONFLICT (counter, subject, window_start) DO UPDATE
+             SET value = CASE WHEN quota_counters.value + ?4 > 0 THEN quota_counters.value + ?4 ELSE 0 END",
+            params![counter, subject, *window, *v, v.max(0.0)],
+        )?;
     }
     Ok(())
 }

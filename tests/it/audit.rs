@@ -153,13 +153,13 @@ async fn a_log_that_cannot_be_written_refuses_calls_before_the_upstream() {
         let ok = post(&url, TOKEN, Some(&s), call(1, "mock__echo_headers", json!({}))).await.json();
         assert!(ok["result"]["isError"] != true, "{ok}");
         let sql = sql.to_string();
-        gw.store.write(move |c| c.execute_batch(&sql)).await.unwrap();
+        gw.store.write(move |c| c.sqlite().unwrap().execute_batch(&sql)).await.unwrap();
         if what == "full" {
             // The database may not grow past its current pages; fill them (each insert its own
             // transaction: a full database rolls back the transaction that hits the limit).
-            gw.store.write(|c| c.query_row("PRAGMA max_page_count = 1", [], |_| Ok(()))).await.unwrap();
+            gw.store.write(|c| c.sqlite().unwrap().query_row("PRAGMA max_page_count = 1", [], |_| Ok(()))).await.unwrap();
             for size in [4096i64, 512, 64, 8, 1] {
-                while gw.store.write(move |c| c.execute("INSERT INTO filler VALUES (zeroblob(?1))", [size])).await.is_ok() {}
+                while gw.store.write(move |c| c.sqlite().unwrap().execute("INSERT INTO filler VALUES (zeroblob(?1))", [size])).await.is_ok() {}
             }
         }
         // Calls go on while the last pages still have room; once a decision record cannot be
@@ -239,7 +239,7 @@ async fn pruning_keeps_the_rest_of_the_chain_verifiable() {
     let c = gw.store.reader().unwrap();
     assert_eq!(verify(&c).unwrap(), Verdict::Intact { count: 2, first: 3, last: 4 });
     drop(c);
-    gw.store.write(|c| c.execute("UPDATE kv SET value = '2:0000' WHERE key = 'chain_anchor'", [])).await.unwrap();
+    gw.store.write(|c| c.sqlite().unwrap().execute("UPDATE kv SET value = '2:0000' WHERE key LIKE 'chain_anchor:%'", [])).await.unwrap();
     let c = gw.store.reader().unwrap();
     assert!(matches!(verify(&c).unwrap(), Verdict::Broken { seq: 3, .. }), "a forged anchor is found");
 }
@@ -288,6 +288,8 @@ async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_path_buf(),
+        database: None,
+        replica: None,
         secrets: SecretSource::default(),
         poll: std::time::Duration::from_secs(600),
         accept_rewrite: false,
@@ -339,10 +341,10 @@ async fn a_clean_shutdown_keeps_the_outcome_record_of_every_answered_call() {
     assert_eq!(count("SELECT count(*) FROM calls WHERE verdict = 'allow' AND outcome = 'ok'"), N, "outcome records");
     assert_eq!(count("SELECT count(*) FROM calls WHERE verdict = 'deny'"), 1, "the denial");
     drop(c);
-    assert!(matches!(held.write(|_| Ok(())).await, Err(gatehouse::record::store::StoreError::Stopped)), "the writer was stopped");
+    assert!(matches!(held.write(|_| Ok::<(), rusqlite::Error>(())).await, Err(gatehouse::record::store::StoreError::Stopped)), "the writer was stopped");
     // The writer is gone (the database is no longer held): a new store opens and appends.
     let store = gatehouse::record::store::Store::open(data.path()).unwrap();
-    store.write(|c| c.execute("INSERT INTO kv (key, value) VALUES ('after', 'restart')", [])).await.unwrap();
+    store.write(|c| c.sqlite().unwrap().execute("INSERT INTO kv (key, value) VALUES ('after', 'restart')", [])).await.unwrap();
     store.close().await;
-    assert!(store.write(|_| Ok(())).await.is_err(), "a closed store refuses writes");
+    assert!(store.write(|_| Ok::<(), rusqlite::Error>(())).await.is_err(), "a closed store refuses writes");
 }

@@ -556,15 +556,15 @@ fn state(ids: &std::collections::HashMap<&'static str, Oid>) -> tempfile::TempDi
             }
             for (ts, who) in [("2026-10-15T10:00:00.000Z", "dave@example.com"), ("2026-11-04T10:00:00.000Z", "dave@example.com"), ("2026-11-15T10:00:00.000Z", "gina-bot"), ("2026-12-03T10:00:00.000Z", "bob-bot")] {
                 let detail = json!({ "rule": "policies/p.yaml#/tools/x/limits/cap", "quota": "cap", "limit": "1/minute", "identity": who, "server": "payments", "tool": "create_charge" });
-                c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, 'quota_exceeded', ?2)", params![ts, detail.to_string()])?;
+                c.sqlite().unwrap().execute("INSERT INTO events (ts, kind, detail) VALUES (?1, 'quota_exceeded', ?2)", params![ts, detail.to_string()])?;
             }
             // A rug pull on github, and one on a server that is not registered at the end.
             for (ts, server) in [("2026-11-20T10:00:00.000Z", "github"), ("2026-11-22T10:00:00.000Z", "ghost"), ("2026-12-02T10:00:00.000Z", "github")] {
                 let detail = json!({ "server": server, "tool": "create_issue", "reason": "definition-changed", "pinned_sha256": "a", "offered_sha256": "b" });
-                c.execute("INSERT INTO events (ts, kind, detail) VALUES (?1, 'tool_quarantined', ?2)", params![ts, detail.to_string()])?;
+                c.sqlite().unwrap().execute("INSERT INTO events (ts, kind, detail) VALUES (?1, 'tool_quarantined', ?2)", params![ts, detail.to_string()])?;
             }
             for (commit, status, recorded, pr, diff, errors, applied) in commits {
-                c.execute(
+                c.sqlite().unwrap().execute(
                     "INSERT INTO changes (commit_id, parents, author, author_time, committer, commit_time, message, pull_request,
                                           signed, files, access_diff, status, errors, applied_at, recorded_at)
                      VALUES (?1, '[]', 'A <a@example.com>', ?2, 'A <a@example.com>', ?2, 'message\nbody', ?3, '{\"present\":false,\"verified\":false}',
@@ -572,13 +572,13 @@ fn state(ids: &std::collections::HashMap<&'static str, Oid>) -> tempfile::TempDi
                     params![commit, recorded, pr, diff.to_string(), status, serde_json::to_string(&errors).unwrap(), applied],
                 )?;
             }
-            c.execute(
+            c.sqlite().unwrap().execute(
                 "INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at, accepted_at, accepted_by, reason)
                  VALUES ('aaaa', 'bbbb', '[\"cccc\"]', '2026-11-21T10:00:00.000Z', '2026-11-21T11:00:00.000Z', 'ops', 'squashed a secret')",
                 [],
             )?;
-            c.execute("INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at) VALUES ('bbbb', 'dddd', '[]', '2026-12-02T10:00:00.000Z')", [])?;
-            Ok(())
+            c.sqlite().unwrap().execute("INSERT INTO rewrites (old_tip, new_tip, vanished, detected_at) VALUES ('bbbb', 'dddd', '[]', '2026-12-02T10:00:00.000Z')", [])?;
+            Ok::<(), gatehouse::record::store::sql::Error>(())
         })
         .unwrap();
     data
@@ -798,7 +798,10 @@ fn call_log_exports_count_exactly() {
     assert_eq!(calls.rows.len(), 12);
     let seqs: Vec<u64> = calls.rows.iter().map(|r| r[0].as_u64().unwrap()).collect();
     assert_eq!(seqs, (3..=14).collect::<Vec<_>>());
-    assert_eq!(calls.source, json!({ "first_seq": 3, "last_seq": 14, "count": 12 }));
+    assert_eq!(
+        calls.source,
+        json!({ "first_seq": 3, "last_seq": 14, "count": 12, "replicas": [{ "replica": "gw-1", "count": 12, "first_seq": 3, "last_seq": 14 }] })
+    );
     assert_eq!(calls.rows[0][col(&calls, "arg_keys")], json!(["a", "b.c"]));
     assert_eq!(calls.rows[0][col(&calls, "hash")].as_str().unwrap().len(), 64);
 
@@ -1457,7 +1460,7 @@ fn streamed_rows_match_the_tables_cell_for_cell() {
                 r.policy_commit = if n % 2 == 0 { None } else { Some("-x".into()) };
                 gatehouse::record::audit::log::append_in(c, r)?;
             }
-            Ok(())
+            Ok::<(), gatehouse::record::store::sql::Error>(())
         })
         .unwrap();
     drop(store);

@@ -18,7 +18,7 @@ const ALICE: &str = "demo-token-alice";
 
 /// A `gatehouse serve` process on a git copy of examples/policy-repo, with its log in a file.
 pub(crate) struct Daemon {
-    child: Child,
+    pub(crate) child: Child,
     /// `http://127.0.0.1:PORT` of the MCP listener.
     pub(crate) url: String,
     /// `http://…` of the admin listener.
@@ -100,7 +100,7 @@ impl Drop for Daemon {
 }
 
 /// examples/policy-repo copied into a fresh git repository (one commit), and a data dir path.
-fn example_repo() -> (TestRepo, tempfile::TempDir) {
+pub(crate) fn example_repo() -> (TestRepo, tempfile::TempDir) {
     let repo = TestRepo::new();
     copy_dir(&crate_dir().join("examples/policy-repo"), repo.path());
     repo.commit("the example repository", &[]);
@@ -120,11 +120,11 @@ fn dir_bytes(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn is_allowed(reply: &Value) -> bool {
+pub(crate) fn is_allowed(reply: &Value) -> bool {
     reply["result"].is_object() && reply["result"]["isError"] != true
 }
 
-fn charge(id: i64, amount: u64) -> Value {
+pub(crate) fn charge(id: i64, amount: u64) -> Value {
     call(id, "create_charge", json!({ "amount": amount, "currency": "usd", "customer": "cus_001" }))
 }
 
@@ -410,7 +410,7 @@ fn audit_tail_prints_the_last_n_records_past_a_page() {
             for n in 0..2500 {
                 gatehouse::record::audit::log::append_in(c, record(n))?;
             }
-            Ok(())
+            Ok::<(), gatehouse::record::store::sql::Error>(())
         })
         .unwrap();
     store.close_blocking();

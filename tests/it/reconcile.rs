@@ -53,6 +53,8 @@ pub async fn live_with(repo: &std::path::Path, data: &std::path::Path, branch: O
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.to_path_buf(),
+        database: None,
+        replica: None,
         secrets: SecretSource::default(),
         // Long: changes must be noticed by the watcher, not by polling.
         poll: Duration::from_secs(600),
@@ -239,7 +241,7 @@ async fn a_force_push_is_refused_and_recorded_until_accepted() {
     assert_eq!(st["active"]["commit"], c2, "still serving the applied commit");
 
     let dir = data.path().to_path_buf();
-    let (old, new) = tokio::task::spawn_blocking(move || gatehouse::gitops::reconcile::accept_rewrite(&dir, "ops@example.com", "reverting a leaked grant"))
+    let (old, new) = tokio::task::spawn_blocking(move || gatehouse::gitops::reconcile::accept_rewrite(&gatehouse::record::store::Location::Dir(dir), "ops@example.com", "reverting a leaked grant"))
         .await
         .unwrap()
         .unwrap();
@@ -423,6 +425,8 @@ async fn a_remote_repository_is_cloned_and_fetched_on_a_signed_webhook() {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_path_buf(),
+        database: None,
+        replica: None,
         secrets: SecretSource::default(),
         poll: Duration::from_secs(600),
         accept_rewrite: false,

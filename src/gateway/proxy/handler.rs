@@ -155,6 +155,9 @@ pub async fn admin(state: Arc<State>, req: Request<Incoming>) -> Result<Response
                 body.push_str("# HELP gatehouse_quota_store_up Whether the shared quota store (Redis) answered last time.\n# TYPE gatehouse_quota_store_up gauge\n");
                 body.push_str(&format!("gatehouse_quota_store_up {}\n", u8::from(up)));
             }
+            super::Metrics::render_replicas(&state.fleet.lock().expect("fleet lock"), &mut body);
+            let healthy = state.audit.get().is_none_or(|a| a.store().healthy());
+            body.push_str(&format!("# HELP gatehouse_store_up 1 when the last write to the state database committed.\n# TYPE gatehouse_store_up gauge\ngatehouse_store_up {}\n", u8::from(healthy)));
             let mut r = text(StatusCode::OK, &body);
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
@@ -170,6 +173,10 @@ pub async fn admin(state: Arc<State>, req: Request<Incoming>) -> Result<Response
 /// at once and a load balancer would stop those calls too.
 fn readyz(state: &State) -> Response<Body> {
     match state.active.load().as_ref() {
+        // Every call would be refused (fail closed) until the state database takes writes again.
+        Some(_) if state.audit.get().is_some_and(|a| !a.store().healthy()) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the state database does not take writes (calls are refused)\n")
+        }
         Some(a) if state.quotas.store_available() == Some(false) => text(
             StatusCode::OK,
             &format!("ready: commit {}; quota store unavailable: calls with quotas are refused ({QUOTA_UNAVAILABLE})\n", a.snapshot.short_commit()),
@@ -201,6 +208,7 @@ fn status(state: &State) -> Value {
             .collect(),
     };
     let rs = state.status.lock().expect("status lock").clone();
+    let fleet = crate::record::replicas::view(&state.fleet.lock().expect("fleet lock"), crate::units::unix_now_ms());
     let stalled = rs.last_attempted.as_ref().is_some_and(|a| a.outcome != "applied");
     let condition = |kind: &str, ok: bool, reason: &str, message: String| {
         json!({ "type": kind, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message })
@@ -259,6 +267,10 @@ fn status(state: &State) -> Value {
             Some(available) => json!({ "kind": "redis", "available": available }),
         },
         "uptime_seconds": state.started.elapsed().as_secs(),
+        "replica": state.replica,
+        "store": state.audit.get().map(|a| json!({ "location": a.store().location().describe(), "healthy": a.store().healthy() })),
+        "replicas": fleet["replicas"],
+        "converged": fleet["converged"],
     })
 }
 

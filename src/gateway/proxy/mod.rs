@@ -92,6 +92,9 @@ pub struct State {
     pub vetting: vetting::Vetting,
     /// This gateway's name in call records (`--replica`, default the host name).
     pub replica: String,
+    /// The replicas sharing the state database, as the heartbeat task last read them (for
+    /// `/status` and `/metrics`, which never touch the database).
+    pub fleet: Mutex<Vec<crate::record::replicas::Replica>>,
     /// Who may hold a connection to the MCP listener.
     pub admission: Arc<admission::Admission>,
     /// Identity providers' keys and the access tokens validated with them.
@@ -185,6 +188,7 @@ impl State {
             quotas: Quotas::load(None, 0),
             vetting: Default::default(),
             replica: hostname(),
+            fleet: Mutex::new(Vec::new()),
             sso: crate::gateway::auth::Sso::new(http_client()),
             group_grants: Mutex::new(std::collections::HashMap::new()),
         }
@@ -215,6 +219,36 @@ impl Metrics {
         let bucket = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
         self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.duration_sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The replicas sharing the state database: the commit each applied, and its heartbeat's
+    /// age.
+    pub fn render_replicas(fleet: &[crate::record::replicas::Replica], out: &mut String) {
+        if fleet.is_empty() {
+            return;
+        }
+        let now = crate::units::unix_now_ms();
+        out.push_str("# HELP gatehouse_replica_applied The commit each replica sharing the state database enforces.\n# TYPE gatehouse_replica_applied gauge\n");
+        for r in fleet {
+            out.push_str(&format!(
+                "gatehouse_replica_applied{{replica=\"{}\",commit=\"{}\"}} 1\n",
+                label(&r.name),
+                label(r.applied.as_deref().unwrap_or(""))
+            ));
+        }
+        out.push_str("# HELP gatehouse_replica_heartbeat_age_seconds Seconds since each replica's last heartbeat.\n# TYPE gatehouse_replica_heartbeat_age_seconds gauge\n");
+        for r in fleet {
+            if let Some(age) = crate::record::replicas::age_secs(&r.heartbeat, now) {
+                out.push_str(&format!("gatehouse_replica_heartbeat_age_seconds{{replica=\"{}\"}} {age}\n", label(&r.name)));
+            }
+        }
+        let live: std::collections::BTreeSet<&str> = fleet
+            .iter()
+            .filter(|r| crate::record::replicas::age_secs(&r.heartbeat, now).is_some_and(|a| a < crate::record::replicas::STALE_AFTER.as_secs_f64()))
+            .map(|r| r.applied.as_deref().unwrap_or(""))
+            .collect();
+        out.push_str("# HELP gatehouse_replicas_converged 1 when every live replica enforces the same commit.\n# TYPE gatehouse_replicas_converged gauge\n");
+        out.push_str(&format!("gatehouse_replicas_converged {}\n", u8::from(live.len() <= 1)));
     }
 
     /// The Prometheus text exposition.
@@ -253,7 +287,13 @@ impl Metrics {
     }
 }
 
-fn hostname() -> String {
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The host name (the default replica name).
+pub fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".into())
 }
 

@@ -1,12 +1,12 @@
 //! Appending to the call log through the store's writer: the chain head is read inside the same
 //! transaction that appends, so a failed group commit can never leave the chain and the table
-//! disagreeing.
+//! disagreeing. Each replica has a chain of its own (`seq` gapless and `prev_hash` linked within
+//! the replica that wrote the record): replicas sharing a database never wait on each other.
 
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
-
 use super::{CallRecord, GENESIS, chain_hash};
+use crate::record::store::sql::{self, Conn, params};
 use crate::record::store::{Store, StoreError};
 
 /// How long a call waits for its decision record to become durable before it is refused.
@@ -47,7 +47,7 @@ impl AuditLog {
         let write = self.store.write(move |c| {
             let seq = append_in(c, record)?;
             crate::record::quota::persist_in(c, &quota)?;
-            Ok(seq)
+            Ok::<u64, sql::Error>(seq)
         });
         match tokio::time::timeout(APPEND_TIMEOUT, write).await {
             Ok(r) => r,
@@ -67,40 +67,47 @@ impl AuditLog {
     /// Records a monitoring event (A.8.16), e.g. a quota threshold hit.
     pub async fn event(&self, kind: &'static str, ts: String, detail: serde_json::Value) -> Result<(), StoreError> {
         self.store
-            .write(move |c| {
-                c.prepare_cached("INSERT INTO events (ts, kind, detail) VALUES (?1, ?2, ?3)")?
-                    .execute(params![ts, kind, detail.to_string()])
-                    .map(|_| ())
-            })
+            .write(move |c| c.exec("INSERT INTO events (ts, kind, detail) VALUES (?1, ?2, ?3)", params![&ts, kind, &*detail.to_string()]).map(|_| ()))
             .await
     }
 }
 
-/// The chain head: (last seq, its hash); after pruning, the anchor the retained part starts from.
-pub fn head(c: &Connection) -> rusqlite::Result<(u64, String)> {
-    let last: Option<(i64, String)> = c
-        .prepare_cached("SELECT seq, hash FROM calls ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+/// The chain head of `replica`: (last seq, its hash); after pruning, the anchor the retained
+/// part starts from.
+pub fn head(c: &Conn, replica: &str) -> sql::Result<(u64, String)> {
+    let last = c.query_opt("SELECT seq, hash FROM calls WHERE replica = ?1 ORDER BY seq DESC LIMIT 1", params![replica], |r| {
+        Ok((r.i64(0)?, r.string(1)?))
+    })?;
     if let Some((seq, hash)) = last {
         return Ok((seq as u64, hash));
     }
-    anchor(c).map(|a| a.unwrap_or((0, GENESIS.to_string())))
+    anchor(c, replica).map(|a| a.unwrap_or((0, GENESIS.to_string())))
 }
 
-/// The (seq, hash) of the last pruned record, if records were pruned.
-pub fn anchor(c: &Connection) -> rusqlite::Result<Option<(u64, String)>> {
-    let v: Option<String> =
-        c.prepare_cached("SELECT value FROM kv WHERE key = 'chain_anchor'")?.query_row([], |r| r.get(0)).optional()?;
+/// The (seq, hash) of `replica`'s last pruned record, if its records were pruned.
+pub fn anchor(c: &Conn, replica: &str) -> sql::Result<Option<(u64, String)>> {
+    let key = format!("chain_anchor:{replica}");
+    let v = c.query_opt("SELECT value FROM kv WHERE key = ?1", params![&key], |r| r.string(0))?;
     Ok(v.and_then(|v| {
         let (seq, hash) = v.split_once(':')?;
         Some((seq.parse().ok()?, hash.to_string()))
     }))
 }
 
-/// Appends one record in the writer's transaction.
-pub fn append_in(c: &Connection, mut r: CallRecord) -> rusqlite::Result<u64> {
-    let (seq, prev) = head(c)?;
+/// The replicas that have written to the call log (or left a pruning anchor), sorted.
+pub fn replicas(c: &Conn) -> sql::Result<Vec<String>> {
+    let mut names = c.query("SELECT DISTINCT replica FROM calls", &[], |r| r.string(0))?;
+    for key in c.query("SELECT key FROM kv WHERE key LIKE 'chain_anchor:%'", &[], |r| r.string(0))? {
+        names.push(key["chain_anchor:".len()..].to_string());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Appends one record in the writer's transaction, to the chain of its replica.
+pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
+    let (seq, prev) = head(c, &r.replica)?;
     r.seq = seq + 1;
     r.prev_hash = prev;
     r.hash = None;
@@ -109,11 +116,11 @@ pub fn append_in(c: &Connection, mut r: CallRecord) -> rusqlite::Result<u64> {
         r.canonical_to(buf);
         let canonical = std::str::from_utf8(buf).expect("serde_json writes UTF-8");
         let hash = chain_hash(&r.prev_hash, canonical);
-        c.prepare_cached(
-            "INSERT INTO calls (seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )?
-        .execute(params![r.seq as i64, r.ts, canonical, hash, r.identity, r.server, r.tool, r.category, r.verdict, r.outcome])
+        c.exec(
+            "INSERT INTO calls (replica, seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![&r.replica, r.seq, &r.ts, canonical, &*hash, &r.identity, &r.server, &r.tool, &r.category, &r.verdict, &r.outcome],
+        )
     })?;
     Ok(r.seq)
 }
@@ -124,18 +131,23 @@ thread_local! {
     static CANONICAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
 }
 
-/// Deletes records older than `cutoff` (RFC 3339), keeping the chain verifiable: the hash of
-/// the last deleted record becomes the anchor the retained part starts from. Returns how many
-/// were deleted.
-pub fn prune_in(c: &Connection, cutoff: &str) -> rusqlite::Result<usize> {
-    let last: Option<(i64, String)> = c
-        .query_row("SELECT seq, hash FROM calls WHERE ts < ?1 ORDER BY seq DESC LIMIT 1", [cutoff], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((seq, hash)) = last else { return Ok(0) };
-    let n = c.execute("DELETE FROM calls WHERE seq <= ?1", [seq])?;
-    c.execute(
-        "INSERT INTO kv (key, value) VALUES ('chain_anchor', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1",
-        [format!("{seq}:{hash}")],
-    )?;
+/// Deletes records older than `cutoff` (RFC 3339), keeping every replica's chain verifiable:
+/// the hash of a replica's last deleted record becomes the anchor its retained part starts from.
+/// Returns how many were deleted.
+pub fn prune_in(c: &Conn, cutoff: &str) -> sql::Result<usize> {
+    let mut n = 0;
+    for replica in replicas(c)? {
+        let last = c.query_opt(
+            "SELECT seq, hash FROM calls WHERE replica = ?1 AND ts < ?2 ORDER BY seq DESC LIMIT 1",
+            params![&replica, cutoff],
+            |r| Ok((r.i64(0)?, r.string(1)?)),
+        )?;
+        let Some((seq, hash)) = last else { continue };
+        n += c.exec("DELETE FROM calls WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;
+        c.exec(
+            "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
+            params![&*format!("chain_anchor:{replica}"), &*format!("{seq}:{hash}")],
+        )?;
+    }
     Ok(n)
 }

@@ -1,17 +1,18 @@
-//! Reading the call log back: verify the chain, export a period with a manifest, tail.
+//! Reading the call log back: verify every replica's chain, export a period (all replicas, in
+//! time order) with a manifest, tail.
 
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use rusqlite::Connection;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::log::anchor;
+use super::log::{anchor, replicas};
 use super::GENESIS;
+use crate::record::store::sql::{Conn, params};
 
 /// What `verify` found.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,40 +23,67 @@ pub enum Verdict {
     Broken { seq: u64, why: String },
 }
 
-/// Recomputes the chain from the anchor (or genesis) to the last record.
+/// Every replica's chain, checked: one combined verdict (the first replica's break, or the sum
+/// of the records and the widest seq range). [`verify_all`] names the replicas.
+pub fn verify<'a>(c: impl Into<Conn<'a>>) -> Result<Verdict> {
+    let mut all = verify_all(c)?.into_iter();
+    let Some((_, mut acc)) = all.next() else { return Ok(Verdict::Intact { count: 0, first: 1, last: 0 }) };
+    for (_, v) in all {
+        acc = match (acc, v) {
+            (Verdict::Intact { count, first, last }, Verdict::Intact { count: n, first: f, last: l }) => {
+                Verdict::Intact { count: count + n, first: first.min(f), last: last.max(l) }
+            }
+            (b @ Verdict::Broken { .. }, _) | (_, b @ Verdict::Broken { .. }) => return Ok(b),
+        };
+    }
+    Ok(acc)
+}
+
+/// Each replica's chain (sorted by name) and what [`verify_replica`] found in it.
+pub fn verify_all<'a>(c: impl Into<Conn<'a>>) -> Result<Vec<(String, Verdict)>> {
+    let c = c.into();
+    replicas(&c)?.into_iter().map(|r| verify_replica(&c, &r).map(|v| (r, v))).collect()
+}
+
+/// Recomputes one replica's chain from its anchor (or genesis) to its last record.
 ///
-/// Rows are streamed and read in place: the record text and the stored hash are borrowed from
-/// SQLite, the record is checked through a borrowed view ([`Check`]: the same fields and types as
-/// [`CallRecord`](crate::record::audit::CallRecord), nothing copied), and the hash is computed into a stack buffer, so a row costs
-/// no allocation beyond the odd string with escapes.
-pub fn verify(c: &Connection) -> Result<Verdict> {
-    let (mut expect_seq, mut prev) = match anchor(c)? {
+/// Rows are streamed and read in place (on SQLite): the record text and the stored hash are
+/// borrowed from the row, the record is checked through a borrowed view ([`Check`]: the same
+/// fields and types as [`CallRecord`](crate::record::audit::CallRecord), nothing copied), and the
+/// hash is computed into a stack buffer, so a row costs no allocation beyond the odd string with
+/// escapes.
+pub fn verify_replica(c: &Conn, replica: &str) -> Result<Verdict> {
+    let (mut expect_seq, mut prev) = match anchor(c, replica)? {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
     };
     let first = expect_seq;
-    let mut stmt = c.prepare("SELECT seq, record, hash FROM calls ORDER BY seq")?;
-    let mut rows = stmt.query([])?;
     let mut count = 0u64;
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let seq = seq as u64;
-        let text = row.get_ref(1)?.as_str()?;
-        let hash = row.get_ref(2)?.as_str()?;
+    let mut broken = None;
+    c.each("SELECT seq, record, hash FROM calls WHERE replica = ?1 ORDER BY seq", params![replica], |row| {
+        if broken.is_some() {
+            return Ok(());
+        }
+        let seq = row.i64(0)? as u64;
+        let text = row.str(1)?;
+        let hash = row.str(2)?;
         if seq != expect_seq {
-            return Ok(Verdict::Broken { seq: expect_seq, why: format!("record {expect_seq} is missing (next is {seq})") });
+            broken = Some(Verdict::Broken { seq: expect_seq, why: format!("record {expect_seq} is missing (next is {seq})") });
+            return Ok(());
         }
         let record = serde_json::from_str::<Check>(text);
         let parsed = record.as_ref().map(|r| (r.seq, &*r.prev_hash));
         if let Some(why) = record_fault(seq, text, hash, parsed, Some(&prev)) {
-            return Ok(Verdict::Broken { seq, why });
+            broken = Some(Verdict::Broken { seq, why });
+            return Ok(());
         }
         prev.clear();
         prev.push_str(hash);
         expect_seq += 1;
         count += 1;
-    }
-    Ok(Verdict::Intact { count, first, last: expect_seq - 1 })
+        Ok(())
+    })?;
+    Ok(broken.unwrap_or(Verdict::Intact { count, first, last: expect_seq - 1 }))
 }
 
 /// Why stored record `seq` (its canonical `text` and stored `hash`) breaks the chain, if it does:
@@ -183,10 +211,12 @@ const COLUMNS: [&str; 22] = [
     "message", "policy_commit", "snapshot_digest", "outcome", "latency_ms", "prev_hash", "hash", "",
 ];
 
-/// Writes the records with `since <= ts < until` to `out` and a manifest beside it
-/// (`<out>.manifest.json`: count, first/last seq, period, sha256 of the file). Returns the
+/// Writes the records with `since <= ts < until` of every replica, in time order, to `out` and a
+/// manifest beside it (`<out>.manifest.json`: count, each replica's population and seq range,
+/// first/last seq when one replica wrote them all, period, sha256 of the file). Returns the
 /// manifest.
-pub fn export(c: &Connection, since: &str, until: &str, format: Format, out: &Path) -> Result<Value> {
+pub fn export<'a>(c: impl Into<Conn<'a>>, since: &str, until: &str, format: Format, out: &Path) -> Result<Value> {
+    let c = c.into();
     let to_stdout = out == Path::new("-");
     let inner: Box<dyn Write> = if to_stdout {
         Box::new(std::io::stdout())
@@ -198,26 +228,37 @@ pub fn export(c: &Connection, since: &str, until: &str, format: Format, out: &Pa
     if format == Format::Csv {
         writeln!(file, "{}", columns.join(","))?;
     }
-    let mut stmt = c.prepare("SELECT seq, record, hash FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY seq")?;
-    let mut rows = stmt.query([since, until])?;
-    let (mut count, mut first, mut last) = (0u64, None, None);
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let text: String = row.get(1)?;
-        let hash: String = row.get(2)?;
-        let mut v: Value = serde_json::from_str(&text)?;
-        v["hash"] = Value::String(hash);
-        match format {
-            Format::Jsonl => writeln!(file, "{v}")?,
-            Format::Csv => {
-                let cells: Vec<String> = columns.iter().map(|k| csv_cell(&v[*k])).collect();
-                writeln!(file, "{}", cells.join(","))?;
+    let mut count = 0u64;
+    let mut ranges: std::collections::BTreeMap<String, (u64, u64, u64)> = std::collections::BTreeMap::new();
+    c.each(
+        "SELECT replica, seq, record, hash FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq",
+        params![since, until],
+        |row| {
+            let seq = row.i64(1)? as u64;
+            let mut v: Value = serde_json::from_str(row.str(2)?)?;
+            v["hash"] = Value::String(row.string(3)?);
+            match format {
+                Format::Jsonl => writeln!(file, "{v}")?,
+                Format::Csv => {
+                    let cells: Vec<String> = columns.iter().map(|k| csv_cell(&v[*k])).collect();
+                    writeln!(file, "{}", cells.join(","))?;
+                }
             }
-        }
-        count += 1;
-        first.get_or_insert(seq);
-        last = Some(seq);
-    }
+            count += 1;
+            let r = ranges.entry(row.string(0)?).or_insert((0, seq, seq));
+            r.0 += 1;
+            r.1 = r.1.min(seq);
+            r.2 = r.2.max(seq);
+            Ok(())
+        },
+    )?;
+    let single = (ranges.len() == 1).then(|| ranges.values().next().copied()).flatten();
+    let (first, last) = match single {
+        Some((_, f, l)) => (Some(f), Some(l)),
+        None => (None, None),
+    };
+    let replicas: Vec<Value> =
+        ranges.iter().map(|(name, (n, f, l))| json!({ "replica": name, "count": n, "first_seq": f, "last_seq": l })).collect();
     let mut hashing = file.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {}", out.display()))?;
     hashing.flush()?;
     let manifest = json!({
@@ -228,6 +269,7 @@ pub fn export(c: &Connection, since: &str, until: &str, format: Format, out: &Pa
         "count": count,
         "first_seq": first,
         "last_seq": last,
+        "replicas": replicas,
         "bytes": hashing.bytes(),
         "sha256": hashing.sha256_hex(),
     });
@@ -289,18 +331,44 @@ fn csv_cell(v: &Value) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The records after `after_seq` (at most `limit`), as JSON lines with their hash.
-pub fn since_seq(c: &Connection, after_seq: u64, limit: usize) -> Result<Vec<(u64, String)>> {
-    let mut stmt = c.prepare("SELECT seq, record, hash FROM calls WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-    let rows = stmt.query_map([after_seq as i64, limit as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+/// Where `audit tail` is in the call log: each replica's last seq printed.
+pub type Cursor = std::collections::BTreeMap<String, u64>;
+
+/// The last `n` records (one replica: in seq order; several: together, in time order), as JSON
+/// lines with their hash, and the cursor after every replica's newest record.
+pub fn last_records<'a>(c: impl Into<Conn<'a>>, n: u64) -> Result<(Vec<String>, Cursor)> {
+    let c = c.into();
+    let names = replicas(&c)?;
+    let order = if names.len() <= 1 { "seq DESC" } else { "ts DESC, replica DESC, seq DESC" };
+    let mut lines =
+        c.query(&format!("SELECT record, hash FROM calls ORDER BY {order} LIMIT ?1"), params![n as i64], |r| line(r.str(0)?, r.string(1)?))?;
+    lines.reverse();
+    let cursor = c.query("SELECT replica, max(seq) FROM calls GROUP BY replica", &[], |r| Ok((r.string(0)?, r.i64(1)? as u64)))?;
+    Ok((lines, cursor.into_iter().collect()))
+}
+
+/// Each replica's records after `after` (at most `limit` of each), merged in time order, as
+/// (replica, seq, JSON line with its hash). Advance the cursor with what is returned; a
+/// replica that returned `limit` records may have more.
+pub fn since<'a>(c: impl Into<Conn<'a>>, after: &Cursor, limit: usize) -> Result<Vec<(String, u64, String)>> {
+    let c = c.into();
     let mut out = Vec::new();
-    for row in rows {
-        let (seq, text, hash) = row?;
-        let mut v: Value = serde_json::from_str(&text)?;
-        v["hash"] = Value::String(hash);
-        out.push((seq as u64, v.to_string()));
+    for replica in replicas(&c)? {
+        let from = after.get(&replica).copied().unwrap_or(0);
+        out.extend(c.query(
+            "SELECT ts, seq, record, hash FROM calls WHERE replica = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            params![&replica, from, limit as i64],
+            |r| Ok((r.string(0)?, replica.clone(), r.i64(1)? as u64, line(r.str(2)?, r.string(3)?)?)),
+        )?);
     }
-    Ok(out)
+    out.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+    Ok(out.into_iter().map(|(_, r, seq, l)| (r, seq, l)).collect())
+}
+
+fn line(text: &str, hash: String) -> crate::record::store::sql::Result<String> {
+    let mut v: Value = serde_json::from_str(text)?;
+    v["hash"] = Value::String(hash);
+    Ok(v.to_string())
 }
 
 /// Checks an RFC 3339-ish bound given on the command line (`2026-11-01` or a full timestamp).

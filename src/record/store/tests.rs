@@ -23,9 +23,9 @@ fn a_failing_job_does_not_undo_the_others_of_its_group() {
     let store = Store::open(dir.path()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
-        let a = store.write(|c| c.execute("INSERT INTO kv VALUES ('a', '1')", []));
-        let dup = store.write(|c| c.execute("INSERT INTO kv VALUES ('a', '2')", []));
-        let b = store.write(|c| c.execute("INSERT INTO kv VALUES ('b', '1')", []));
+        let a = store.write(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('a', '1')", []));
+        let dup = store.write(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('a', '2')", []));
+        let b = store.write(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('b', '1')", []));
         let (a, dup, b) = tokio::join!(a, dup, b);
         assert!(a.is_ok() && b.is_ok());
         assert!(dup.is_err(), "primary key violation");
@@ -46,16 +46,16 @@ fn a_deferred_job_rides_the_next_group_or_is_committed_after_defer_max() {
     rt.block_on(async {
         // Alone: it waits for another group, then is committed on its own.
         let t = Instant::now();
-        store.write_deferred(|c| c.execute("INSERT INTO kv VALUES ('alone', '1')", [])).await.unwrap();
+        store.write_deferred(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('alone', '1')", [])).await.unwrap();
         assert!(t.elapsed() >= DEFER_MAX, "committed after {:?}", t.elapsed());
         assert!(kv_has(&store.reader().unwrap(), "alone"));
 
         // With a job that is not deferred: both in one transaction. Inside the second job, the
         // writer sees the deferred row while another connection does not: not yet committed.
-        let rider = store.write_deferred(|c| c.execute("INSERT INTO kv VALUES ('rider', '1')", []));
+        let rider = store.write_deferred(|c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('rider', '1')", []));
         tokio::time::sleep(Duration::from_millis(10)).await;
         let reader = store.reader().unwrap();
-        let driver = store.write(move |c| Ok((kv_has(c, "rider"), kv_has(&reader, "rider"))));
+        let driver = store.write(move |c| Ok::<_, rusqlite::Error>((kv_has(c.sqlite().unwrap(), "rider"), kv_has(&reader, "rider"))));
         let (rider, driver) = tokio::join!(rider, driver);
         rider.unwrap();
         assert_eq!(driver.unwrap(), (true, false), "the deferred job ran, uncommitted, in the same transaction");
@@ -69,7 +69,7 @@ fn close_commits_what_is_queued_and_stops_the_writer() {
     let store = Store::open(dir.path()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     rt.block_on(async {
-        let queued: Vec<_> = (0..50).map(|i| store.write_deferred(move |c| c.execute("INSERT INTO kv VALUES (?1, '1')", [format!("k{i}")]))).collect();
+        let queued: Vec<_> = (0..50).map(|i| store.write_deferred(move |c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES (?1, '1')", [format!("k{i}")]))).collect();
         let other = store.clone();
         other.close().await;
         for q in queued {
@@ -77,8 +77,76 @@ fn close_commits_what_is_queued_and_stops_the_writer() {
         }
         let n: i64 = store.reader().unwrap().query_row("SELECT count(*) FROM kv", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 50);
-        assert!(matches!(store.write(|_| Ok(())).await, Err(StoreError::Stopped)));
-        assert!(matches!(store.write_deferred(|_| Ok(())).await, Err(StoreError::Stopped)));
+        assert!(matches!(store.write(|_| Ok::<(), rusqlite::Error>(())).await, Err(StoreError::Stopped)));
+        assert!(matches!(store.write_deferred(|_| Ok::<(), rusqlite::Error>(())).await, Err(StoreError::Stopped)));
         store.close().await; // twice: a no-op
     });
+}
+
+/// A call log written before replicas (schema 3: one chain, keyed by seq alone, a pruning anchor)
+/// still verifies after migration 4, as the chain of its newest record's replica, and that
+/// replica's next record continues it.
+#[test]
+fn an_old_single_chain_log_still_verifies_and_continues_after_migration_4() {
+    use crate::record::audit::{CallRecord, GENESIS, chain_hash};
+    use crate::record::audit::verify::{Verdict, verify_all};
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_conn(&dir.path().join(FILE), false).unwrap();
+    schema::migrate_to(&mut conn, 3).unwrap();
+    let record = |seq: u64, replica: &str, prev: &str| CallRecord {
+        seq,
+        ts: format!("2026-11-01T00:00:0{seq}.000Z"),
+        replica: replica.into(),
+        session: "s".into(),
+        identity: "i".into(),
+        grant: "g".into(),
+        auth: "token".into(),
+        kind: "tool".into(),
+        server: "sv".into(),
+        tool: "t".into(),
+        category: None,
+        arg_keys: vec![],
+        verdict: "allow".into(),
+        rule: "r".into(),
+        message: "m".into(),
+        policy_commit: None,
+        snapshot_digest: "d".into(),
+        outcome: "ok".into(),
+        latency_ms: Some(1),
+        prev_hash: prev.into(),
+        hash: None,
+    };
+    // Records 1 and 2 were pruned (anchor 2); 3..5 remain, written under two host names over
+    // the log's life (a renamed host), all in one chain.
+    let mut prev = GENESIS.to_string();
+    for seq in 1..=5u64 {
+        let r = record(seq, if seq < 4 { "old-host" } else { "gw-1" }, &prev);
+        let text = r.canonical();
+        let hash = chain_hash(&prev, &text);
+        if seq > 2 {
+            conn.execute(
+                "INSERT INTO calls (seq, ts, record, hash, identity, server, tool, category, verdict, outcome) VALUES (?1, ?2, ?3, ?4, 'i', 'sv', 't', NULL, 'allow', 'ok')",
+                rusqlite::params![seq as i64, r.ts, text, hash],
+            )
+            .unwrap();
+        } else if seq == 2 {
+            conn.execute("INSERT INTO kv (key, value) VALUES ('chain_anchor', ?1)", [format!("2:{hash}")]).unwrap();
+        }
+        prev = hash;
+    }
+    schema::migrate(&mut conn).unwrap();
+    assert_eq!(verify_all(&conn).unwrap(), vec![("gw-1".to_string(), Verdict::Intact { count: 3, first: 3, last: 5 })]);
+    let c = Conn::Lite(&conn);
+    let seq = crate::record::audit::log::append_in(&c, record(0, "gw-1", "")).unwrap();
+    assert_eq!(seq, 6, "the same replica continues the chain");
+    let other = crate::record::audit::log::append_in(&c, record(0, "gw-2", "")).unwrap();
+    assert_eq!(other, 1, "a new replica starts a chain of its own");
+    let all = verify_all(&conn).unwrap();
+    assert_eq!(
+        all,
+        vec![
+            ("gw-1".to_string(), Verdict::Intact { count: 4, first: 3, last: 6 }),
+            ("gw-2".to_string(), Verdict::Intact { count: 1, first: 1, last: 1 }),
+        ]
+    );
 }
