@@ -54,7 +54,7 @@ run_id=$(basename "$tmp" | tr -dc 'a-zA-Z0-9' | tr 'A-Z' 'a-z')
 db=gh_replicas_$run_id
 DB_URL="postgres://postgres@$PGHOST_:5432/$db"
 QUOTA_URL="redis://127.0.0.1:6379"
-export GATEHOUSE_QUOTA_PREFIX="gh-replicas-$run_id"
+export GATEHOUSE_QUOTA_KEY_PREFIX="gh-replicas-$run_id"
 declare -A pid port admin
 nginx_pid=
 passed=0
@@ -186,7 +186,7 @@ nginx -c "$tmp/nginx.conf" -p "$tmp" &
 nginx_pid=$!
 for i in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$lb/healthz" 2>/dev/null && break; sleep 0.1; done
 URL=http://127.0.0.1:$lb/mcp
-echo "== 3 replicas behind nginx at $URL, database $db, quota prefix $GATEHOUSE_QUOTA_PREFIX"
+echo "== 3 replicas behind nginx at $URL, database $db, quota prefix $GATEHOUSE_QUOTA_KEY_PREFIX"
 
 export_log() { "$GATEHOUSE" audit export --database "$DB_URL" --since 2000-01-01 --until 2100-01-01 --format jsonl --out -; }
 
