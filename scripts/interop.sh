@@ -637,8 +637,23 @@ check "py-sdk narrow grant: an ungranted tool is Unknown tool" --has "Unknown to
   -- "${PY[@]}" "${AGENT[@]}" --expect-error --call everything__get-tiny-image
 check "py-sdk narrow grant: allowed call" --has "sum of 2 and 3 is 5" \
   -- "${PY[@]}" "${AGENT[@]}" --call everything__get-sum --args '{"a":2,"b":3}'
-check "py-sdk --mode auto (server/discover probe, falls back to initialize)" --has "sum of 4 and 4 is 8" \
+check "py-sdk --mode auto: server/discover offers 2026-07-28, spoken natively (no session)" \
+  --has "protocolVersion=2026-07-28" --has "sum of 4 and 4 is 8" \
   -- "${PY[@]}" "${OPS[@]}" --mode auto --call everything__get-sum --args '{"a":4,"b":4}'
+check "py-sdk --mode 2026-07-28: tools/list filtered as for a session" \
+  --has "protocolVersion=2026-07-28" --has "  - everything__echo  " --has "  - everything__get-sum  " --lacks "everything__get-env" \
+  -- "${PY[@]}" "${OPS[@]}" --mode 2026-07-28
+check "py-sdk --mode 2026-07-28 narrow grant: only granted tools, allowed call" \
+  --has "protocolVersion=2026-07-28" --has "sum of 5 and 6 is 11" --lacks "everything__get-tiny-image" --lacks "files__write_file" \
+  -- "${PY[@]}" "${AGENT[@]}" --mode 2026-07-28 --call everything__get-sum --args '{"a":5,"b":6}'
+check "py-sdk --mode 2026-07-28 deny_if is an isError denial with the rule id" \
+  --has "protocolVersion=2026-07-28" --has "isError=True" --has "$DENIED" --has "policies/everything-baseline.yaml#/tools/echo/deny_if/" --lacks "Echo:" \
+  -- "${PY[@]}" "${OPS[@]}" --mode 2026-07-28 --expect-error --call everything__echo --args '{"message":"my password is swordfish"}'
+check "py-sdk --mode 2026-07-28 ungranted tool is Unknown tool" --has "protocolVersion=2026-07-28" --has "Unknown tool: everything__get-tiny-image" \
+  -- "${PY[@]}" "${AGENT[@]}" --mode 2026-07-28 --expect-error --call everything__get-tiny-image
+check "py-sdk --mode 2026-07-28 on /mcp/time (a stdio upstream that speaks 2026-07-28 too)" \
+  --has "protocolVersion=2026-07-28" --has '"timezone": "UTC"' --lacks "time__" \
+  -- "${PY[@]}" --url "$GW/mcp/time" --token "$AGENT_TOKEN" --mode 2026-07-28 --call get_current_time --args '{"timezone":"UTC"}'
 
 section "legacy SSE upstream (server-everything), Python SDK"
 check "py-sdk tools/list: everything-sse__* listed, hidden get-env absent" \

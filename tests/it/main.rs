@@ -16,6 +16,7 @@ mod relay;
 mod scan;
 mod signed;
 mod sso;
+mod stateless;
 mod rmcp_peer;
 mod proxy;
 mod support;

@@ -85,6 +85,11 @@ pub fn reference(id: &str) -> String {
 // === impl Session ===
 
 impl Session {
+    /// A stateless (2026-07-28) request's own session: not in the table, no id.
+    pub fn is_stateless(&self) -> bool {
+        self.id.is_empty()
+    }
+
     pub fn touch(&self) {
         self.last_seen_ms.store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -205,20 +210,24 @@ impl Drop for InflightGuard {
     }
 }
 
-// === impl Sessions ===
+// === impl Session (construction) ===
 
-impl Sessions {
-    pub fn new(max_per_grant: usize, idle: Duration) -> Sessions {
-        Sessions { map: Mutex::new(HashMap::new()), max_per_grant, idle }
+impl Session {
+    /// The session of one stateless (2026-07-28) request: never in the table, never named by an
+    /// id a client could present again, gone with the request. Its `reference` (what records
+    /// name) is `req-` and 16 random hex digits, so the records of one request (decision,
+    /// outcome) are tied together and to nothing else. `capabilities` are the request's own.
+    pub fn stateless(grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str, capabilities: Value) -> Arc<Session> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the OS random source");
+        let reference = format!("req-{}", hex::encode(bytes));
+        let s = Session::new(String::new(), reference, grant, token, sign_in, endpoint, protocol);
+        s.set_capabilities(capabilities);
+        s
     }
 
-    /// Opens a session with a fresh random id (256 bits from the OS).
-    pub fn open(&self, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).expect("the OS random source");
-        let id = hex::encode(bytes);
-        let reference = reference(&id);
-        let s = Arc::new(Session {
+    fn new(id: String, reference: String, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+        Arc::new(Session {
             id,
             reference,
             grant: grant.to_string(),
@@ -235,7 +244,24 @@ impl Sessions {
             capabilities: Mutex::new(Value::Null),
             awaiting: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
-        });
+        })
+    }
+}
+
+// === impl Sessions ===
+
+impl Sessions {
+    pub fn new(max_per_grant: usize, idle: Duration) -> Sessions {
+        Sessions { map: Mutex::new(HashMap::new()), max_per_grant, idle }
+    }
+
+    /// Opens a session with a fresh random id (256 bits from the OS).
+    pub fn open(&self, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the OS random source");
+        let id = hex::encode(bytes);
+        let reference = reference(&id);
+        let s = Session::new(id, reference, grant, token, sign_in, endpoint, protocol);
         let mut map = self.map.lock().expect("sessions lock");
         let mine: Vec<(Duration, String)> =
             map.values().filter(|x| x.grant == grant).map(|x| (x.idle_for(), x.id.clone())).collect();

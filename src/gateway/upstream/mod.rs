@@ -119,6 +119,14 @@ pub enum UpstreamEvent {
 /// The protocol version we ask for in `initialize`.
 pub(crate) const REQUESTED_VERSION: &str = "2025-11-25";
 
+/// The stateless revision, spoken to an upstream whose `server/discover` offers it (Streamable
+/// HTTP and stdio); every other upstream gets the `initialize` handshake.
+pub(crate) const MODERN_VERSION: &str = "2026-07-28";
+
+/// How long a stdio child may take to answer the `server/discover` probe before it is taken for
+/// one that ignores requests before `initialize` (it is then restarted and initialised).
+const STDIO_PROBE: Duration = Duration::from_secs(5);
+
 /// Versions we accept back over Streamable HTTP (which 2024-11-05 did not have).
 pub(crate) const HTTP_VERSIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25"];
 
@@ -146,7 +154,7 @@ impl Upstream {
 
     async fn open(server: Arc<Server>, creds: Arc<Bound>, client: HttpClient) -> Result<Upstream, UpstreamError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let rpc = Arc::new(Rpc::new(&server.name, tx, rpc::secret_strings(&creds)));
+        let mut rpc = Arc::new(Rpc::new(&server.name, tx, rpc::secret_strings(&creds)));
         let (channel, (protocol_version, init)) = match &server.transport {
             Transport::StreamableHttp { url } => {
                 let (h, version, init) = http::Http::connect(url, &server, creds, client, rpc.clone(), rx).await?;
@@ -159,8 +167,32 @@ impl Upstream {
             }
             Transport::Stdio { command } => {
                 let channel = Channel::Stdio(Box::new(stdio::Stdio::spawn(command, &server, &creds, rpc.clone(), rx)?));
-                let negotiated = handshake(&rpc, &channel).await?;
-                (channel, negotiated)
+                // A 2026-07-28 server on stdio is told the era by the first message: discover.
+                match tokio::time::timeout(STDIO_PROBE.min(server.timeout), probe(&rpc, &channel)).await {
+                    Ok(Ok(Some(result))) => {
+                        rpc.set_modern();
+                        listen_stdio(&rpc);
+                        (channel, (MODERN_VERSION.to_string(), result))
+                    }
+                    // An answer that is not a 2026-07-28 offer (an error, an older revision):
+                    // the same child gets the handshake.
+                    Ok(Ok(None)) | Ok(Err(UpstreamError::Rpc { .. })) => {
+                        let negotiated = handshake(&rpc, &channel).await?;
+                        (channel, negotiated)
+                    }
+                    // No answer, or the child died of the probe: a fresh child, the handshake alone.
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::debug!(server = %server.name, "no answer to server/discover; restarting the child for initialize");
+                        if let Channel::Stdio(old) = channel {
+                            old.shutdown().await;
+                        }
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        rpc = Arc::new(Rpc::new(&server.name, tx, rpc::secret_strings(&creds)));
+                        let channel = Channel::Stdio(Box::new(stdio::Stdio::spawn(command, &server, &creds, rpc.clone(), rx)?));
+                        let negotiated = handshake(&rpc, &channel).await?;
+                        (channel, negotiated)
+                    }
+                }
             }
         };
         tracing::debug!(server = %server.name, protocol_version, "upstream session open");
@@ -364,6 +396,39 @@ async fn handshake(rpc: &Arc<Rpc>, channel: &Channel) -> Result<(String, Value),
     let version = negotiated(&result, STREAM_VERSIONS)?;
     channel.notify(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" })).await?;
     Ok((version, result))
+}
+
+/// `server/discover` with our envelope: the result when it offers 2026-07-28, `None` when it
+/// offers only handshake-era versions.
+async fn probe(rpc: &Arc<Rpc>, channel: &Channel) -> Result<Option<Value>, UpstreamError> {
+    let mut call = rpc.start("server/discover", json!({ "_meta": envelope() }), None)?;
+    let result = channel.request(&mut call).await;
+    call.disarm();
+    Ok(Some(result?).filter(offers_modern))
+}
+
+/// Whether a `server/discover` result lists 2026-07-28 among its `supportedVersions`.
+pub(crate) fn offers_modern(result: &Value) -> bool {
+    result.get("supportedVersions").and_then(Value::as_array).is_some_and(|v| v.iter().any(|v| v == MODERN_VERSION))
+}
+
+/// The `_meta` of every 2026-07-28 request of ours: the version, who we are, and no client
+/// capabilities (an upstream's request to a client is relayed only over handshake-era sessions,
+/// whose connection is tied to the call in progress).
+pub(crate) fn envelope() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+        "io.modelcontextprotocol/clientInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
+}
+
+/// On a 2026-07-28 stdio session, opt in to list changes: a `subscriptions/listen` whose answer
+/// (only when the server ends it) goes to no one; its notifications are dispatched like any.
+fn listen_stdio(rpc: &Rpc) {
+    let mut params = json!({ "notifications": { "toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true } });
+    params["_meta"] = envelope();
+    rpc.send(json!({ "jsonrpc": "2.0", "id": "gatehouse-listen", "method": "subscriptions/listen", "params": params }));
 }
 
 /// Our `initialize` params: sampling, elicitation and roots, which are relayed to the client of

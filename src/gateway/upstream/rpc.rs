@@ -11,7 +11,7 @@
 //! ids and progress tokens are minted by [`Rpc::start`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Value, json};
@@ -46,6 +46,9 @@ pub(crate) struct Rpc {
     /// Credential values (header values, their tokens, child env values): scrubbed from every
     /// error text built from upstream content, since upstreams like to echo a bad key back.
     secrets: Vec<String>,
+    /// The session speaks 2026-07-28 (set once, by the connect that found it offered): every
+    /// request carries our `_meta` envelope, and results lose the revision's `resultType`.
+    modern: AtomicBool,
 }
 
 struct State {
@@ -101,6 +104,7 @@ impl Rpc {
             events,
             tools: Mutex::new(ToolsCache::default()),
             secrets,
+            modern: AtomicBool::new(false),
         }
     }
 
@@ -149,6 +153,15 @@ impl Rpc {
             // A token the caller left in the params is not ours to route: drop it.
             meta.remove("progressToken");
         }
+        if self.is_modern() {
+            let meta = params.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
+            if !meta.is_object() {
+                *meta = Value::Object(Map::new());
+            }
+            if let (Value::Object(meta), Value::Object(envelope)) = (meta, super::envelope()) {
+                meta.extend(envelope);
+            }
+        }
         let message = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
         let (tx, rx) = oneshot::channel();
         {
@@ -158,7 +171,9 @@ impl Rpc {
             }
             state.pending.insert(id, Waiter { tx, progress, requests });
         }
-        Ok(Call { id, message, rx, rpc: self.clone(), armed: method != "initialize" })
+        // The spec forbids cancelling the handshake and the discovery probe.
+        let armed = method != "initialize" && method != "server/discover";
+        Ok(Call { id, message, rx, rpc: self.clone(), armed })
     }
 
     /// Queues a message for the transport to send, best effort.
@@ -211,7 +226,7 @@ impl Rpc {
         let result = if let Some(error) = m.remove("error") {
             Err(self.rpc_error(error))
         } else if let Some(result) = m.remove("result") {
-            Ok(result)
+            if self.is_modern() { modern_result(result) } else { Ok(result) }
         } else {
             Err(UpstreamError::Protocol("a response with neither result nor error".into()))
         };
@@ -345,6 +360,15 @@ impl Rpc {
         self.events.subscribe()
     }
 
+    /// From now on the session speaks 2026-07-28.
+    pub(crate) fn set_modern(&self) {
+        self.modern.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_modern(&self) -> bool {
+        self.modern.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn server(&self) -> &str {
         &self.server
     }
@@ -421,6 +445,30 @@ pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
         }
     }
     out
+}
+
+/// A 2026-07-28 result as the rest of the gateway takes results: `resultType: complete` and the
+/// upstream's serverInfo stamp removed (each client side adds what its revision has). An
+/// `input_required` result is an error: we declare no client capabilities to such upstreams,
+/// so they must not ask, and a retry with answers could not be tied to the asking call anyway.
+fn modern_result(mut result: Value) -> Result<Value, UpstreamError> {
+    if let Value::Object(m) = &mut result {
+        match m.remove("resultType") {
+            None => {}
+            Some(Value::String(t)) if t == "complete" => {}
+            Some(other) => {
+                let kind: String = other.as_str().unwrap_or("?").chars().take(40).collect();
+                return Err(UpstreamError::Protocol(format!("a result of type {kind:?}, which gatehouse does not relay")));
+            }
+        }
+        if let Some(Value::Object(meta)) = m.get_mut("_meta") {
+            meta.remove("io.modelcontextprotocol/serverInfo");
+            if meta.is_empty() {
+                m.remove("_meta");
+            }
+        }
+    }
+    Ok(result)
 }
 
 // === impl Call ===
