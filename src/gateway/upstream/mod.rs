@@ -53,7 +53,9 @@ pub struct Upstream {
     channel: Channel,
     /// Negotiated in the first handshake.
     protocol_version: String,
-    /// The upstream's `initialize` result (capabilities, serverInfo, instructions).
+    /// The upstream's `initialize` result (capabilities, serverInfo, instructions), or its
+    /// `server/discover` result on a 2026-07-28 connection (with `serverInfo` copied from its
+    /// `_meta`).
     init: Value,
     /// One `tools/list` walk at a time: concurrent callers wait for it and share its result.
     listing: tokio::sync::Mutex<()>,
@@ -195,6 +197,13 @@ impl Upstream {
                 }
             }
         };
+        // A discover result names the server in `_meta`; callers read `serverInfo` either way.
+        let mut init = init;
+        if init.get("serverInfo").is_none()
+            && let Some(info) = init.pointer("/_meta/io.modelcontextprotocol~1serverInfo").cloned()
+        {
+            init["serverInfo"] = info;
+        }
         tracing::debug!(server = %server.name, protocol_version, "upstream session open");
         Ok(Upstream { server, rpc, channel, protocol_version, init, listing: tokio::sync::Mutex::new(()) })
     }
