@@ -254,8 +254,11 @@ async fn upstream(up: Everything) -> String {
     crate::rmcp_peer::serve(service, http::StatusCode::NOT_FOUND).await
 }
 
+/// `protocol: handshake`: these tests are about what the gateway relays over handshake-era
+/// upstream sessions (subscriptions, log levels, the upstream's requests to the client), which
+/// rmcp, offering 2026-07-28 too, would otherwise not be asked for.
 fn server_file(name: &str, url: &str) -> String {
-    format!("name: {name}\ntransport: streamable-http\nurl: {url}\ntimeout: 5s\nsupplier: {{ operated_by: internal }}\n")
+    format!("name: {name}\ntransport: streamable-http\nurl: {url}\ntimeout: 5s\nprotocol: handshake\nsupplier: {{ operated_by: internal }}\n")
 }
 
 async fn world() -> World {

@@ -218,3 +218,95 @@ async fn the_gateway_speaks_2026_to_an_upstream_that_offers_it_and_initialize_to
     assert!(seen[1].get("mcp-method").is_none() && seen[1].get("mcp-session-id").is_none(), "then initialize, without a session");
     assert!(seen[2..].iter().all(|h| h.get("mcp-session-id").is_some_and(|s| s == "upstream-session-1")));
 }
+
+/// POSTs a 2026-07-28 request and returns its response's body chunks as they come.
+async fn open_listen(url: &str, token: &str, body: &Value) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", MODERN)
+        .header("mcp-method", "subscriptions/listen")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert!(resp.headers().get("mcp-session-id").is_none());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut body = resp.into_body();
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                let _ = tx.send(String::from_utf8_lossy(&data).into_owned());
+            }
+        }
+    });
+    rx
+}
+
+/// The JSON-RPC messages that arrive within `ms` milliseconds, and whether the stream ended.
+async fn events_within(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, ms: u64) -> (Vec<Value>, bool) {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut ended = false;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(chunk)) => text.push_str(&chunk),
+            Ok(None) => {
+                ended = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    (text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect(), ended)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_changes_reach_a_2026_client_on_its_subscription_only_as_it_opted_in() {
+    use gatehouse::gateway::proxy::{Active, snapshot_changed};
+    use gatehouse::repo::{Files, compile};
+    use std::sync::Arc;
+    let w = world().await;
+    let url = format!("{}/mcp", w.gw.url);
+    // the client lists its tools, then listens for changes of them
+    let list = stateless(&url, ALICE, &request(76, "tools/list", json!({})), &[]).await.json();
+    assert_eq!(names(&list).len(), 4);
+    let listen = request(77, "subscriptions/listen", json!({ "notifications": { "toolsListChanged": true, "resourcesListChanged": false } }));
+    let mut stream = open_listen(&url, ALICE, &listen).await;
+    let (first, _) = events_within(&mut stream, 500).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["method"], "notifications/subscriptions/acknowledged");
+    assert_eq!(first[0]["params"]["notifications"], json!({ "toolsListChanged": true }), "only what was asked for and is honoured");
+    assert_eq!(first[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 77);
+
+    // a commit that takes server `new` away from alice: her tools changed
+    let old = w.gw.state.active.load_full().unwrap();
+    let mock = format!("name: mock\ntransport: streamable-http\nurl: {}\ntimeout: 2s\nsupplier: {{ operated_by: internal }}\n", w.upstream.url);
+    let alice = |tokens: &str| format!("identity: alice@example.com\nkind: human\ntokens: [ {tokens} ]\naccess: [ {{ server: mock, tools: \"*\" }} ]\n");
+    let swap = |grant: String| {
+        let files = [("servers/mock.yaml", mock.clone()), ("grants/alice.yaml", grant)];
+        let snapshot = Arc::new(compile(&Files::from_memory(files.iter().map(|(p, t)| (*p, t.as_str())))).unwrap().snapshot);
+        Active { snapshot, secrets: old.secrets.clone() }
+    };
+    w.gw.state.activate(swap(alice(&format!("{{ sha256: {} }}", token_hash(ALICE)))));
+    snapshot_changed(&w.gw.state, Some(&old));
+    let (m, ended) = events_within(&mut stream, 500).await;
+    assert!(!ended);
+    assert_eq!(m.len(), 1, "tools only, no resources/prompts list change: {m:?}");
+    assert_eq!(m[0]["method"], "notifications/tools/list_changed");
+    assert_eq!(m[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 77);
+
+    // a commit that revokes her token ends the subscription
+    let before = w.gw.state.active.load_full().unwrap();
+    w.gw.state.activate(swap(alice(&format!("{{ sha256: {} }}", token_hash("another-token-0123456789")))));
+    snapshot_changed(&w.gw.state, Some(&before));
+    let (_, ended) = events_within(&mut stream, 1000).await;
+    assert!(ended, "the stream ends with the token");
+    assert_eq!(w.gw.state.sessions.len(), 0);
+}

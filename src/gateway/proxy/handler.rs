@@ -1174,7 +1174,7 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> i
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn sse_event(msg: &Value) -> Bytes {
+pub(super) fn sse_event(msg: &Value) -> Bytes {
     Bytes::from(format!("event: message\ndata: {msg}\n\n"))
 }
 

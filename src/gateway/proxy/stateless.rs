@@ -11,13 +11,22 @@
 //! what the revision adds (`resultType`, `_meta` serverInfo, `ttlMs` / `cacheScope` on lists and
 //! reads, resource "not found" as -32602).
 
-use http::{HeaderMap, StatusCode};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use serde_json::{Value, json};
 use tracing::debug;
 
-use super::handler::{Body, Ctx, SUPPORTED, call_streaming, capped_response, dispatch, empty, json_response};
+use super::State;
+use super::handler::{Body, Ctx, SUPPORTED, call_streaming, capped_response, dispatch, empty, json_response, sse_event};
 use super::jsonrpc::{self, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, RESOURCE_NOT_FOUND};
-use super::session::Session;
+use super::relay;
+use super::session::{Listen, Session};
 
 /// The stateless revision.
 pub const MODERN: &str = "2026-07-28";
@@ -36,8 +45,9 @@ const NAME_HEADER: &str = "mcp-name";
 
 /// The methods a stateless request may call. `ping`, `logging/setLevel` and
 /// `resources/(un)subscribe` are not part of 2026-07-28 (HTTP 404, -32601).
-const METHODS: [&str; 9] = [
+const METHODS: [&str; 10] = [
     "server/discover",
+    "subscriptions/listen",
     "tools/list",
     "tools/call",
     "resources/list",
@@ -137,6 +147,9 @@ pub(super) async fn handle(cx: &Ctx, headers: &HeaderMap, m: Message) -> Respons
     if !capabilities.is_object() {
         return bad(INVALID_PARAMS, format!("invalid params: {META_CAPABILITIES} must be an object"), None);
     }
+    if method == "subscriptions/listen" {
+        return listen(cx, id, &params).await;
+    }
     let grant = cx.grant();
     let session = Session::stateless(&grant.name, cx.token, cx.sign_in.clone(), cx.endpoint().map(str::to_string), MODERN, capabilities);
     debug!(grant = %grant.name, request = %session.reference, method, "stateless request");
@@ -156,6 +169,79 @@ pub(super) async fn handle(cx: &Ctx, headers: &HeaderMap, m: Message) -> Respons
 }
 
 type Response = http::Response<Body>;
+
+/// Resource subscriptions one `subscriptions/listen` may ask for.
+const MAX_LISTEN_URIS: usize = 64;
+/// How often a quiet listen stream gets a comment (and its session is kept from the idle sweep).
+const KEEP_ALIVE: Duration = Duration::from_secs(25);
+
+/// `subscriptions/listen`: a long-lived event stream of the notifications the client opted in
+/// to, each tagged with the request's id as `io.modelcontextprotocol/subscriptionId`, after
+/// `notifications/subscriptions/acknowledged` saying what is honoured. Behind it is a session
+/// of the grant held in the table (so commits and upstreams reach it the way they reach a GET
+/// stream), whose id is never shown: it ends with the stream, and a commit that revokes the
+/// token ends the stream. Resource subscriptions are decided like `resources/subscribe` (a URI
+/// the caller may not read is just not honoured).
+async fn listen(cx: &Ctx, id: Value, params: &Value) -> Response {
+    let wanted = params.get("notifications").cloned().unwrap_or_else(|| json!({}));
+    let flag = |k: &str| wanted.get(k).and_then(Value::as_bool) == Some(true);
+    let grant = cx.grant();
+    let session = cx.state.sessions.open(&grant.name, cx.token, cx.sign_in.clone(), cx.endpoint().map(str::to_string), MODERN);
+    let closer = Closer { state: cx.state.clone(), id: session.id.clone() };
+    let filter = Listen { id: id.clone(), tools: flag("toolsListChanged"), prompts: flag("promptsListChanged"), resources: flag("resourcesListChanged") };
+    session.set_listen(filter.clone());
+    let rx = session.open_stream();
+    let mut honoured = Vec::new();
+    let uris = wanted.get("resourceSubscriptions").and_then(Value::as_array).cloned().unwrap_or_default();
+    for uri in uris.iter().filter_map(Value::as_str).take(MAX_LISTEN_URIS) {
+        let reply = relay::subscribe(cx, &session, json!(0), &json!({ "uri": uri }), true).await;
+        if reply.get("result").is_some() {
+            honoured.push(uri.to_string());
+        }
+    }
+    debug!(grant = %grant.name, session = %session.reference, "subscriptions/listen opened");
+    let mut notifications = json!({});
+    for (key, on) in [("toolsListChanged", filter.tools), ("promptsListChanged", filter.prompts), ("resourcesListChanged", filter.resources)] {
+        if on {
+            notifications[key] = json!(true);
+        }
+    }
+    if !honoured.is_empty() {
+        notifications["resourceSubscriptions"] = json!(honoured);
+    }
+    let ack = json!({ "jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                      "params": { "notifications": notifications, "_meta": { "io.modelcontextprotocol/subscriptionId": id } } });
+    let first = futures_util::stream::once(async move { Ok::<_, Infallible>(Frame::data(sse_event(&ack))) });
+    let tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    let events = futures_util::stream::unfold((rx, tick, session, closer), |(mut rx, mut tick, session, closer)| async move {
+        let frame = tokio::select! {
+            m = rx.recv() => Frame::data(sse_event(&m?)),
+            _ = tick.tick() => {
+                session.touch();
+                Frame::data(Bytes::from_static(b": keep-alive\n\n"))
+            }
+        };
+        Some((Ok::<_, Infallible>(frame), (rx, tick, session, closer)))
+    });
+    use futures_util::StreamExt;
+    let mut resp = http::Response::new(BodyExt::boxed(StreamBody::new(first.chain(events))));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// Ends the session behind a listen stream when the stream is dropped (the client went away).
+struct Closer {
+    state: Arc<State>,
+    id: String,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.state.sessions.close(&self.id);
+    }
+}
 
 /// `Mcp-Name` as the client meant it: plain, or `=?base64?…?=` (UTF-8); `None` if the sentinel
 /// holds no valid base64 of UTF-8.
@@ -178,9 +264,9 @@ fn discover(cx: &Ctx) -> Value {
         "resultType": "complete",
         "supportedVersions": supported(),
         "capabilities": {
-            "tools": {},
-            "resources": {},
-            "prompts": {},
+            "tools": { "listChanged": true },
+            "resources": { "subscribe": true, "listChanged": true },
+            "prompts": { "listChanged": true },
             "completions": {},
         },
         "instructions": instructions,

@@ -43,6 +43,8 @@ pub(crate) struct Http {
 }
 
 struct Inner {
+    /// `protocol: handshake`: no `server/discover` probe.
+    handshake_only: bool,
     client: HttpClient,
     uri: Uri,
     creds: Arc<Bound>,
@@ -88,6 +90,7 @@ impl Http {
         outbound: mpsc::UnboundedReceiver<Value>,
     ) -> Result<(Http, String, Value), UpstreamError> {
         let inner = Arc::new(Inner {
+            handshake_only: server.handshake_only,
             client,
             uri: parse_url(url)?,
             creds,
@@ -176,7 +179,9 @@ impl Inner {
     /// session id, our envelope in every request's `_meta`). Anything else gets `initialize`
     /// without a session, then `notifications/initialized` in the new one.
     async fn handshake(&self) -> Result<(String, Value), UpstreamError> {
-        if let Some(result) = self.discover().await {
+        if !self.handshake_only
+            && let Some(result) = self.discover().await
+        {
             {
                 let mut s = self.session.write().unwrap_or_else(|e| e.into_inner());
                 s.id = None;

@@ -126,7 +126,8 @@ pub(crate) const REQUESTED_VERSION: &str = "2025-11-25";
 pub(crate) const MODERN_VERSION: &str = "2026-07-28";
 
 /// How long a stdio child may take to answer the `server/discover` probe before it is taken for
-/// one that ignores requests before `initialize` (it is then restarted and initialised).
+/// one that ignores requests before `initialize` (it is then restarted and initialised): at most
+/// this, and at most half the server's `timeout`.
 const STDIO_PROBE: Duration = Duration::from_secs(5);
 
 /// Versions we accept back over Streamable HTTP (which 2024-11-05 did not have).
@@ -170,7 +171,13 @@ impl Upstream {
             Transport::Stdio { command } => {
                 let channel = Channel::Stdio(Box::new(stdio::Stdio::spawn(command, &server, &creds, rpc.clone(), rx)?));
                 // A 2026-07-28 server on stdio is told the era by the first message: discover.
-                match tokio::time::timeout(STDIO_PROBE.min(server.timeout), probe(&rpc, &channel)).await {
+                let probed = async {
+                    if server.handshake_only {
+                        return Ok(Ok(None));
+                    }
+                    tokio::time::timeout(STDIO_PROBE.min(server.timeout / 2), probe(&rpc, &channel)).await
+                };
+                match probed.await {
                     Ok(Ok(Some(result))) => {
                         rpc.set_modern();
                         listen_stdio(&rpc);
