@@ -221,7 +221,17 @@ async fn mock_handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<HeaderMap>>>, c
             "server/discover" => json!({ "resultType": "complete", "supportedVersions": ["2026-07-28"], "capabilities": { "tools": {} },
                                          "ttlMs": 0, "cacheScope": "public", "_meta": { "io.modelcontextprotocol/serverInfo": { "name": "modern-mock", "version": "1" } } }),
             "tools/list" => json!({ "resultType": "complete", "ttlMs": 0, "cacheScope": "public", "tools": [
-                { "name": "add", "description": "a+b", "inputSchema": { "type": "object" } } ] }),
+                { "name": "add", "description": "a+b", "inputSchema": { "type": "object" } },
+                { "name": "ask", "description": "asks the client", "inputSchema": { "type": "object" } } ] }),
+            // `ask` asks the client its name first (2026-07-28: input_required, then the retry)
+            "tools/call" if msg["params"]["name"] == "ask" => match msg["params"].get("inputResponses") {
+                None => json!({ "resultType": "input_required", "requestState": "state-1", "inputRequests": { "q1": {
+                    "method": "elicitation/create", "params": { "message": "your name?", "requestedSchema": { "type": "object", "properties": { "name": { "type": "string" } } } } } } }),
+                Some(answers) if msg["params"]["requestState"] == "state-1" => {
+                    json!({ "resultType": "complete", "content": [ { "type": "text", "text": format!("hello {}", answers["q1"]["content"]["name"].as_str().unwrap_or("?")) } ] })
+                }
+                Some(_) => json!({ "resultType": "complete", "content": [ { "type": "text", "text": "lost state" } ], "isError": true }),
+            },
             "tools/call" => {
                 let a = &msg["params"]["arguments"];
                 json!({ "resultType": "complete", "content": [ { "type": "text", "text": (a["a"].as_i64().unwrap_or(0) + a["b"].as_i64().unwrap_or(0)).to_string() } ] })

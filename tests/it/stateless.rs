@@ -101,7 +101,7 @@ async fn a_2026_client_is_served_without_a_session_under_the_same_policy() {
 
     // tools/list: filtered exactly as for a session of the same grant
     let list = stateless(&url, ALICE, &request(2, "tools/list", json!({})), &[]).await.json();
-    assert_eq!(names(&list), ["mock__add", "mock__echo_headers", "mock__slow", "new__add"]);
+    assert_eq!(names(&list), ["mock__add", "mock__echo_headers", "mock__slow", "new__add", "new__ask"]);
     assert_eq!((list["result"]["resultType"].as_str(), list["result"]["ttlMs"].as_i64(), list["result"]["cacheScope"].as_str()), (Some("complete"), Some(0), Some("private")));
     let sid = initialize(&url, ALICE, "2025-11-25").await;
     let legacy = post(&url, ALICE, Some(&sid), json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/list" })).await.json();
@@ -203,7 +203,10 @@ async fn the_gateway_speaks_2026_to_an_upstream_that_offers_it_and_initialize_to
     for c in &calls {
         let meta = &c["params"]["_meta"];
         assert_eq!(meta["io.modelcontextprotocol/clientInfo"]["name"], "gatehouse", "our envelope, never the client's: {c}");
-        assert_eq!(meta["io.modelcontextprotocol/clientCapabilities"], json!({}));
+        // a call declares what the gateway relays to its client (input_required, answered by
+        // the client of the call); nothing else declares anything
+        let declared = if c["method"] == "tools/call" { json!({ "sampling": {}, "elicitation": {}, "roots": {} }) } else { json!({}) };
+        assert_eq!(meta["io.modelcontextprotocol/clientCapabilities"], declared, "{c}");
     }
     let seen = w.modern.seen.lock().unwrap().clone();
     assert!(seen.iter().all(|h| h.get("mcp-session-id").is_none()));
@@ -276,7 +279,7 @@ async fn list_changes_reach_a_2026_client_on_its_subscription_only_as_it_opted_i
     let url = format!("{}/mcp", w.gw.url);
     // the client lists its tools, then listens for changes of them
     let list = stateless(&url, ALICE, &request(76, "tools/list", json!({})), &[]).await.json();
-    assert_eq!(names(&list).len(), 4);
+    assert_eq!(names(&list).len(), 5);
     let listen = request(77, "subscriptions/listen", json!({ "notifications": { "toolsListChanged": true, "resourcesListChanged": false } }));
     let mut stream = open_listen(&url, ALICE, &listen).await;
     let (first, _) = events_within(&mut stream, 500).await;
@@ -309,4 +312,61 @@ async fn list_changes_reach_a_2026_client_on_its_subscription_only_as_it_opted_i
     let (_, ended) = events_within(&mut stream, 1000).await;
     assert!(ended, "the stream ends with the token");
     assert_eq!(w.gw.state.sessions.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2026_upstream_asks_a_2025_client_through_input_required_and_gets_its_answer() {
+    let w = world().await;
+    let url = format!("{}/mcp", w.gw.url);
+    let r = post(&url, ALICE, None, json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": { "elicitation": {} }, "clientInfo": { "name": "it", "version": "1" } } })).await;
+    let sid = r.session();
+    // the call's answer is an event stream: first the elicitation, later the result
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::post(&url)
+        .header("authorization", format!("Bearer {ALICE}"))
+        .header("mcp-session-id", &sid)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Full::new(bytes::Bytes::from(call(1, "new__ask", json!({})).to_string())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut body = resp.into_body();
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                let _ = tx.send(String::from_utf8_lossy(&data).into_owned());
+            }
+        }
+    });
+    let (asked, _) = events_within(&mut rx, 1000).await;
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!((asked[0]["method"].as_str(), asked[0]["params"]["message"].as_str()), (Some("elicitation/create"), Some("your name?")));
+    let answer = json!({ "jsonrpc": "2.0", "id": asked[0]["id"], "result": { "action": "accept", "content": { "name": "alice" } } });
+    assert_eq!(post(&url, ALICE, Some(&sid), answer).await.status, StatusCode::ACCEPTED);
+    let (rest, ended) = events_within(&mut rx, 2000).await;
+    assert!(ended);
+    assert_eq!(text(&rest[0]), "hello alice", "{rest:?}");
+
+    // the upstream saw the call twice: first declaring what the client side relays, then the retry
+    let calls: Vec<Value> = w.modern.calls.lock().unwrap().iter().filter(|c| c["method"] == "tools/call").cloned().collect();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"], json!({ "sampling": {}, "elicitation": {}, "roots": {} }));
+    assert_eq!((calls[1]["params"]["requestState"].as_str(), calls[1]["params"]["inputResponses"]["q1"]["action"].as_str()), (Some("state-1"), Some("accept")));
+    // recorded like a handshake-era upstream's request
+    let recs = records(&w.gw).await;
+    let asks: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "server_request").collect();
+    assert_eq!(asks.len(), 2, "decision and outcome: {asks:?}");
+    assert_eq!((asks[0]["tool"].as_str(), asks[1]["outcome"].as_str()), (Some("elicitation/create"), Some("ok")));
+
+    // a stateless client cannot be asked: the call fails, the refusal is recorded
+    let r = stateless(&url, ALICE, &request(2, "tools/call", json!({ "name": "new__ask", "arguments": {} })), &[]).await.json();
+    assert_eq!(r["error"]["code"], -32601, "{r}");
+    let recs = records(&w.gw).await;
+    assert!(recs.iter().any(|r| r["kind"] == "server_request" && r["rule"] == "gatehouse:stateless-client"));
 }

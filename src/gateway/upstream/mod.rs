@@ -139,6 +139,9 @@ const STREAM_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "20
 /// The largest message (a JSON body, one SSE event, one stdio line) we read.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// Rounds of `input_required` answers one request to a 2026-07-28 upstream may take.
+const MAX_INPUT_ROUNDS: usize = 8;
+
 /// A list walk (`tools/list`, `resources/list`…) longer than this is an upstream bug (or a cursor
 /// loop).
 const MAX_TOOL_PAGES: usize = 100;
@@ -248,12 +251,80 @@ impl Upstream {
     ) -> Result<Value, UpstreamError> {
         let timeout = self.server.timeout;
         let call = async {
+            if self.rpc.is_modern() {
+                return self.request_rounds(method, params, progress, requests).await;
+            }
             let mut call = self.rpc.start_relaying(method, params, progress, requests)?;
             let result = self.channel.request(&mut call).await;
             call.disarm();
             result
         };
         tokio::time::timeout(timeout, call).await.unwrap_or(Err(UpstreamError::Timeout(timeout)))
+    }
+
+    /// A request to a 2026-07-28 upstream. A relaying request (a `tools/call` whose client may be
+    /// asked things) declares sampling, elicitation and roots; when the upstream answers
+    /// `input_required`, each of its `inputRequests` goes to `requests` like a handshake-era
+    /// upstream's request would (to the client of the call, recorded there), and the request is
+    /// sent again with the answers as `inputResponses` and the upstream's `requestState`, for at
+    /// most [`MAX_INPUT_ROUNDS`] rounds. Any other request must not be answered `input_required`.
+    async fn request_rounds(
+        &self,
+        method: &str,
+        params: Value,
+        progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
+        requests: Option<mpsc::UnboundedSender<ServerRequest>>,
+    ) -> Result<Value, UpstreamError> {
+        let mut params = params;
+        if requests.is_some() && params.is_object() {
+            params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({ "sampling": {}, "elicitation": {}, "roots": {} });
+        }
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let mut call = self.rpc.start_relaying(method, params.clone(), progress.clone(), None)?;
+            let result = self.channel.request(&mut call).await;
+            call.disarm();
+            let result = result?;
+            if result.get("resultType").and_then(Value::as_str) != Some(rpc::INPUT_REQUIRED) {
+                return Ok(result);
+            }
+            let Some(requests) = &requests else {
+                return Err(UpstreamError::Protocol(format!("{method} answered input_required, which it may not ask here")));
+            };
+            let asks = result.get("inputRequests").and_then(Value::as_object).cloned().unwrap_or_default();
+            let mut answers = serde_json::Map::new();
+            for (key, ask) in asks {
+                let ask_method = ask.get("method").and_then(Value::as_str).unwrap_or("");
+                if !rpc::RELAYED_REQUESTS.contains(&ask_method) {
+                    let shown: String = ask_method.chars().take(40).collect();
+                    return Err(UpstreamError::Protocol(format!("an input request {shown:?}, which gatehouse does not relay")));
+                }
+                let (reply, answer) = oneshot::channel();
+                let request = ServerRequest { method: ask_method.to_string(), params: ask.get("params").cloned().unwrap_or(json!({})), reply };
+                if requests.send(request).is_err() {
+                    return Err(UpstreamError::Unavailable("the call ended".into()));
+                }
+                match answer.await {
+                    Ok(Ok(v)) => {
+                        answers.insert(key, v);
+                    }
+                    // The client refused or failed: the call fails with its error.
+                    Ok(Err(e)) => {
+                        let code = e.get("code").and_then(Value::as_i64).unwrap_or(-32603);
+                        let message = e.get("message").and_then(Value::as_str).unwrap_or("the client refused an input request").to_string();
+                        return Err(UpstreamError::Rpc { code, message, data: None });
+                    }
+                    Err(_) => return Err(UpstreamError::Unavailable("the input request went unanswered".into())),
+                }
+            }
+            params["inputResponses"] = Value::Object(answers);
+            match result.get("requestState") {
+                Some(state) => params["requestState"] = state.clone(),
+                None => {
+                    params.as_object_mut().map(|p| p.remove("requestState"));
+                }
+            }
+        }
+        Err(UpstreamError::Protocol(format!("{method} still asked for input after {MAX_INPUT_ROUNDS} rounds")))
     }
 
     /// Sends a notification (no answer). Bounded by `server.timeout`.

@@ -158,8 +158,12 @@ impl Rpc {
             if !meta.is_object() {
                 *meta = Value::Object(Map::new());
             }
+            // Nothing of a client's reaches these params (the proxy builds them), so a key set
+            // already is the caller's own choice (the client capabilities of a relaying call).
             if let (Value::Object(meta), Value::Object(envelope)) = (meta, super::envelope()) {
-                meta.extend(envelope);
+                for (k, v) in envelope {
+                    meta.entry(k).or_insert(v);
+                }
             }
         }
         let message = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
@@ -449,13 +453,17 @@ pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
 
 /// A 2026-07-28 result as the rest of the gateway takes results: `resultType: complete` and the
 /// upstream's serverInfo stamp removed (each client side adds what its revision has). An
-/// `input_required` result is an error: we declare no client capabilities to such upstreams,
-/// so they must not ask, and a retry with answers could not be tied to the asking call anyway.
+/// `input_required` result is kept whole, for [`super::Upstream::request_relaying`] to answer;
+/// any other type is an error.
 fn modern_result(mut result: Value) -> Result<Value, UpstreamError> {
     if let Value::Object(m) = &mut result {
         match m.remove("resultType") {
             None => {}
             Some(Value::String(t)) if t == "complete" => {}
+            Some(Value::String(t)) if t == INPUT_REQUIRED => {
+                m.insert("resultType".into(), Value::String(t));
+                return Ok(result);
+            }
             Some(other) => {
                 let kind: String = other.as_str().unwrap_or("?").chars().take(40).collect();
                 return Err(UpstreamError::Protocol(format!("a result of type {kind:?}, which gatehouse does not relay")));
@@ -470,6 +478,9 @@ fn modern_result(mut result: Value) -> Result<Value, UpstreamError> {
     }
     Ok(result)
 }
+
+/// The `resultType` of a 2026-07-28 result that asks the client something first.
+pub(crate) const INPUT_REQUIRED: &str = "input_required";
 
 // === impl Call ===
 
