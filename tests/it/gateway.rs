@@ -218,7 +218,7 @@ async fn mock_handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<HeaderMap>>>, c
             return Ok(Response::builder().status(400).header("content-type", "application/json").body(Full::new(Bytes::from(e.to_string()))).unwrap());
         }
         let result = match msg["method"].as_str().unwrap_or("") {
-            "server/discover" => json!({ "resultType": "complete", "supportedVersions": ["2026-07-28"], "capabilities": { "tools": {} },
+            "server/discover" => json!({ "resultType": "complete", "supportedVersions": ["2026-07-28"], "capabilities": { "tools": {}, "logging": {} },
                                          "ttlMs": 0, "cacheScope": "public", "_meta": { "io.modelcontextprotocol/serverInfo": { "name": "modern-mock", "version": "1" } } }),
             "tools/list" => json!({ "resultType": "complete", "ttlMs": 0, "cacheScope": "public", "tools": [
                 { "name": "add", "description": "a+b", "inputSchema": { "type": "object" } },

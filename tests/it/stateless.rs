@@ -214,6 +214,14 @@ async fn the_gateway_speaks_2026_to_an_upstream_that_offers_it_and_initialize_to
     assert_eq!(call_headers.len(), 2);
     assert!(call_headers.iter().all(|h| h["mcp-name"] == "add" && h["mcp-protocol-version"] == MODERN && h.get("authorization").is_none()));
 
+    // logging/setLevel is not a 2026-07-28 method: the level rides every later request's _meta
+    let r = post(&url, ALICE, Some(&sid), json!({ "jsonrpc": "2.0", "id": 4, "method": "logging/setLevel", "params": { "level": "warning" } })).await.json();
+    assert_eq!(r["result"], json!({}), "{r}");
+    post(&url, ALICE, Some(&sid), call(5, "new__add", json!({ "a": 1, "b": 1 }))).await;
+    let calls = w.modern.calls.lock().unwrap().clone();
+    assert!(!calls.iter().any(|c| c["method"] == "logging/setLevel"), "{calls:?}");
+    assert_eq!(calls.last().unwrap()["params"]["_meta"]["io.modelcontextprotocol/logLevel"], "warning");
+
     // the handshake-era upstream was probed, then initialised
     let _ = post(&url, ALICE, Some(&sid), call(3, "mock__add", json!({ "a": 1, "b": 1 }))).await;
     let seen = w.upstream.seen.lock().unwrap().clone();

@@ -75,6 +75,8 @@ enum Listen {
     Ended(Duration),
     /// 404 or 400: the upstream forgot the session (restarted).
     SessionGone,
+    /// 2026-07-28: what the stream subscribes to changed; open the next one at once.
+    Restart,
 }
 
 // === impl Http ===
@@ -368,9 +370,8 @@ impl Inner {
     async fn listen_once(&self, session: &Session) -> Result<Listen, UpstreamError> {
         let modern = self.rpc.is_modern();
         let (method, body) = if modern {
-            let mut params = json!({ "notifications": { "toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true } });
-            params["_meta"] = super::envelope();
-            let message = json!({ "jsonrpc": "2.0", "id": "gatehouse-listen", "method": "subscriptions/listen", "params": params });
+            let params = super::listen_params(&self.rpc);
+            let message = json!({ "jsonrpc": "2.0", "id": super::LISTEN_ID, "method": "subscriptions/listen", "params": params });
             (Method::POST, Full::new(Bytes::from(message.to_string())))
         } else {
             (Method::GET, Full::default())
@@ -408,7 +409,13 @@ impl Inner {
         let mut body = resp.into_body();
         let mut parser = SseParser::new(MAX_MESSAGE_BYTES);
         let mut events = Vec::new();
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                // 2026-07-28: the subscribed URIs changed; a new stream carries the new set
+                _ = self.rpc.listen_changed.notified(), if modern => return Ok(Listen::Restart),
+            };
+            let Some(frame) = frame else { break };
             let Ok(frame) = frame else { break };
             let Ok(chunk) = frame.into_data() else { continue };
             parser.feed(&chunk, &mut events).map_err(UpstreamError::Protocol)?;
@@ -449,6 +456,7 @@ async fn listen(inner: Arc<Inner>) {
                 reinitialised = false;
             }
             Ok(Listen::Ended(_)) => reinitialised = false,
+            Ok(Listen::Restart) => continue,
             // A restarted upstream: open a new session at once (its tools may differ; the
             // handshake drops the cached list), rather than asking for the dead one's stream.
             // A server that refuses the GET of a brand-new session too just has no usable

@@ -276,6 +276,28 @@ impl Upstream {
         requests: Option<mpsc::UnboundedSender<ServerRequest>>,
     ) -> Result<Value, UpstreamError> {
         let mut params = params;
+        // What 2026-07-28 does differently from the requests the proxy makes of any upstream.
+        match method {
+            "logging/setLevel" => {
+                let level = params.get("level").and_then(Value::as_str).map(str::to_string);
+                *self.rpc.log_level.lock().unwrap_or_else(|e| e.into_inner()) = level;
+                return Ok(json!({}));
+            }
+            "resources/subscribe" | "resources/unsubscribe" => {
+                let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+                    return Err(UpstreamError::Protocol(format!("{method} without a uri")));
+                };
+                let changed = {
+                    let mut set = self.rpc.resource_subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+                    if method == "resources/subscribe" { set.insert(uri.to_string()) } else { set.remove(uri) }
+                };
+                if changed {
+                    self.relisten();
+                }
+                return Ok(json!({}));
+            }
+            _ => {}
+        }
         if requests.is_some() && params.is_object() {
             params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({ "sampling": {}, "elicitation": {}, "roots": {} });
         }
@@ -283,7 +305,14 @@ impl Upstream {
             let mut call = self.rpc.start_relaying(method, params.clone(), progress.clone(), None)?;
             let result = self.channel.request(&mut call).await;
             call.disarm();
-            let result = result?;
+            let result = match result {
+                // 2026-07-28 spells "resource not found" -32602; the proxy takes the handshake
+                // era's -32002 (and gives a 2026-07-28 client -32602 again).
+                Err(UpstreamError::Rpc { code: -32602, message, data }) if method == "resources/read" && data.as_ref().is_some_and(|d| d.get("uri").is_some()) => {
+                    return Err(UpstreamError::Rpc { code: -32002, message, data });
+                }
+                other => other?,
+            };
             if result.get("resultType").and_then(Value::as_str) != Some(rpc::INPUT_REQUIRED) {
                 return Ok(result);
             }
@@ -401,6 +430,18 @@ impl Upstream {
         self.rpc.subscribe()
     }
 
+    /// A 2026-07-28 session's subscribed URIs changed: its `subscriptions/listen` is replaced.
+    fn relisten(&self) {
+        match &self.channel {
+            Channel::Stdio(_) => {
+                self.rpc.send(json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": LISTEN_ID } }));
+                listen_stdio(&self.rpc);
+            }
+            // the listen task re-opens its stream with the new set
+            _ => self.rpc.listen_changed.notify_one(),
+        }
+    }
+
     /// The session has ended: every request fails. An HTTP session is never closed by a
     /// failed request (the next one re-initialises), only by [`Upstream::shutdown`].
     pub fn is_closed(&self) -> bool {
@@ -510,12 +551,25 @@ pub(crate) fn envelope() -> Value {
     })
 }
 
-/// On a 2026-07-28 stdio session, opt in to list changes: a `subscriptions/listen` whose answer
-/// (only when the server ends it) goes to no one; its notifications are dispatched like any.
+/// On a 2026-07-28 stdio session, opt in to list changes and the subscribed resources' updates:
+/// a `subscriptions/listen` whose answer (only when the server ends it) goes to no one; its
+/// notifications are dispatched like any. Sent again (the previous one cancelled) when the
+/// subscribed URIs change.
 fn listen_stdio(rpc: &Rpc) {
-    let mut params = json!({ "notifications": { "toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true } });
-    params["_meta"] = envelope();
-    rpc.send(json!({ "jsonrpc": "2.0", "id": "gatehouse-listen", "method": "subscriptions/listen", "params": params }));
+    rpc.send(json!({ "jsonrpc": "2.0", "id": LISTEN_ID, "method": "subscriptions/listen", "params": listen_params(rpc) }));
+}
+
+/// The id of our `subscriptions/listen` requests: theirs to end, never a waiter's.
+pub(crate) const LISTEN_ID: &str = "gatehouse-listen";
+
+/// The params of our `subscriptions/listen`: every list change, and the subscribed URIs.
+pub(crate) fn listen_params(rpc: &Rpc) -> Value {
+    let mut notifications = json!({ "toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true });
+    let uris: Vec<String> = rpc.resource_subscriptions.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+    if !uris.is_empty() {
+        notifications["resourceSubscriptions"] = json!(uris);
+    }
+    json!({ "notifications": notifications, "_meta": envelope() })
 }
 
 /// Our `initialize` params: sampling, elicitation and roots, which are relayed to the client of

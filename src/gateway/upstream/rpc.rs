@@ -49,6 +49,12 @@ pub(crate) struct Rpc {
     /// The session speaks 2026-07-28 (set once, by the connect that found it offered): every
     /// request carries our `_meta` envelope, and results lose the revision's `resultType`.
     modern: AtomicBool,
+    /// 2026-07-28: what `logging/setLevel` and `resources/(un)subscribe` became. The log level
+    /// goes in every request's `_meta`; the URIs in the `subscriptions/listen` of the session,
+    /// re-opened (`listen_changed`) when they change.
+    pub(crate) log_level: Mutex<Option<String>>,
+    pub(crate) resource_subscriptions: Mutex<std::collections::BTreeSet<String>>,
+    pub(crate) listen_changed: tokio::sync::Notify,
 }
 
 struct State {
@@ -105,6 +111,9 @@ impl Rpc {
             tools: Mutex::new(ToolsCache::default()),
             secrets,
             modern: AtomicBool::new(false),
+            log_level: Mutex::new(None),
+            resource_subscriptions: Mutex::new(Default::default()),
+            listen_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -163,6 +172,9 @@ impl Rpc {
             if let (Value::Object(meta), Value::Object(envelope)) = (meta, super::envelope()) {
                 for (k, v) in envelope {
                     meta.entry(k).or_insert(v);
+                }
+                if let Some(level) = self.log_level.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                    meta.insert("io.modelcontextprotocol/logLevel".into(), Value::String(level));
                 }
             }
         }
