@@ -716,6 +716,10 @@ check "py-sdk rules-style rule allows convert_time to an approved zone" --has "A
   -- "${PY[@]}" "${OPS[@]}" --call time__convert_time --args '{"source_timezone":"UTC","time":"12:00","target_timezone":"Asia/Tokyo"}'
 check "py-sdk nonexistent time tool is Unknown tool" --has "Unknown tool: time__nope" \
   -- "${PY[@]}" "${OPS[@]}" --expect-error --call time__nope
+drain   # the connections above are open now
+jcheck "/status: the gateway speaks 2026-07-28 to mcp-server-time (it offers it), 2025-11-25 to server-everything" \
+  "$(curl -sS --max-time 10 "$ADMIN/status")" \
+  "{x['name']: x['protocols'] for x in j['servers']}.get('time') == ['2026-07-28'] and {x['name']: x['protocols'] for x in j['servers']}.get('everything') == ['2025-11-25']"
 
 section "/mcp/<server> endpoints, Python SDK"
 check "py-sdk /mcp/files lists unprefixed names" --has "  - read_text_file  " --lacks "files__" --lacks "move_file" \
@@ -995,7 +999,7 @@ inspector_suite "inspector 1.x" 0 "Unknown tool: everything__no-such-tool" "" --
 if [ ${#INSP2[@]} -gt 0 ]; then
   section "MCP Inspector CLI $("$PEERS_NODE22" -e "console.log(require('$PEERS_DIR/inspector2/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $("$PEERS_NODE22" --version))"
   inspector_suite "inspector 2.x" 5 "Tool 'everything__no-such-tool' not found" "--stored-auth-only" -- "${INSP2[@]}"
-  check "inspector 2.x --protocol-era auto (server/discover probe, falls back to initialize)" --has "sum of 6 and 7 is 13" \
+  check "inspector 2.x --protocol-era auto (server/discover, then 2026-07-28 without a session)" --has "sum of 6 and 7 is 13" \
     -- "${INSP2[@]}" "$GW/mcp" --transport http --header "Authorization: Bearer $OPS_TOKEN" --protocol-era auto \
     --method tools/call --tool-name everything__get-sum --tool-arg a=6 b=7
 else
