@@ -434,7 +434,9 @@ impl Upstream {
     fn relisten(&self) {
         match &self.channel {
             Channel::Stdio(_) => {
-                self.rpc.send(json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": LISTEN_ID } }));
+                let n = self.rpc.listen_seq.load(std::sync::atomic::Ordering::Relaxed);
+                let previous = format!("{LISTEN_ID}-{n}");
+                self.rpc.send(json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": previous } }));
                 listen_stdio(&self.rpc);
             }
             // the listen task re-opens its stream with the new set
@@ -556,7 +558,8 @@ pub(crate) fn envelope() -> Value {
 /// notifications are dispatched like any. Sent again (the previous one cancelled) when the
 /// subscribed URIs change.
 fn listen_stdio(rpc: &Rpc) {
-    rpc.send(json!({ "jsonrpc": "2.0", "id": LISTEN_ID, "method": "subscriptions/listen", "params": listen_params(rpc) }));
+    let n = rpc.listen_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    rpc.send(json!({ "jsonrpc": "2.0", "id": format!("{LISTEN_ID}-{n}"), "method": "subscriptions/listen", "params": listen_params(rpc) }));
 }
 
 /// The id of our `subscriptions/listen` requests: theirs to end, never a waiter's.

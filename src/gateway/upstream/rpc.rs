@@ -55,6 +55,8 @@ pub(crate) struct Rpc {
     pub(crate) log_level: Mutex<Option<String>>,
     pub(crate) resource_subscriptions: Mutex<std::collections::BTreeSet<String>>,
     pub(crate) listen_changed: tokio::sync::Notify,
+    /// stdio: the number of our current `subscriptions/listen` (each one gets an id of its own).
+    pub(crate) listen_seq: AtomicU64,
 }
 
 struct State {
@@ -114,6 +116,7 @@ impl Rpc {
             log_level: Mutex::new(None),
             resource_subscriptions: Mutex::new(Default::default()),
             listen_changed: tokio::sync::Notify::new(),
+            listen_seq: AtomicU64::new(0),
         }
     }
 
