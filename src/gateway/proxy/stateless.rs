@@ -82,6 +82,11 @@ fn supported() -> Vec<&'static str> {
     v
 }
 
+/// What an error message quotes of client input: at most 40 characters.
+fn short(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
 }
@@ -108,18 +113,18 @@ pub(super) async fn handle(cx: &Ctx, headers: &HeaderMap, m: Message) -> Respons
     };
     match header(headers, VERSION_HEADER) {
         Some(h) if h == version => {}
-        Some(h) => return bad(HEADER_MISMATCH, format!("Header mismatch: MCP-Protocol-Version {h:?} is not the body's {version:?}"), None),
+        Some(h) => return bad(HEADER_MISMATCH, format!("Header mismatch: MCP-Protocol-Version {:?} is not the body's {:?}", short(h), short(version)), None),
         None => return bad(HEADER_MISMATCH, "Header mismatch: MCP-Protocol-Version header missing".into(), None),
     }
     if version != MODERN {
         // A handshake-era version without a session, or one we do not speak: the client picks
         // another from `supported` (a handshake-era one means initialize).
-        let data = json!({ "supported": supported(), "requested": version });
-        return bad(UNSUPPORTED_VERSION, format!("Unsupported protocol version: {}", version.chars().take(40).collect::<String>()), Some(data));
+        let data = json!({ "supported": supported(), "requested": short(version) });
+        return bad(UNSUPPORTED_VERSION, format!("Unsupported protocol version: {}", short(version)), Some(data));
     }
     match header(headers, METHOD_HEADER) {
         Some(h) if h == method => {}
-        Some(h) => return bad(HEADER_MISMATCH, format!("Header mismatch: Mcp-Method {h:?} is not the body's method"), None),
+        Some(h) => return bad(HEADER_MISMATCH, format!("Header mismatch: Mcp-Method {:?} is not the body's method", short(h)), None),
         None => return bad(HEADER_MISMATCH, "Header mismatch: Mcp-Method header missing".into(), None),
     }
     let name_key = match method.as_str() {
@@ -137,7 +142,7 @@ pub(super) async fn handle(cx: &Ctx, headers: &HeaderMap, m: Message) -> Respons
         }
     }
     if !METHODS.contains(&method.as_str()) {
-        let e = jsonrpc::error(id, METHOD_NOT_FOUND, format!("method not found: {}", method.chars().take(64).collect::<String>()));
+        let e = jsonrpc::error(id, METHOD_NOT_FOUND, format!("method not found: {}", short(&method)));
         return json_response(StatusCode::NOT_FOUND, &e);
     }
     if method == "server/discover" {
