@@ -494,7 +494,8 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         && stateless::is_stateless(&headers, m)
     {
         let Batch::One(m) = messages else { unreachable!("matched above") };
-        return stateless::handle(cx, &headers, m).await;
+        // Boxed: its state stays out of every session request's future.
+        return Box::pin(stateless::handle(cx, &headers, m)).await;
     }
     let Some(session_id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, "missing Mcp-Session-Id header: send initialize first");

@@ -252,7 +252,8 @@ impl Upstream {
         let timeout = self.server.timeout;
         let call = async {
             if self.rpc.is_modern() {
-                return self.request_rounds(method, params, progress, requests).await;
+                // Boxed: its state stays out of every handshake-era request's future.
+                return Box::pin(self.request_rounds(method, params, progress, requests)).await;
             }
             let mut call = self.rpc.start_relaying(method, params, progress, requests)?;
             let result = self.channel.request(&mut call).await;
