@@ -49,6 +49,7 @@
 //! | `LOAD_ENFORCE` | 0 | 1: exit 3 when a target is missed |
 //! | `LOAD_AUDIT` | 1 | 0: the gateway without its audit log (a reference, not how it runs) |
 //! | `LOAD_DATABASE` | unset | `postgres://…`: also measure a second gateway whose state database is this PostgreSQL database (audit on), and report its calls/s and added p50 against the SQLite gateway's, measured in the same run |
+//! | `LOAD_PROTOCOL` | 2025-11-25 | `2026-07-28`: gateway clients send stateless requests (no `initialize`, no session; the `_meta` envelope and the `Mcp-*` headers on every call); the direct path is unchanged |
 //!
 //! **The fsync floor.** Before the load, the bench measures on the same file system the cost of
 //! the least a durable write-ahead record needs: a small write into a preallocated file plus
@@ -240,6 +241,9 @@ fn main() {
         s.arg_bytes.max(TEXT.len()),
         if s.log { "on (info, to a sink)" } else { "off" },
     );
+    if stateless() {
+        println!("gateway clients: protocol 2026-07-28, stateless (no session; the envelope and Mcp-* headers on every call)");
+    }
     if cores <= 2 {
         println!(
             "note: only {cores} cores, shared by the three parts: the gateway path runs twice the HTTP work \
@@ -511,11 +515,18 @@ struct Target {
     tool: &'static str,
 }
 
-/// One client: one hyper client (one keep-alive connection, calls in sequence) in one session.
+/// One client: one hyper client (one keep-alive connection, calls in sequence) in one session
+/// (none: a 2026-07-28 client of the gateway, `LOAD_PROTOCOL`).
 struct Caller {
     http: HttpClient,
     target: Arc<Target>,
-    session: HeaderValue,
+    session: Option<HeaderValue>,
+}
+
+/// `LOAD_PROTOCOL=2026-07-28`: the gateway's clients are stateless.
+fn stateless() -> bool {
+    static S: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *S.get_or_init(|| std::env::var("LOAD_PROTOCOL").is_ok_and(|v| v == "2026-07-28"))
 }
 
 #[derive(Default)]
@@ -672,6 +683,10 @@ async fn open_callers(n: usize, target: &Arc<Target>) -> Vec<Arc<Caller>> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1).build(connector);
+        if stateless() && target.bearer.is_some() {
+            callers.push(Arc::new(Caller { http, target: target.clone(), session: None }));
+            continue;
+        }
         let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": { "name": "proxy_load", "version": "1" } } });
         let resp = http.request(request(target, None, init.to_string())).await.expect("initialize");
@@ -682,7 +697,7 @@ async fn open_callers(n: usize, target: &Arc<Target>) -> Vec<Arc<Caller>> {
         let resp = http.request(request(target, Some(&session), note)).await.expect("notifications/initialized");
         assert_eq!(resp.status(), StatusCode::ACCEPTED, "notifications/initialized at {}", target.uri);
         let _ = resp.into_body().collect().await;
-        callers.push(Arc::new(Caller { http, target: target.clone(), session }));
+        callers.push(Arc::new(Caller { http, target: target.clone(), session: Some(session) }));
     }
     callers
 }
@@ -703,6 +718,9 @@ fn request(target: &Target, session: Option<&HeaderValue>, body: String) -> Requ
     }
     req
 }
+
+/// The `_meta` envelope of a 2026-07-28 call.
+const ENVELOPE: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"proxy_load","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}"#;
 
 /// Every caller calls in a loop until `dur` has passed; the latencies of all calls that
 /// succeeded, and the wall time until the last one finished.
@@ -773,11 +791,18 @@ fn cpu_by_part() -> [u64; 4] {
 
 /// One `tools/call`; its latency in nanoseconds if it was a successful echo.
 async fn call(c: &Caller, id: u64, payload: &Payload) -> Result<u64, String> {
+    let envelope = if c.session.is_none() { format!(",{ENVELOPE}") } else { String::new() };
     let body = format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{}","arguments":{}}}}}"#,
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{}","arguments":{}{envelope}}}}}"#,
         c.target.tool, payload.args
     );
-    let req = request(&c.target, Some(&c.session), body);
+    let mut req = request(&c.target, c.session.as_ref(), body);
+    if c.session.is_none() {
+        let h = req.headers_mut();
+        h.insert("mcp-protocol-version", HeaderValue::from_static("2026-07-28"));
+        h.insert("mcp-method", HeaderValue::from_static("tools/call"));
+        h.insert("mcp-name", HeaderValue::from_static(c.target.tool));
+    }
     let t0 = Instant::now();
     let resp = c.http.request(req).await.map_err(|e| format!("request failed: {e}"))?;
     let status = resp.status();

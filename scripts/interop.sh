@@ -637,8 +637,23 @@ check "py-sdk narrow grant: an ungranted tool is Unknown tool" --has "Unknown to
   -- "${PY[@]}" "${AGENT[@]}" --expect-error --call everything__get-tiny-image
 check "py-sdk narrow grant: allowed call" --has "sum of 2 and 3 is 5" \
   -- "${PY[@]}" "${AGENT[@]}" --call everything__get-sum --args '{"a":2,"b":3}'
-check "py-sdk --mode auto (server/discover probe, falls back to initialize)" --has "sum of 4 and 4 is 8" \
+check "py-sdk --mode auto: server/discover offers 2026-07-28, spoken natively (no session)" \
+  --has "protocolVersion=2026-07-28" --has "sum of 4 and 4 is 8" \
   -- "${PY[@]}" "${OPS[@]}" --mode auto --call everything__get-sum --args '{"a":4,"b":4}'
+check "py-sdk --mode 2026-07-28: tools/list filtered as for a session" \
+  --has "protocolVersion=2026-07-28" --has "  - everything__echo  " --has "  - everything__get-sum  " --lacks "everything__get-env" \
+  -- "${PY[@]}" "${OPS[@]}" --mode 2026-07-28
+check "py-sdk --mode 2026-07-28 narrow grant: only granted tools, allowed call" \
+  --has "protocolVersion=2026-07-28" --has "sum of 5 and 6 is 11" --lacks "everything__get-tiny-image" --lacks "files__write_file" \
+  -- "${PY[@]}" "${AGENT[@]}" --mode 2026-07-28 --call everything__get-sum --args '{"a":5,"b":6}'
+check "py-sdk --mode 2026-07-28 deny_if is an isError denial with the rule id" \
+  --has "protocolVersion=2026-07-28" --has "isError=True" --has "$DENIED" --has "policies/everything-baseline.yaml#/tools/echo/deny_if/" --lacks "Echo:" \
+  -- "${PY[@]}" "${OPS[@]}" --mode 2026-07-28 --expect-error --call everything__echo --args '{"message":"my password is swordfish"}'
+check "py-sdk --mode 2026-07-28 ungranted tool is Unknown tool" --has "protocolVersion=2026-07-28" --has "Unknown tool: everything__get-tiny-image" \
+  -- "${PY[@]}" "${AGENT[@]}" --mode 2026-07-28 --expect-error --call everything__get-tiny-image
+check "py-sdk --mode 2026-07-28 on /mcp/time (a stdio upstream that speaks 2026-07-28 too)" \
+  --has "protocolVersion=2026-07-28" --has '"timezone": "UTC"' --lacks "time__" \
+  -- "${PY[@]}" --url "$GW/mcp/time" --token "$AGENT_TOKEN" --mode 2026-07-28 --call get_current_time --args '{"timezone":"UTC"}'
 
 section "legacy SSE upstream (server-everything), Python SDK"
 check "py-sdk tools/list: everything-sse__* listed, hidden get-env absent" \
@@ -701,6 +716,10 @@ check "py-sdk rules-style rule allows convert_time to an approved zone" --has "A
   -- "${PY[@]}" "${OPS[@]}" --call time__convert_time --args '{"source_timezone":"UTC","time":"12:00","target_timezone":"Asia/Tokyo"}'
 check "py-sdk nonexistent time tool is Unknown tool" --has "Unknown tool: time__nope" \
   -- "${PY[@]}" "${OPS[@]}" --expect-error --call time__nope
+drain   # the connections above are open now
+jcheck "/status: the gateway speaks 2026-07-28 to mcp-server-time (it offers it), 2025-11-25 to server-everything" \
+  "$(curl -sS --max-time 10 "$ADMIN/status")" \
+  "{x['name']: x['protocols'] for x in j['servers']}.get('time') == ['2026-07-28'] and {x['name']: x['protocols'] for x in j['servers']}.get('everything') == ['2025-11-25']"
 
 section "/mcp/<server> endpoints, Python SDK"
 check "py-sdk /mcp/files lists unprefixed names" --has "  - read_text_file  " --lacks "files__" --lacks "move_file" \
@@ -980,7 +999,7 @@ inspector_suite "inspector 1.x" 0 "Unknown tool: everything__no-such-tool" "" --
 if [ ${#INSP2[@]} -gt 0 ]; then
   section "MCP Inspector CLI $("$PEERS_NODE22" -e "console.log(require('$PEERS_DIR/inspector2/node_modules/@modelcontextprotocol/inspector/package.json').version)" 2>/dev/null) (Node $("$PEERS_NODE22" --version))"
   inspector_suite "inspector 2.x" 5 "Tool 'everything__no-such-tool' not found" "--stored-auth-only" -- "${INSP2[@]}"
-  check "inspector 2.x --protocol-era auto (server/discover probe, falls back to initialize)" --has "sum of 6 and 7 is 13" \
+  check "inspector 2.x --protocol-era auto (server/discover, then 2026-07-28 without a session)" --has "sum of 6 and 7 is 13" \
     -- "${INSP2[@]}" "$GW/mcp" --transport http --header "Authorization: Bearer $OPS_TOKEN" --protocol-era auto \
     --method tools/call --tool-name everything__get-sum --tool-arg a=6 b=7
 else

@@ -294,6 +294,7 @@ fn ad_hoc(transport: Transport, timeout: Duration) -> Arc<Server> {
         supplier: None,
         tools: BTreeMap::new(),
         pin_required: false,
+        handshake_only: false,
     })
 }
 

@@ -77,6 +77,10 @@ pub struct Server {
     pub tools: BTreeMap<String, ToolInfo>,
     /// `pin: required`: a tool the upstream offers without a `sha256` pin here is quarantined.
     pub pin_required: bool,
+    /// `protocol: handshake`: never probe `server/discover`; always `initialize` (2025-11-25 and
+    /// earlier), for an upstream whose tools ask the client things or whose resources are
+    /// subscribed to (what 2026-07-28 does differently).
+    pub handshake_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

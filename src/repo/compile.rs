@@ -554,6 +554,14 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
             false
         }
     };
+    let handshake_only = match raw.protocol.as_deref() {
+        None | Some("auto") => false,
+        Some("handshake") => true,
+        Some(other) => {
+            doc.value_error(d, "/protocol", format!("invalid protocol {other:?}: expected auto or handshake"));
+            false
+        }
+    };
     if d.errors().count() > before {
         return None;
     }
@@ -579,6 +587,7 @@ fn compile_server(doc: &Doc, refs: &Refs, d: &mut Diagnostics) -> Option<Server>
         supplier,
         tools,
         pin_required,
+        handshake_only,
     })
 }
 

@@ -80,6 +80,8 @@ pub struct Server {
     pub supplier: Option<Supplier>,
     /// `required` | `optional` (default).
     pub pin: Option<String>,
+    /// `auto` (default) | `handshake`.
+    pub protocol: Option<String>,
     pub tools: Option<BTreeMap<String, ToolClass>>,
 }
 

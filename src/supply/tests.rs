@@ -17,6 +17,7 @@ fn server(name: &str, pins: &[(&str, &str)], pin_required: bool) -> Server {
         supplier: None,
         tools: pins.iter().map(|(t, h)| (t.to_string(), ToolInfo { category: None, sha256: (!h.is_empty()).then(|| h.to_string()) })).collect(),
         pin_required,
+        handshake_only: false,
     }
 }
 

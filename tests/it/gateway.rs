@@ -171,6 +171,16 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub async fn start() -> MockUpstream {
+        MockUpstream::serve(false).await
+    }
+
+    /// An upstream that speaks only 2026-07-28: `server/discover`, every request with the
+    /// `_meta` envelope (else -32020), no session, `initialize` refused.
+    pub async fn start_modern() -> MockUpstream {
+        MockUpstream::serve(true).await
+    }
+
+    async fn serve(modern: bool) -> MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -181,7 +191,7 @@ impl MockUpstream {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let (s, c) = (s.clone(), c.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| mock_handle(req, s.clone(), c.clone()));
+                    let svc = hyper::service::service_fn(move |req| mock_handle(req, s.clone(), c.clone(), modern));
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
@@ -190,7 +200,7 @@ impl MockUpstream {
     }
 }
 
-async fn mock_handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<HeaderMap>>>, calls: Arc<Mutex<Vec<Value>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn mock_handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<HeaderMap>>>, calls: Arc<Mutex<Vec<Value>>>, modern: bool) -> Result<Response<Full<Bytes>>, Infallible> {
     let headers = req.headers().clone();
     seen.lock().unwrap().push(headers.clone());
     let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -198,6 +208,41 @@ async fn mock_handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<HeaderMap>>>, c
     let Some(id) = msg.get("id").cloned() else {
         return Ok(Response::builder().status(202).body(Full::new(Bytes::new())).unwrap());
     };
+    if modern {
+        calls.lock().unwrap().push(json!({ "method": msg["method"], "params": msg["params"] }));
+        let meta = &msg["params"]["_meta"];
+        let version = meta["io.modelcontextprotocol/protocolVersion"].as_str();
+        let header = headers.get("mcp-protocol-version").and_then(|v| v.to_str().ok());
+        if version != Some("2026-07-28") || header != version || !meta["io.modelcontextprotocol/clientCapabilities"].is_object() {
+            let e = json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32020, "message": "Header mismatch" } });
+            return Ok(Response::builder().status(400).header("content-type", "application/json").body(Full::new(Bytes::from(e.to_string()))).unwrap());
+        }
+        let result = match msg["method"].as_str().unwrap_or("") {
+            "server/discover" => json!({ "resultType": "complete", "supportedVersions": ["2026-07-28"], "capabilities": { "tools": {}, "logging": {} },
+                                         "ttlMs": 0, "cacheScope": "public", "_meta": { "io.modelcontextprotocol/serverInfo": { "name": "modern-mock", "version": "1" } } }),
+            "tools/list" => json!({ "resultType": "complete", "ttlMs": 0, "cacheScope": "public", "tools": [
+                { "name": "add", "description": "a+b", "inputSchema": { "type": "object" } },
+                { "name": "ask", "description": "asks the client", "inputSchema": { "type": "object" } } ] }),
+            // `ask` asks the client its name first (2026-07-28: input_required, then the retry)
+            "tools/call" if msg["params"]["name"] == "ask" => match msg["params"].get("inputResponses") {
+                None => json!({ "resultType": "input_required", "requestState": "state-1", "inputRequests": { "q1": {
+                    "method": "elicitation/create", "params": { "message": "your name?", "requestedSchema": { "type": "object", "properties": { "name": { "type": "string" } } } } } } }),
+                Some(answers) if msg["params"]["requestState"] == "state-1" => {
+                    json!({ "resultType": "complete", "content": [ { "type": "text", "text": format!("hello {}", answers["q1"]["content"]["name"].as_str().unwrap_or("?")) } ] })
+                }
+                Some(_) => json!({ "resultType": "complete", "content": [ { "type": "text", "text": "lost state" } ], "isError": true }),
+            },
+            "tools/call" => {
+                let a = &msg["params"]["arguments"];
+                json!({ "resultType": "complete", "content": [ { "type": "text", "text": (a["a"].as_i64().unwrap_or(0) + a["b"].as_i64().unwrap_or(0)).to_string() } ] })
+            }
+            m => {
+                let e = json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32601, "message": format!("no {m}") } });
+                return Ok(Response::builder().status(404).header("content-type", "application/json").body(Full::new(Bytes::from(e.to_string()))).unwrap());
+            }
+        };
+        return Ok(json_resp(json!({ "jsonrpc": "2.0", "id": id, "result": result })));
+    }
     let result = match msg["method"].as_str().unwrap_or("") {
         "initialize" => json!({ "protocolVersion": msg["params"]["protocolVersion"], "capabilities": { "tools": {} },
                                 "serverInfo": { "name": "mock", "version": "1" } }),

@@ -20,6 +20,7 @@ mod signed;
 mod services_redis;
 mod shared_quotas;
 mod sso;
+mod stateless;
 mod rmcp_peer;
 mod proxy;
 mod support;

@@ -205,9 +205,10 @@ async fn bad_input_is_refused_with_a_clear_error() {
     let r = send("POST", &url, Some(ALICE), Some(&new), &json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" }).to_string(), &[("mcp-protocol-version", "1999-01-01")]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
+    // server/discover without its protocol version in _meta: the headers cannot match the body
     let r = post(&url, ALICE, None, json!({ "jsonrpc": "2.0", "id": 9, "method": "server/discover", "params": {} })).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert_eq!((r.json()["id"].as_i64(), r.json()["error"]["code"].as_i64()), (Some(9), Some(-32000)));
+    assert_eq!((r.json()["id"].as_i64(), r.json()["error"]["code"].as_i64()), (Some(9), Some(-32020)));
 
     let r = post(&url, ALICE, Some(&new), json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "mock__add", "arguments": [1] } })).await;
     assert_eq!(r.json()["error"]["code"], -32602);

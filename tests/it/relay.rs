@@ -254,8 +254,11 @@ async fn upstream(up: Everything) -> String {
     crate::rmcp_peer::serve(service, http::StatusCode::NOT_FOUND).await
 }
 
+/// `protocol: handshake`: these tests are about what the gateway relays over handshake-era
+/// upstream sessions (subscriptions, log levels, the upstream's requests to the client), which
+/// rmcp, offering 2026-07-28 too, would otherwise not be asked for.
 fn server_file(name: &str, url: &str) -> String {
-    format!("name: {name}\ntransport: streamable-http\nurl: {url}\ntimeout: 5s\nsupplier: {{ operated_by: internal }}\n")
+    format!("name: {name}\ntransport: streamable-http\nurl: {url}\ntimeout: 5s\nprotocol: handshake\nsupplier: {{ operated_by: internal }}\n")
 }
 
 async fn world() -> World {
@@ -654,4 +657,52 @@ async fn a_request_goes_to_the_get_stream_without_a_call_stream_and_is_refused_t
     let recs = records(&w.gw).await;
     let refused: Vec<(&str, &str)> = recs.iter().filter(|r| r["kind"] == "server_request" && r["verdict"] == "deny").map(|r| (r["tool"].as_str().unwrap(), r["rule"].as_str().unwrap())).collect();
     assert_eq!(refused, [("sampling/createMessage", "gatehouse:client-capability"), ("roots/list", "gatehouse:no-client-stream")]);
+}
+
+/// A 2026-07-28 request (no session): the envelope in `_meta`, the headers mirroring the body.
+async fn stateless(url: &str, token: &str, id: i64, method: &str, mut params: Value) -> Value {
+    params["_meta"] = json!({ "io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {} });
+    let name = params.get("name").or_else(|| params.get("uri")).and_then(Value::as_str).map(str::to_string);
+    let mut headers = vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", method)];
+    if let Some(n) = &name {
+        headers.push(("mcp-name", n.as_str()));
+    }
+    let r = crate::gateway::send("POST", url, Some(token), None, &rpc(id, method, params).to_string(), &headers).await;
+    assert!(r.headers.get("mcp-session-id").is_none());
+    r.json()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stateless_client_sees_reads_and_gets_what_a_session_of_its_grant_would() {
+    let w = world().await;
+    let url = format!("{}/mcp", w.gw.url);
+    let list = stateless(&url, NARROW, 1, "resources/list", json!({})).await;
+    let uris: Vec<&str> = list["result"]["resources"].as_array().unwrap().iter().map(|r| r["uri"].as_str().unwrap()).collect();
+    assert_eq!(uris, [DOC1, DOC2], "the secret is not listed");
+    assert_eq!((list["result"]["resultType"].as_str(), list["result"]["cacheScope"].as_str()), (Some("complete"), Some("private")));
+    let read = stateless(&url, NARROW, 2, "resources/read", json!({ "uri": DOC1 })).await;
+    assert_eq!(read["result"]["contents"][0]["text"], "document 1", "{read}");
+    assert_eq!(read["result"]["ttlMs"], 0);
+    let denied = stateless(&url, NARROW, 3, "resources/read", json!({ "uri": SECRET })).await;
+    let missing = stateless(&url, NARROW, 4, "resources/read", json!({ "uri": "demo://resource/nowhere" })).await;
+    assert_eq!(denied["error"]["code"], -32602, "2026-07-28 spells not found -32602: {denied}");
+    assert_eq!(denied["error"]["message"], missing["error"]["message"], "a denied resource reads as a missing one");
+    let prompts = stateless(&url, NARROW, 5, "prompts/list", json!({})).await;
+    assert_eq!(prompts["result"]["prompts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect::<Vec<_>>(), ["everything__simple-prompt"]);
+    let got = stateless(&url, NARROW, 6, "prompts/get", json!({ "name": "everything__simple-prompt" })).await;
+    assert_eq!(got["result"]["messages"][0]["content"]["text"], "This is a simple prompt.");
+    let refused = stateless(&url, NARROW, 7, "prompts/get", json!({ "name": "everything__complex-prompt" })).await;
+    assert_eq!((refused["error"]["code"].as_i64(), refused["error"]["message"].as_str()), (Some(-32602), Some("Unknown prompt: everything__complex-prompt")));
+    assert!(!w.seen.lock().unwrap().reads.iter().any(|u| u.contains("secret")), "a refused read never reaches the upstream");
+
+    // recorded like a session's, each request under its own reference
+    let recs = records(&w.gw).await;
+    let kinds: Vec<(&str, &str, &str)> = recs.iter().map(|r| (r["kind"].as_str().unwrap(), r["verdict"].as_str().unwrap(), r["outcome"].as_str().unwrap())).collect();
+    assert_eq!(kinds, [
+        ("resource", "allow", "unknown"), ("resource", "allow", "ok"), ("resource", "deny", "denied"), ("resource", "deny", "denied"),
+        ("prompt", "allow", "unknown"), ("prompt", "allow", "ok"), ("prompt", "deny", "denied"),
+    ]);
+    assert_eq!(recs[0]["session"], recs[1]["session"]);
+    assert_ne!(recs[1]["session"], recs[2]["session"]);
+    assert!(recs.iter().all(|r| r["session"].as_str().unwrap().starts_with("req-")));
 }

@@ -29,7 +29,15 @@ const TOKEN: &str = "Bearer upstream-secret-0123456789";
 
 // --- helpers ---
 
+/// A server with `protocol: handshake`: these tests are about the handshake-era client (sessions,
+/// GET streams, re-initialisation); `protocol: auto` (2026-07-28 when offered) has its own.
 fn server(transport: Transport, timeout: Duration) -> Arc<Server> {
+    let mut s = auto_server(transport, timeout);
+    Arc::get_mut(&mut s).unwrap().handshake_only = true;
+    s
+}
+
+fn auto_server(transport: Transport, timeout: Duration) -> Arc<Server> {
     Arc::new(Server {
         name: "up".into(),
         file: "servers/up.yaml".into(),
@@ -41,6 +49,7 @@ fn server(transport: Transport, timeout: Duration) -> Arc<Server> {
         supplier: None,
         tools: BTreeMap::new(),
         pin_required: false,
+        handshake_only: false,
     })
 }
 
@@ -231,6 +240,29 @@ async fn rmcp_tools_list_changed_drops_the_cache() {
     let after = up.list_tools().await.unwrap();
     assert!(!Arc::ptr_eq(&before, &after), "listed again");
     assert_eq!(names(&before), names(&after));
+}
+
+#[tokio::test]
+async fn rmcp_offering_2026_is_spoken_to_statelessly() {
+    let peer = rmcp(true, StatusCode::NOT_FOUND).await;
+    let up = connect(auto_server(Transport::StreamableHttp { url: peer.url.clone() }, Duration::from_secs(5))).await.unwrap();
+    assert_eq!(up.protocol_version(), "2026-07-28", "rmcp 3.11 answers server/discover");
+    assert!(up.initialize_result()["capabilities"]["tools"].is_object());
+    let mut events = up.subscribe();
+    let before = up.list_tools().await.unwrap();
+    assert!(names(&before).contains(&"add"));
+    let r = up.request("tools/call", json!({"name": "add", "arguments": {"a": 2, "b": 40}}), None).await.unwrap();
+    assert_eq!(text(&r), "42");
+    assert!(r.get("resultType").is_none(), "results come in without the revision's resultType: {r}");
+    let r = up.request("tools/call", json!({"name": "whoami", "arguments": {}}), None).await.unwrap();
+    let seen: Value = serde_json::from_str(text(&r)).unwrap();
+    assert_eq!(seen, json!({"authorization": TOKEN, "protocol": "2026-07-28"}));
+    // list changes arrive over subscriptions/listen, in place of the GET stream
+    up.request("tools/call", json!({"name": "change", "arguments": {}}), None).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(3), events.recv()).await.expect("an event").unwrap();
+    assert_eq!(event, UpstreamEvent::ToolsListChanged);
+    assert!(!Arc::ptr_eq(&before, &up.list_tools().await.unwrap()), "listed again");
+    up.shutdown().await;
 }
 
 // --- stdio ---

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use super::relay;
+use super::{relay, stateless};
 use super::jsonrpc::{self, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, Message, PARSE_ERROR, SERVER_ERROR};
 use super::session::{Session, SignIn};
 use super::{Active, State};
@@ -56,10 +56,10 @@ pub(super) struct Ctx {
     /// Index of the caller's grant in `active.snapshot.grants`.
     grant: usize,
     /// sha256 of the caller's token (signed in: [`crate::gateway::auth::session_key`]).
-    token: [u8; 32],
+    pub(super) token: [u8; 32],
     /// The issuer of the caller's access token and the roles its groups name; `None` for a grant
     /// token.
-    sign_in: Option<SignIn>,
+    pub(super) sign_in: Option<SignIn>,
     /// The grant widened by the roles of the caller's groups, when they name any.
     effective: Option<Arc<Grant>>,
     /// `Some(server)` on `/mcp/<server>`.
@@ -203,7 +203,7 @@ fn status(state: &State) -> Value {
                     crate::policy::snapshot::Transport::Stdio { .. } => "stdio",
                 };
                 let u = upstreams.get(name).cloned().unwrap_or_default();
-                json!({ "name": name, "transport": transport, "connections": u.connections, "last_error": u.last_error })
+                json!({ "name": name, "transport": transport, "connections": u.connections, "protocols": u.protocols, "last_error": u.last_error })
             })
             .collect(),
     };
@@ -557,16 +557,19 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             Err(e) => return json_response(StatusCode::BAD_REQUEST, &e),
         },
     };
-    if let Batch::One(Message::Request { id, method, params }) = &messages {
-        match method.as_str() {
-            "initialize" => return initialize(cx, id.clone(), params),
-            // A 2026-07-28 client probes first; a plain error makes it fall back to initialize.
-            "server/discover" => {
-                let e = jsonrpc::error(id.clone(), SERVER_ERROR, "server/discover is not supported: use initialize");
-                return json_response(StatusCode::BAD_REQUEST, &e);
-            }
-            _ => {}
-        }
+    if let Batch::One(Message::Request { id, method, params }) = &messages
+        && method == "initialize"
+    {
+        return initialize(cx, id.clone(), params);
+    }
+    // 2026-07-28: no session; the request carries its version and the client's facts itself.
+    if let Batch::One(m) = &messages
+        && (headers.get(SESSION_HEADER).is_none() || matches!(m, Message::Request { method, .. } if method == "server/discover"))
+        && stateless::is_stateless(&headers, m)
+    {
+        let Batch::One(m) = messages else { unreachable!("matched above") };
+        // Boxed: its state stays out of every session request's future.
+        return Box::pin(stateless::handle(cx, &headers, m)).await;
     }
     let Some(session_id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return rpc_error(StatusCode::BAD_REQUEST, INVALID_REQUEST, "missing Mcp-Session-Id header: send initialize first");
@@ -587,7 +590,7 @@ async fn post(cx: &Ctx, req: Request<Incoming>) -> Response<Body> {
             let m = match m {
                 Message::Request { id, method, params } if accepts_sse && method == "tools/call" => {
                     let token = params.pointer("/_meta/progressToken").cloned();
-                    return call_streaming(cx.clone(), session, id, params, token).await;
+                    return call_streaming(cx.clone(), session, id, params, token, false).await;
                 }
                 m => m,
             };
@@ -679,8 +682,9 @@ fn initialize(cx: &Ctx, id: Value, params: &Value) -> Response<Body> {
     resp
 }
 
-/// Handles one message of a session; the reply for a request, None for anything else.
-async fn dispatch(cx: &Ctx, session: &Arc<Session>, m: Message) -> Option<Value> {
+/// Handles one message of a session (or of a stateless request's own session); the reply for a
+/// request, None for anything else.
+pub(super) async fn dispatch(cx: &Ctx, session: &Arc<Session>, m: Message) -> Option<Value> {
     match m {
         Message::Request { id, method, params } => Some(match method.as_str() {
             "ping" => jsonrpc::result(id, json!({})),
@@ -952,6 +956,8 @@ const CALL_IN_PROGRESS: &str = "gatehouse:call-in-progress";
 const NO_CLIENT_CAPABILITY: &str = "gatehouse:client-capability";
 /// Rule id of an upstream request with no stream to the client to carry it.
 const NO_CLIENT_STREAM: &str = "gatehouse:no-client-stream";
+/// Rule id of an upstream request during a stateless (2026-07-28) request of the client.
+const STATELESS_CLIENT: &str = "gatehouse:stateless-client";
 
 /// One request of the upstream to the client (sampling, elicitation, roots) made during a call
 /// of this session: recorded (kind `server_request`, the method as the name, its parameter
@@ -975,6 +981,13 @@ async fn relay_server_request(cx: &Ctx, session: &Arc<Session>, server: &str, re
         _ => "roots",
     };
     let refuse = |code: i64, message: String| json!({ "code": code, "message": message });
+    // A stateless request has nowhere to take a request to the client and bring the answer
+    // back (2026-07-28 clients answer with a new request, which may reach another replica).
+    if session.is_stateless() {
+        record.denied(STATELESS_CLIENT, "the call came as a stateless 2026-07-28 request, which cannot carry a request to the client").await;
+        let _ = reply.send(Err(refuse(METHOD_NOT_FOUND, format!("the client does not support {method}"))));
+        return;
+    }
     if !session.has_capability(capability) {
         record.denied(NO_CLIENT_CAPABILITY, &format!("the client did not declare the {capability} capability")).await;
         let _ = reply.send(Err(refuse(METHOD_NOT_FOUND, format!("the client does not support {method}"))));
@@ -1200,7 +1213,9 @@ pub(super) fn upstream_error(id: Value, server: &str, e: UpstreamError) -> Value
 /// happens, then the result. Without one it is plain JSON, unless the upstream asks the client
 /// something (sampling, elicitation, roots) before the result: then an event stream carrying
 /// those requests, then the result.
-async fn call_streaming(cx: Ctx, session: Arc<Session>, id: Value, params: Value, token: Option<Value>) -> Response<Body> {
+///
+/// `modern`: a stateless (2026-07-28) request, whose reply is shaped as that revision has it.
+pub(super) async fn call_streaming(cx: Ctx, session: Arc<Session>, id: Value, params: Value, token: Option<Value>, modern: bool) -> Response<Body> {
     let state = cx.state.clone();
     let streamed = token.is_some();
     // Everything for the client in order: progress, relayed requests, and last the reply (the
@@ -1218,7 +1233,10 @@ async fn call_streaming(cx: Ctx, session: Arc<Session>, id: Value, params: Value
         };
         let call = call_tool(&cx, &session, id, params, token.map(|token| (tx, token)), Some(out_tx.clone()));
         // The call ends by dropping its progress sender, which ends `forward`.
-        let (reply, ()) = tokio::join!(call, forward);
+        let (mut reply, ()) = tokio::join!(call, forward);
+        if modern {
+            stateless::shape(&mut reply, "tools/call");
+        }
         let _ = out_tx.send(reply);
     });
     let first = if streamed {
@@ -1242,13 +1260,13 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> i
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn sse_event(msg: &Value) -> Bytes {
+pub(super) fn sse_event(msg: &Value) -> Bytes {
     Bytes::from(format!("event: message\ndata: {msg}\n\n"))
 }
 
 /// A 200 response carrying `v`, unless it would be larger than `--max-response`: then a
 /// JSON-RPC error that names the limit (with the request's id when `v` is one reply).
-fn capped_response(state: &State, v: &Value) -> Response<Body> {
+pub(super) fn capped_response(state: &State, v: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(v).expect("a JSON value serializes");
     let max = state.config.max_response;
     if bytes.len() <= max {
@@ -1267,7 +1285,7 @@ fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).expect("a JSON value serializes"))).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -1285,7 +1303,7 @@ fn text(status: StatusCode, s: &str) -> Response<Body> {
     r
 }
 
-fn empty(status: StatusCode) -> Response<Body> {
+pub(super) fn empty(status: StatusCode) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()).boxed());
     *r.status_mut() = status;
     r

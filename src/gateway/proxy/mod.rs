@@ -10,6 +10,7 @@ pub mod jsonrpc;
 mod pool;
 mod relay;
 mod session;
+mod stateless;
 mod vetting;
 
 use std::collections::BTreeSet;

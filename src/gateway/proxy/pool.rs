@@ -26,6 +26,8 @@ pub struct Pool {
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ServerState {
     pub connections: usize,
+    /// The protocol versions its live connections speak (2026-07-28 when it offered that).
+    pub protocols: std::collections::BTreeSet<String>,
     pub last_error: Option<String>,
 }
 
@@ -89,7 +91,9 @@ impl Pool {
         let mut out: HashMap<String, ServerState> = HashMap::new();
         for ((_, server), u) in self.live.lock().expect("pool lock").iter() {
             if !u.is_closed() {
-                out.entry(server.clone()).or_default().connections += 1;
+                let state = out.entry(server.clone()).or_default();
+                state.connections += 1;
+                state.protocols.insert(u.protocol_version().to_string());
             }
         }
         for (server, e) in self.last_error.lock().expect("pool lock").iter() {

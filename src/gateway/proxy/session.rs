@@ -57,6 +57,20 @@ pub struct Session {
     /// (serialized): where the answer goes.
     awaiting: Mutex<HashMap<String, oneshot::Sender<Result<Value, Value>>>>,
     next_request: AtomicU64,
+    /// Set for the session behind a 2026-07-28 `subscriptions/listen` stream: what it opted in
+    /// to. Only those notifications reach its stream, tagged with its subscription id.
+    listen: std::sync::OnceLock<Listen>,
+}
+
+/// What a `subscriptions/listen` stream opted in to (the resource URIs are the session's
+/// subscriptions).
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// The JSON-RPC id of the `subscriptions/listen` request: the subscription id.
+    pub id: Value,
+    pub tools: bool,
+    pub prompts: bool,
+    pub resources: bool,
 }
 
 /// A session opened with an identity provider's access token.
@@ -85,6 +99,16 @@ pub fn reference(id: &str) -> String {
 // === impl Session ===
 
 impl Session {
+    /// Makes this the session behind a `subscriptions/listen` stream (once).
+    pub fn set_listen(&self, listen: Listen) {
+        let _ = self.listen.set(listen);
+    }
+
+    /// A stateless (2026-07-28) request's own session: not in the table, no id.
+    pub fn is_stateless(&self) -> bool {
+        self.id.is_empty()
+    }
+
     pub fn touch(&self) {
         self.last_seen_ms.store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -100,8 +124,31 @@ impl Session {
         rx
     }
 
-    /// Sends a message on the open stream; false if none is open.
-    pub fn notify(&self, msg: Value) -> bool {
+    /// Sends a message on the open stream; false if none is open (or, on a listen stream, the
+    /// message is not one it opted in to).
+    pub fn notify(&self, mut msg: Value) -> bool {
+        if let Some(listen) = self.listen.get() {
+            let wanted = match msg.get("method").and_then(Value::as_str) {
+                Some("notifications/tools/list_changed") => listen.tools,
+                Some("notifications/prompts/list_changed") => listen.prompts,
+                Some("notifications/resources/list_changed") => listen.resources,
+                // sent only to sessions subscribed to the URI (and still allowed to read it)
+                Some("notifications/resources/updated") => true,
+                // log messages and progress belong to a request's own stream; requests to the
+                // client have no way back from here
+                _ => false,
+            };
+            if !wanted || msg.get("id").is_some() {
+                return false;
+            }
+            let params = msg.as_object_mut().expect("a notification is an object").entry("params").or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(params) = params {
+                let meta = params.entry("_meta").or_insert_with(|| Value::Object(Default::default()));
+                if let Value::Object(meta) = meta {
+                    meta.insert("io.modelcontextprotocol/subscriptionId".into(), listen.id.clone());
+                }
+            }
+        }
         let stream = self.stream.lock().expect("stream lock");
         stream.as_ref().is_some_and(|tx| tx.send(msg).is_ok())
     }
@@ -205,20 +252,24 @@ impl Drop for InflightGuard {
     }
 }
 
-// === impl Sessions ===
+// === impl Session (construction) ===
 
-impl Sessions {
-    pub fn new(max_per_grant: usize, idle: Duration) -> Sessions {
-        Sessions { map: Mutex::new(HashMap::new()), max_per_grant, idle }
+impl Session {
+    /// The session of one stateless (2026-07-28) request: never in the table, never named by an
+    /// id a client could present again, gone with the request. Its `reference` (what records
+    /// name) is `req-` and 16 random hex digits, so the records of one request (decision,
+    /// outcome) are tied together and to nothing else. `capabilities` are the request's own.
+    pub fn stateless(grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str, capabilities: Value) -> Arc<Session> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the OS random source");
+        let reference = format!("req-{}", hex::encode(bytes));
+        let s = Session::new(String::new(), reference, grant, token, sign_in, endpoint, protocol);
+        s.set_capabilities(capabilities);
+        s
     }
 
-    /// Opens a session with a fresh random id (256 bits from the OS).
-    pub fn open(&self, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).expect("the OS random source");
-        let id = hex::encode(bytes);
-        let reference = reference(&id);
-        let s = Arc::new(Session {
+    fn new(id: String, reference: String, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+        Arc::new(Session {
             id,
             reference,
             grant: grant.to_string(),
@@ -235,7 +286,25 @@ impl Sessions {
             capabilities: Mutex::new(Value::Null),
             awaiting: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
-        });
+            listen: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+// === impl Sessions ===
+
+impl Sessions {
+    pub fn new(max_per_grant: usize, idle: Duration) -> Sessions {
+        Sessions { map: Mutex::new(HashMap::new()), max_per_grant, idle }
+    }
+
+    /// Opens a session with a fresh random id (256 bits from the OS).
+    pub fn open(&self, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the OS random source");
+        let id = hex::encode(bytes);
+        let reference = reference(&id);
+        let s = Session::new(id, reference, grant, token, sign_in, endpoint, protocol);
         let mut map = self.map.lock().expect("sessions lock");
         let mine: Vec<(Duration, String)> =
             map.values().filter(|x| x.grant == grant).map(|x| (x.idle_for(), x.id.clone())).collect();

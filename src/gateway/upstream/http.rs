@@ -22,12 +22,15 @@ use tokio::sync::mpsc;
 
 use super::rpc::{Call, Rpc, Task};
 use super::sse::SseParser;
-use super::{HTTP_VERSIONS, HttpClient, MAX_MESSAGE_BYTES, UpstreamError, error_chain};
+use super::{HTTP_VERSIONS, HttpClient, MAX_MESSAGE_BYTES, MODERN_VERSION, UpstreamError, error_chain};
 use crate::gateway::secrets::Bound;
 use crate::policy::snapshot::Server;
 
 const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// 2026-07-28: the method and the name (tool, prompt) or URI of a request, mirrored from its body.
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 /// How much of an error body we read to find a JSON-RPC error in it.
 const ERROR_BODY_MAX: usize = 64 << 10;
@@ -40,6 +43,8 @@ pub(crate) struct Http {
 }
 
 struct Inner {
+    /// `protocol: handshake`: no `server/discover` probe.
+    handshake_only: bool,
     client: HttpClient,
     uri: Uri,
     creds: Arc<Bound>,
@@ -70,6 +75,8 @@ enum Listen {
     Ended(Duration),
     /// 404 or 400: the upstream forgot the session (restarted).
     SessionGone,
+    /// 2026-07-28: what the stream subscribes to changed; open the next one at once.
+    Restart,
 }
 
 // === impl Http ===
@@ -85,6 +92,7 @@ impl Http {
         outbound: mpsc::UnboundedReceiver<Value>,
     ) -> Result<(Http, String, Value), UpstreamError> {
         let inner = Arc::new(Inner {
+            handshake_only: server.handshake_only,
             client,
             uri: parse_url(url)?,
             creds,
@@ -162,14 +170,30 @@ impl Inner {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| UpstreamError::Protocol(format!("cannot build the request: {e}")))?;
         self.headers(req.headers_mut(), session);
+        modern_headers(req.headers_mut(), message);
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         self.client.request(req).await.map_err(|e| {
             UpstreamError::Unavailable(format!("connection failed: {}", self.rpc.redact(&error_chain(&e))))
         })
     }
 
-    /// `initialize` without a session, then `notifications/initialized` in the new one.
+    /// `server/discover` first: an upstream that offers 2026-07-28 gets stateless requests (no
+    /// session id, our envelope in every request's `_meta`). Anything else gets `initialize`
+    /// without a session, then `notifications/initialized` in the new one.
     async fn handshake(&self) -> Result<(String, Value), UpstreamError> {
+        if !self.handshake_only
+            && let Some(result) = self.discover().await
+        {
+            {
+                let mut s = self.session.write().unwrap_or_else(|e| e.into_inner());
+                s.id = None;
+                s.version = Some(HeaderValue::from_static(MODERN_VERSION));
+                s.epoch += 1;
+            }
+            self.rpc.set_modern();
+            self.rpc.invalidate_tools();
+            return Ok((MODERN_VERSION.to_string(), result));
+        }
         let mut call = self.rpc.start("initialize", super::initialize_params(), None)?;
         let result = async {
             let resp = self.post(&call.message, None).await?;
@@ -201,6 +225,30 @@ impl Inner {
         // A new session may be a restarted server with other tools.
         self.rpc.invalidate_tools();
         Ok((version, result))
+    }
+
+    /// The `server/discover` probe: its result when it offers 2026-07-28. An error of any kind
+    /// (a handshake-era server answers 400, 404 or a JSON-RPC error) means `initialize`.
+    async fn discover(&self) -> Option<Value> {
+        let mut call = self.rpc.start("server/discover", json!({ "_meta": super::envelope() }), None).ok()?;
+        let result = async {
+            let resp = self.post(&call.message, None).await?;
+            let status = resp.status();
+            if !status.is_success() || status == StatusCode::ACCEPTED {
+                return Err(self.error_answer(resp, &mut call).await);
+            }
+            self.answer(resp, &mut call).await
+        }
+        .await;
+        call.disarm();
+        match result {
+            Ok(r) if super::offers_modern(&r) => Some(r),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(server = %self.rpc.server(), error = %e, "server/discover refused; initialize");
+                None
+            }
+        }
     }
 
     async fn request(&self, call: &mut Call) -> Result<Value, UpstreamError> {
@@ -317,21 +365,36 @@ impl Inner {
         status_error(&self.rpc, status, &body)
     }
 
-    /// One GET stream: its messages go to `rpc` until it ends.
+    /// One GET stream (2026-07-28: one `subscriptions/listen` POST, opting in to the list
+    /// changes): its messages go to `rpc` until it ends.
     async fn listen_once(&self, session: &Session) -> Result<Listen, UpstreamError> {
+        let modern = self.rpc.is_modern();
+        let (method, body) = if modern {
+            let params = super::listen_params(&self.rpc);
+            let message = json!({ "jsonrpc": "2.0", "id": super::LISTEN_ID, "method": "subscriptions/listen", "params": params });
+            (Method::POST, Full::new(Bytes::from(message.to_string())))
+        } else {
+            (Method::GET, Full::default())
+        };
         let mut req = Request::builder()
-            .method(Method::GET)
+            .method(method)
             .uri(self.uri.clone())
-            .body(Full::default())
+            .body(body)
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         self.headers(req.headers_mut(), Some(session));
-        req.headers_mut().insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        if modern {
+            req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            req.headers_mut().insert(MCP_METHOD, HeaderValue::from_static("subscriptions/listen"));
+        } else {
+            req.headers_mut().insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+        }
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
             .map_err(|e| UpstreamError::Unavailable(self.rpc.redact(&error_chain(&e))))?;
         let status = resp.status();
-        if status == StatusCode::METHOD_NOT_ALLOWED {
+        if status == StatusCode::METHOD_NOT_ALLOWED || (modern && !status.is_success()) {
+            drain(resp.into_body());
             return Ok(Listen::Unsupported);
         }
         if matches!(status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST) {
@@ -346,7 +409,13 @@ impl Inner {
         let mut body = resp.into_body();
         let mut parser = SseParser::new(MAX_MESSAGE_BYTES);
         let mut events = Vec::new();
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                // 2026-07-28: the subscribed URIs changed; a new stream carries the new set
+                _ = self.rpc.listen_changed.notified(), if modern => return Ok(Listen::Restart),
+            };
+            let Some(frame) = frame else { break };
             let Ok(frame) = frame else { break };
             let Ok(chunk) = frame.into_data() else { continue };
             parser.feed(&chunk, &mut events).map_err(UpstreamError::Protocol)?;
@@ -374,7 +443,7 @@ async fn listen(inner: Arc<Inner>) {
             return;
         }
         let session = inner.session();
-        if session.id.is_none() {
+        if session.id.is_none() && !inner.rpc.is_modern() {
             return; // a stateless server has nothing to push to us
         }
         match inner.listen_once(&session).await {
@@ -387,6 +456,7 @@ async fn listen(inner: Arc<Inner>) {
                 reinitialised = false;
             }
             Ok(Listen::Ended(_)) => reinitialised = false,
+            Ok(Listen::Restart) => continue,
             // A restarted upstream: open a new session at once (its tools may differ; the
             // handshake drops the cached list), rather than asking for the dead one's stream.
             // A server that refuses the GET of a brand-new session too just has no usable
@@ -415,6 +485,11 @@ async fn listen(inner: Arc<Inner>) {
 /// Sends queued messages (replies, cancellations) in the current session, one at a time.
 async fn send_queued(inner: Arc<Inner>, mut outbound: mpsc::UnboundedReceiver<Value>) {
     while let Some(message) = outbound.recv().await {
+        // 2026-07-28 over HTTP has no client notifications: a dropped request's closed
+        // connection is its cancellation.
+        if inner.rpc.is_modern() && message.get("id").is_none() {
+            continue;
+        }
         let session = inner.session();
         match tokio::time::timeout(inner.timeout, inner.notify(&message, &session)).await {
             Ok(Ok(())) => {}
@@ -440,11 +515,59 @@ pub(crate) fn parse_url(url: &str) -> Result<Uri, UpstreamError> {
 /// Adds the server's credential headers, skipping the ones the transport owns.
 pub(crate) fn apply_credentials(h: &mut HeaderMap, creds: &Bound) {
     for (name, value) in &creds.headers {
-        let owned =
-            [ACCEPT, CONTENT_TYPE, SESSION_ID, PROTOCOL_VERSION, http::header::HOST, http::header::CONTENT_LENGTH];
+        let owned = [
+            ACCEPT,
+            CONTENT_TYPE,
+            SESSION_ID,
+            PROTOCOL_VERSION,
+            MCP_METHOD,
+            MCP_NAME,
+            http::header::HOST,
+            http::header::CONTENT_LENGTH,
+        ];
         if !owned.contains(name) {
             h.append(name.clone(), value.clone());
         }
+    }
+}
+
+/// A 2026-07-28 request mirrors its body in headers: `MCP-Protocol-Version`, `Mcp-Method`, and
+/// `Mcp-Name` for `tools/call`, `prompts/get` (the name) and `resources/read` (the URI).
+fn modern_headers(h: &mut HeaderMap, message: &Value) {
+    let Some(params) = message.get("params") else { return };
+    let version = params.get("_meta").and_then(|m| m.get("io.modelcontextprotocol/protocolVersion")).and_then(Value::as_str);
+    if version != Some(MODERN_VERSION) {
+        return;
+    }
+    h.insert(PROTOCOL_VERSION, HeaderValue::from_static(MODERN_VERSION));
+    let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+    if let Ok(v) = HeaderValue::from_str(method) {
+        h.insert(MCP_METHOD, v);
+    }
+    let key = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return,
+    };
+    if let Some(v) = params.get(key).and_then(Value::as_str).and_then(header_value) {
+        h.insert(MCP_NAME, v);
+    }
+}
+
+/// A value as 2026-07-28 puts it in a header: as is when it is plain visible ASCII (inner
+/// spaces allowed), else `=?base64?<UTF-8 in base64>?=` (also for a plain value that looks
+/// like that sentinel).
+fn header_value(v: &str) -> Option<HeaderValue> {
+    use base64::Engine;
+    let plain = !v.is_empty()
+        && v.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b))
+        && !v.starts_with(' ')
+        && !v.ends_with(' ')
+        && !(v.starts_with("=?base64?") && v.ends_with("?="));
+    if plain {
+        HeaderValue::from_str(v).ok()
+    } else {
+        HeaderValue::from_str(&format!("=?base64?{}?=", base64::engine::general_purpose::STANDARD.encode(v))).ok()
     }
 }
 

@@ -53,7 +53,9 @@ pub struct Upstream {
     channel: Channel,
     /// Negotiated in the first handshake.
     protocol_version: String,
-    /// The upstream's `initialize` result (capabilities, serverInfo, instructions).
+    /// The upstream's `initialize` result (capabilities, serverInfo, instructions), or its
+    /// `server/discover` result on a 2026-07-28 connection (with `serverInfo` copied from its
+    /// `_meta`).
     init: Value,
     /// One `tools/list` walk at a time: concurrent callers wait for it and share its result.
     listing: tokio::sync::Mutex<()>,
@@ -119,6 +121,15 @@ pub enum UpstreamEvent {
 /// The protocol version we ask for in `initialize`.
 pub(crate) const REQUESTED_VERSION: &str = "2025-11-25";
 
+/// The stateless revision, spoken to an upstream whose `server/discover` offers it (Streamable
+/// HTTP and stdio); every other upstream gets the `initialize` handshake.
+pub(crate) const MODERN_VERSION: &str = "2026-07-28";
+
+/// How long a stdio child may take to answer the `server/discover` probe before it is taken for
+/// one that ignores requests before `initialize` (it is then restarted and initialised): at most
+/// this, and at most half the server's `timeout`.
+const STDIO_PROBE: Duration = Duration::from_secs(5);
+
 /// Versions we accept back over Streamable HTTP (which 2024-11-05 did not have).
 pub(crate) const HTTP_VERSIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25"];
 
@@ -127,6 +138,9 @@ const STREAM_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "20
 
 /// The largest message (a JSON body, one SSE event, one stdio line) we read.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Rounds of `input_required` answers one request to a 2026-07-28 upstream may take.
+const MAX_INPUT_ROUNDS: usize = 8;
 
 /// A list walk (`tools/list`, `resources/list`…) longer than this is an upstream bug (or a cursor
 /// loop).
@@ -146,7 +160,7 @@ impl Upstream {
 
     async fn open(server: Arc<Server>, creds: Arc<Bound>, client: HttpClient) -> Result<Upstream, UpstreamError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let rpc = Arc::new(Rpc::new(&server.name, tx, rpc::secret_strings(&creds)));
+        let mut rpc = Arc::new(Rpc::new(&server.name, tx, rpc::secret_strings(&creds)));
         let (channel, (protocol_version, init)) = match &server.transport {
             Transport::StreamableHttp { url } => {
                 let (h, version, init) = http::Http::connect(url, &server, creds, client, rpc.clone(), rx).await?;
@@ -159,10 +173,47 @@ impl Upstream {
             }
             Transport::Stdio { command } => {
                 let channel = Channel::Stdio(Box::new(stdio::Stdio::spawn(command, &server, &creds, rpc.clone(), rx)?));
-                let negotiated = handshake(&rpc, &channel).await?;
-                (channel, negotiated)
+                // A 2026-07-28 server on stdio is told the era by the first message: discover.
+                let probed = async {
+                    if server.handshake_only {
+                        return Ok(Ok(None));
+                    }
+                    tokio::time::timeout(STDIO_PROBE.min(server.timeout / 2), probe(&rpc, &channel)).await
+                };
+                match probed.await {
+                    Ok(Ok(Some(result))) => {
+                        rpc.set_modern();
+                        listen_stdio(&rpc);
+                        (channel, (MODERN_VERSION.to_string(), result))
+                    }
+                    // An answer that is not a 2026-07-28 offer (an error, an older revision):
+                    // the same child gets the handshake.
+                    Ok(Ok(None)) | Ok(Err(UpstreamError::Rpc { .. })) => {
+                        let negotiated = handshake(&rpc, &channel).await?;
+                        (channel, negotiated)
+                    }
+                    // No answer, or the child died of the probe: a fresh child, the handshake alone.
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::debug!(server = %server.name, "no answer to server/discover; restarting the child for initialize");
+                        if let Channel::Stdio(old) = channel {
+                            old.shutdown().await;
+                        }
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        rpc = Arc::new(Rpc::new(&server.name, tx, rpc::secret_strings(&creds)));
+                        let channel = Channel::Stdio(Box::new(stdio::Stdio::spawn(command, &server, &creds, rpc.clone(), rx)?));
+                        let negotiated = handshake(&rpc, &channel).await?;
+                        (channel, negotiated)
+                    }
+                }
             }
         };
+        // A discover result names the server in `_meta`; callers read `serverInfo` either way.
+        let mut init = init;
+        if init.get("serverInfo").is_none()
+            && let Some(info) = init.pointer("/_meta/io.modelcontextprotocol~1serverInfo").cloned()
+        {
+            init["serverInfo"] = info;
+        }
         tracing::debug!(server = %server.name, protocol_version, "upstream session open");
         Ok(Upstream { server, rpc, channel, protocol_version, init, listing: tokio::sync::Mutex::new(()) })
     }
@@ -200,12 +251,110 @@ impl Upstream {
     ) -> Result<Value, UpstreamError> {
         let timeout = self.server.timeout;
         let call = async {
+            if self.rpc.is_modern() {
+                // Boxed: its state stays out of every handshake-era request's future.
+                return Box::pin(self.request_rounds(method, params, progress, requests)).await;
+            }
             let mut call = self.rpc.start_relaying(method, params, progress, requests)?;
             let result = self.channel.request(&mut call).await;
             call.disarm();
             result
         };
         tokio::time::timeout(timeout, call).await.unwrap_or(Err(UpstreamError::Timeout(timeout)))
+    }
+
+    /// A request to a 2026-07-28 upstream. A relaying request (a `tools/call` whose client may be
+    /// asked things) declares sampling, elicitation and roots; when the upstream answers
+    /// `input_required`, each of its `inputRequests` goes to `requests` like a handshake-era
+    /// upstream's request would (to the client of the call, recorded there), and the request is
+    /// sent again with the answers as `inputResponses` and the upstream's `requestState`, for at
+    /// most [`MAX_INPUT_ROUNDS`] rounds. Any other request must not be answered `input_required`.
+    async fn request_rounds(
+        &self,
+        method: &str,
+        params: Value,
+        progress: Option<(mpsc::UnboundedSender<Value>, Value)>,
+        requests: Option<mpsc::UnboundedSender<ServerRequest>>,
+    ) -> Result<Value, UpstreamError> {
+        let mut params = params;
+        // What 2026-07-28 does differently from the requests the proxy makes of any upstream.
+        match method {
+            "logging/setLevel" => {
+                let level = params.get("level").and_then(Value::as_str).map(str::to_string);
+                *self.rpc.log_level.lock().unwrap_or_else(|e| e.into_inner()) = level;
+                return Ok(json!({}));
+            }
+            "resources/subscribe" | "resources/unsubscribe" => {
+                let Some(uri) = params.get("uri").and_then(Value::as_str) else {
+                    return Err(UpstreamError::Protocol(format!("{method} without a uri")));
+                };
+                let changed = {
+                    let mut set = self.rpc.resource_subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+                    if method == "resources/subscribe" { set.insert(uri.to_string()) } else { set.remove(uri) }
+                };
+                if changed {
+                    self.relisten();
+                }
+                return Ok(json!({}));
+            }
+            _ => {}
+        }
+        if requests.is_some() && params.is_object() {
+            params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({ "sampling": {}, "elicitation": {}, "roots": {} });
+        }
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let mut call = self.rpc.start_relaying(method, params.clone(), progress.clone(), None)?;
+            let result = self.channel.request(&mut call).await;
+            call.disarm();
+            let result = match result {
+                // 2026-07-28 spells "resource not found" -32602; the proxy takes the handshake
+                // era's -32002 (and gives a 2026-07-28 client -32602 again).
+                Err(UpstreamError::Rpc { code: -32602, message, data }) if method == "resources/read" && data.as_ref().is_some_and(|d| d.get("uri").is_some()) => {
+                    return Err(UpstreamError::Rpc { code: -32002, message, data });
+                }
+                other => other?,
+            };
+            if result.get("resultType").and_then(Value::as_str) != Some(rpc::INPUT_REQUIRED) {
+                return Ok(result);
+            }
+            let Some(requests) = &requests else {
+                return Err(UpstreamError::Protocol(format!("{method} answered input_required, which it may not ask here")));
+            };
+            let asks = result.get("inputRequests").and_then(Value::as_object).cloned().unwrap_or_default();
+            let mut answers = serde_json::Map::new();
+            for (key, ask) in asks {
+                let ask_method = ask.get("method").and_then(Value::as_str).unwrap_or("");
+                if !rpc::RELAYED_REQUESTS.contains(&ask_method) {
+                    let shown: String = ask_method.chars().take(40).collect();
+                    return Err(UpstreamError::Protocol(format!("an input request {shown:?}, which gatehouse does not relay")));
+                }
+                let (reply, answer) = oneshot::channel();
+                let request = ServerRequest { method: ask_method.to_string(), params: ask.get("params").cloned().unwrap_or(json!({})), reply };
+                if requests.send(request).is_err() {
+                    return Err(UpstreamError::Unavailable("the call ended".into()));
+                }
+                match answer.await {
+                    Ok(Ok(v)) => {
+                        answers.insert(key, v);
+                    }
+                    // The client refused or failed: the call fails with its error.
+                    Ok(Err(e)) => {
+                        let code = e.get("code").and_then(Value::as_i64).unwrap_or(-32603);
+                        let message = e.get("message").and_then(Value::as_str).unwrap_or("the client refused an input request").to_string();
+                        return Err(UpstreamError::Rpc { code, message, data: None });
+                    }
+                    Err(_) => return Err(UpstreamError::Unavailable("the input request went unanswered".into())),
+                }
+            }
+            params["inputResponses"] = Value::Object(answers);
+            match result.get("requestState") {
+                Some(state) => params["requestState"] = state.clone(),
+                None => {
+                    params.as_object_mut().map(|p| p.remove("requestState"));
+                }
+            }
+        }
+        Err(UpstreamError::Protocol(format!("{method} still asked for input after {MAX_INPUT_ROUNDS} rounds")))
     }
 
     /// Sends a notification (no answer). Bounded by `server.timeout`.
@@ -280,6 +429,20 @@ impl Upstream {
     /// Events from the upstream: list changes, resource updates, log messages, closed.
     pub fn subscribe(&self) -> broadcast::Receiver<UpstreamEvent> {
         self.rpc.subscribe()
+    }
+
+    /// A 2026-07-28 session's subscribed URIs changed: its `subscriptions/listen` is replaced.
+    fn relisten(&self) {
+        match &self.channel {
+            Channel::Stdio(_) => {
+                let n = self.rpc.listen_seq.load(std::sync::atomic::Ordering::Relaxed);
+                let previous = format!("{LISTEN_ID}-{n}");
+                self.rpc.send(json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": previous } }));
+                listen_stdio(&self.rpc);
+            }
+            // the listen task re-opens its stream with the new set
+            _ => self.rpc.listen_changed.notify_one(),
+        }
     }
 
     /// The session has ended: every request fails. An HTTP session is never closed by a
@@ -364,6 +527,53 @@ async fn handshake(rpc: &Arc<Rpc>, channel: &Channel) -> Result<(String, Value),
     let version = negotiated(&result, STREAM_VERSIONS)?;
     channel.notify(json!({ "jsonrpc": "2.0", "method": "notifications/initialized" })).await?;
     Ok((version, result))
+}
+
+/// `server/discover` with our envelope: the result when it offers 2026-07-28, `None` when it
+/// offers only handshake-era versions.
+async fn probe(rpc: &Arc<Rpc>, channel: &Channel) -> Result<Option<Value>, UpstreamError> {
+    let mut call = rpc.start("server/discover", json!({ "_meta": envelope() }), None)?;
+    let result = channel.request(&mut call).await;
+    call.disarm();
+    Ok(Some(result?).filter(offers_modern))
+}
+
+/// Whether a `server/discover` result lists 2026-07-28 among its `supportedVersions`.
+pub(crate) fn offers_modern(result: &Value) -> bool {
+    result.get("supportedVersions").and_then(Value::as_array).is_some_and(|v| v.iter().any(|v| v == MODERN_VERSION))
+}
+
+/// The `_meta` of every 2026-07-28 request of ours: the version, who we are, and no client
+/// capabilities (an upstream's request to a client is relayed only over handshake-era sessions,
+/// whose connection is tied to the call in progress).
+pub(crate) fn envelope() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+        "io.modelcontextprotocol/clientInfo": { "name": "gatehouse", "version": env!("CARGO_PKG_VERSION") },
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
+}
+
+/// On a 2026-07-28 stdio session, opt in to list changes and the subscribed resources' updates:
+/// a `subscriptions/listen` whose answer (only when the server ends it) goes to no one; its
+/// notifications are dispatched like any. Sent again (the previous one cancelled) when the
+/// subscribed URIs change.
+fn listen_stdio(rpc: &Rpc) {
+    let n = rpc.listen_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    rpc.send(json!({ "jsonrpc": "2.0", "id": format!("{LISTEN_ID}-{n}"), "method": "subscriptions/listen", "params": listen_params(rpc) }));
+}
+
+/// The id of our `subscriptions/listen` requests: theirs to end, never a waiter's.
+pub(crate) const LISTEN_ID: &str = "gatehouse-listen";
+
+/// The params of our `subscriptions/listen`: every list change, and the subscribed URIs.
+pub(crate) fn listen_params(rpc: &Rpc) -> Value {
+    let mut notifications = json!({ "toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true });
+    let uris: Vec<String> = rpc.resource_subscriptions.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+    if !uris.is_empty() {
+        notifications["resourceSubscriptions"] = json!(uris);
+    }
+    json!({ "notifications": notifications, "_meta": envelope() })
 }
 
 /// Our `initialize` params: sampling, elicitation and roots, which are relayed to the client of

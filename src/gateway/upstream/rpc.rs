@@ -11,7 +11,7 @@
 //! ids and progress tokens are minted by [`Rpc::start`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Value, json};
@@ -46,6 +46,17 @@ pub(crate) struct Rpc {
     /// Credential values (header values, their tokens, child env values): scrubbed from every
     /// error text built from upstream content, since upstreams like to echo a bad key back.
     secrets: Vec<String>,
+    /// The session speaks 2026-07-28 (set once, by the connect that found it offered): every
+    /// request carries our `_meta` envelope, and results lose the revision's `resultType`.
+    modern: AtomicBool,
+    /// 2026-07-28: what `logging/setLevel` and `resources/(un)subscribe` became. The log level
+    /// goes in every request's `_meta`; the URIs in the `subscriptions/listen` of the session,
+    /// re-opened (`listen_changed`) when they change.
+    pub(crate) log_level: Mutex<Option<String>>,
+    pub(crate) resource_subscriptions: Mutex<std::collections::BTreeSet<String>>,
+    pub(crate) listen_changed: tokio::sync::Notify,
+    /// stdio: the number of our current `subscriptions/listen` (each one gets an id of its own).
+    pub(crate) listen_seq: AtomicU64,
 }
 
 struct State {
@@ -101,6 +112,11 @@ impl Rpc {
             events,
             tools: Mutex::new(ToolsCache::default()),
             secrets,
+            modern: AtomicBool::new(false),
+            log_level: Mutex::new(None),
+            resource_subscriptions: Mutex::new(Default::default()),
+            listen_changed: tokio::sync::Notify::new(),
+            listen_seq: AtomicU64::new(0),
         }
     }
 
@@ -149,6 +165,22 @@ impl Rpc {
             // A token the caller left in the params is not ours to route: drop it.
             meta.remove("progressToken");
         }
+        if self.is_modern() {
+            let meta = params.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
+            if !meta.is_object() {
+                *meta = Value::Object(Map::new());
+            }
+            // Nothing of a client's reaches these params (the proxy builds them), so a key set
+            // already is the caller's own choice (the client capabilities of a relaying call).
+            if let (Value::Object(meta), Value::Object(envelope)) = (meta, super::envelope()) {
+                for (k, v) in envelope {
+                    meta.entry(k).or_insert(v);
+                }
+                if let Some(level) = self.log_level.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                    meta.insert("io.modelcontextprotocol/logLevel".into(), Value::String(level));
+                }
+            }
+        }
         let message = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
         let (tx, rx) = oneshot::channel();
         {
@@ -158,7 +190,9 @@ impl Rpc {
             }
             state.pending.insert(id, Waiter { tx, progress, requests });
         }
-        Ok(Call { id, message, rx, rpc: self.clone(), armed: method != "initialize" })
+        // The spec forbids cancelling the handshake and the discovery probe.
+        let armed = method != "initialize" && method != "server/discover";
+        Ok(Call { id, message, rx, rpc: self.clone(), armed })
     }
 
     /// Queues a message for the transport to send, best effort.
@@ -211,7 +245,7 @@ impl Rpc {
         let result = if let Some(error) = m.remove("error") {
             Err(self.rpc_error(error))
         } else if let Some(result) = m.remove("result") {
-            Ok(result)
+            if self.is_modern() { modern_result(result) } else { Ok(result) }
         } else {
             Err(UpstreamError::Protocol("a response with neither result nor error".into()))
         };
@@ -345,6 +379,15 @@ impl Rpc {
         self.events.subscribe()
     }
 
+    /// From now on the session speaks 2026-07-28.
+    pub(crate) fn set_modern(&self) {
+        self.modern.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_modern(&self) -> bool {
+        self.modern.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn server(&self) -> &str {
         &self.server
     }
@@ -422,6 +465,37 @@ pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
     }
     out
 }
+
+/// A 2026-07-28 result as the rest of the gateway takes results: `resultType: complete` and the
+/// upstream's serverInfo stamp removed (each client side adds what its revision has). An
+/// `input_required` result is kept whole, for [`super::Upstream::request_relaying`] to answer;
+/// any other type is an error.
+fn modern_result(mut result: Value) -> Result<Value, UpstreamError> {
+    if let Value::Object(m) = &mut result {
+        match m.remove("resultType") {
+            None => {}
+            Some(Value::String(t)) if t == "complete" => {}
+            Some(Value::String(t)) if t == INPUT_REQUIRED => {
+                m.insert("resultType".into(), Value::String(t));
+                return Ok(result);
+            }
+            Some(other) => {
+                let kind: String = other.as_str().unwrap_or("?").chars().take(40).collect();
+                return Err(UpstreamError::Protocol(format!("a result of type {kind:?}, which gatehouse does not relay")));
+            }
+        }
+        if let Some(Value::Object(meta)) = m.get_mut("_meta") {
+            meta.remove("io.modelcontextprotocol/serverInfo");
+            if meta.is_empty() {
+                m.remove("_meta");
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// The `resultType` of a 2026-07-28 result that asks the client something first.
+pub(crate) const INPUT_REQUIRED: &str = "input_required";
 
 // === impl Call ===
 
