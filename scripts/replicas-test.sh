@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole multi-replica topology on one machine (loopback only): three `gatehouse serve`
 # replicas on one PostgreSQL database and one Redis, nginx in front with session affinity
-# (deploy/nginx.conf's upstream block, with loopback ports).
+# (deploy/nginx.conf's routing by --session-route, with loopback ports).
 #
 #   scripts/replicas-test.sh            # debug build
 #   KEEP=1 scripts/replicas-test.sh     # keep the temporary directory (kept anyway on failure)
@@ -14,8 +14,8 @@
 #   1. cap: 200 concurrent calls, spread over the replicas, against a cap of 100 a day counted
 #      in Redis: exactly 100 are forwarded (answered ok, and 100 allow records in the log), 100
 #      are refused by the quota, and no session lost its replica (no 404).
-#   2. kill -9: a second grant without a cap runs 600 calls while replica 2 is killed with
-#      SIGKILL and restarted; afterwards every answered call has its decision record (found by
+#   2. kill -9: a second grant without a cap runs 3000 calls; once 500 are answered replica 2
+#      is killed with SIGKILL, then restarted; afterwards every answered call has its decision record (found by
 #      its probe argument) with the verdict the client saw, in some replica's chain.
 #   3. `gatehouse audit verify --database` verifies every replica's chain; `gatehouse evidence
 #      bundle --database` lists calls of all three replicas.
@@ -133,7 +133,7 @@ start_replica() {
   [ -n "${admin[$r]:-}" ] || admin[$r]=$(free_port)
   PATH="$target/debug:$PATH" RUST_LOG=${GATEHOUSE_LOG:-info,hyper=warn} "$GATEHOUSE" serve --repo "$repo" \
     --listen "127.0.0.1:${port[$r]}" --admin-listen "127.0.0.1:${admin[$r]}" --data-dir "$tmp/$r" \
-    --database "$DB_URL" --quota-store "$QUOTA_URL" --replica "$r" --poll 3600s \
+    --database "$DB_URL" --quota-store "$QUOTA_URL" --replica "$r" --session-route "$r" --poll 3600s \
     --max-connections-per-address 0 >>"$tmp/$r.log" 2>&1 &
   pid[$r]=$!
   local i
@@ -158,21 +158,28 @@ http {
     access_log off;
     client_body_temp_path $tmp/nginx-body;
     proxy_temp_path $tmp/nginx-proxy;
-    map \$http_mcp_session_id \$gatehouse_affinity {
-        ""      \$request_id;
-        default \$http_mcp_session_id;
+    # A session's requests go to the replica whose --session-route ends its id (to the
+    # others only while it is down: they answer 404, and the client opens a new session);
+    # requests without a session spread over all three.
+    map \$http_mcp_session_id \$gatehouse_pool {
+        ~\\.r1\$  gatehouse_r1;
+        ~\\.r2\$  gatehouse_r2;
+        ~\\.r3\$  gatehouse_r3;
+        default gatehouse;
     }
     upstream gatehouse {
-        hash \$gatehouse_affinity consistent;
         server 127.0.0.1:${port[r1]} max_fails=1 fail_timeout=2s;
         server 127.0.0.1:${port[r2]} max_fails=1 fail_timeout=2s;
         server 127.0.0.1:${port[r3]} max_fails=1 fail_timeout=2s;
-        keepalive 64;
+        keepalive 32;
     }
+    upstream gatehouse_r1 { server 127.0.0.1:${port[r1]} max_fails=1 fail_timeout=2s; server 127.0.0.1:${port[r2]} backup; server 127.0.0.1:${port[r3]} backup; keepalive 16; }
+    upstream gatehouse_r2 { server 127.0.0.1:${port[r2]} max_fails=1 fail_timeout=2s; server 127.0.0.1:${port[r3]} backup; server 127.0.0.1:${port[r1]} backup; keepalive 16; }
+    upstream gatehouse_r3 { server 127.0.0.1:${port[r3]} max_fails=1 fail_timeout=2s; server 127.0.0.1:${port[r1]} backup; server 127.0.0.1:${port[r2]} backup; keepalive 16; }
     server {
         listen 127.0.0.1:$lb;
         location / {
-            proxy_pass http://gatehouse;
+            proxy_pass http://\$gatehouse_pool;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
@@ -208,9 +215,10 @@ assert len(replicas) == 3, replicas
 EOF
 
 # --- 2. kill -9 one replica mid-load ---
-python3 scripts/replicas_client.py --url "$URL" --token "$FREE" --log "$tmp/kill.tsv" --calls 600 --concurrency 16 --give-up 90 >"$tmp/kill.json" &
+python3 scripts/replicas_client.py --url "$URL" --token "$FREE" --log "$tmp/kill.tsv" --calls 3000 --concurrency 16 --give-up 90 >"$tmp/kill.json" &
 client=$!
-sleep 1
+# Mid-load: once 500 calls are answered (of 3000).
+for _ in $(seq 600); do [ "$(cat "$tmp/kill.tsv" 2>/dev/null | wc -l)" -ge 500 ] && break; sleep 0.05; done
 kill -9 "${pid[r2]}"
 wait "${pid[r2]}" 2>/dev/null || true
 echo "   killed r2 (kill -9)"
@@ -239,7 +247,9 @@ for p, _, _ in answered:
     if p in decisions:
         by_replica[decisions[p]["replica"]] = by_replica.get(decisions[p]["replica"], 0) + 1
 print(f"   answered={len(answered)} missing={len(missing)} wrong verdict={len(wrong)} per replica={by_replica} unanswered={s.get('unanswered', 0)} session_gone={s.get('session_gone', 0)}")
-assert len(answered) == 600 and not missing and not wrong, (missing[:5], wrong[:5])
+assert len(answered) == 3000 and not missing and not wrong, (missing[:5], wrong[:5])
+# The kill happened mid-load: sessions held by r2 had to be opened again elsewhere.
+assert s.get("session_gone", 0) + s.get("unanswered", 0) > 0, s
 EOF
 
 # --- 3. every chain verifies; the evidence bundle reads all replicas ---

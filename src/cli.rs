@@ -109,6 +109,20 @@ pub struct ServeArgs {
     /// `gatehouse:{PREFIX}:quota:…`.
     #[arg(long, env = "GATEHOUSE_QUOTA_KEY_PREFIX", default_value = "default")]
     pub quota_key_prefix: String,
+    /// Appended to every session id this process issues (`<random>.<ROUTE>`), so that a load
+    /// balancer in front of several replicas can send each request of a session to the replica
+    /// that holds it (docs/replicas.md). Letters, digits, `-` and `_`; default: none.
+    #[arg(long, env = "GATEHOUSE_SESSION_ROUTE", value_parser = parse_session_route)]
+    pub session_route: Option<String>,
+}
+
+/// A `--session-route`: 1 to 63 of `[A-Za-z0-9_-]`, what a session id may carry and a load
+/// balancer's pattern can match without escaping.
+fn parse_session_route(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() || s.len() > 63 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(format!("invalid session route {s:?}: use 1 to 63 letters, digits, '-' or '_'"));
+    }
+    Ok(s.to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -655,6 +669,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 max_connections_per_address: a.max_connections_per_address,
                 max_batch: a.max_batch,
                 max_response: a.max_response,
+                session_route: a.session_route,
                 ..Default::default()
             };
             let settings = crate::commands::serve::Settings {

@@ -70,6 +70,7 @@ fn compose_file_runs_three_replicas_on_postgres_and_redis_behind_nginx() {
     assert_eq!(docs.len(), 1);
     let services = docs[0]["services"].as_mapping().expect("services");
     let mut replicas = BTreeSet::new();
+    let mut routes = Vec::new();
     for (name, svc) in services {
         let name = name.as_str().unwrap();
         if !name.starts_with("gatehouse") {
@@ -81,6 +82,7 @@ fn compose_file_runs_three_replicas_on_postgres_and_redis_behind_nginx() {
         assert_eq!(serve.max_connections_per_address, 0, "{name}: behind nginx every client has nginx's address");
         assert!(serve.repo.starts_with("${GATEHOUSE_REPO_URL"), "{name}: the repository is cloned by URL");
         assert!(replicas.insert(serve.replica.clone().expect("--replica")), "{name}: replica names must differ");
+        routes.push((name.to_string(), serve.session_route.clone().expect("--session-route: nginx routes sessions by it")));
         let env = svc["environment"].as_mapping().expect("environment");
         let set = check_env(name, env.keys().map(|k| k.as_str().unwrap().to_string()));
         assert_eq!(set, 2, "{name}: the database and the quota store come from the environment");
@@ -99,13 +101,22 @@ fn compose_file_runs_three_replicas_on_postgres_and_redis_behind_nginx() {
     assert_eq!(replicas.len(), 3, "three replicas");
     assert!(services.contains_key("postgres") && services.contains_key("redis"));
 
-    // nginx: one upstream line per replica, at the port they listen on, hashing the session id.
+    // nginx: every replica in the shared pool, and a session whose id ends with a replica's
+    // route goes to a pool where that replica is the one primary server.
     let conf = std::fs::read_to_string(root().join("deploy/nginx.conf")).unwrap();
-    for svc in services.keys().filter_map(|k| k.as_str()).filter(|k| k.starts_with("gatehouse")) {
-        assert!(conf.contains(&format!("server {svc}:8080")), "nginx.conf: no upstream for {svc}");
+    assert!(conf.contains("map $http_mcp_session_id $gatehouse_pool"), "nginx.conf: routing by Mcp-Session-Id");
+    assert!(conf.contains("proxy_pass http://$gatehouse_pool;"));
+    for (svc, route) in &routes {
+        let line = conf.lines().find(|l| l.trim_start().starts_with(&format!("~\\.{route}$"))).unwrap_or_else(|| panic!("nginx.conf: no route for {route}"));
+        let pool = line.split_whitespace().nth(1).unwrap().trim_end_matches(';');
+        let block = conf.split(&format!("upstream {pool} {{")).nth(1).unwrap_or_else(|| panic!("nginx.conf: no upstream {pool}"));
+        let block = &block[..block.find('}').unwrap()];
+        let primaries: Vec<&str> = block.lines().map(str::trim).filter(|l| l.starts_with("server ") && !l.contains(" backup")).collect();
+        assert_eq!(primaries.len(), 1, "{pool}: one primary");
+        assert!(primaries[0].starts_with(&format!("server {svc}:8080")), "{route} routes to {svc}, not {}", primaries[0]);
+        let shared = conf.split("upstream gatehouse {").nth(1).unwrap();
+        assert!(shared[..shared.find('}').unwrap()].contains(&format!("server {svc}:8080")), "the shared pool lacks {svc}");
     }
-    assert!(conf.contains("hash $gatehouse_affinity consistent"), "nginx.conf: session affinity");
-    assert!(conf.contains("$http_mcp_session_id"), "nginx.conf: affinity by Mcp-Session-Id");
     assert!(!conf.contains(":9090"), "nginx.conf: the admin port is never proxied");
     let nginx = &services[&Value::from("nginx")];
     assert_eq!(strings(&nginx["ports"]), ["8080:8080"], "only nginx publishes a port");
@@ -162,5 +173,6 @@ fn kubernetes_manifests_match_the_binary() {
     let backend = &ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"];
     assert_eq!(backend["name"], service["metadata"]["name"]);
     assert_eq!(backend["port"]["name"].as_str(), Some("mcp"));
-    assert_eq!(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"].as_str(), Some("$http_mcp_session_id"));
+    // Hashing Mcp-Session-Id does not find a session's pod (the pod picks the id): never offered.
+    assert!(ingress["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/upstream-hash-by").is_none());
 }

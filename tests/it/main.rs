@@ -3,6 +3,7 @@
 mod audit;
 mod check;
 mod cli;
+mod deploy;
 mod e2e;
 mod evidence;
 mod fuzz;

@@ -68,6 +68,8 @@ pub struct Config {
     pub max_sessions_per_grant: usize,
     /// A session unused for this long is closed.
     pub session_idle: Duration,
+    /// Appended to every session id (`<random>.<route>`) for a load balancer's routing.
+    pub session_route: Option<String>,
 }
 
 /// Everything the request handler shares.
@@ -166,6 +168,7 @@ impl Default for Config {
             max_response: 16 << 20,
             max_sessions_per_grant: 64,
             session_idle: Duration::from_secs(3600),
+            session_route: None,
         }
     }
 }
@@ -176,7 +179,7 @@ impl State {
     pub fn new(config: Config) -> State {
         State {
             active: ArcSwapOption::empty(),
-            sessions: Sessions::new(config.max_sessions_per_grant, config.session_idle),
+            sessions: Sessions::new(config.max_sessions_per_grant, config.session_idle, config.session_route.clone()),
             pool: Pool::new(http_client()),
             admission: Arc::new(admission::Admission::new(config.max_connections_per_address, config.max_connections)),
             config,

@@ -88,6 +88,8 @@ pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     max_per_grant: usize,
     idle: Duration,
+    /// `--session-route`: the suffix of every id, `.<route>`.
+    route: Option<String>,
 }
 
 /// The reference of a session id (see [`Session::reference`]).
@@ -294,15 +296,20 @@ impl Session {
 // === impl Sessions ===
 
 impl Sessions {
-    pub fn new(max_per_grant: usize, idle: Duration) -> Sessions {
-        Sessions { map: Mutex::new(HashMap::new()), max_per_grant, idle }
+    pub fn new(max_per_grant: usize, idle: Duration, route: Option<String>) -> Sessions {
+        Sessions { map: Mutex::new(HashMap::new()), max_per_grant, idle, route }
     }
 
-    /// Opens a session with a fresh random id (256 bits from the OS).
+    /// Opens a session with a fresh random id (256 bits from the OS), followed by `.<route>`
+    /// with `--session-route`.
     pub fn open(&self, grant: &str, token: [u8; 32], sign_in: Option<SignIn>, endpoint: Option<String>, protocol: &'static str) -> Arc<Session> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).expect("the OS random source");
-        let id = hex::encode(bytes);
+        let mut id = hex::encode(bytes);
+        if let Some(route) = &self.route {
+            id.push('.');
+            id.push_str(route);
+        }
         let reference = reference(&id);
         let s = Session::new(id, reference, grant, token, sign_in, endpoint, protocol);
         let mut map = self.map.lock().expect("sessions lock");
