@@ -374,3 +374,24 @@ impl Sessions {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_route_ends_every_id_and_the_id_still_finds_its_session() {
+        let plain = Sessions::new(4, Duration::from_secs(60), None);
+        let s = plain.open("g", [0; 32], None, None, "2025-11-25");
+        assert_eq!(s.id.len(), 64, "256 random bits, hex");
+        assert!(!s.id.contains('.'));
+
+        let routed = Sessions::new(4, Duration::from_secs(60), Some("gw-2".into()));
+        let s = routed.open("g", [0; 32], None, None, "2025-11-25");
+        let (random, route) = s.id.split_once('.').expect("<random>.<route>");
+        assert_eq!((random.len(), route), (64, "gw-2"));
+        assert!(routed.get(&s.id, "g", None).is_some());
+        assert!(routed.get(random, "g", None).is_none(), "the random part alone is no session");
+        assert_ne!(routed.open("g", [0; 32], None, None, "2025-11-25").id, s.id);
+    }
+}
