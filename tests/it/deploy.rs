@@ -131,7 +131,7 @@ fn compose_file_runs_three_replicas_on_postgres_and_redis_behind_nginx() {
 fn kubernetes_manifests_match_the_binary() {
     let mut docs = yaml_docs("deploy/kubernetes/gatehouse.yaml");
     docs.extend(yaml_docs("deploy/kubernetes/ingress.yaml"));
-    let kind = |k: &str| docs.iter().find(|d| d["kind"] == Value::from(k)).unwrap_or_else(|| panic!("no {k}"));
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
     let deployment = kind("Deployment");
     let service = kind("Service");
     let pdb = kind("PodDisruptionBudget");
@@ -152,7 +152,7 @@ fn kubernetes_manifests_match_the_binary() {
     assert_eq!(check_env("Deployment", env), 2);
 
     let port = |name: &str| -> u64 {
-        c["ports"].as_sequence().unwrap().iter().find(|p| p["name"] == Value::from(name)).unwrap()["containerPort"].as_u64().unwrap()
+        c["ports"].as_sequence().unwrap().iter().find(|p| p["name"] == name).unwrap()["containerPort"].as_u64().unwrap()
     };
     assert_eq!(port("mcp"), u64::from(serve.listen.port()));
     assert_eq!(port("admin"), u64::from(serve.admin_listen.port()));

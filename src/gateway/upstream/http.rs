@@ -559,11 +559,10 @@ fn modern_headers(h: &mut HeaderMap, message: &Value) {
 /// like that sentinel).
 fn header_value(v: &str) -> Option<HeaderValue> {
     use base64::Engine;
-    let plain = !v.is_empty()
-        && v.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b))
-        && !v.starts_with(' ')
-        && !v.ends_with(' ')
-        && !(v.starts_with("=?base64?") && v.ends_with("?="));
+    let visible = v.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b));
+    let padded = v.starts_with(' ') || v.ends_with(' ');
+    let sentinel = v.starts_with("=?base64?") && v.ends_with("?=");
+    let plain = !v.is_empty() && visible && !padded && !sentinel;
     if plain {
         HeaderValue::from_str(v).ok()
     } else {
