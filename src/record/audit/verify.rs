@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::log::{anchor, replicas};
-use super::GENESIS;
+use super::{GENESIS, RECORD_FIELDS, record_text};
 use crate::record::store::sql::{Conn, params};
 
 /// What `verify` found.
@@ -60,12 +60,20 @@ pub fn verify_replica(c: &Conn, replica: &str) -> Result<Verdict> {
     let first = expect_seq;
     let mut count = 0u64;
     let mut broken = None;
-    c.each("SELECT seq, record, hash FROM calls WHERE replica = ?1 ORDER BY seq", params![replica], |row| {
+    let sql = format!("SELECT seq, record, hash, {RECORD_FIELDS} FROM calls WHERE replica = ?1 ORDER BY seq");
+    c.each(&sql, params![replica], |row| {
         if broken.is_some() {
             return Ok(());
         }
         let seq = row.i64(0)? as u64;
-        let text = row.str(1)?;
+        let text = match record_text(row, 1, 3) {
+            Ok(t) => t,
+            Err(e) => {
+                broken = Some(Verdict::Broken { seq, why: format!("not a call record: {e}") });
+                return Ok(());
+            }
+        };
+        let text = &*text;
         let hash = row.str(2)?;
         if seq != expect_seq {
             broken = Some(Verdict::Broken { seq: expect_seq, why: format!("record {expect_seq} is missing (next is {seq})") });
@@ -231,11 +239,11 @@ pub fn export<'a>(c: impl Into<Conn<'a>>, since: &str, until: &str, format: Form
     let mut count = 0u64;
     let mut ranges: std::collections::BTreeMap<String, (u64, u64, u64)> = std::collections::BTreeMap::new();
     c.each(
-        "SELECT replica, seq, record, hash FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq",
+        &format!("SELECT replica, seq, record, hash, {RECORD_FIELDS} FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq"),
         params![since, until],
         |row| {
             let seq = row.i64(1)? as u64;
-            let mut v: Value = serde_json::from_str(row.str(2)?)?;
+            let mut v: Value = serde_json::from_str(&record_text(row, 2, 4)?)?;
             v["hash"] = Value::String(row.string(3)?);
             match format {
                 Format::Jsonl => writeln!(file, "{v}")?,
@@ -341,7 +349,9 @@ pub fn last_records<'a>(c: impl Into<Conn<'a>>, n: u64) -> Result<(Vec<String>, 
     let names = replicas(&c)?;
     let order = if names.len() <= 1 { "seq DESC" } else { "ts DESC, replica DESC, seq DESC" };
     let mut lines =
-        c.query(&format!("SELECT record, hash FROM calls ORDER BY {order} LIMIT ?1"), params![n as i64], |r| line(r.str(0)?, r.string(1)?))?;
+        c.query(&format!("SELECT record, hash, {RECORD_FIELDS} FROM calls ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
+            line(&record_text(r, 0, 2)?, r.string(1)?)
+        })?;
     lines.reverse();
     let cursor = c.query("SELECT replica, max(seq) FROM calls GROUP BY replica", &[], |r| Ok((r.string(0)?, r.i64(1)? as u64)))?;
     Ok((lines, cursor.into_iter().collect()))
@@ -356,13 +366,22 @@ pub fn since<'a>(c: impl Into<Conn<'a>>, after: &Cursor, limit: usize) -> Result
     for replica in replicas(&c)? {
         let from = after.get(&replica).copied().unwrap_or(0);
         out.extend(c.query(
-            "SELECT ts, seq, record, hash FROM calls WHERE replica = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            &format!("SELECT ts, seq, record, hash, {RECORD_FIELDS} FROM calls WHERE replica = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
             params![&replica, from, limit as i64],
-            |r| Ok((r.string(0)?, replica.clone(), r.i64(1)? as u64, line(r.str(2)?, r.string(3)?)?)),
+            |r| Ok((r.string(0)?, replica.clone(), r.i64(1)? as u64, line(&record_text(r, 2, 4)?, r.string(3)?)?)),
         )?);
     }
     out.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
     Ok(out.into_iter().map(|(_, r, seq, l)| (r, seq, l)).collect())
+}
+
+/// Every stored record: its canonical JSON (stored, or rebuilt from its row) and its hash, in
+/// (replica, seq) order. What tests and tools read now that most rows hold no JSON text.
+pub fn canonical_records<'a>(c: impl Into<Conn<'a>>) -> crate::record::store::sql::Result<Vec<(String, String)>> {
+    let c = c.into();
+    c.query(&format!("SELECT record, hash, {RECORD_FIELDS} FROM calls ORDER BY replica, seq"), &[], |r| {
+        Ok((record_text(r, 0, 2)?.into_owned(), r.string(1)?))
+    })
 }
 
 fn line(text: &str, hash: String) -> crate::record::store::sql::Result<String> {
