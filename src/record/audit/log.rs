@@ -183,6 +183,8 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
 /// PostgreSQL in the connection, on SQLite per file on the writer's thread); the store forgets
 /// them when a transaction fails ([`forget_interned`]), since the ids it added are gone.
 pub fn intern(c: &Conn, v: &str) -> sql::Result<i64> {
+    let escaped = escape(v);
+    let v = &*escaped;
     let key = cache_key(c);
     let cached = match (c, &key) {
         (Conn::Pg(pg), _) => pg.borrow().interned.get(v).copied(),
@@ -222,6 +224,27 @@ pub fn intern(c: &Conn, v: &str) -> sql::Result<i64> {
         (Conn::Lite(_), None) => {}
     }
     Ok(id)
+}
+
+/// Marks a value of `vals` stored JSON-encoded: one with a NUL (which PostgreSQL text cannot
+/// hold) or one that starts with the mark itself. Every other value is stored as it is.
+pub const ESCAPED: char = '\u{1}';
+
+/// `v` as `vals` stores it.
+pub fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains('\0') || v.starts_with(ESCAPED) {
+        let json = serde_json::to_string(v).expect("a string serializes");
+        return std::borrow::Cow::Owned(format!("{ESCAPED}{json}"));
+    }
+    std::borrow::Cow::Borrowed(v)
+}
+
+/// The value `stored` in `vals` stands for.
+pub fn unescape(stored: &str) -> sql::Result<String> {
+    match stored.strip_prefix(ESCAPED) {
+        Some(json) => Ok(serde_json::from_str(json)?),
+        None => Ok(stored.to_string()),
+    }
 }
 
 /// Forgets the cached ids of [`intern`] (after a transaction that did not commit).

@@ -184,14 +184,15 @@ pub fn record_text<'r>(row: &'r Row, record: usize, fields: usize) -> sql::Resul
 
 /// The record in `row`'s [`RECORD_FIELDS`] (from column `at`), without its hash.
 pub fn rebuild(row: &Row, at: usize) -> sql::Result<CallRecord> {
+    let opt = |i: usize| -> sql::Result<Option<String>> { row.opt_str(at + i)?.map(log::unescape).transpose() };
     let text = |i: usize| -> sql::Result<String> {
-        row.opt_string(at + i)?.ok_or_else(|| sql::Error::Other(format!("call record: column {i} is missing")))
+        opt(i)?.ok_or_else(|| sql::Error::Other(format!("call record: column {i} is missing")))
     };
     let arg_keys = text(11)?;
     Ok(CallRecord {
         seq: row.i64(at)? as u64,
-        ts: text(1)?,
-        replica: text(2)?,
+        ts: row.string(at + 1)?,
+        replica: row.string(at + 2)?,
         session: text(3)?,
         identity: text(4)?,
         grant: text(5)?,
@@ -199,16 +200,16 @@ pub fn rebuild(row: &Row, at: usize) -> sql::Result<CallRecord> {
         kind: text(7)?,
         server: text(8)?,
         tool: text(9)?,
-        category: row.opt_string(at + 10)?,
+        category: opt(10)?,
         arg_keys: serde_json::from_str(&arg_keys)?,
         verdict: text(12)?,
         rule: text(13)?,
         message: text(14)?,
-        policy_commit: row.opt_string(at + 15)?,
+        policy_commit: opt(15)?,
         snapshot_digest: text(16)?,
         outcome: text(17)?,
         latency_ms: row.opt_i64(at + 18)?.map(|l| l as u64),
-        prev_hash: text(19)?,
+        prev_hash: row.string(at + 19)?,
         hash: None,
     })
 }

@@ -150,3 +150,106 @@ fn an_old_single_chain_log_still_verifies_and_continues_after_migration_4() {
         ]
     );
 }
+
+/// Schema 5 stores fields, not the JSON: every record rebuilds to the canonical text it was
+/// hashed as, whatever its strings hold (escapes, NUL, the escape mark, non-ASCII).
+#[test]
+fn records_rebuild_to_the_text_they_were_hashed_as() {
+    use crate::record::audit::verify::{Verdict, canonical_records, verify_all};
+    use crate::record::audit::{CallRecord, GENESIS, chain_hash};
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_conn(&dir.path().join(FILE), false).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    let texts = ["plain", "", "quote \" and \\ /", "é 漢字 🦀 \u{2028} \u{7f}", "nul \0 and \u{1f}", "\u{1}starts with the mark", "{\"json\":1}"];
+    let t = |n: usize, i: usize| texts[(n + i) % texts.len()].to_string();
+    let mut expected = Vec::new();
+    let mut prev = GENESIS.to_string();
+    for n in 0..30usize {
+        let r = CallRecord {
+            seq: 0,
+            ts: format!("2026-12-07T12:00:{:02}.000Z", n),
+            replica: "gw".into(),
+            session: t(n, 1),
+            identity: t(n, 2),
+            grant: t(n, 3),
+            auth: t(n, 4),
+            kind: t(n, 5),
+            server: t(n, 6),
+            tool: t(n, 0),
+            category: (n % 2 == 0).then(|| t(n, 1)),
+            arg_keys: if n % 3 == 0 { vec![] } else { vec![t(n, 2), "a.b[]".into()] },
+            verdict: t(n, 3),
+            rule: t(n, 4),
+            message: t(n, 5),
+            policy_commit: (n % 3 != 1).then(|| t(n, 6)),
+            snapshot_digest: t(n, 0),
+            outcome: t(n, 1),
+            latency_ms: [None, Some(0), Some(17), Some(u64::MAX)][n % 4],
+            prev_hash: String::new(),
+            hash: None,
+        };
+        let mut hashed = r.clone();
+        hashed.seq = n as u64 + 1;
+        hashed.prev_hash = prev.clone();
+        let text = hashed.canonical();
+        prev = chain_hash(&prev, &text);
+        expected.push((text, prev.clone()));
+        let tx = conn.transaction().unwrap();
+        assert_eq!(crate::record::audit::log::append_in(&Conn::Lite(&tx), r).unwrap(), n as u64 + 1);
+        tx.commit().unwrap();
+    }
+    assert_eq!(canonical_records(&conn).unwrap(), expected);
+    assert_eq!(verify_all(&conn).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 30, first: 1, last: 30 })]);
+    // A field changed in place rebuilds to other bytes: the hash no longer matches.
+    conn.execute("UPDATE call_rows SET message = (SELECT id FROM vals WHERE v = 'plain') WHERE seq = 12", []).unwrap();
+    assert_eq!(verify_all(&conn).unwrap(), vec![("gw".to_string(), Verdict::Broken { seq: 12, why: "hash does not match the record".into() })]);
+}
+
+/// A job that interned a new value and then failed is rolled back with its value: the writer
+/// forgets the ids it cached, and the next job adds the value again.
+#[test]
+fn a_rolled_back_value_is_interned_again() {
+    use crate::record::audit::CallRecord;
+    use crate::record::audit::log::append_in;
+    use crate::record::audit::verify::{Verdict, verify_all};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rec = |message: &str| CallRecord {
+        seq: 0,
+        ts: "2026-12-07T12:00:00.000Z".into(),
+        replica: "gw".into(),
+        session: "s".into(),
+        identity: "i".into(),
+        grant: "g".into(),
+        auth: "token".into(),
+        kind: "tool".into(),
+        server: "sv".into(),
+        tool: "t".into(),
+        category: None,
+        arg_keys: vec![],
+        verdict: "allow".into(),
+        rule: "r".into(),
+        message: message.into(),
+        policy_commit: None,
+        snapshot_digest: "d".into(),
+        outcome: "unknown".into(),
+        latency_ms: None,
+        prev_hash: String::new(),
+        hash: None,
+    };
+    rt.block_on(async {
+        let r = rec("only in a rolled-back job");
+        let failed = store.write(move |c| {
+            append_in(c, r)?;
+            Err::<(), _>(sql::Error::Other("the job fails after its append".into()))
+        });
+        assert!(failed.await.is_err());
+        let r = rec("only in a rolled-back job");
+        assert_eq!(store.write(move |c| append_in(c, r)).await.unwrap(), 1);
+    });
+    let conn = open_read_only(dir.path()).unwrap();
+    assert_eq!(verify_all(&conn).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 1, first: 1, last: 1 })]);
+    let message: String = conn.query_row("SELECT message FROM calls", [], |r| r.get(0)).unwrap();
+    assert_eq!(message, "only in a rolled-back job");
+}
