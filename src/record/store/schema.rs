@@ -295,6 +295,11 @@ pub fn migrate_to(conn: &mut Connection, to: usize) -> rusqlite::Result<()> {
 /// Brings a PostgreSQL schema up to date; a no-op when it already is. Replicas starting together
 /// take turns (a transaction-scoped advisory lock).
 pub fn migrate_pg(pg: &mut PgConn) -> Result<(), postgres::Error> {
+    migrate_pg_to(pg, PG_MIGRATIONS.len())
+}
+
+/// Brings a PostgreSQL schema up to version `to` (tests build old databases with it).
+pub fn migrate_pg_to(pg: &mut PgConn, to: usize) -> Result<(), postgres::Error> {
     let mut tx = pg.client.transaction()?;
     tx.batch_execute("SELECT pg_advisory_xact_lock(7158236011); CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
     let version = match tx.query_opt("SELECT version FROM schema_version", &[])? {
@@ -304,7 +309,7 @@ pub fn migrate_pg(pg: &mut PgConn) -> Result<(), postgres::Error> {
             0
         }
     };
-    for (i, sql) in PG_MIGRATIONS.iter().enumerate().skip(version) {
+    for (i, sql) in PG_MIGRATIONS.iter().enumerate().take(to).skip(version) {
         tx.batch_execute(sql)?;
         tx.execute("UPDATE schema_version SET version = $1", &[&((i + 1) as i64)])?;
     }

@@ -253,3 +253,78 @@ fn a_rolled_back_value_is_interned_again() {
     let message: String = conn.query_row("SELECT message FROM calls", [], |r| r.get(0)).unwrap();
     assert_eq!(message, "only in a rolled-back job");
 }
+
+/// PostgreSQL (skipped when none answers on 127.0.0.1:5432): a call log of schema 1 keeps
+/// verifying after migration 2 (its rows keep their JSON in `calls_v4`), and its chains
+/// continue in `call_rows`, rebuilt from their fields.
+#[test]
+fn an_old_postgres_log_still_verifies_and_continues_after_migration_2() {
+    use crate::record::audit::verify::{Verdict, canonical_records, verify_all};
+    use crate::record::audit::{CallRecord, GENESIS, chain_hash};
+    let Ok(mut admin) = PgConn::connect("postgres://postgres@127.0.0.1:5432/postgres") else {
+        eprintln!("no PostgreSQL on 127.0.0.1:5432: skipped");
+        return;
+    };
+    let name = format!("gatehouse_mig_{}", std::process::id());
+    admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+    admin.client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let run = || {
+        let mut pg = PgConn::connect(&url).unwrap();
+        schema::migrate_pg_to(&mut pg, 1).unwrap();
+        let mut prev = GENESIS.to_string();
+        let mut expected = Vec::new();
+        for seq in 1..=3u64 {
+            let r = CallRecord {
+                seq,
+                ts: format!("2026-11-01T00:00:0{seq}.000Z"),
+                replica: "gw".into(),
+                session: "s".into(),
+                identity: "i".into(),
+                grant: "g".into(),
+                auth: "token".into(),
+                kind: "tool".into(),
+                server: "sv".into(),
+                tool: "t".into(),
+                category: None,
+                arg_keys: vec!["path".into()],
+                verdict: "allow".into(),
+                rule: "r".into(),
+                message: "m".into(),
+                policy_commit: None,
+                snapshot_digest: "d".into(),
+                outcome: "ok".into(),
+                latency_ms: Some(seq),
+                prev_hash: prev.clone(),
+                hash: None,
+            };
+            let text = r.canonical();
+            let hash = chain_hash(&prev, &text);
+            pg.client
+                .execute(
+                    "INSERT INTO calls (replica, seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
+                     VALUES ('gw', $1, $2, $3, $4, 'i', 'sv', 't', NULL, 'allow', 'ok')",
+                    &[&(seq as i64), &r.ts, &text, &hash],
+                )
+                .unwrap();
+            expected.push((text, hash.clone()));
+            prev = hash;
+        }
+        schema::migrate_pg(&mut pg).unwrap();
+        let cell = std::cell::RefCell::new(pg);
+        let c = Conn::Pg(&cell);
+        assert_eq!(verify_all(c).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 3, first: 1, last: 3 })]);
+        let mut next = CallRecord { seq: 0, prev_hash: String::new(), ..serde_json::from_str(&expected[2].0).unwrap() };
+        next.message = "nul \0 kept".into();
+        assert_eq!(crate::record::audit::log::append_in(&c, next).unwrap(), 4);
+        assert_eq!(verify_all(c).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 4, first: 1, last: 4 })]);
+        let all = canonical_records(c).unwrap();
+        assert_eq!(&all[..3], &expected[..]);
+        assert!(all[3].0.contains("\"message\":\"nul \\u0000 kept\""), "{}", all[3].0);
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+    admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
