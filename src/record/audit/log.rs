@@ -130,8 +130,9 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
         Sha256::new().chain_update(r.prev_hash.as_bytes()).chain_update(&buf[..]).finalize()
     });
     let arg_keys = serde_json::to_string(&r.arg_keys)?;
-    let id = |v: &str| intern(c, v);
-    let opt = |v: &Option<String>| v.as_deref().map(|v| intern(c, v)).transpose();
+    let key = cache_key(c);
+    let id = |v: &str| intern_in(c, key.as_deref(), v);
+    let opt = |v: &Option<String>| v.as_deref().map(|v| intern_in(c, key.as_deref(), v)).transpose();
     let refs = [
         id(&r.session)?,
         id(&r.identity)?,
@@ -183,10 +184,14 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
 /// PostgreSQL in the connection, on SQLite per file on the writer's thread); the store forgets
 /// them when a transaction fails ([`forget_interned`]), since the ids it added are gone.
 pub fn intern(c: &Conn, v: &str) -> sql::Result<i64> {
+    intern_in(c, cache_key(c).as_deref(), v)
+}
+
+/// [`intern`], with the cache key of `c` ([`cache_key`]) computed once for a record's fields.
+fn intern_in(c: &Conn, key: Option<&str>, v: &str) -> sql::Result<i64> {
     let escaped = escape(v);
     let v = &*escaped;
-    let key = cache_key(c);
-    let cached = match (c, &key) {
+    let cached = match (c, key) {
         (Conn::Pg(pg), _) => pg.borrow().interned.get(v).copied(),
         (Conn::Lite(_), Some(k)) => INTERNED.with_borrow(|m| m.get(k).and_then(|m| m.get(v)).copied()),
         (Conn::Lite(_), None) => None,
@@ -215,7 +220,7 @@ pub fn intern(c: &Conn, v: &str) -> sql::Result<i64> {
             pg.interned.insert(v.to_string(), id);
         }
         (Conn::Lite(_), Some(k)) => INTERNED.with_borrow_mut(|m| {
-            let m = m.entry(k).or_default();
+            let m = m.entry(k.to_string()).or_default();
             if m.len() >= INTERNED_MAX {
                 m.clear();
             }
