@@ -1004,6 +1004,16 @@ fn disk_run(s: &Settings, calls: u64, per_session: u64, schema4: bool) -> f64 {
     assert_eq!(verify(&c).expect("verify runs"), Verdict::Intact { count: 2 * calls, first: 1, last: 2 * calls }, "the chain verifies");
     let verify_s = t0.elapsed().as_secs_f64();
     let per_call = grown as f64 / calls as f64;
+    // Where the bytes are, and how full the pages (dbstat, when SQLite has it).
+    let tables = c
+        .prepare("SELECT name, sum(pgsize), sum(pgsize - unused) FROM dbstat GROUP BY name HAVING sum(pgsize) > 8192 ORDER BY 2 DESC")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok(format!("{} {:.0} B/call ({:.0}% used)", r.get::<_, String>(0)?, r.get::<_, i64>(1)? as f64 / calls as f64, 100.0 * r.get::<_, i64>(2)? as f64 / r.get::<_, i64>(1)?.max(1) as f64)))?
+                .collect::<Result<Vec<_>, _>>()
+        });
+    if let Ok(tables) = tables {
+        println!("    {}", tables.join(", "));
+    }
     println!(
         "  {:<34} {:>9.0} bytes/call  ({} calls, {} per session, {:.0} calls/s appended, verify {:.0} records/s)",
         if schema4 { "schema 4 (JSON text, hex hashes)" } else { "schema 5 (fields, interned)" },
