@@ -156,7 +156,11 @@ impl Db {
 
     pub fn seq_range(&self, p: &Period) -> Result<SeqRange> {
         let rows = self.conn().query(
-            "SELECT replica, min(seq), max(seq), count(*) FROM calls WHERE ts >= ?1 AND ts < ?2 GROUP BY replica",
+            // The tables under the `calls` view: SQLite would compute every column of the view.
+            "SELECT replica, min(seq), max(seq), count(*) FROM (
+                SELECT replica, seq FROM call_rows WHERE ts >= ?1 AND ts < ?2
+                UNION ALL SELECT replica, seq FROM calls_v4 WHERE ts >= ?1 AND ts < ?2) AS r
+             GROUP BY replica",
             params![&p.since, &p.until],
             |r| Ok((r.string(0)?, Span { first: r.i64(1)? as u64, last: r.i64(2)? as u64, count: r.i64(3)? as u64 })),
         )?;
@@ -170,7 +174,9 @@ impl Db {
             return Ok(0);
         }
         let n = self.conn().query_one(
-            "SELECT count(*) FROM calls WHERE ts >= ?1 AND ts < ?2 AND category IN ('destructive', 'execute', 'financial')",
+            "SELECT (SELECT count(*) FROM call_rows WHERE ts >= ?1 AND ts < ?2
+                       AND category IN (SELECT id FROM vals WHERE v IN ('destructive', 'execute', 'financial')))
+                  + (SELECT count(*) FROM calls_v4 WHERE ts >= ?1 AND ts < ?2 AND category IN ('destructive', 'execute', 'financial'))",
             params![&p.since, &p.until],
             |r| r.i64(0),
         )?;

@@ -449,13 +449,36 @@ pub fn last_records<'a>(c: impl Into<Conn<'a>>, n: u64) -> Result<(Vec<String>, 
     let c = c.into();
     let names = replicas(&c)?;
     let order = if names.len() <= 1 { "seq DESC" } else { "ts DESC, replica DESC, seq DESC" };
-    let mut lines =
-        c.query(&format!("SELECT record, hash, {RECORD_FIELDS} FROM calls ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
-            line(&record_text(r, 0, 2)?, r.string(1)?)
-        })?;
-    lines.reverse();
-    let cursor = c.query("SELECT replica, max(seq) FROM calls GROUP BY replica", &[], |r| Ok((r.string(0)?, r.i64(1)? as u64)))?;
-    Ok((lines, cursor.into_iter().collect()))
+    // The keys of the last `n` from the tables under the `calls` view (through the view SQLite
+    // would compute every row before sorting), then those rows through the view.
+    let mut keys = Vec::new();
+    for table in ["call_rows", "calls_v4"] {
+        keys.extend(c.query(&format!("SELECT ts, replica, seq FROM {table} ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
+            Ok((r.string(0)?, r.string(1)?, r.i64(2)?))
+        })?);
+    }
+    if names.len() <= 1 {
+        keys.sort_by(|a, b| b.2.cmp(&a.2));
+    } else {
+        keys.sort_by(|a, b| (&b.0, &b.1, b.2).cmp(&(&a.0, &a.1, a.2)));
+    }
+    keys.truncate(n as usize);
+    let mut lines = Vec::with_capacity(keys.len());
+    for (_, replica, seq) in keys.iter().rev() {
+        lines.extend(c.query(
+            &format!("SELECT record, hash, {RECORD_FIELDS} FROM calls WHERE replica = ?1 AND seq = ?2"),
+            params![replica, *seq],
+            |r| line(&record_text(r, 0, 2)?, r.string(1)?),
+        )?);
+    }
+    let mut cursor: Cursor = Cursor::new();
+    for table in ["call_rows", "calls_v4"] {
+        for (replica, seq) in c.query(&format!("SELECT replica, max(seq) FROM {table} GROUP BY replica"), &[], |r| Ok((r.string(0)?, r.i64(1)? as u64)))? {
+            let e = cursor.entry(replica).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+    Ok((lines, cursor))
 }
 
 /// Each replica's records after `after` (at most `limit` of each), merged in time order, as
