@@ -328,3 +328,45 @@ fn an_old_postgres_log_still_verifies_and_continues_after_migration_2() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// `audit tail`'s last records: across replicas in time order, the newest `n`, and the cursor
+/// after each replica's newest.
+#[test]
+fn the_last_records_of_several_replicas_are_the_newest_in_time_order() {
+    use crate::record::audit::CallRecord;
+    use crate::record::audit::verify::last_records;
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_conn(&dir.path().join(FILE), false).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    for i in 0..10u64 {
+        let r = CallRecord {
+            seq: 0,
+            ts: format!("2026-12-07T12:00:{i:02}.000Z"),
+            replica: if i % 3 == 0 { "a".into() } else { "b".into() },
+            session: "s".into(),
+            identity: "i".into(),
+            grant: "g".into(),
+            auth: "token".into(),
+            kind: "tool".into(),
+            server: "sv".into(),
+            tool: format!("t{i}"),
+            category: None,
+            arg_keys: vec![],
+            verdict: "allow".into(),
+            rule: "r".into(),
+            message: "m".into(),
+            policy_commit: None,
+            snapshot_digest: "d".into(),
+            outcome: "unknown".into(),
+            latency_ms: None,
+            prev_hash: String::new(),
+            hash: None,
+        };
+        crate::record::audit::log::append_in(&Conn::Lite(&conn), r).unwrap();
+    }
+    let (lines, cursor) = last_records(&conn, 4).unwrap();
+    let tools: Vec<String> = lines.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tool"].as_str().unwrap().to_string()).collect();
+    assert_eq!(tools, ["t6", "t7", "t8", "t9"]);
+    assert!(lines.iter().all(|l| l.contains("\"hash\":\"")));
+    assert_eq!(cursor.into_iter().collect::<Vec<_>>(), vec![("a".to_string(), 4), ("b".to_string(), 6)]);
+}
