@@ -458,7 +458,7 @@ pub fn last_records<'a>(c: impl Into<Conn<'a>>, n: u64) -> Result<(Vec<String>, 
         })?);
     }
     if names.len() <= 1 {
-        keys.sort_by(|a, b| b.2.cmp(&a.2));
+        keys.sort_by_key(|k| std::cmp::Reverse(k.2));
     } else {
         keys.sort_by(|a, b| (&b.0, &b.1, b.2).cmp(&(&a.0, &a.1, a.2)));
     }
