@@ -90,27 +90,8 @@ mkdir -p "$repo/servers" "$repo/policies" "$repo/grants"
 cat >"$repo/gatehouse.yaml" <<'EOF'
 version: "1"
 EOF
-cat >"$repo/servers/files.yaml" <<'EOF'
-name: files
-description: The crate's own stdio example upstream (a sandbox seen as /srv/projects)
-transport: stdio
-command: [gatehouse, example-upstream, files]
-timeout: 10s
-supplier:
-  operated_by: internal
-tools:
-  read_file: { category: read }
-EOF
-cat >"$repo/policies/files.yaml" <<'EOF'
-version: "1"
-default: deny
-tools:
-  read_file:
-    deny_if:
-      - name: outside the projects
-        message: only files under /srv/projects/ may be read
-        conditions: [ { path: args.path, op: regex, value: "^(?!/srv/projects/)" } ]
-EOF
+cp scripts/testdata/files-server.yaml "$repo/servers/files.yaml"
+cp scripts/testdata/files-policy.yaml "$repo/policies/files.yaml"
 cat >"$repo/grants/crash.yaml" <<EOF
 identity: crash@example.com
 kind: agent
