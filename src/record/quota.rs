@@ -215,12 +215,14 @@ impl Quotas {
         }
         if let (Some(store), true, false) = (&self.store, r.durable, r.parts.is_empty()) {
             let rows: Vec<Row> = r.rows().into_iter().map(|(c, s, w, v)| (c, s, w, -v)).collect();
-            let write = store.write_deferred(move |c| persist_in(c, &rows));
-            tokio::spawn(async move {
-                if let Err(e) = write.await {
-                    tracing::error!(error = %e, "a failed call's quota reservation was not given back (it counts as spent)");
-                }
-            });
+            store.write_deferred_then(
+                move |c| persist_in(c, &rows),
+                |r| {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "a failed call's quota reservation was not given back (it counts as spent)");
+                    }
+                },
+            );
         }
     }
 

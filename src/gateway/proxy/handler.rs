@@ -1172,12 +1172,7 @@ impl Recorder {
     /// closes the store) commits it.
     pub(super) fn outcome(&self, rule: &str, message: &str, outcome: &str, latency: Duration) {
         if let (Some(log), Some(r)) = (&self.log, self.record("allow", rule, message, outcome, Some(latency))) {
-            let written = log.append_deferred(r);
-            tokio::spawn(async move {
-                if let Err(e) = written.await {
-                    error!(error = %e, "audit log unavailable: an outcome was not recorded");
-                }
-            });
+            log.append_deferred_logged(r, "an outcome");
         }
     }
 

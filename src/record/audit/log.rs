@@ -64,6 +64,20 @@ impl AuditLog {
         self.store.write_deferred(move |c| append_in(c, record))
     }
 
+    /// [`AuditLog::append_deferred`] for a record nobody awaits: a failure to make it durable is
+    /// logged (as `what` was not recorded) by the store's writer thread, which spares the caller's
+    /// runtime a task and a wake-up per record.
+    pub fn append_deferred_logged(&self, record: CallRecord, what: &'static str) {
+        self.store.write_deferred_then(
+            move |c| append_in(c, record),
+            move |r| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "audit log unavailable: {what} was not recorded");
+                }
+            },
+        );
+    }
+
     /// Records a monitoring event (A.8.16), e.g. a quota threshold hit.
     pub async fn event(&self, kind: &'static str, ts: String, detail: serde_json::Value) -> Result<(), StoreError> {
         self.store
@@ -107,7 +121,20 @@ pub fn replicas(c: &Conn) -> sql::Result<Vec<String>> {
 
 /// Appends one record in the writer's transaction, to the chain of its replica.
 pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
-    let (seq, prev) = head(c, &r.replica)?;
+    let generation = crate::record::store::writer_generation();
+    let cached = generation.and_then(|g| {
+        HEADS.with_borrow_mut(|(at, heads)| {
+            if *at != g {
+                heads.clear();
+                *at = g;
+            }
+            heads.get(&r.replica).cloned()
+        })
+    });
+    let (seq, prev) = match cached {
+        Some(h) => h,
+        None => head(c, &r.replica)?,
+    };
     r.seq = seq + 1;
     r.prev_hash = prev;
     r.hash = None;
@@ -120,12 +147,25 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
             "INSERT INTO calls (replica, seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![&r.replica, r.seq, &r.ts, canonical, &*hash, &r.identity, &r.server, &r.tool, &r.category, &r.verdict, &r.outcome],
-        )
+        )?;
+        if let Some(g) = generation {
+            HEADS.with_borrow_mut(|(at, heads)| {
+                if *at == g {
+                    heads.insert(r.replica.clone(), (r.seq, hash.to_string()));
+                }
+            });
+        }
+        Ok::<(), sql::Error>(())
     })?;
     Ok(r.seq)
 }
 
 thread_local! {
+    /// The chain heads this writer thread appended last, per replica, valid for one store
+    /// generation ([`crate::record::store::writer_generation`]): the writer is its replica's only
+    /// writer, so after a committed append the head is the record it wrote, and a rolled-back
+    /// job or group starts a new generation. Saves a read (a round trip on PostgreSQL) per record.
+    static HEADS: std::cell::RefCell<(u64, std::collections::HashMap<String, (u64, String)>)> = std::cell::RefCell::new((0, Default::default()));
     /// The canonical text of the record being appended, reused across appends (they all run on
     /// the store's writer thread).
     static CANONICAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));

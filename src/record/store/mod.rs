@@ -4,14 +4,16 @@
 //! exactly one thread per process. Jobs run the same SQL on both ([`sql`]).
 //!
 //! Writers submit closures; the writer thread runs every closure queued at that moment inside one
-//! transaction (each in its own savepoint, so one failing job does not undo the others), commits
-//! once — one fsync for the group — and only then answers each caller. An answer therefore means
+//! transaction (each in its own savepoint when there are several, so one failing job does not
+//! undo the others), commits once — one fsync for the group — and only then answers each caller. An answer therefore means
 //! "durable". Readers open their own connections (WAL lets them run beside the writer).
 //!
 //! A *deferred* job ([`Store::write_deferred`]: outcome records, quota counters — writes nobody
 //! waits on before answering a client) does not start a commit of its own: it waits for the
 //! next group that something else starts, or at most [`DEFER_MAX`], and is committed with it.
-//! Its answer still means durable. [`Store::close`] commits everything queued and stops the
+//! Its answer still means durable. Submitting never blocks, and wakes the writer only when it
+//! must ([`Queue`]): a thread switch per record is most of what a durable record costs besides
+//! its fsync. [`Store::close`] commits everything queued and stops the
 //! writer: a clean shutdown loses nothing that was submitted before it.
 //!
 //! PostgreSQL going away fails the groups in flight (their callers are refused: fail closed);
@@ -25,10 +27,9 @@ mod schema;
 pub mod sql;
 
 use std::path::Path;
-use std::sync::mpsc as std_mpsc;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,12 @@ pub const FILE: &str = "gatehouse.db";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most jobs committed in one transaction.
 const MAX_GROUP: usize = 1024;
+/// Most jobs queued for the writer; beyond, writes are refused (fail closed) rather than queued
+/// without bound behind a stalled disk or database.
+const MAX_QUEUED: usize = 16 * 1024;
+/// How long after its last group the writer keeps waking every [`DEFER_MAX`] by itself (so that
+/// deferred jobs need not wake it); after that it sleeps until woken.
+const POLL_AFTER_WORK: Duration = Duration::from_secs(10);
 /// Longest a deferred job waits for another job's commit before it is committed on its own.
 pub const DEFER_MAX: Duration = Duration::from_millis(100);
 /// Prepared statements kept by the writer's connection (the call log's, quotas', savepoints…).
@@ -68,7 +75,8 @@ pub struct Store {
     path: std::path::PathBuf,
     /// Whether the last group committed (false while PostgreSQL is unreachable).
     healthy: Arc<AtomicBool>,
-    jobs: std_mpsc::SyncSender<Msg>,
+    /// The writer's queue; when the last handle goes, the writer commits what is queued and stops.
+    jobs: Arc<Submitter>,
     /// The writer thread, until [`Store::close`] joins it.
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -87,10 +95,77 @@ struct Job {
     deferred: bool,
 }
 
-enum Msg {
-    Job(Job),
-    /// Commit everything queued, stop, then answer.
-    Stop(oneshot::Sender<()>),
+/// The jobs waiting for the writer thread. Submitting never blocks; it wakes the writer only
+/// when the writer sleeps and the job cannot wait: a job someone awaits, or a deferred job
+/// while the writer sleeps without a deadline. The writer sleeps with a deadline of
+/// [`DEFER_MAX`] for [`POLL_AFTER_WORK`] after its last group, so under steady load deferred
+/// jobs (every call's outcome record) cost no thread switch of their own.
+struct Queue {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: Vec<Job>,
+    /// A queued job is not deferred: the writer commits at once.
+    urgent: bool,
+    /// When the oldest queued deferred job was queued.
+    oldest: Option<Instant>,
+    /// No more jobs are accepted: a close was asked, every handle is gone, or the writer stopped.
+    closed: bool,
+    /// Close requests, answered once everything queued before them is committed.
+    stops: Vec<oneshot::Sender<()>>,
+    /// The writer has stopped (its thread is gone or going).
+    gone: bool,
+    /// The writer sleeps (with or without a deadline) and has not been woken yet.
+    asleep: bool,
+    /// … without a deadline: only a wake-up will make it commit a deferred job.
+    idle: bool,
+}
+
+/// Owned by every [`Store`] clone through one `Arc`: dropping the last one closes the queue.
+struct Submitter(Arc<Queue>);
+
+impl Drop for Submitter {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.wake.notify_one();
+    }
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, job: Job) -> Result<(), StoreError> {
+        let mut p = self.lock();
+        if p.closed {
+            return Err(StoreError::Stopped);
+        }
+        if p.jobs.len() >= MAX_QUEUED {
+            return Err(StoreError::Sqlite(format!("the state database is {MAX_QUEUED} writes behind; refusing more until it catches up")));
+        }
+        let wake = if job.deferred {
+            p.oldest.get_or_insert_with(Instant::now);
+            p.idle
+        } else {
+            let first = !p.urgent;
+            p.urgent = true;
+            first && p.asleep
+        };
+        p.jobs.push(job);
+        if wake {
+            p.asleep = false;
+            p.idle = false;
+        }
+        drop(p);
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
 }
 
 // === impl Store ===
@@ -119,17 +194,17 @@ impl Store {
             }
         };
         let healthy = Arc::new(AtomicBool::new(true));
-        let (tx, rx) = std_mpsc::sync_channel::<Msg>(16 * 1024);
-        let h = healthy.clone();
+        let queue = Arc::new(Queue { pending: Mutex::new(Pending::default()), wake: Condvar::new() });
+        let (q, h) = (queue.clone(), healthy.clone());
         let thread = std::thread::Builder::new()
             .name("gatehouse-store".into())
-            .spawn(move || writer(backend, rx, h))
+            .spawn(move || writer(backend, q, h))
             .map_err(|e| StoreError::Sqlite(format!("starting the writer thread: {e}")))?;
         let path = match at {
             Location::Dir(d) => d.join(FILE),
             Location::Postgres(_) => std::path::PathBuf::new(),
         };
-        Ok(Store { location: at.clone(), path, healthy, jobs: tx, thread: Arc::new(Mutex::new(Some(thread))) })
+        Ok(Store { location: at.clone(), path, healthy, jobs: Arc::new(Submitter(queue)), thread: Arc::new(Mutex::new(Some(thread))) })
     }
 
     /// The SQLite file (empty on PostgreSQL).
@@ -172,6 +247,31 @@ impl Store {
         async move { rx?.await.map_err(|_| StoreError::Stopped)? }
     }
 
+    /// [`Store::write_deferred`] for a write nobody awaits: `then` runs on the writer thread with
+    /// the result once it is known (committed, or failed). No task and no wake-up of the caller's
+    /// runtime: the cheapest durable write there is. `then` also runs (with
+    /// [`StoreError::Stopped`]) when the job cannot be queued.
+    pub fn write_deferred_then<T, E, F, G>(&self, f: F, then: G)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Conn) -> Result<T, E> + Send + 'static,
+        E: Into<sql::Error>,
+        G: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        let then = Arc::new(Mutex::new(Some(then)));
+        let on_done = then.clone();
+        let queued = self.submit_with(f, true, move |r| {
+            if let Some(g) = on_done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                g(r)
+            }
+        });
+        if let Err(e) = queued
+            && let Some(g) = then.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            g(Err(e))
+        }
+    }
+
     /// The same as [`Store::write`], for callers outside the async runtime.
     pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -194,8 +294,16 @@ impl Store {
     /// [`Store::close`]).
     pub fn close_blocking(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.jobs.send(Msg::Stop(tx)).is_ok() {
+        let queue = &self.jobs.0;
+        let mut p = queue.lock();
+        if !p.gone {
+            p.closed = true;
+            p.stops.push(tx);
+            drop(p);
+            queue.wake.notify_one();
             let _ = rx.blocking_recv();
+        } else {
+            drop(p);
         }
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
@@ -216,8 +324,23 @@ impl Store {
         E: Into<sql::Error>,
     {
         let (tx, rx) = oneshot::channel();
-        // Runs `f` (or, with no connection, skips it) and returns how to answer once the group's
-        // commit is known: a result is only reported after it is durable.
+        self.submit_with(f, deferred, move |r| {
+            let _ = tx.send(r);
+        })?;
+        Ok(rx)
+    }
+
+    /// Queues `f`; `answer` gets its result once the group's commit is known (a result is only
+    /// reported after it is durable). A job dropped unrun (the writer stopped under it) is never
+    /// answered: its caller sees its channel closed.
+    fn submit_with<T, E, F, A>(&self, f: F, deferred: bool, answer: A) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Conn) -> Result<T, E> + Send + 'static,
+        E: Into<sql::Error>,
+        A: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        // Runs `f` (or, with no connection, skips it) and returns how to answer.
         let run = Box::new(move |conn: Option<&Conn>| -> (bool, Done) {
             let outcome = match conn {
                 Some(c) => f(c).map_err(|e| StoreError::Sqlite(e.into().to_string())),
@@ -225,15 +348,14 @@ impl Store {
             };
             let ok = outcome.is_ok();
             let reply = Box::new(move |committed: Result<(), StoreError>| {
-                let _ = tx.send(match (outcome, committed) {
+                answer(match (outcome, committed) {
                     (Ok(v), Ok(())) => Ok(v),
                     (_, Err(e)) | (Err(e), Ok(())) => Err(e),
                 });
             }) as Done;
             (ok, reply)
         });
-        self.jobs.send(Msg::Job(Job { run, deferred })).map_err(|_| StoreError::Stopped)?;
-        Ok(rx)
+        self.jobs.0.push(Job { run, deferred })
     }
 
     /// A read-only SQLite connection of its own (blocking; use from a blocking thread). SQLite
@@ -279,65 +401,91 @@ fn lite_err(e: rusqlite::Error) -> StoreError {
     StoreError::Sqlite(e.to_string())
 }
 
-/// The writer thread: group everything queued, one transaction, one commit, then answer.
-/// Deferred jobs wait (at most [`DEFER_MAX`]) for a job that is not, and join its group.
-fn writer(mut conn: Backend, rx: std_mpsc::Receiver<Msg>, healthy: Arc<AtomicBool>) {
-    let mut group: Vec<Job> = Vec::new();
-    // Set while `group` holds only deferred jobs: when they are committed on their own.
-    let mut deadline: Option<Instant> = None;
+/// The writer thread: take what is queued (at most [`MAX_GROUP`]), one transaction, one commit,
+/// then answer. Deferred jobs wait (at most [`DEFER_MAX`]) for a job that is not, and join its
+/// group. After a close (or when every handle is gone) it commits everything queued, answers
+/// the close requests and stops.
+fn writer(mut conn: Backend, queue: Arc<Queue>, healthy: Arc<AtomicBool>) {
+    // If a job panics, the thread unwinds through this: jobs still queued are dropped (their
+    // callers see [`StoreError::Stopped`]) and later submissions are refused at once.
+    let _stopped = Stopped(queue.clone());
+    GENERATION.set(Some(0));
+    let mut last_group = Instant::now();
     loop {
-        let msg = match deadline {
-            None => rx.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected),
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-        };
-        let mut commit_now = false;
-        let mut stop = None;
-        match msg {
-            Ok(Msg::Job(j)) => {
-                commit_now |= !j.deferred;
-                group.push(j);
+        let group = {
+            let mut p = queue.lock();
+            loop {
+                let now = Instant::now();
+                let ripe = p.oldest.is_some_and(|t| now >= t + DEFER_MAX);
+                if p.urgent || p.closed || ripe || p.jobs.len() >= MAX_GROUP {
+                    break;
+                }
+                let deadline = match p.oldest {
+                    Some(t) => Some(t + DEFER_MAX),
+                    None if now.duration_since(last_group) < POLL_AFTER_WORK => Some(now + DEFER_MAX),
+                    None => None,
+                };
+                p.asleep = true;
+                p.idle = deadline.is_none();
+                p = match deadline {
+                    Some(d) => queue.wake.wait_timeout(p, d.saturating_duration_since(now)).unwrap_or_else(|e| e.into_inner()).0,
+                    None => queue.wake.wait(p).unwrap_or_else(|e| e.into_inner()),
+                };
+                p.asleep = false;
+                p.idle = false;
             }
-            Ok(Msg::Stop(ack)) => stop = Some(ack),
-            Err(std_mpsc::RecvTimeoutError::Timeout) => commit_now = true,
-            // Every handle is gone: nothing more can come.
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                healthy.store(commit_group(&mut conn, std::mem::take(&mut group)), Ordering::Relaxed);
+            if p.jobs.is_empty() && p.closed {
+                // Everything queued before the close is committed.
+                for ack in p.stops.drain(..) {
+                    let _ = ack.send(());
+                }
+                p.gone = true;
                 return;
             }
-        }
-        // Everything else queued at this moment joins the group (after a stop: everything
-        // already queued behind it, so that a racing submitter is not dropped needlessly).
-        while group.len() < MAX_GROUP || stop.is_some() {
-            match rx.try_recv() {
-                Ok(Msg::Job(j)) => {
-                    commit_now |= !j.deferred;
-                    group.push(j);
-                    if group.len() >= MAX_GROUP && stop.is_some() {
-                        healthy.store(commit_group(&mut conn, std::mem::take(&mut group)), Ordering::Relaxed);
-                    }
-                }
-                Ok(Msg::Stop(ack)) => {
-                    // A second close: answered when the first one is.
-                    if let Some(first) = stop.replace(ack) {
-                        let _ = first.send(());
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        if let Some(ack) = stop {
-            healthy.store(commit_group(&mut conn, std::mem::take(&mut group)), Ordering::Relaxed);
-            drop(conn);
-            let _ = ack.send(());
-            return;
-        }
-        if commit_now || group.len() >= MAX_GROUP {
-            healthy.store(commit_group(&mut conn, std::mem::take(&mut group)), Ordering::Relaxed);
-            deadline = None;
-        } else if deadline.is_none() && !group.is_empty() {
-            deadline = Some(Instant::now() + DEFER_MAX);
-        }
+            let take = p.jobs.len().min(MAX_GROUP);
+            let group: Vec<Job> = p.jobs.drain(..take).collect();
+            // What stays behind (a group was full) is committed next, without waiting.
+            p.urgent = !p.jobs.is_empty();
+            p.oldest = None;
+            group
+        };
+        healthy.store(commit_group(&mut conn, group), Ordering::Relaxed);
+        last_group = Instant::now();
     }
+}
+
+/// Marks the queue stopped when the writer thread ends, however it ends.
+struct Stopped(Arc<Queue>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let mut p = self.0.lock();
+        p.closed = true;
+        p.gone = true;
+        let unrun = std::mem::take(&mut p.jobs);
+        let stops = std::mem::take(&mut p.stops);
+        drop(p);
+        drop(unrun);
+        drop(stops);
+    }
+}
+
+thread_local! {
+    /// On a store's writer thread: a number that changes whenever a job failed or a transaction
+    /// did not commit (what the jobs wrote may have been undone). `None` on every other thread.
+    static GENERATION: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// On a store's writer thread, the current generation: what a job read from the database may
+/// be kept (by the job's own module) across jobs and groups while this is unchanged, since the
+/// writer is the only writer of its connection. `None` on any other thread: read every time.
+pub fn writer_generation() -> Option<u64> {
+    GENERATION.get()
+}
+
+/// Something a job wrote may have been rolled back: caches of the writer thread are void.
+fn invalidate() {
+    GENERATION.set(GENERATION.get().map(|g| g + 1));
 }
 
 /// The writer's connection.
@@ -403,9 +551,9 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
     };
     let pg = conn.is_pg();
     let size = group.len();
-    // A job alone in its group on PostgreSQL needs no savepoint (round trips fewer on the
-    // write-ahead path): if it fails, the transaction is aborted and COMMIT rolls it back.
-    let savepoints = !pg || size > 1;
+    // A job alone in its group needs no savepoint (two statements fewer on the write-ahead
+    // path; round trips on PostgreSQL): if it fails, the whole transaction is rolled back.
+    let savepoints = size > 1;
     // PostgreSQL: each savepoint change is one round trip: the first savepoint rides BEGIN,
     // and the statement after a job ends its savepoint and opens the next job's.
     let begin = match (pg, savepoints) {
@@ -429,15 +577,25 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
     let mut done: Vec<Done> = Vec::with_capacity(size);
     let mut jobs = group.into_iter();
     let mut aborted = None;
+    // The job of a group of one failed: roll it back rather than commit what it half wrote.
+    let mut alone_failed = false;
     let mut ran = 0;
     for job in jobs.by_ref() {
         ran += 1;
         if !savepoints {
-            done.push((job.run)(Some(&conn)).1);
+            let (ok, reply) = (job.run)(Some(&conn));
+            if !ok {
+                invalidate();
+                alone_failed = true;
+            }
+            done.push(reply);
             continue;
         }
         if pg {
             let (ok, reply) = (job.run)(Some(&conn));
+            if !ok {
+                invalidate();
+            }
             done.push(reply);
             let step = match (ok, ran == size) {
                 (true, false) => Some("RELEASE SAVEPOINT job; SAVEPOINT job"),
@@ -460,6 +618,9 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
         }
         let (ok, reply) = (job.run)(Some(&conn));
         done.push(reply);
+        if !ok {
+            invalidate();
+        }
         if ok {
             if let Err(e) = exec_cached(&conn, "RELEASE SAVEPOINT job") {
                 aborted = Some(StoreError::Sqlite(e.to_string()));
@@ -483,9 +644,17 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
             }
             Err(e)
         }
+        // Its caller gets the job's own error; nothing else was in the transaction.
+        None if alone_failed => match exec_cached(&conn, "ROLLBACK") {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Sqlite(e.to_string())),
+        },
         None => exec_cached(&conn, "COMMIT").map_err(|e| StoreError::Sqlite(e.to_string())),
     };
     let mut lost = false;
+    if committed.is_err() {
+        invalidate();
+    }
     if committed.is_err() && exec_cached(&conn, "ROLLBACK").is_err() && pg {
         lost = true;
     }

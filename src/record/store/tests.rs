@@ -150,3 +150,123 @@ fn an_old_single_chain_log_still_verifies_and_continues_after_migration_4() {
         ]
     );
 }
+
+fn sample_record(replica: &str) -> crate::record::audit::CallRecord {
+    crate::record::audit::CallRecord {
+        seq: 0,
+        ts: "2026-12-07T00:00:00.000Z".into(),
+        replica: replica.into(),
+        session: "s".into(),
+        identity: "i".into(),
+        grant: "g".into(),
+        auth: "token".into(),
+        kind: "tool".into(),
+        server: "sv".into(),
+        tool: "t".into(),
+        category: None,
+        arg_keys: vec![],
+        verdict: "allow".into(),
+        rule: "r".into(),
+        message: "m".into(),
+        policy_commit: None,
+        snapshot_digest: "d".into(),
+        outcome: "ok".into(),
+        latency_ms: Some(1),
+        prev_hash: String::new(),
+        hash: None,
+    }
+}
+
+/// The writer keeps its replica's chain head between appends; a job that appended and then
+/// failed (its savepoint rolled back) or a group that did not commit must not leave it stale.
+#[test]
+fn the_chain_head_kept_by_the_writer_follows_rolled_back_jobs() {
+    use crate::record::audit::log::append_in;
+    use crate::record::audit::verify::{Verdict, verify_all};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        assert_eq!(store.write(|c| append_in(c, sample_record("gw"))).await.unwrap(), 1);
+        // Appends record 2, then fails: rolled back to its savepoint.
+        let failed = store.write(|c| {
+            append_in(c, sample_record("gw"))?;
+            c.exec("INSERT INTO no_such_table VALUES (1)", &[])
+        });
+        assert!(failed.await.is_err());
+        assert_eq!(store.write(|c| append_in(c, sample_record("gw"))).await.unwrap(), 2, "seq 2 again: the failed job's record is gone");
+        // The same inside one group: the failing job sits between two good ones.
+        let a = store.write(|c| append_in(c, sample_record("gw")));
+        let bad = store.write(|c| {
+            append_in(c, sample_record("gw"))?;
+            c.exec("INSERT INTO no_such_table VALUES (1)", &[])
+        });
+        let b = store.write(|c| append_in(c, sample_record("gw")));
+        let (a, bad, b) = tokio::join!(a, bad, b);
+        assert!(bad.is_err());
+        assert_eq!((a.unwrap(), b.unwrap()), (3, 4));
+    });
+    let all = verify_all(&store.reader().unwrap()).unwrap();
+    assert_eq!(all, vec![("gw".to_string(), Verdict::Intact { count: 4, first: 1, last: 4 })]);
+}
+
+/// A write nobody awaits reports its result on the writer thread once it is durable, and a
+/// writer that died (a job panicked) refuses later writes at once instead of queueing them.
+#[test]
+fn deferred_writes_report_on_the_writer_and_a_dead_writer_refuses_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.write_deferred_then(
+        |c| c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('then', '1')", []),
+        move |r| tx.send((r.map_err(|e| e.to_string()), std::thread::current().name().map(String::from))).unwrap(),
+    );
+    let (r, thread) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(r, Ok(1));
+    assert_eq!(thread.as_deref(), Some("gatehouse-store"));
+    assert!(kv_has(&store.reader().unwrap(), "then"), "durable when reported");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let boom = store.write(|_| -> Result<(), rusqlite::Error> { panic!("a job panics") });
+        assert!(matches!(boom.await, Err(StoreError::Stopped)));
+        let t = Instant::now();
+        assert!(matches!(store.write(|_| Ok::<(), rusqlite::Error>(())).await, Err(StoreError::Stopped)));
+        assert!(t.elapsed() < Duration::from_secs(1));
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.write_deferred_then(|_| Ok::<(), rusqlite::Error>(()), move |r| tx.send(r.is_err()).unwrap());
+    assert!(rx.recv_timeout(Duration::from_secs(1)).unwrap(), "refused, and told so");
+    store.close_blocking();
+}
+
+/// The queue is bounded: behind a stalled writer, writes beyond [`MAX_QUEUED`] are refused at
+/// once (the caller fails closed) rather than queued without bound or blocking the caller.
+#[test]
+fn writes_beyond_the_queue_bound_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (release, stalled) = std::sync::mpsc::channel::<()>();
+    let (started, started_rx) = std::sync::mpsc::channel::<()>();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async {
+        let staller = store.clone();
+        let stall = async move { staller.write(move |_| {
+            started.send(()).unwrap();
+            stalled.recv().unwrap();
+            Ok::<(), rusqlite::Error>(())
+        }).await };
+        let stall = tokio::spawn(stall);
+        tokio::task::yield_now().await;
+        started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let queued: Vec<_> = (0..MAX_QUEUED).map(|_| store.write_deferred(|_| Ok::<(), rusqlite::Error>(()))).collect();
+        let refused = store.write(|_| Ok::<(), rusqlite::Error>(())).await;
+        assert!(matches!(&refused, Err(StoreError::Sqlite(m)) if m.contains("writes behind")), "{refused:?}");
+        release.send(()).unwrap();
+        stall.await.unwrap().unwrap();
+        for q in queued {
+            q.await.unwrap();
+        }
+        store.write(|_| Ok::<(), rusqlite::Error>(())).await.unwrap();
+    });
+}
