@@ -462,18 +462,22 @@ fn baseline_scan(data: &Path) -> (Duration, u64, u64) {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    let mut stmt =
-        c.prepare("SELECT seq, ts, record, hash FROM calls WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq").unwrap();
-    let mut rows = stmt.query([first, last]).unwrap();
+    // The record's canonical text is rebuilt from its row (schema 5), as every reader does.
+    let sql = format!(
+        "SELECT seq, ts, record, hash, {} FROM calls WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+        gatehouse::record::audit::RECORD_FIELDS
+    );
     let (mut n, mut bytes) = (0u64, 0u64);
-    while let Some(r) = rows.next().unwrap() {
-        let ts = r.get_ref(1).unwrap().as_str().unwrap();
-        if ts >= since.as_str() && ts < until.as_str() {
-            n += 1;
-            bytes +=
-                (r.get_ref(2).unwrap().as_str().unwrap().len() + r.get_ref(3).unwrap().as_str().unwrap().len()) as u64;
-        }
-    }
+    gatehouse::record::store::Conn::Lite(&c)
+        .each(&sql, gatehouse::record::store::sql::params![first, last], |r| {
+            let ts = r.str(1)?;
+            if ts >= since.as_str() && ts < until.as_str() {
+                n += 1;
+                bytes += (gatehouse::record::audit::record_text(r, 2, 4)?.len() + r.str(3)?.len()) as u64;
+            }
+            Ok(())
+        })
+        .unwrap();
     (t.elapsed(), n, bytes)
 }
 

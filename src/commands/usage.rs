@@ -265,11 +265,15 @@ fn compile_rev(repo_dir: &Path, commit: &str) -> Option<Rev> {
 fn read_calls(conn: &crate::record::store::Conn, since: &str, until: &str) -> Result<Vec<Call>> {
     let mut out = Vec::new();
     conn.each(
-        "SELECT ts, identity, server, tool, verdict, record FROM calls
-         WHERE ts >= ?1 AND ts < ?2 AND outcome IN ('unknown', 'denied') ORDER BY ts, replica, seq",
+        &format!(
+            "SELECT ts, identity, server, tool, verdict, record, {} FROM calls
+             WHERE ts >= ?1 AND ts < ?2 AND outcome IN ('unknown', 'denied') ORDER BY ts, replica, seq",
+            crate::record::audit::RECORD_FIELDS
+        ),
         crate::record::store::sql::params![since, until],
         |r| {
-            let v: Value = serde_json::from_str(r.str(5)?).unwrap_or(Value::Null);
+            let text = crate::record::audit::record_text(r, 5, 6);
+            let v: Value = text.ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
             if v.get("kind").and_then(Value::as_str).unwrap_or("tool") != "tool" {
                 return Ok(());
             }

@@ -15,7 +15,7 @@ use crate::record::store::sql::{Conn, Location, Reader, Row, params};
 
 use super::Period;
 use super::write::{CellRef, Sink, Text};
-use crate::record::audit::GENESIS;
+use crate::record::audit::{GENESIS, RECORD_FIELDS, record_text};
 use crate::record::audit::verify::record_fault;
 
 pub(crate) const EVENT_COLUMNS: [&str; 8] = ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"];
@@ -156,7 +156,11 @@ impl Db {
 
     pub fn seq_range(&self, p: &Period) -> Result<SeqRange> {
         let rows = self.conn().query(
-            "SELECT replica, min(seq), max(seq), count(*) FROM calls WHERE ts >= ?1 AND ts < ?2 GROUP BY replica",
+            // The tables under the `calls` view: SQLite would compute every column of the view.
+            "SELECT replica, min(seq), max(seq), count(*) FROM (
+                SELECT replica, seq FROM call_rows WHERE ts >= ?1 AND ts < ?2
+                UNION ALL SELECT replica, seq FROM calls_v4 WHERE ts >= ?1 AND ts < ?2) AS r
+             GROUP BY replica",
             params![&p.since, &p.until],
             |r| Ok((r.string(0)?, Span { first: r.i64(1)? as u64, last: r.i64(2)? as u64, count: r.i64(3)? as u64 })),
         )?;
@@ -170,7 +174,9 @@ impl Db {
             return Ok(0);
         }
         let n = self.conn().query_one(
-            "SELECT count(*) FROM calls WHERE ts >= ?1 AND ts < ?2 AND category IN ('destructive', 'execute', 'financial')",
+            "SELECT (SELECT count(*) FROM call_rows WHERE ts >= ?1 AND ts < ?2
+                       AND category IN (SELECT id FROM vals WHERE v IN ('destructive', 'execute', 'financial')))
+                  + (SELECT count(*) FROM calls_v4 WHERE ts >= ?1 AND ts < ?2 AND category IN ('destructive', 'execute', 'financial'))",
             params![&p.since, &p.until],
             |r| r.i64(0),
         )?;
@@ -206,11 +212,15 @@ impl Db {
         }
         if !single && range.count > 0 {
             self.conn().each(
-                "SELECT seq, ts, record, hash, category, replica FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq",
+                &format!("SELECT seq, ts, record, hash, category, replica, {RECORD_FIELDS} FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq"),
                 params![&p.since, &p.until],
                 |row| {
-                    let (seq, ts, text, hash) = (row.i64(0)? as u64, row.str(1)?, row.str(2)?, row.str(3)?);
-                    let record: Result<Rec, _> = serde_json::from_str(text);
+                    let (seq, ts, hash) = (row.i64(0)? as u64, row.str(1)?, row.str(3)?);
+                    let text = match record_text(row, 2, 6) {
+                        Ok(text) => text,
+                        Err(e) => Cow::Owned(format!("unreadable row: {e}")),
+                    };
+                    let record: Result<Rec, _> = serde_json::from_str(&text);
                     self.emit(row, seq, ts, hash, record, &mut scan, pass).map_err(|e| crate::record::store::sql::Error::Other(format!("{e:#}")))
                 },
             )?;
@@ -229,12 +239,16 @@ impl Db {
         let mut check_link = chain.linked.is_some();
         let mut expect = first;
         self.conn().each(
-            "SELECT seq, ts, record, hash, category, replica FROM calls WHERE replica = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+            &format!("SELECT seq, ts, record, hash, category, replica, {RECORD_FIELDS} FROM calls WHERE replica = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq"),
             params![replica, span.first, span.last],
             |row| {
                 let seq = row.i64(0)? as u64;
                 let ts = row.str(1)?;
-                let text = row.str(2)?;
+                let text = match record_text(row, 2, 6) {
+                    Ok(text) => text,
+                    Err(e) => Cow::Owned(format!("unreadable row: {e}")),
+                };
+                let text = &*text;
                 let hash = row.str(3)?;
                 let record: Result<Rec, _> = serde_json::from_str(text);
                 if chain.broken.is_none() {

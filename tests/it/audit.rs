@@ -32,15 +32,14 @@ async fn world_with(up: &MockUpstream, config: Config) -> Gateway {
 
 fn records(gw: &Gateway) -> Vec<Value> {
     let c = gw.store.reader().unwrap();
-    let mut stmt = c.prepare("SELECT record, hash FROM calls ORDER BY seq").unwrap();
-    stmt.query_map([], |r| {
-        let mut v: Value = serde_json::from_str(&r.get::<_, String>(0)?).unwrap();
-        v["hash"] = Value::String(r.get(1)?);
-        Ok(v)
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
+    let rows = gatehouse::record::audit::verify::canonical_records(&c).unwrap();
+    rows.into_iter()
+        .map(|(text, hash)| {
+            let mut v: Value = serde_json::from_str(&text).unwrap();
+            v["hash"] = Value::String(hash);
+            v
+        })
+        .collect()
 }
 
 /// Waits for the background outcome records.
@@ -94,12 +93,12 @@ async fn every_call_leaves_chained_records_and_tampering_is_found() {
         t.execute_batch(sql).unwrap();
         verify(&t).unwrap()
     };
-    let flipped = tamper("UPDATE calls SET record = replace(record, '\"verdict\":\"deny\"', '\"verdict\":\"allow\"') WHERE seq = 3");
+    let flipped = tamper("UPDATE call_rows SET verdict = (SELECT id FROM vals WHERE v = 'allow') WHERE seq = 3");
     assert_eq!(flipped, Verdict::Broken { seq: 3, why: "hash does not match the record".into() });
-    let deleted = tamper("DELETE FROM calls WHERE seq = 2");
+    let deleted = tamper("DELETE FROM call_rows WHERE seq = 2");
     assert!(matches!(deleted, Verdict::Broken { seq: 2, .. }), "{deleted:?}");
     let swapped = tamper(
-        "UPDATE calls SET seq = -2 WHERE seq = 2; UPDATE calls SET seq = 2 WHERE seq = 3; UPDATE calls SET seq = 3 WHERE seq = -2;",
+        "UPDATE call_rows SET seq = -2 WHERE seq = 2; UPDATE call_rows SET seq = 2 WHERE seq = 3; UPDATE call_rows SET seq = 3 WHERE seq = -2;",
     );
     assert!(matches!(swapped, Verdict::Broken { seq: 2, .. }), "{swapped:?}");
 

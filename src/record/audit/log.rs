@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use super::{CallRecord, GENESIS, chain_hash};
+use sha2::{Digest, Sha256};
+
+use super::{CallRecord, GENESIS};
 use crate::record::store::sql::{self, Conn, params};
 use crate::record::store::{Store, StoreError};
 
@@ -75,7 +77,14 @@ impl AuditLog {
 /// The chain head of `replica`: (last seq, its hash); after pruning, the anchor the retained
 /// part starts from.
 pub fn head(c: &Conn, replica: &str) -> sql::Result<(u64, String)> {
-    let last = c.query_opt("SELECT seq, hash FROM calls WHERE replica = ?1 ORDER BY seq DESC LIMIT 1", params![replica], |r| {
+    let last = c.query_opt("SELECT seq, hash FROM call_rows WHERE replica = ?1 ORDER BY seq DESC LIMIT 1", params![replica], |r| {
+        Ok((r.i64(0)?, hex::encode(r.bytes(1)?)))
+    })?;
+    if let Some((seq, hash)) = last {
+        return Ok((seq as u64, hash));
+    }
+    // The records written before schema 5.
+    let last = c.query_opt("SELECT seq, hash FROM calls_v4 WHERE replica = ?1 ORDER BY seq DESC LIMIT 1", params![replica], |r| {
         Ok((r.i64(0)?, r.string(1)?))
     })?;
     if let Some((seq, hash)) = last {
@@ -96,7 +105,9 @@ pub fn anchor(c: &Conn, replica: &str) -> sql::Result<Option<(u64, String)>> {
 
 /// The replicas that have written to the call log (or left a pruning anchor), sorted.
 pub fn replicas(c: &Conn) -> sql::Result<Vec<String>> {
-    let mut names = c.query("SELECT DISTINCT replica FROM calls", &[], |r| r.string(0))?;
+    // The tables under the `calls` view: SQLite would compute every column of the view.
+    let mut names =
+        c.query("SELECT DISTINCT replica FROM call_rows UNION SELECT DISTINCT replica FROM calls_v4", &[], |r| r.string(0))?;
     for key in c.query("SELECT key FROM kv WHERE key LIKE 'chain_anchor:%'", &[], |r| r.string(0))? {
         names.push(key["chain_anchor:".len()..].to_string());
     }
@@ -105,30 +116,174 @@ pub fn replicas(c: &Conn) -> sql::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Appends one record in the writer's transaction, to the chain of its replica.
+/// Appends one record in the writer's transaction, to the chain of its replica: its fields,
+/// each text as a reference into `vals`, and its hashes as bytes. The canonical JSON hashed is
+/// the one [`super::record_text`] rebuilds from the row.
 pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
     let (seq, prev) = head(c, &r.replica)?;
     r.seq = seq + 1;
     r.prev_hash = prev;
     r.hash = None;
-    CANONICAL.with_borrow_mut(|buf| {
+    let mut prev_bytes = [0u8; 32];
+    hex::decode_to_slice(&r.prev_hash, &mut prev_bytes).map_err(|e| sql::Error::Other(format!("the chain head's hash: {e}")))?;
+    let hash = CANONICAL.with_borrow_mut(|buf| {
         buf.clear();
         r.canonical_to(buf);
-        let canonical = std::str::from_utf8(buf).expect("serde_json writes UTF-8");
-        let hash = chain_hash(&r.prev_hash, canonical);
-        c.exec(
-            "INSERT INTO calls (replica, seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![&r.replica, r.seq, &r.ts, canonical, &*hash, &r.identity, &r.server, &r.tool, &r.category, &r.verdict, &r.outcome],
-        )
-    })?;
+        Sha256::new().chain_update(r.prev_hash.as_bytes()).chain_update(&buf[..]).finalize()
+    });
+    let arg_keys = serde_json::to_string(&r.arg_keys)?;
+    let key = cache_key(c);
+    let id = |v: &str| intern_in(c, key.as_deref(), v);
+    let opt = |v: &Option<String>| v.as_deref().map(|v| intern_in(c, key.as_deref(), v)).transpose();
+    let refs = [
+        id(&r.session)?,
+        id(&r.identity)?,
+        id(&r.grant)?,
+        id(&r.auth)?,
+        id(&r.kind)?,
+        id(&r.server)?,
+        id(&r.tool)?,
+        id(&arg_keys)?,
+        id(&r.verdict)?,
+        id(&r.rule)?,
+        id(&r.message)?,
+        id(&r.snapshot_digest)?,
+        id(&r.outcome)?,
+    ];
+    let (category, policy_commit) = (opt(&r.category)?, opt(&r.policy_commit)?);
+    c.exec(
+        "INSERT INTO call_rows (replica, seq, ts, hash, prev_hash, session, identity, grant_name, auth, kind, server, tool, category,
+                                arg_keys, verdict, rule, message, policy_commit, snapshot_digest, outcome, latency_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+        params![
+            &r.replica,
+            r.seq,
+            &r.ts,
+            &hash[..],
+            &prev_bytes[..],
+            refs[0],
+            refs[1],
+            refs[2],
+            refs[3],
+            refs[4],
+            refs[5],
+            refs[6],
+            category,
+            refs[7],
+            refs[8],
+            refs[9],
+            refs[10],
+            policy_commit,
+            refs[11],
+            refs[12],
+            r.latency_ms.map(|l| l as i64),
+        ],
+    )?;
     Ok(r.seq)
 }
+
+/// The id of `v` in `vals`, added when it is new. The ids seen are cached per database (on
+/// PostgreSQL in the connection, on SQLite per file on the writer's thread); the store forgets
+/// them when a transaction fails ([`forget_interned`]), since the ids it added are gone.
+pub fn intern(c: &Conn, v: &str) -> sql::Result<i64> {
+    intern_in(c, cache_key(c).as_deref(), v)
+}
+
+/// [`intern`], with the cache key of `c` ([`cache_key`]) computed once for a record's fields.
+fn intern_in(c: &Conn, key: Option<&str>, v: &str) -> sql::Result<i64> {
+    let escaped = escape(v);
+    let v = &*escaped;
+    let cached = match (c, key) {
+        (Conn::Pg(pg), _) => pg.borrow().interned.get(v).copied(),
+        (Conn::Lite(_), Some(k)) => INTERNED.with_borrow(|m| m.get(k).and_then(|m| m.get(v)).copied()),
+        (Conn::Lite(_), None) => None,
+    };
+    if let Some(id) = cached {
+        return Ok(id);
+    }
+    let inserted = c.query_opt("INSERT INTO vals (v) VALUES (?1) ON CONFLICT DO NOTHING RETURNING id", params![v], |r| r.i64(0))?;
+    let id = match inserted {
+        Some(id) => id,
+        None if c.is_pg() => {
+            let (id, stored) = c.query_one("SELECT id, v FROM vals WHERE md5(v) = md5(?1)", params![v], |r| Ok((r.i64(0)?, r.string(1)?)))?;
+            if stored != v {
+                return Err(sql::Error::Other("vals: two values with one md5".into()));
+            }
+            id
+        }
+        None => c.query_one("SELECT id FROM vals WHERE v = ?1", params![v], |r| r.i64(0))?,
+    };
+    match (c, key) {
+        (Conn::Pg(pg), _) => {
+            let mut pg = pg.borrow_mut();
+            if pg.interned.len() >= INTERNED_MAX {
+                pg.interned.clear();
+            }
+            pg.interned.insert(v.to_string(), id);
+        }
+        (Conn::Lite(_), Some(k)) => INTERNED.with_borrow_mut(|m| {
+            let m = m.entry(k.to_string()).or_default();
+            if m.len() >= INTERNED_MAX {
+                m.clear();
+            }
+            m.insert(v.to_string(), id);
+        }),
+        (Conn::Lite(_), None) => {}
+    }
+    Ok(id)
+}
+
+/// Marks a value of `vals` stored JSON-encoded: one with a NUL (which PostgreSQL text cannot
+/// hold) or one that starts with the mark itself. Every other value is stored as it is.
+pub const ESCAPED: char = '\u{1}';
+
+/// `v` as `vals` stores it.
+pub fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains('\0') || v.starts_with(ESCAPED) {
+        let json = serde_json::to_string(v).expect("a string serializes");
+        return std::borrow::Cow::Owned(format!("{ESCAPED}{json}"));
+    }
+    std::borrow::Cow::Borrowed(v)
+}
+
+/// The value `stored` in `vals` stands for.
+pub fn unescape(stored: &str) -> sql::Result<String> {
+    match stored.strip_prefix(ESCAPED) {
+        Some(json) => Ok(serde_json::from_str(json)?),
+        None => Ok(stored.to_string()),
+    }
+}
+
+/// Forgets the cached ids of [`intern`] (after a transaction that did not commit).
+pub fn forget_interned(c: &Conn) {
+    match c {
+        Conn::Pg(pg) => {
+            if let Ok(mut pg) = pg.try_borrow_mut() {
+                pg.interned.clear();
+            }
+        }
+        Conn::Lite(_) => INTERNED.with_borrow_mut(|m| m.clear()),
+    }
+}
+
+/// SQLite: the database file (an in-memory database is not cached).
+fn cache_key(c: &Conn) -> Option<String> {
+    match c {
+        Conn::Lite(l) => l.path().filter(|p| !p.is_empty()).map(str::to_string),
+        Conn::Pg(_) => None,
+    }
+}
+
+/// How many interned values a cache holds before it starts over.
+const INTERNED_MAX: usize = 65_536;
 
 thread_local! {
     /// The canonical text of the record being appended, reused across appends (they all run on
     /// the store's writer thread).
     static CANONICAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    /// [`intern`]'s ids on SQLite, per database file.
+    static INTERNED: std::cell::RefCell<std::collections::HashMap<String, std::collections::HashMap<String, i64>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// Deletes records older than `cutoff` (RFC 3339), keeping every replica's chain verifiable:
@@ -143,7 +298,8 @@ pub fn prune_in(c: &Conn, cutoff: &str) -> sql::Result<usize> {
             |r| Ok((r.i64(0)?, r.string(1)?)),
         )?;
         let Some((seq, hash)) = last else { continue };
-        n += c.exec("DELETE FROM calls WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;
+        n += c.exec("DELETE FROM call_rows WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;
+        n += c.exec("DELETE FROM calls_v4 WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;
         c.exec(
             "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
             params![&*format!("chain_anchor:{replica}"), &*format!("{seq}:{hash}")],

@@ -2,9 +2,11 @@
 //!
 //! A record holds key paths of the arguments, never their values. Its `hash` is
 //! `sha256(prev_hash ‖ canonical JSON of the record without hash)`, where canonical JSON has
-//! sorted keys and no insignificant whitespace; `seq` is gapless. The exact canonical text is
-//! stored, so `verify` recomputes every hash from what was written and names the first broken
-//! `seq`. A call leaves two records: the decision (written before anything reaches the upstream;
+//! sorted keys and no insignificant whitespace; `seq` is gapless. The canonical text is not
+//! stored (schema 5): a row holds the fields, and the text is rebuilt from them
+//! ([`record_text`]), so `verify` recomputes every hash from what was written and names the
+//! first broken `seq` (a changed field rebuilds to other bytes). Rows written before keep the
+//! exact text they were hashed as. A call leaves two records: the decision (written before anything reaches the upstream;
 //! `outcome: "unknown"` when allowed, `"denied"` when not) and, for allowed calls, the outcome
 //! (`ok`, `upstream_error`, `timeout`) with its latency.
 
@@ -16,6 +18,8 @@ pub use bound::arg_keys;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use crate::record::store::sql::{self, Row};
 
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -159,6 +163,55 @@ impl<'a> From<&'a CallRecord> for Canonical<'a> {
             verdict,
         }
     }
+}
+
+/// The columns of the `calls` view a record is rebuilt from, in order (a reader selects them
+/// after its own columns and the `record` column, and hands both positions to [`record_text`]).
+pub const RECORD_FIELDS: &str = "seq, ts, replica, session, identity, grant_name, auth, kind, server, tool, category, arg_keys, \
+                                 verdict, rule, message, policy_commit, snapshot_digest, outcome, latency_ms, prev_hash";
+
+/// The canonical JSON of the record in `row`: the text stored in its `record` column (column
+/// `record`; the rows written before schema 5 keep the JSON they were hashed as), else rebuilt
+/// from its fields ([`RECORD_FIELDS`], from column `fields`). A rebuilt text is what the writer
+/// hashed when the row is intact; a row that was changed rebuilds to other bytes, and its hash
+/// no longer matches.
+pub fn record_text<'r>(row: &'r Row, record: usize, fields: usize) -> sql::Result<std::borrow::Cow<'r, str>> {
+    if let Some(text) = row.opt_str(record)? {
+        return Ok(std::borrow::Cow::Borrowed(text));
+    }
+    Ok(std::borrow::Cow::Owned(rebuild(row, fields)?.canonical()))
+}
+
+/// The record in `row`'s [`RECORD_FIELDS`] (from column `at`), without its hash.
+pub fn rebuild(row: &Row, at: usize) -> sql::Result<CallRecord> {
+    let opt = |i: usize| -> sql::Result<Option<String>> { row.opt_str(at + i)?.map(log::unescape).transpose() };
+    let text = |i: usize| -> sql::Result<String> {
+        opt(i)?.ok_or_else(|| sql::Error::Other(format!("call record: column {i} is missing")))
+    };
+    let arg_keys = text(11)?;
+    Ok(CallRecord {
+        seq: row.i64(at)? as u64,
+        ts: row.string(at + 1)?,
+        replica: row.string(at + 2)?,
+        session: text(3)?,
+        identity: text(4)?,
+        grant: text(5)?,
+        auth: text(6)?,
+        kind: text(7)?,
+        server: text(8)?,
+        tool: text(9)?,
+        category: opt(10)?,
+        arg_keys: serde_json::from_str(&arg_keys)?,
+        verdict: text(12)?,
+        rule: text(13)?,
+        message: text(14)?,
+        policy_commit: opt(15)?,
+        snapshot_digest: text(16)?,
+        outcome: text(17)?,
+        latency_ms: row.opt_i64(at + 18)?.map(|l| l as u64),
+        prev_hash: row.string(at + 19)?,
+        hash: None,
+    })
 }
 
 /// `sha256(prev_hash ‖ canonical)`, hex.

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::log::{anchor, replicas};
-use super::GENESIS;
+use super::{CallRecord, GENESIS, RECORD_FIELDS, record_text};
+use crate::record::store::sql::Row;
 use crate::record::store::sql::{Conn, params};
 
 /// What `verify` found.
@@ -47,43 +48,151 @@ pub fn verify_all<'a>(c: impl Into<Conn<'a>>) -> Result<Vec<(String, Verdict)>> 
 
 /// Recomputes one replica's chain from its anchor (or genesis) to its last record.
 ///
-/// Rows are streamed and read in place (on SQLite): the record text and the stored hash are
-/// borrowed from the row, the record is checked through a borrowed view ([`Check`]: the same
-/// fields and types as [`CallRecord`](crate::record::audit::CallRecord), nothing copied), and the
-/// hash is computed into a stack buffer, so a row costs no allocation beyond the odd string with
-/// escapes.
+/// A replica's rows written before schema 5 (`calls_v4`, with their canonical text) all come
+/// before its rows of `call_rows`, so the two are read one after the other. An old row's text
+/// and hash are borrowed from the row and checked through a borrowed view ([`Check`]: the same
+/// fields and types as [`CallRecord`](crate::record::audit::CallRecord), nothing copied). A new
+/// row is rebuilt from its fields, their texts looked up by id in `vals` once per value ([`Vals`]),
+/// and its canonical text hashed.
 pub fn verify_replica(c: &Conn, replica: &str) -> Result<Verdict> {
-    let (mut expect_seq, mut prev) = match anchor(c, replica)? {
+    let (expect, prev) = match anchor(c, replica)? {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
     };
-    let first = expect_seq;
-    let mut count = 0u64;
-    let mut broken = None;
-    c.each("SELECT seq, record, hash FROM calls WHERE replica = ?1 ORDER BY seq", params![replica], |row| {
-        if broken.is_some() {
+    let mut w = Walk { first: expect, expect, prev, count: 0, broken: None };
+    c.each("SELECT seq, record, hash FROM calls_v4 WHERE replica = ?1 ORDER BY seq", params![replica], |row| {
+        if w.broken.is_some() {
             return Ok(());
         }
-        let seq = row.i64(0)? as u64;
-        let text = row.str(1)?;
-        let hash = row.str(2)?;
-        if seq != expect_seq {
-            broken = Some(Verdict::Broken { seq: expect_seq, why: format!("record {expect_seq} is missing (next is {seq})") });
-            return Ok(());
-        }
+        let (seq, text, hash) = (row.i64(0)? as u64, row.str(1)?, row.str(2)?);
         let record = serde_json::from_str::<Check>(text);
-        let parsed = record.as_ref().map(|r| (r.seq, &*r.prev_hash));
-        if let Some(why) = record_fault(seq, text, hash, parsed, Some(&prev)) {
-            broken = Some(Verdict::Broken { seq, why });
-            return Ok(());
-        }
-        prev.clear();
-        prev.push_str(hash);
-        expect_seq += 1;
-        count += 1;
+        w.step(seq, text, hash, record.as_ref().map(|r| (r.seq, &*r.prev_hash)));
         Ok(())
     })?;
-    Ok(broken.unwrap_or(Verdict::Intact { count, first, last: expect_seq - 1 }))
+    let mut vals = Vals::default();
+    let mut text = Vec::with_capacity(1024);
+    c.each(
+        "SELECT seq, ts, hash, prev_hash, session, identity, grant_name, auth, kind, server, tool, category, arg_keys, verdict, rule,
+                message, policy_commit, snapshot_digest, outcome, latency_ms
+           FROM call_rows WHERE replica = ?1 ORDER BY seq",
+        params![replica],
+        |row| {
+            if w.broken.is_some() {
+                return Ok(());
+            }
+            let seq = row.i64(0)? as u64;
+            let hash = hex::encode(row.bytes(2)?);
+            let record = match vals.rebuild(c, row, replica) {
+                Ok(r) => r,
+                Err(e) => {
+                    w.broken = Some(Verdict::Broken { seq, why: format!("not a call record: {e}") });
+                    return Ok(());
+                }
+            };
+            text.clear();
+            record.canonical_to(&mut text);
+            let text = std::str::from_utf8(&text).expect("serde_json writes UTF-8");
+            w.step(seq, text, &hash, Ok((record.seq, &record.prev_hash)));
+            Ok(())
+        },
+    )?;
+    Ok(w.broken.unwrap_or(Verdict::Intact { count: w.count, first: w.first, last: w.expect - 1 }))
+}
+
+/// Where [`verify_replica`] is in a chain.
+struct Walk {
+    first: u64,
+    expect: u64,
+    prev: String,
+    count: u64,
+    broken: Option<Verdict>,
+}
+
+impl Walk {
+    /// Checks record `seq` (its canonical `text`, stored `hash`, and its own seq and prev_hash).
+    fn step(&mut self, seq: u64, text: &str, hash: &str, parsed: Result<(u64, &str), &serde_json::Error>) {
+        if seq != self.expect {
+            let expect = self.expect;
+            self.broken = Some(Verdict::Broken { seq: expect, why: format!("record {expect} is missing (next is {seq})") });
+            return;
+        }
+        if let Some(why) = record_fault(seq, text, hash, parsed, Some(&self.prev)) {
+            self.broken = Some(Verdict::Broken { seq, why });
+            return;
+        }
+        self.prev.clear();
+        self.prev.push_str(hash);
+        self.expect += 1;
+        self.count += 1;
+    }
+}
+
+/// The texts of `vals` a reader has looked up, by id.
+#[derive(Default)]
+struct Vals(std::collections::HashMap<i64, String>);
+
+impl Vals {
+    fn get(&mut self, c: &Conn, id: i64) -> crate::record::store::sql::Result<String> {
+        if let Some(v) = self.0.get(&id) {
+            return Ok(v.clone());
+        }
+        let stored = c.query_opt("SELECT v FROM vals WHERE id = ?1", params![id], |r| r.string(0))?;
+        let v = super::log::unescape(&stored.ok_or_else(|| crate::record::store::sql::Error::Other(format!("value {id} is missing")))?)?;
+        if self.0.len() >= 65_536 {
+            self.0.clear();
+        }
+        self.0.insert(id, v.clone());
+        Ok(v)
+    }
+
+    /// The record of a `call_rows` row as [`verify_replica`] selects it.
+    fn rebuild(&mut self, c: &Conn, row: &Row, replica: &str) -> crate::record::store::sql::Result<CallRecord> {
+        let mut text = |i: usize| -> crate::record::store::sql::Result<String> { self.get(c, row.i64(i)?) };
+        let session = text(4)?;
+        let identity = text(5)?;
+        let grant = text(6)?;
+        let auth = text(7)?;
+        let kind = text(8)?;
+        let server = text(9)?;
+        let tool = text(10)?;
+        let category = match row.opt_i64(11)? {
+            Some(id) => Some(self.get(c, id)?),
+            None => None,
+        };
+        let mut text = |i: usize| -> crate::record::store::sql::Result<String> { self.get(c, row.i64(i)?) };
+        let arg_keys = serde_json::from_str(&text(12)?)?;
+        let verdict = text(13)?;
+        let rule = text(14)?;
+        let message = text(15)?;
+        let policy_commit = match row.opt_i64(16)? {
+            Some(id) => Some(self.get(c, id)?),
+            None => None,
+        };
+        let mut text = |i: usize| -> crate::record::store::sql::Result<String> { self.get(c, row.i64(i)?) };
+        Ok(CallRecord {
+            seq: row.i64(0)? as u64,
+            ts: row.string(1)?,
+            replica: replica.to_string(),
+            session,
+            identity,
+            grant,
+            auth,
+            kind,
+            server,
+            tool,
+            category,
+            arg_keys,
+            verdict,
+            rule,
+            message,
+            policy_commit,
+            snapshot_digest: text(17)?,
+            outcome: text(18)?,
+            latency_ms: row.opt_i64(19)?.map(|l| l as u64),
+            prev_hash: hex::encode(row.bytes(3)?),
+            hash: None,
+        })
+    }
 }
 
 /// Why stored record `seq` (its canonical `text` and stored `hash`) breaks the chain, if it does:
@@ -231,11 +340,11 @@ pub fn export<'a>(c: impl Into<Conn<'a>>, since: &str, until: &str, format: Form
     let mut count = 0u64;
     let mut ranges: std::collections::BTreeMap<String, (u64, u64, u64)> = std::collections::BTreeMap::new();
     c.each(
-        "SELECT replica, seq, record, hash FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq",
+        &format!("SELECT replica, seq, record, hash, {RECORD_FIELDS} FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq"),
         params![since, until],
         |row| {
             let seq = row.i64(1)? as u64;
-            let mut v: Value = serde_json::from_str(row.str(2)?)?;
+            let mut v: Value = serde_json::from_str(&record_text(row, 2, 4)?)?;
             v["hash"] = Value::String(row.string(3)?);
             match format {
                 Format::Jsonl => writeln!(file, "{v}")?,
@@ -340,11 +449,36 @@ pub fn last_records<'a>(c: impl Into<Conn<'a>>, n: u64) -> Result<(Vec<String>, 
     let c = c.into();
     let names = replicas(&c)?;
     let order = if names.len() <= 1 { "seq DESC" } else { "ts DESC, replica DESC, seq DESC" };
-    let mut lines =
-        c.query(&format!("SELECT record, hash FROM calls ORDER BY {order} LIMIT ?1"), params![n as i64], |r| line(r.str(0)?, r.string(1)?))?;
-    lines.reverse();
-    let cursor = c.query("SELECT replica, max(seq) FROM calls GROUP BY replica", &[], |r| Ok((r.string(0)?, r.i64(1)? as u64)))?;
-    Ok((lines, cursor.into_iter().collect()))
+    // The keys of the last `n` from the tables under the `calls` view (through the view SQLite
+    // would compute every row before sorting), then those rows through the view.
+    let mut keys = Vec::new();
+    for table in ["call_rows", "calls_v4"] {
+        keys.extend(c.query(&format!("SELECT ts, replica, seq FROM {table} ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
+            Ok((r.string(0)?, r.string(1)?, r.i64(2)?))
+        })?);
+    }
+    if names.len() <= 1 {
+        keys.sort_by_key(|k| std::cmp::Reverse(k.2));
+    } else {
+        keys.sort_by(|a, b| (&b.0, &b.1, b.2).cmp(&(&a.0, &a.1, a.2)));
+    }
+    keys.truncate(n as usize);
+    let mut lines = Vec::with_capacity(keys.len());
+    for (_, replica, seq) in keys.iter().rev() {
+        lines.extend(c.query(
+            &format!("SELECT record, hash, {RECORD_FIELDS} FROM calls WHERE replica = ?1 AND seq = ?2"),
+            params![replica, *seq],
+            |r| line(&record_text(r, 0, 2)?, r.string(1)?),
+        )?);
+    }
+    let mut cursor: Cursor = Cursor::new();
+    for table in ["call_rows", "calls_v4"] {
+        for (replica, seq) in c.query(&format!("SELECT replica, max(seq) FROM {table} GROUP BY replica"), &[], |r| Ok((r.string(0)?, r.i64(1)? as u64)))? {
+            let e = cursor.entry(replica).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+    Ok((lines, cursor))
 }
 
 /// Each replica's records after `after` (at most `limit` of each), merged in time order, as
@@ -356,13 +490,22 @@ pub fn since<'a>(c: impl Into<Conn<'a>>, after: &Cursor, limit: usize) -> Result
     for replica in replicas(&c)? {
         let from = after.get(&replica).copied().unwrap_or(0);
         out.extend(c.query(
-            "SELECT ts, seq, record, hash FROM calls WHERE replica = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            &format!("SELECT ts, seq, record, hash, {RECORD_FIELDS} FROM calls WHERE replica = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
             params![&replica, from, limit as i64],
-            |r| Ok((r.string(0)?, replica.clone(), r.i64(1)? as u64, line(r.str(2)?, r.string(3)?)?)),
+            |r| Ok((r.string(0)?, replica.clone(), r.i64(1)? as u64, line(&record_text(r, 2, 4)?, r.string(3)?)?)),
         )?);
     }
     out.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
     Ok(out.into_iter().map(|(_, r, seq, l)| (r, seq, l)).collect())
+}
+
+/// Every stored record: its canonical JSON (stored, or rebuilt from its row) and its hash, in
+/// (replica, seq) order. What tests and tools read now that most rows hold no JSON text.
+pub fn canonical_records<'a>(c: impl Into<Conn<'a>>) -> crate::record::store::sql::Result<Vec<(String, String)>> {
+    let c = c.into();
+    c.query(&format!("SELECT record, hash, {RECORD_FIELDS} FROM calls ORDER BY replica, seq"), &[], |r| {
+        Ok((record_text(r, 0, 2)?.into_owned(), r.string(1)?))
+    })
 }
 
 fn line(text: &str, hash: String) -> crate::record::store::sql::Result<String> {

@@ -430,14 +430,18 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
     let mut jobs = group.into_iter();
     let mut aborted = None;
     let mut ran = 0;
+    let mut failed = false;
     for job in jobs.by_ref() {
         ran += 1;
         if !savepoints {
-            done.push((job.run)(Some(&conn)).1);
+            let (ok, reply) = (job.run)(Some(&conn));
+            failed |= !ok;
+            done.push(reply);
             continue;
         }
         if pg {
             let (ok, reply) = (job.run)(Some(&conn));
+            failed |= !ok;
             done.push(reply);
             let step = match (ok, ran == size) {
                 (true, false) => Some("RELEASE SAVEPOINT job; SAVEPOINT job"),
@@ -459,6 +463,7 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
             break;
         }
         let (ok, reply) = (job.run)(Some(&conn));
+        failed |= !ok;
         done.push(reply);
         if ok {
             if let Err(e) = exec_cached(&conn, "RELEASE SAVEPOINT job") {
@@ -494,6 +499,10 @@ fn commit_group(backend: &mut Backend, group: Vec<Job>) -> bool {
         lost = exec_cached(&conn, "SELECT 1").is_err();
     }
     let ok = committed.is_ok();
+    if !ok || failed {
+        // Values a rolled-back job interned are gone with it.
+        crate::record::audit::log::forget_interned(&conn);
+    }
     for reply in done {
         reply(committed.clone());
     }

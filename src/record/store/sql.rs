@@ -3,7 +3,7 @@
 //! Statements are written once, in the common subset of both dialects, with SQLite's numbered
 //! placeholders (`?1`, `?2`…); on PostgreSQL they become `$1`, `$2`… Parameters are a tiny enum
 //! ([`P`]) whose Rust types match the PostgreSQL column types the schemas use (BIGINT ↔ i64,
-//! DOUBLE PRECISION ↔ f64, TEXT ↔ str), so no statement needs a cast. Where the dialects differ
+//! DOUBLE PRECISION ↔ f64, TEXT ↔ str, BYTEA ↔ bytes), so no statement needs a cast. Where the dialects differ
 //! (JSON access, upserts of computed values) the caller asks [`Conn::is_pg`] and writes both.
 //!
 //! [`Conn`] is what a store job or a reader gets: a borrowed SQLite connection, or a PostgreSQL
@@ -50,12 +50,16 @@ pub enum P<'a> {
     Int(Option<i64>),
     Real(f64),
     Text(Option<&'a str>),
+    /// BLOB (SQLite) ↔ BYTEA (PostgreSQL): the call log's hashes.
+    Blob(&'a [u8]),
 }
 
 /// A PostgreSQL connection and the statements it has prepared (keyed by their SQLite text).
 pub struct PgConn {
     pub client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
+    /// The call log's interned values this connection has seen committed (text → id in `vals`).
+    pub interned: HashMap<String, i64>,
 }
 
 /// A connection a job or a reader runs statements on.
@@ -148,7 +152,7 @@ impl PgConn {
         config.application_name("gatehouse");
         let mut client = config.connect(postgres::NoTls)?;
         client.batch_execute("SET synchronous_commit = on")?;
-        Ok(PgConn { client, statements: HashMap::new() })
+        Ok(PgConn { client, statements: HashMap::new(), interned: HashMap::new() })
     }
 
     fn prepared(&mut self, sql: &str) -> Result<postgres::Statement> {
@@ -218,6 +222,11 @@ impl<'a> From<Option<&'a str>> for P<'a> {
         P::Text(v)
     }
 }
+impl<'a> From<&'a [u8]> for P<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        P::Blob(v)
+    }
+}
 impl<'a> From<&'a Option<String>> for P<'a> {
     fn from(v: &'a Option<String>) -> Self {
         P::Text(v.as_deref())
@@ -230,6 +239,7 @@ impl rusqlite::ToSql for P<'_> {
             P::Int(v) => rusqlite::ToSql::to_sql(v),
             P::Real(v) => rusqlite::ToSql::to_sql(v),
             P::Text(v) => rusqlite::ToSql::to_sql(v),
+            P::Blob(v) => rusqlite::ToSql::to_sql(v),
         }
     }
 }
@@ -240,6 +250,7 @@ impl ToSql for P<'_> {
             P::Int(v) => v.to_sql(ty, out),
             P::Real(v) => v.to_sql(ty, out),
             P::Text(v) => v.to_sql(ty, out),
+            P::Blob(v) => v.to_sql(ty, out),
         }
     }
 
@@ -254,6 +265,7 @@ impl ToSql for P<'_> {
             P::Int(v) => v.to_sql_checked(ty, out),
             P::Real(v) => v.to_sql_checked(ty, out),
             P::Text(v) => v.to_sql_checked(ty, out),
+            P::Blob(v) => v.to_sql_checked(ty, out),
         }
     }
 }
@@ -418,6 +430,14 @@ impl Row<'_, '_> {
     pub fn opt_str(&self, i: usize) -> Result<Option<&str>> {
         match self {
             Row::Lite(r) => Ok(r.get_ref(i)?.as_str_or_null().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))?),
+            Row::Pg(r) => Ok(r.try_get(i)?),
+        }
+    }
+
+    /// A BLOB (SQLite) or BYTEA (PostgreSQL) column, borrowed from the row.
+    pub fn bytes(&self, i: usize) -> Result<&[u8]> {
+        match self {
+            Row::Lite(r) => Ok(r.get_ref(i)?.as_blob().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e)))?),
             Row::Pg(r) => Ok(r.try_get(i)?),
         }
     }

@@ -150,3 +150,223 @@ fn an_old_single_chain_log_still_verifies_and_continues_after_migration_4() {
         ]
     );
 }
+
+/// Schema 5 stores fields, not the JSON: every record rebuilds to the canonical text it was
+/// hashed as, whatever its strings hold (escapes, NUL, the escape mark, non-ASCII).
+#[test]
+fn records_rebuild_to_the_text_they_were_hashed_as() {
+    use crate::record::audit::verify::{Verdict, canonical_records, verify_all};
+    use crate::record::audit::{CallRecord, GENESIS, chain_hash};
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_conn(&dir.path().join(FILE), false).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    let texts = ["plain", "", "quote \" and \\ /", "é 漢字 🦀 \u{2028} \u{7f}", "nul \0 and \u{1f}", "\u{1}starts with the mark", "{\"json\":1}"];
+    let t = |n: usize, i: usize| texts[(n + i) % texts.len()].to_string();
+    let mut expected = Vec::new();
+    let mut prev = GENESIS.to_string();
+    for n in 0..30usize {
+        let r = CallRecord {
+            seq: 0,
+            ts: format!("2026-12-07T12:00:{:02}.000Z", n),
+            replica: "gw".into(),
+            session: t(n, 1),
+            identity: t(n, 2),
+            grant: t(n, 3),
+            auth: t(n, 4),
+            kind: t(n, 5),
+            server: t(n, 6),
+            tool: t(n, 0),
+            category: (n % 2 == 0).then(|| t(n, 1)),
+            arg_keys: if n % 3 == 0 { vec![] } else { vec![t(n, 2), "a.b[]".into()] },
+            verdict: t(n, 3),
+            rule: t(n, 4),
+            message: t(n, 5),
+            policy_commit: (n % 3 != 1).then(|| t(n, 6)),
+            snapshot_digest: t(n, 0),
+            outcome: t(n, 1),
+            latency_ms: [None, Some(0), Some(17), Some(u64::MAX)][n % 4],
+            prev_hash: String::new(),
+            hash: None,
+        };
+        let mut hashed = r.clone();
+        hashed.seq = n as u64 + 1;
+        hashed.prev_hash = prev.clone();
+        let text = hashed.canonical();
+        prev = chain_hash(&prev, &text);
+        expected.push((text, prev.clone()));
+        let tx = conn.transaction().unwrap();
+        assert_eq!(crate::record::audit::log::append_in(&Conn::Lite(&tx), r).unwrap(), n as u64 + 1);
+        tx.commit().unwrap();
+    }
+    assert_eq!(canonical_records(&conn).unwrap(), expected);
+    assert_eq!(verify_all(&conn).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 30, first: 1, last: 30 })]);
+    // A field changed in place rebuilds to other bytes: the hash no longer matches.
+    conn.execute("UPDATE call_rows SET message = (SELECT id FROM vals WHERE v = 'plain') WHERE seq = 12", []).unwrap();
+    assert_eq!(verify_all(&conn).unwrap(), vec![("gw".to_string(), Verdict::Broken { seq: 12, why: "hash does not match the record".into() })]);
+}
+
+/// A job that interned a new value and then failed is rolled back with its value: the writer
+/// forgets the ids it cached, and the next job adds the value again.
+#[test]
+fn a_rolled_back_value_is_interned_again() {
+    use crate::record::audit::CallRecord;
+    use crate::record::audit::log::append_in;
+    use crate::record::audit::verify::{Verdict, verify_all};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rec = |message: &str| CallRecord {
+        seq: 0,
+        ts: "2026-12-07T12:00:00.000Z".into(),
+        replica: "gw".into(),
+        session: "s".into(),
+        identity: "i".into(),
+        grant: "g".into(),
+        auth: "token".into(),
+        kind: "tool".into(),
+        server: "sv".into(),
+        tool: "t".into(),
+        category: None,
+        arg_keys: vec![],
+        verdict: "allow".into(),
+        rule: "r".into(),
+        message: message.into(),
+        policy_commit: None,
+        snapshot_digest: "d".into(),
+        outcome: "unknown".into(),
+        latency_ms: None,
+        prev_hash: String::new(),
+        hash: None,
+    };
+    rt.block_on(async {
+        let r = rec("only in a rolled-back job");
+        let failed = store.write(move |c| {
+            append_in(c, r)?;
+            Err::<(), _>(sql::Error::Other("the job fails after its append".into()))
+        });
+        assert!(failed.await.is_err());
+        let r = rec("only in a rolled-back job");
+        assert_eq!(store.write(move |c| append_in(c, r)).await.unwrap(), 1);
+    });
+    let conn = open_read_only(dir.path()).unwrap();
+    assert_eq!(verify_all(&conn).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 1, first: 1, last: 1 })]);
+    let message: String = conn.query_row("SELECT message FROM calls", [], |r| r.get(0)).unwrap();
+    assert_eq!(message, "only in a rolled-back job");
+}
+
+/// PostgreSQL (skipped when none answers on 127.0.0.1:5432): a call log of schema 1 keeps
+/// verifying after migration 2 (its rows keep their JSON in `calls_v4`), and its chains
+/// continue in `call_rows`, rebuilt from their fields.
+#[test]
+fn an_old_postgres_log_still_verifies_and_continues_after_migration_2() {
+    use crate::record::audit::verify::{Verdict, canonical_records, verify_all};
+    use crate::record::audit::{CallRecord, GENESIS, chain_hash};
+    let Ok(mut admin) = PgConn::connect("postgres://postgres@127.0.0.1:5432/postgres") else {
+        eprintln!("no PostgreSQL on 127.0.0.1:5432: skipped");
+        return;
+    };
+    let name = format!("gatehouse_mig_{}", std::process::id());
+    admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+    admin.client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let run = || {
+        let mut pg = PgConn::connect(&url).unwrap();
+        schema::migrate_pg_to(&mut pg, 1).unwrap();
+        let mut prev = GENESIS.to_string();
+        let mut expected = Vec::new();
+        for seq in 1..=3u64 {
+            let r = CallRecord {
+                seq,
+                ts: format!("2026-11-01T00:00:0{seq}.000Z"),
+                replica: "gw".into(),
+                session: "s".into(),
+                identity: "i".into(),
+                grant: "g".into(),
+                auth: "token".into(),
+                kind: "tool".into(),
+                server: "sv".into(),
+                tool: "t".into(),
+                category: None,
+                arg_keys: vec!["path".into()],
+                verdict: "allow".into(),
+                rule: "r".into(),
+                message: "m".into(),
+                policy_commit: None,
+                snapshot_digest: "d".into(),
+                outcome: "ok".into(),
+                latency_ms: Some(seq),
+                prev_hash: prev.clone(),
+                hash: None,
+            };
+            let text = r.canonical();
+            let hash = chain_hash(&prev, &text);
+            pg.client
+                .execute(
+                    "INSERT INTO calls (replica, seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
+                     VALUES ('gw', $1, $2, $3, $4, 'i', 'sv', 't', NULL, 'allow', 'ok')",
+                    &[&(seq as i64), &r.ts, &text, &hash],
+                )
+                .unwrap();
+            expected.push((text, hash.clone()));
+            prev = hash;
+        }
+        schema::migrate_pg(&mut pg).unwrap();
+        let cell = std::cell::RefCell::new(pg);
+        let c = Conn::Pg(&cell);
+        assert_eq!(verify_all(c).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 3, first: 1, last: 3 })]);
+        let mut next = CallRecord { seq: 0, prev_hash: String::new(), ..serde_json::from_str(&expected[2].0).unwrap() };
+        next.message = "nul \0 kept".into();
+        assert_eq!(crate::record::audit::log::append_in(&c, next).unwrap(), 4);
+        assert_eq!(verify_all(c).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 4, first: 1, last: 4 })]);
+        let all = canonical_records(c).unwrap();
+        assert_eq!(&all[..3], &expected[..]);
+        assert!(all[3].0.contains("\"message\":\"nul \\u0000 kept\""), "{}", all[3].0);
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+    admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// `audit tail`'s last records: across replicas in time order, the newest `n`, and the cursor
+/// after each replica's newest.
+#[test]
+fn the_last_records_of_several_replicas_are_the_newest_in_time_order() {
+    use crate::record::audit::CallRecord;
+    use crate::record::audit::verify::last_records;
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_conn(&dir.path().join(FILE), false).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    for i in 0..10u64 {
+        let r = CallRecord {
+            seq: 0,
+            ts: format!("2026-12-07T12:00:{i:02}.000Z"),
+            replica: if i % 3 == 0 { "a".into() } else { "b".into() },
+            session: "s".into(),
+            identity: "i".into(),
+            grant: "g".into(),
+            auth: "token".into(),
+            kind: "tool".into(),
+            server: "sv".into(),
+            tool: format!("t{i}"),
+            category: None,
+            arg_keys: vec![],
+            verdict: "allow".into(),
+            rule: "r".into(),
+            message: "m".into(),
+            policy_commit: None,
+            snapshot_digest: "d".into(),
+            outcome: "unknown".into(),
+            latency_ms: None,
+            prev_hash: String::new(),
+            hash: None,
+        };
+        crate::record::audit::log::append_in(&Conn::Lite(&conn), r).unwrap();
+    }
+    let (lines, cursor) = last_records(&conn, 4).unwrap();
+    let tools: Vec<String> = lines.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["tool"].as_str().unwrap().to_string()).collect();
+    assert_eq!(tools, ["t6", "t7", "t8", "t9"]);
+    assert!(lines.iter().all(|l| l.contains("\"hash\":\"")));
+    assert_eq!(cursor.into_iter().collect::<Vec<_>>(), vec![("a".to_string(), 4), ("b".to_string(), 6)]);
+}
