@@ -458,26 +458,21 @@ fn baseline_scan(data: &Path) -> (Duration, u64, u64) {
     let since = format!("{SINCE}T00:00:00.000Z");
     let until = format!("{UNTIL}T00:00:00.000Z");
     let (first, last): (i64, i64) = c
-        .query_row("SELECT min(seq), max(seq) FROM calls WHERE ts >= ?1 AND ts < ?2", [&since, &until], |r| {
+        .query_row("SELECT min(seq), max(seq) FROM call_rows WHERE ts >= ?1 AND ts < ?2", [&since, &until], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
     // The record's canonical text is rebuilt from its row (schema 5), as every reader does.
-    let sql = format!(
-        "SELECT seq, ts, record, hash, {} FROM calls WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
-        gatehouse::record::audit::RECORD_FIELDS
-    );
     let (mut n, mut bytes) = (0u64, 0u64);
-    gatehouse::record::store::Conn::Lite(&c)
-        .each(&sql, gatehouse::record::store::sql::params![first, last], |r| {
-            let ts = r.str(1)?;
-            if ts >= since.as_str() && ts < until.as_str() {
-                n += 1;
-                bytes += (gatehouse::record::audit::record_text(r, 2, 4)?.len() + r.str(3)?.len()) as u64;
-            }
-            Ok(())
-        })
-        .unwrap();
+    let range = gatehouse::record::audit::rows::Range::Seqs { replica: "gw-1", from: first as u64, to: last as u64, limit: None };
+    gatehouse::record::audit::rows::each(&gatehouse::record::store::Conn::Lite(&c), range, |r| {
+        if r.ts >= since.as_str() && r.ts < until.as_str() {
+            n += 1;
+            bytes += (r.text.as_ref().map_or(0, |t| t.len()) + r.hash.len()) as u64;
+        }
+        Ok(())
+    })
+    .unwrap();
     (t.elapsed(), n, bytes)
 }
 

@@ -118,7 +118,7 @@ pub fn replicas(c: &Conn) -> sql::Result<Vec<String>> {
 
 /// Appends one record in the writer's transaction, to the chain of its replica: its fields,
 /// each text as a reference into `vals`, and its hashes as bytes. The canonical JSON hashed is
-/// the one [`super::record_text`] rebuilds from the row.
+/// the one [`super::rows`] rebuilds from the row.
 pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
     let (seq, prev) = head(c, &r.replica)?;
     r.seq = seq + 1;
@@ -182,7 +182,8 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
     Ok(r.seq)
 }
 
-/// The id of `v` in `vals`, added when it is new. The ids seen are cached per database (on
+/// The id of `v` in `vals`, added when it is new (on PostgreSQL a value two replicas add at
+/// once may get two ids: see the schema). The ids seen are cached per database (on
 /// PostgreSQL in the connection, on SQLite per file on the writer's thread); the store forgets
 /// them when a transaction fails ([`forget_interned`]), since the ids it added are gone.
 pub fn intern(c: &Conn, v: &str) -> sql::Result<i64> {
@@ -201,17 +202,21 @@ fn intern_in(c: &Conn, key: Option<&str>, v: &str) -> sql::Result<i64> {
     if let Some(id) = cached {
         return Ok(id);
     }
-    let inserted = c.query_opt("INSERT INTO vals (v) VALUES (?1) ON CONFLICT DO NOTHING RETURNING id", params![v], |r| r.i64(0))?;
-    let id = match inserted {
-        Some(id) => id,
-        None if c.is_pg() => {
-            let (id, stored) = c.query_one("SELECT id, v FROM vals WHERE md5(v) = md5(?1)", params![v], |r| Ok((r.i64(0)?, r.string(1)?)))?;
-            if stored != v {
-                return Err(sql::Error::Other("vals: two values with one md5".into()));
-            }
-            id
+    let id = if c.is_pg() {
+        // A plain insert under a non-unique index never waits on another transaction (see the
+        // schema): replicas sharing the database cannot deadlock on values new to both.
+        let found = c.query_opt("SELECT id FROM vals WHERE md5(v) = md5(?1) AND v = ?1 ORDER BY id LIMIT 1", params![v], |r| r.i64(0))?;
+        match found {
+            Some(id) => id,
+            None => c.query_one("INSERT INTO vals (v) VALUES (?1) RETURNING id", params![v], |r| r.i64(0))?,
         }
-        None => c.query_one("SELECT id FROM vals WHERE v = ?1", params![v], |r| r.i64(0))?,
+    } else {
+        // SQLite has one writer at a time: the unique index cannot make two wait on each other.
+        let inserted = c.query_opt("INSERT INTO vals (v) VALUES (?1) ON CONFLICT DO NOTHING RETURNING id", params![v], |r| r.i64(0))?;
+        match inserted {
+            Some(id) => id,
+            None => c.query_one("SELECT id FROM vals WHERE v = ?1", params![v], |r| r.i64(0))?,
+        }
     };
     match (c, key) {
         (Conn::Pg(pg), _) => {
@@ -292,11 +297,19 @@ thread_local! {
 pub fn prune_in(c: &Conn, cutoff: &str) -> sql::Result<usize> {
     let mut n = 0;
     for replica in replicas(c)? {
-        let last = c.query_opt(
-            "SELECT seq, hash FROM calls WHERE replica = ?1 AND ts < ?2 ORDER BY seq DESC LIMIT 1",
+        // A replica's rows of `calls_v4` come before its rows of `call_rows`.
+        let last = match c.query_opt(
+            "SELECT seq, hash FROM call_rows WHERE replica = ?1 AND ts < ?2 ORDER BY seq DESC LIMIT 1",
             params![&replica, cutoff],
-            |r| Ok((r.i64(0)?, r.string(1)?)),
-        )?;
+            |r| Ok((r.i64(0)?, hex::encode(r.bytes(1)?))),
+        )? {
+            Some(last) => Some(last),
+            None => c.query_opt(
+                "SELECT seq, hash FROM calls_v4 WHERE replica = ?1 AND ts < ?2 ORDER BY seq DESC LIMIT 1",
+                params![&replica, cutoff],
+                |r| Ok((r.i64(0)?, r.string(1)?)),
+            )?,
+        };
         let Some((seq, hash)) = last else { continue };
         n += c.exec("DELETE FROM call_rows WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;
         n += c.exec("DELETE FROM calls_v4 WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;

@@ -4,7 +4,7 @@
 //! `sha256(prev_hash ‖ canonical JSON of the record without hash)`, where canonical JSON has
 //! sorted keys and no insignificant whitespace; `seq` is gapless. The canonical text is not
 //! stored (schema 5): a row holds the fields, and the text is rebuilt from them
-//! ([`record_text`]), so `verify` recomputes every hash from what was written and names the
+//! ([`rows`]), so `verify` recomputes every hash from what was written and names the
 //! first broken `seq` (a changed field rebuilds to other bytes). Rows written before keep the
 //! exact text they were hashed as. A call leaves two records: the decision (written before anything reaches the upstream;
 //! `outcome: "unknown"` when allowed, `"denied"` when not) and, for allowed calls, the outcome
@@ -12,6 +12,7 @@
 
 pub mod bound;
 pub mod log;
+pub mod rows;
 pub mod verify;
 
 pub use bound::arg_keys;
@@ -19,7 +20,6 @@ pub use bound::arg_keys;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::record::store::sql::{self, Row};
 
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -90,28 +90,29 @@ impl CallRecord {
 /// A record without `hash`, borrowed, its fields in byte-wise sorted key order (the order of a
 /// `serde_json::Map` without the `preserve_order` feature). Adding a field to [`CallRecord`]
 /// means adding it here, in its sorted place: the unit test compares both serializations.
+/// [`rows`] builds one from a row's values without copying them.
 #[derive(Serialize)]
-struct Canonical<'a> {
-    arg_keys: &'a [String],
-    auth: &'a str,
-    category: &'a Option<String>,
-    grant: &'a str,
-    identity: &'a str,
-    kind: &'a str,
-    latency_ms: Option<u64>,
-    message: &'a str,
-    outcome: &'a str,
-    policy_commit: &'a Option<String>,
-    prev_hash: &'a str,
-    replica: &'a str,
-    rule: &'a str,
-    seq: u64,
-    server: &'a str,
-    session: &'a str,
-    snapshot_digest: &'a str,
-    tool: &'a str,
-    ts: &'a str,
-    verdict: &'a str,
+pub(crate) struct Canonical<'a> {
+    pub arg_keys: &'a [String],
+    pub auth: &'a str,
+    pub category: Option<&'a str>,
+    pub grant: &'a str,
+    pub identity: &'a str,
+    pub kind: &'a str,
+    pub latency_ms: Option<u64>,
+    pub message: &'a str,
+    pub outcome: &'a str,
+    pub policy_commit: Option<&'a str>,
+    pub prev_hash: &'a str,
+    pub replica: &'a str,
+    pub rule: &'a str,
+    pub seq: u64,
+    pub server: &'a str,
+    pub session: &'a str,
+    pub snapshot_digest: &'a str,
+    pub tool: &'a str,
+    pub ts: &'a str,
+    pub verdict: &'a str,
 }
 
 impl<'a> From<&'a CallRecord> for Canonical<'a> {
@@ -143,14 +144,14 @@ impl<'a> From<&'a CallRecord> for Canonical<'a> {
         Canonical {
             arg_keys,
             auth,
-            category,
+            category: category.as_deref(),
             grant,
             identity,
             kind,
             latency_ms: *latency_ms,
             message,
             outcome,
-            policy_commit,
+            policy_commit: policy_commit.as_deref(),
             prev_hash,
             replica,
             rule,
@@ -163,55 +164,6 @@ impl<'a> From<&'a CallRecord> for Canonical<'a> {
             verdict,
         }
     }
-}
-
-/// The columns of the `calls` view a record is rebuilt from, in order (a reader selects them
-/// after its own columns and the `record` column, and hands both positions to [`record_text`]).
-pub const RECORD_FIELDS: &str = "seq, ts, replica, session, identity, grant_name, auth, kind, server, tool, category, arg_keys, \
-                                 verdict, rule, message, policy_commit, snapshot_digest, outcome, latency_ms, prev_hash";
-
-/// The canonical JSON of the record in `row`: the text stored in its `record` column (column
-/// `record`; the rows written before schema 5 keep the JSON they were hashed as), else rebuilt
-/// from its fields ([`RECORD_FIELDS`], from column `fields`). A rebuilt text is what the writer
-/// hashed when the row is intact; a row that was changed rebuilds to other bytes, and its hash
-/// no longer matches.
-pub fn record_text<'r>(row: &'r Row, record: usize, fields: usize) -> sql::Result<std::borrow::Cow<'r, str>> {
-    if let Some(text) = row.opt_str(record)? {
-        return Ok(std::borrow::Cow::Borrowed(text));
-    }
-    Ok(std::borrow::Cow::Owned(rebuild(row, fields)?.canonical()))
-}
-
-/// The record in `row`'s [`RECORD_FIELDS`] (from column `at`), without its hash.
-pub fn rebuild(row: &Row, at: usize) -> sql::Result<CallRecord> {
-    let opt = |i: usize| -> sql::Result<Option<String>> { row.opt_str(at + i)?.map(log::unescape).transpose() };
-    let text = |i: usize| -> sql::Result<String> {
-        opt(i)?.ok_or_else(|| sql::Error::Other(format!("call record: column {i} is missing")))
-    };
-    let arg_keys = text(11)?;
-    Ok(CallRecord {
-        seq: row.i64(at)? as u64,
-        ts: row.string(at + 1)?,
-        replica: row.string(at + 2)?,
-        session: text(3)?,
-        identity: text(4)?,
-        grant: text(5)?,
-        auth: text(6)?,
-        kind: text(7)?,
-        server: text(8)?,
-        tool: text(9)?,
-        category: opt(10)?,
-        arg_keys: serde_json::from_str(&arg_keys)?,
-        verdict: text(12)?,
-        rule: text(13)?,
-        message: text(14)?,
-        policy_commit: opt(15)?,
-        snapshot_digest: text(16)?,
-        outcome: text(17)?,
-        latency_ms: row.opt_i64(at + 18)?.map(|l| l as u64),
-        prev_hash: row.string(at + 19)?,
-        hash: None,
-    })
 }
 
 /// `sha256(prev_hash ‖ canonical)`, hex.

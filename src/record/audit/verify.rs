@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::log::{anchor, replicas};
-use super::{CallRecord, GENESIS, RECORD_FIELDS, record_text};
-use crate::record::store::sql::Row;
+use super::GENESIS;
+use super::rows::{self, Range};
 use crate::record::store::sql::{Conn, params};
 
 /// What `verify` found.
@@ -48,54 +48,36 @@ pub fn verify_all<'a>(c: impl Into<Conn<'a>>) -> Result<Vec<(String, Verdict)>> 
 
 /// Recomputes one replica's chain from its anchor (or genesis) to its last record.
 ///
-/// A replica's rows written before schema 5 (`calls_v4`, with their canonical text) all come
-/// before its rows of `call_rows`, so the two are read one after the other. An old row's text
-/// and hash are borrowed from the row and checked through a borrowed view ([`Check`]: the same
-/// fields and types as [`CallRecord`](crate::record::audit::CallRecord), nothing copied). A new
-/// row is rebuilt from its fields, their texts looked up by id in `vals` once per value ([`Vals`]),
-/// and its canonical text hashed.
+/// A replica's rows written before schema 5 (`calls_v4`, with their canonical text) come before
+/// its rows of `call_rows`. An old row's text is checked through a borrowed view ([`Check`]: the
+/// same fields and types as [`CallRecord`](crate::record::audit::CallRecord), nothing copied); a
+/// new row is rebuilt from its fields ([`rows::each`]) and its canonical text hashed.
 pub fn verify_replica(c: &Conn, replica: &str) -> Result<Verdict> {
     let (expect, prev) = match anchor(c, replica)? {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
     };
     let mut w = Walk { first: expect, expect, prev, count: 0, broken: None };
-    c.each("SELECT seq, record, hash FROM calls_v4 WHERE replica = ?1 ORDER BY seq", params![replica], |row| {
+    rows::each(c, Range::Seqs { replica, from: 0, to: u64::MAX, limit: None }, |r| {
         if w.broken.is_some() {
             return Ok(());
         }
-        let (seq, text, hash) = (row.i64(0)? as u64, row.str(1)?, row.str(2)?);
-        let record = serde_json::from_str::<Check>(text);
-        w.step(seq, text, hash, record.as_ref().map(|r| (r.seq, &*r.prev_hash)));
-        Ok(())
-    })?;
-    let mut vals = Vals::default();
-    let mut text = Vec::with_capacity(1024);
-    c.each(
-        "SELECT seq, ts, hash, prev_hash, session, identity, grant_name, auth, kind, server, tool, category, arg_keys, verdict, rule,
-                message, policy_commit, snapshot_digest, outcome, latency_ms
-           FROM call_rows WHERE replica = ?1 ORDER BY seq",
-        params![replica],
-        |row| {
-            if w.broken.is_some() {
+        let text = match &r.text {
+            Ok(text) => *text,
+            Err(why) => {
+                w.broken = Some(Verdict::Broken { seq: r.seq, why: format!("not a call record: {why}") });
                 return Ok(());
             }
-            let seq = row.i64(0)? as u64;
-            let hash = hex::encode(row.bytes(2)?);
-            let record = match vals.rebuild(c, row, replica) {
-                Ok(r) => r,
-                Err(e) => {
-                    w.broken = Some(Verdict::Broken { seq, why: format!("not a call record: {e}") });
-                    return Ok(());
-                }
-            };
-            text.clear();
-            record.canonical_to(&mut text);
-            let text = std::str::from_utf8(&text).expect("serde_json writes UTF-8");
-            w.step(seq, text, &hash, Ok((record.seq, &record.prev_hash)));
-            Ok(())
-        },
-    )?;
+        };
+        match r.link {
+            Some(link) => w.step(r.seq, text, r.hash, Ok(link)),
+            None => {
+                let record = serde_json::from_str::<Check>(text);
+                w.step(r.seq, text, r.hash, record.as_ref().map(|r| (r.seq, &*r.prev_hash)));
+            }
+        }
+        Ok(())
+    })?;
     Ok(w.broken.unwrap_or(Verdict::Intact { count: w.count, first: w.first, last: w.expect - 1 }))
 }
 
@@ -124,74 +106,6 @@ impl Walk {
         self.prev.push_str(hash);
         self.expect += 1;
         self.count += 1;
-    }
-}
-
-/// The texts of `vals` a reader has looked up, by id.
-#[derive(Default)]
-struct Vals(std::collections::HashMap<i64, String>);
-
-impl Vals {
-    fn get(&mut self, c: &Conn, id: i64) -> crate::record::store::sql::Result<String> {
-        if let Some(v) = self.0.get(&id) {
-            return Ok(v.clone());
-        }
-        let stored = c.query_opt("SELECT v FROM vals WHERE id = ?1", params![id], |r| r.string(0))?;
-        let v = super::log::unescape(&stored.ok_or_else(|| crate::record::store::sql::Error::Other(format!("value {id} is missing")))?)?;
-        if self.0.len() >= 65_536 {
-            self.0.clear();
-        }
-        self.0.insert(id, v.clone());
-        Ok(v)
-    }
-
-    /// The record of a `call_rows` row as [`verify_replica`] selects it.
-    fn rebuild(&mut self, c: &Conn, row: &Row, replica: &str) -> crate::record::store::sql::Result<CallRecord> {
-        let mut text = |i: usize| -> crate::record::store::sql::Result<String> { self.get(c, row.i64(i)?) };
-        let session = text(4)?;
-        let identity = text(5)?;
-        let grant = text(6)?;
-        let auth = text(7)?;
-        let kind = text(8)?;
-        let server = text(9)?;
-        let tool = text(10)?;
-        let category = match row.opt_i64(11)? {
-            Some(id) => Some(self.get(c, id)?),
-            None => None,
-        };
-        let mut text = |i: usize| -> crate::record::store::sql::Result<String> { self.get(c, row.i64(i)?) };
-        let arg_keys = serde_json::from_str(&text(12)?)?;
-        let verdict = text(13)?;
-        let rule = text(14)?;
-        let message = text(15)?;
-        let policy_commit = match row.opt_i64(16)? {
-            Some(id) => Some(self.get(c, id)?),
-            None => None,
-        };
-        let mut text = |i: usize| -> crate::record::store::sql::Result<String> { self.get(c, row.i64(i)?) };
-        Ok(CallRecord {
-            seq: row.i64(0)? as u64,
-            ts: row.string(1)?,
-            replica: replica.to_string(),
-            session,
-            identity,
-            grant,
-            auth,
-            kind,
-            server,
-            tool,
-            category,
-            arg_keys,
-            verdict,
-            rule,
-            message,
-            policy_commit,
-            snapshot_digest: text(17)?,
-            outcome: text(18)?,
-            latency_ms: row.opt_i64(19)?.map(|l| l as u64),
-            prev_hash: hex::encode(row.bytes(3)?),
-            hash: None,
-        })
     }
 }
 
@@ -339,28 +253,23 @@ pub fn export<'a>(c: impl Into<Conn<'a>>, since: &str, until: &str, format: Form
     }
     let mut count = 0u64;
     let mut ranges: std::collections::BTreeMap<String, (u64, u64, u64)> = std::collections::BTreeMap::new();
-    c.each(
-        &format!("SELECT replica, seq, record, hash, {RECORD_FIELDS} FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq"),
-        params![since, until],
-        |row| {
-            let seq = row.i64(1)? as u64;
-            let mut v: Value = serde_json::from_str(&record_text(row, 2, 4)?)?;
-            v["hash"] = Value::String(row.string(3)?);
-            match format {
-                Format::Jsonl => writeln!(file, "{v}")?,
-                Format::Csv => {
-                    let cells: Vec<String> = columns.iter().map(|k| csv_cell(&v[*k])).collect();
-                    writeln!(file, "{}", cells.join(","))?;
-                }
+    rows::each(&c, Range::Period { since, until }, |r| {
+        let mut v: Value = serde_json::from_str(text(r)?)?;
+        v["hash"] = Value::String(r.hash.to_string());
+        match format {
+            Format::Jsonl => writeln!(file, "{v}")?,
+            Format::Csv => {
+                let cells: Vec<String> = columns.iter().map(|k| csv_cell(&v[*k])).collect();
+                writeln!(file, "{}", cells.join(","))?;
             }
-            count += 1;
-            let r = ranges.entry(row.string(0)?).or_insert((0, seq, seq));
-            r.0 += 1;
-            r.1 = r.1.min(seq);
-            r.2 = r.2.max(seq);
-            Ok(())
-        },
-    )?;
+        }
+        count += 1;
+        let range = ranges.entry(r.replica.to_string()).or_insert((0, r.seq, r.seq));
+        range.0 += 1;
+        range.1 = range.1.min(r.seq);
+        range.2 = range.2.max(r.seq);
+        Ok(())
+    })?;
     let single = (ranges.len() == 1).then(|| ranges.values().next().copied()).flatten();
     let (first, last) = match single {
         Some((_, f, l)) => (Some(f), Some(l)),
@@ -465,11 +374,11 @@ pub fn last_records<'a>(c: impl Into<Conn<'a>>, n: u64) -> Result<(Vec<String>, 
     keys.truncate(n as usize);
     let mut lines = Vec::with_capacity(keys.len());
     for (_, replica, seq) in keys.iter().rev() {
-        lines.extend(c.query(
-            &format!("SELECT record, hash, {RECORD_FIELDS} FROM calls WHERE replica = ?1 AND seq = ?2"),
-            params![replica, *seq],
-            |r| line(&record_text(r, 0, 2)?, r.string(1)?),
-        )?);
+        let seq = *seq as u64;
+        rows::each(&c, Range::Seqs { replica, from: seq, to: seq, limit: None }, |r| {
+            lines.push(line(text(r)?, r.hash)?);
+            Ok(())
+        })?;
     }
     let mut cursor: Cursor = Cursor::new();
     for table in ["call_rows", "calls_v4"] {
@@ -489,11 +398,10 @@ pub fn since<'a>(c: impl Into<Conn<'a>>, after: &Cursor, limit: usize) -> Result
     let mut out = Vec::new();
     for replica in replicas(&c)? {
         let from = after.get(&replica).copied().unwrap_or(0);
-        out.extend(c.query(
-            &format!("SELECT ts, seq, record, hash, {RECORD_FIELDS} FROM calls WHERE replica = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"),
-            params![&replica, from, limit as i64],
-            |r| Ok((r.string(0)?, replica.clone(), r.i64(1)? as u64, line(&record_text(r, 2, 4)?, r.string(3)?)?)),
-        )?);
+        rows::each(&c, Range::Seqs { replica: &replica, from: from + 1, to: u64::MAX, limit: Some(limit as u64) }, |r| {
+            out.push((r.ts.to_string(), replica.clone(), r.seq, line(text(r)?, r.hash)?));
+            Ok(())
+        })?;
     }
     out.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
     Ok(out.into_iter().map(|(_, r, seq, l)| (r, seq, l)).collect())
@@ -503,14 +411,25 @@ pub fn since<'a>(c: impl Into<Conn<'a>>, after: &Cursor, limit: usize) -> Result
 /// (replica, seq) order. What tests and tools read now that most rows hold no JSON text.
 pub fn canonical_records<'a>(c: impl Into<Conn<'a>>) -> crate::record::store::sql::Result<Vec<(String, String)>> {
     let c = c.into();
-    c.query(&format!("SELECT record, hash, {RECORD_FIELDS} FROM calls ORDER BY replica, seq"), &[], |r| {
-        Ok((record_text(r, 0, 2)?.into_owned(), r.string(1)?))
-    })
+    let mut out = Vec::new();
+    rows::each(&c, Range::All, |r| {
+        out.push((text(r)?.to_string(), r.hash.to_string()));
+        Ok(())
+    })?;
+    Ok(out)
 }
 
-fn line(text: &str, hash: String) -> crate::record::store::sql::Result<String> {
+/// The canonical text of `r`; an error when its row cannot be rebuilt.
+fn text<'r>(r: &rows::Stored<'r>) -> crate::record::store::sql::Result<&'r str> {
+    match &r.text {
+        Ok(text) => Ok(text),
+        Err(why) => Err(crate::record::store::sql::Error::Other(format!("record {} of {}: {why}", r.seq, r.replica))),
+    }
+}
+
+fn line(text: &str, hash: &str) -> crate::record::store::sql::Result<String> {
     let mut v: Value = serde_json::from_str(text)?;
-    v["hash"] = Value::String(hash);
+    v["hash"] = Value::String(hash.to_string());
     Ok(v.to_string())
 }
 

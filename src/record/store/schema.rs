@@ -239,7 +239,10 @@ const PG_MIGRATIONS: &[&str] = &[
         v              TEXT NOT NULL
      );
      -- md5: a B-tree entry has a size limit a long value would exceed (a lookup compares v too).
-     CREATE UNIQUE INDEX vals_by_v ON vals (md5(v));
+     -- Not unique: replicas interning the same new values in one another's open transactions
+     -- would wait on each other's uncommitted entries, and in opposite orders deadlock. Two
+     -- replicas adding one value at once store it twice (two ids, one text), which is harmless.
+     CREATE INDEX vals_by_v ON vals (md5(v));
      CREATE TABLE call_rows (
         replica        TEXT NOT NULL,
         seq            BIGINT NOT NULL,

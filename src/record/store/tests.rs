@@ -370,3 +370,123 @@ fn the_last_records_of_several_replicas_are_the_newest_in_time_order() {
     assert!(lines.iter().all(|l| l.contains("\"hash\":\"")));
     assert_eq!(cursor.into_iter().collect::<Vec<_>>(), vec![("a".to_string(), 4), ("b".to_string(), 6)]);
 }
+
+/// A log migrated from schema 4 (rows of two replicas kept in `calls_v4` with their JSON) that
+/// goes on in `call_rows`: export, evidence, tail and verify read every record, old and new,
+/// as the canonical JSON it was hashed as, in time order across replicas (one replica: in seq
+/// order, its chain checked on the way).
+#[test]
+fn a_migrated_log_exports_and_evidences_the_records_it_holds() {
+    use crate::record::audit::verify::{Format, Verdict, export, last_records, since, verify_all};
+    use crate::record::audit::{CallRecord, GENESIS, chain_hash};
+    for replicas in [&["a"][..], &["a", "b"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_conn(&dir.path().join(FILE), false).unwrap();
+        schema::migrate_to(&mut conn, 4).unwrap();
+        let record = |n: usize, replica: &str| CallRecord {
+            seq: 0,
+            ts: format!("2026-11-01T00:00:{:02}.{:03}Z", n, n * 7),
+            replica: replica.into(),
+            session: format!("s{n}"),
+            identity: "i@example.com".into(),
+            grant: "grants/i.yaml".into(),
+            auth: "token".into(),
+            kind: "tool".into(),
+            server: "sv".into(),
+            tool: format!("t{}", n % 3),
+            category: [None, Some("read".to_string()), Some("destructive".to_string())][n % 3].clone(),
+            arg_keys: vec!["path".into(), "q \"x\"".into()],
+            verdict: if n % 4 == 0 { "deny" } else { "allow" }.into(),
+            rule: "r".into(),
+            message: "m é".into(),
+            policy_commit: (n % 2 == 0).then(|| "c0ffee".to_string()),
+            snapshot_digest: "d".into(),
+            outcome: if n % 4 == 0 { "denied" } else { "ok" }.into(),
+            latency_ms: (n % 4 != 0).then_some(n as u64),
+            prev_hash: String::new(),
+            hash: None,
+        };
+        // (ts, replica, seq, canonical text, hash) of every record.
+        let mut expected = Vec::new();
+        let mut heads: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
+        for n in 0..8 {
+            let replica = replicas[n % replicas.len()];
+            let (seq, prev) = heads.get(replica).cloned().unwrap_or((0, GENESIS.to_string()));
+            let r = CallRecord { seq: seq + 1, prev_hash: prev.clone(), ..record(n, replica) };
+            let text = r.canonical();
+            let hash = chain_hash(&prev, &text);
+            conn.execute(
+                "INSERT INTO calls (replica, seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                rusqlite::params![replica, r.seq as i64, r.ts, text, hash, r.identity, r.server, r.tool, r.category, r.verdict, r.outcome],
+            )
+            .unwrap();
+            heads.insert(replica.to_string(), (r.seq, hash.clone()));
+            expected.push((r.ts.clone(), replica.to_string(), r.seq, text, hash));
+        }
+        schema::migrate(&mut conn).unwrap();
+        for n in 8..20 {
+            let replica = replicas[n % replicas.len()];
+            let (seq, prev) = heads[replica].clone();
+            let r = CallRecord { seq: seq + 1, prev_hash: prev.clone(), ..record(n, replica) };
+            let text = r.canonical();
+            let hash = chain_hash(&prev, &text);
+            assert_eq!(crate::record::audit::log::append_in(&Conn::Lite(&conn), record(n, replica)).unwrap(), seq + 1);
+            heads.insert(replica.to_string(), (r.seq, hash.clone()));
+            expected.push((r.ts.clone(), replica.to_string(), r.seq, text, hash));
+        }
+        expected.sort();
+        let lines: Vec<serde_json::Value> = expected
+            .iter()
+            .map(|(_, _, _, text, hash)| {
+                let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+                v["hash"] = hash.clone().into();
+                v
+            })
+            .collect();
+        assert!(verify_all(&conn).unwrap().iter().all(|(_, v)| matches!(v, Verdict::Intact { .. })));
+
+        // export: every record, in time order, as hashed.
+        let out = dir.path().join("calls.jsonl");
+        let manifest = export(&conn, "2026-11-01T00:00:00.000Z", "2026-11-02T00:00:00.000Z", Format::Jsonl, &out).unwrap();
+        assert_eq!(manifest["count"], 20);
+        let exported: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(exported, lines, "replicas {replicas:?}");
+        // A period that cuts both tables.
+        let cut = export(&conn, "2026-11-01T00:00:05.000Z", "2026-11-01T00:00:12.000Z", Format::Jsonl, &out).unwrap();
+        assert_eq!(cut["count"], 7);
+
+        // evidence: the calls table holds the same records, their chains checked.
+        let inputs = crate::evidence::Inputs::new(dir.path(), dir.path(), "2026-11-01", "2026-11-02");
+        let table = crate::evidence::calls(&inputs).unwrap();
+        let columns = crate::evidence::CALL_COLUMNS;
+        let rows: Vec<serde_json::Value> = table
+            .rows
+            .iter()
+            .map(|row| {
+                let mut v = serde_json::Map::new();
+                for (k, cell) in columns.iter().zip(row) {
+                    v.insert(k.to_string(), cell.clone());
+                }
+                serde_json::Value::Object(v)
+            })
+            .collect();
+        assert_eq!(rows, lines, "replicas {replicas:?}");
+        let privileged = crate::evidence::privileged(&inputs).unwrap();
+        assert_eq!(privileged.rows.len(), lines.iter().filter(|l| l["category"] == "destructive").count());
+
+        // tail: the newest records, and each replica's records after a cursor.
+        let (last, _) = last_records(&conn, 14).unwrap();
+        let last: Vec<serde_json::Value> = last.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if replicas.len() == 1 {
+            assert_eq!(last, lines[6..]);
+        } else {
+            assert_eq!(last, lines[6..], "across replicas, in time order");
+        }
+        let after: std::collections::BTreeMap<String, u64> = replicas.iter().map(|r| (r.to_string(), 2)).collect();
+        let next = since(&conn, &after, 100).unwrap();
+        let want: Vec<&serde_json::Value> = lines.iter().filter(|l| l["seq"].as_u64().unwrap() > 2).collect();
+        let got: Vec<serde_json::Value> = next.iter().map(|(_, _, l)| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want);
+    }
+}
