@@ -12,8 +12,8 @@
 //!    period: grants created, widened, narrowed, re-reviewed, token rotations and revocations,
 //!    role, policy and server edits, test and README edits; every third one is a pull request
 //!    merged by a merge commit (`Merge pull request #N from …`) over a feature commit.
-//! 2. **Baseline**: one scan of the period's call records (`SELECT seq, ts, record, hash … ORDER BY
-//!    seq`, every byte touched): the floor any export of the call log pays.
+//! 2. **Baseline**: one scan of the period's call records in seq order (`audit::rows::each`: each
+//!    row's canonical JSON rebuilt, every byte touched): the floor any export of the call log pays.
 //! 3. **Bundle**: `evidence::bundle` into a fresh directory (CSV by default), median of
 //!    `EVIDENCE_RUNS`; then `verify_manifest` on it. As a split, the git side alone (end state +
 //!    access review + provisioning) and the call-log side alone (calls + privileged streamed).
@@ -457,8 +457,9 @@ fn baseline_scan(data: &Path) -> (Duration, u64, u64) {
     let c = gatehouse::record::store::open_read_only(data).unwrap();
     let since = format!("{SINCE}T00:00:00.000Z");
     let until = format!("{UNTIL}T00:00:00.000Z");
+    let ms = |t: &str| gatehouse::units::parse_rfc3339_ms(t).unwrap();
     let (first, last): (i64, i64) = c
-        .query_row("SELECT min(seq), max(seq) FROM call_rows WHERE ts >= ?1 AND ts < ?2", [&since, &until], |r| {
+        .query_row("SELECT min(seq), max(seq) FROM call_rows WHERE ts >= ?1 AND ts < ?2", [ms(&since), ms(&until)], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();

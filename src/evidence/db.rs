@@ -159,10 +159,10 @@ impl Db {
         let rows = self.conn().query(
             // The tables under the `calls` view: SQLite would compute every column of the view.
             "SELECT replica, min(seq), max(seq), count(*) FROM (
-                SELECT replica, seq FROM call_rows WHERE ts >= ?1 AND ts < ?2
+                SELECT replica, seq FROM call_rows WHERE ts >= ?3 AND ts < ?4
                 UNION ALL SELECT replica, seq FROM calls_v4 WHERE ts >= ?1 AND ts < ?2) AS r
              GROUP BY replica",
-            params![&p.since, &p.until],
+            params![&p.since, &p.until, p.since_ms(), p.until_ms()],
             |r| Ok((r.string(0)?, Span { first: r.i64(1)? as u64, last: r.i64(2)? as u64, count: r.i64(3)? as u64 })),
         )?;
         let count = rows.iter().map(|(_, s)| s.count).sum();
@@ -175,10 +175,10 @@ impl Db {
             return Ok(0);
         }
         let n = self.conn().query_one(
-            "SELECT (SELECT count(*) FROM call_rows WHERE ts >= ?1 AND ts < ?2
+            "SELECT (SELECT count(*) FROM call_rows WHERE ts >= ?3 AND ts < ?4
                        AND category IN (SELECT id FROM vals WHERE v IN ('destructive', 'execute', 'financial')))
                   + (SELECT count(*) FROM calls_v4 WHERE ts >= ?1 AND ts < ?2 AND category IN ('destructive', 'execute', 'financial'))",
-            params![&p.since, &p.until],
+            params![&p.since, &p.until, p.since_ms(), p.until_ms()],
             |r| r.i64(0),
         )?;
         Ok(n as u64)

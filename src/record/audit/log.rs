@@ -151,14 +151,19 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
         id(&r.outcome)?,
     ];
     let (category, policy_commit) = (opt(&r.category)?, opt(&r.policy_commit)?);
+    // The time as its milliseconds; a ts they would not rebuild keeps its text too.
+    let (ts, ts_text) = match crate::units::exact_rfc3339_ms(&r.ts) {
+        Some(ms) => (ms, None),
+        None => (crate::units::parse_rfc3339_ms(&r.ts).unwrap_or(0), Some(id(&r.ts)?)),
+    };
     c.exec(
-        "INSERT INTO call_rows (replica, seq, ts, hash, prev_hash, session, identity, grant_name, auth, kind, server, tool, category,
+        "INSERT INTO call_rows (replica, seq, ts, ts_text, hash, prev_hash, session, identity, grant_name, auth, kind, server, tool, category,
                                 arg_keys, verdict, rule, message, policy_commit, snapshot_digest, outcome, latency_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+         VALUES (?1, ?2, ?3, ?22, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         params![
             &r.replica,
             r.seq,
-            &r.ts,
+            ts,
             &hash[..],
             &prev_bytes[..],
             refs[0],
@@ -177,6 +182,7 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
             refs[11],
             refs[12],
             r.latency_ms.map(|l| l as i64),
+            ts_text,
         ],
     )?;
     Ok(r.seq)
@@ -295,12 +301,13 @@ thread_local! {
 /// the hash of a replica's last deleted record becomes the anchor its retained part starts from.
 /// Returns how many were deleted.
 pub fn prune_in(c: &Conn, cutoff: &str) -> sql::Result<usize> {
+    let cutoff_ms = crate::units::parse_rfc3339_ms(cutoff).ok_or_else(|| sql::Error::Other(format!("invalid cutoff {cutoff:?}")))?;
     let mut n = 0;
     for replica in replicas(c)? {
         // A replica's rows of `calls_v4` come before its rows of `call_rows`.
         let last = match c.query_opt(
             "SELECT seq, hash FROM call_rows WHERE replica = ?1 AND ts < ?2 ORDER BY seq DESC LIMIT 1",
-            params![&replica, cutoff],
+            params![&replica, cutoff_ms],
             |r| Ok((r.i64(0)?, hex::encode(r.bytes(1)?))),
         )? {
             Some(last) => Some(last),

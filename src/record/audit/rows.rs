@@ -1,10 +1,10 @@
 //! Reading stored call records back, from the tables themselves (never through the `calls`
 //! view, whose per-field lookups SQLite computes for every row before it sorts or filters):
 //! `calls_v4` (rows written before schema 5, with the canonical JSON they were hashed as) and
-//! `call_rows` (the record's fields, each text the id of its value in `vals`). Each value is
-//! looked up once per read ([`Vals`]) and a row's canonical JSON is rebuilt into a buffer the
-//! read reuses: every reader of many records (verify, export, tail, evidence, `plan --usage`)
-//! goes through [`each`].
+//! `call_rows` (the record's fields, each text the id of its value in `vals`, the time in
+//! milliseconds). Each value is looked up once per read ([`Vals`]) and a row's canonical JSON is
+//! rebuilt into a buffer the read reuses: every reader of many records (verify, export, tail,
+//! evidence, `plan --usage`) goes through [`each`].
 
 use std::collections::HashMap;
 
@@ -15,7 +15,7 @@ use crate::record::store::sql::{self, Conn, P, Row, params};
 /// Which records [`each`] reads, and in what order.
 #[derive(Debug, Clone, Copy)]
 pub enum Range<'a> {
-    /// `since <= ts < until`, every replica, in time order (`ts`, `replica`, `seq`).
+    /// `since <= ts < until` (RFC 3339 UTC), every replica, in time order (time, replica, seq).
     Period { since: &'a str, until: &'a str },
     /// One replica's records `from..=to`, in seq order, at most `limit`.
     Seqs { replica: &'a str, from: u64, to: u64, limit: Option<u64> },
@@ -27,6 +27,7 @@ pub enum Range<'a> {
 pub struct Stored<'r> {
     pub replica: &'r str,
     pub seq: u64,
+    /// The record's ts, as written.
     pub ts: &'r str,
     /// The `category` column (what counts of privileged records use).
     pub category: Option<&'r str>,
@@ -44,39 +45,56 @@ pub struct Stored<'r> {
 }
 
 /// The columns [`each`] reads, the same from both tables (typed NULLs where a table has no such
-/// column; PostgreSQL wants the types): replica, seq, ts, record, hex hash, hash bytes,
-/// prev_hash bytes, category text, the ids of [`IDS`], latency_ms, then `calls_v4`'s
-/// identity, server, tool, verdict and outcome columns.
+/// column; PostgreSQL wants the types):
+///
+/// | at | `calls_v4` | `call_rows` |
+/// |---|---|---|
+/// | 0, 1 | replica, seq | replica, seq |
+/// | 2, 3, 4 | ts, record, hash (hex) | |
+/// | 5, 6 | | hash, prev_hash (bytes) |
+/// | 7 | category | |
+/// | 8..23 | | the ids of [`IDS`] |
+/// | 23 | | latency_ms |
+/// | 24..29 | identity, server, tool, verdict, outcome | |
+/// | 29, 30 | | ts (ms), ts_text (id) |
+/// | 31 | the order key `k`: the time in ms | |
 const V4_COLUMNS: &str = "replica, seq, ts, record, hash, CAST(NULL AS BYTEA), CAST(NULL AS BYTEA), category, \
      CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
      CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
      CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), \
-     CAST(NULL AS BIGINT), identity, server, tool, verdict, outcome";
-const ROW_COLUMNS: &str = "replica, seq, ts, CAST(NULL AS TEXT), CAST(NULL AS TEXT), hash, prev_hash, CAST(NULL AS TEXT), \
-     session, identity, grant_name, auth, kind, server, tool, category, arg_keys, verdict, rule, message, policy_commit, \
-     snapshot_digest, outcome, latency_ms, CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
-     CAST(NULL AS TEXT)";
+     CAST(NULL AS BIGINT), identity, server, tool, verdict, outcome, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT)";
+const ROW_COLUMNS: &str = "replica, seq, CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), hash, prev_hash, \
+     CAST(NULL AS TEXT), session, identity, grant_name, auth, kind, server, tool, category, arg_keys, verdict, rule, message, \
+     policy_commit, snapshot_digest, outcome, latency_ms, CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT), \
+     CAST(NULL AS TEXT), CAST(NULL AS TEXT), ts, ts_text, ts";
 
 /// The text fields of a `call_rows` row, in the order selected (from column 8).
 const IDS: usize = 15;
 
 /// The SQL of `range` over both tables, and its parameters.
-fn select(range: Range<'_>) -> (String, Vec<P<'_>>) {
-    let (filter, order, params, limit) = match range {
-        Range::Period { since, until } => ("ts >= ?1 AND ts < ?2", "ts, replica, seq", vec![P::from(since), P::from(until)], None),
-        Range::Seqs { replica, from, to, limit } => (
-            "replica = ?1 AND seq >= ?2 AND seq <= ?3",
-            "seq",
-            vec![P::from(replica), P::from(from.min(i64::MAX as u64)), P::from(to.min(i64::MAX as u64))],
-            limit,
+fn select<'a>(c: &Conn, range: Range<'a>) -> sql::Result<(String, Vec<P<'a>>)> {
+    let ms = |t: &str| crate::units::parse_rfc3339_ms(t).ok_or_else(|| sql::Error::Other(format!("invalid time {t:?}")));
+    let (old, new, order, params, limit) = match range {
+        Range::Period { since, until } => (
+            "ts >= ?1 AND ts < ?2",
+            "ts >= ?3 AND ts < ?4",
+            "k, replica, seq",
+            vec![P::from(since), P::from(until), P::from(ms(since)?), P::from(ms(until)?)],
+            None,
         ),
-        Range::All => ("1 = 1", "replica, seq", vec![], None),
+        Range::Seqs { replica, from, to, limit } => {
+            let filter = "replica = ?1 AND seq >= ?2 AND seq <= ?3";
+            let (from, to) = (from.min(i64::MAX as u64), to.min(i64::MAX as u64));
+            (filter, filter, "seq", vec![P::from(replica), P::from(from), P::from(to)], limit)
+        }
+        Range::All => ("1 = 1", "1 = 1", "replica, seq", vec![], None),
     };
     let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+    let key = c.text_ms("ts");
     let sql = format!(
-        "SELECT {V4_COLUMNS} FROM calls_v4 WHERE {filter} UNION ALL SELECT {ROW_COLUMNS} FROM call_rows WHERE {filter} ORDER BY {order}{limit}"
+        "SELECT {V4_COLUMNS}, {key} AS k FROM calls_v4 WHERE {old} UNION ALL SELECT {ROW_COLUMNS} FROM call_rows WHERE {new} ORDER BY {order}{limit}"
     );
-    (sql, params)
+    Ok((sql, params))
 }
 
 /// Calls `f` on each record of `range`, in its order.
@@ -84,15 +102,15 @@ pub fn each<F>(c: &Conn, range: Range<'_>, mut f: F) -> sql::Result<()>
 where
     F: FnMut(&Stored) -> sql::Result<()>,
 {
-    let (sql, params) = select(range);
+    let (sql, params) = select(c, range)?;
     let mut vals = Vals::default();
     let mut text = Vec::with_capacity(1024);
     c.each(&sql, &params, |row| {
         let replica = row.str(0)?;
         let seq = row.i64(1)? as u64;
-        let ts = row.str(2)?;
         if let Some(record) = row.opt_str(3)? {
             let call = [row.str(24)?, row.str(25)?, row.str(26)?, row.str(27)?, row.str(28)?];
+            let ts = row.str(2)?;
             let stored = Stored { replica, seq, ts, category: row.opt_str(7)?, text: Ok(record), hash: row.str(4)?, link: None, call };
             return f(&stored);
         }
@@ -103,23 +121,32 @@ where
         hex::encode_to_slice(row.bytes(6)?, &mut prev).map_err(|e| sql::Error::Other(format!("record {seq}: its prev_hash: {e}")))?;
         let prev = std::str::from_utf8(&prev).expect("hex is ASCII");
         let loaded = vals.load(c, row);
-        let v = |i: usize| row.opt_i64(8 + i).ok().flatten().and_then(|id| vals.text.get(&id)).map(String::as_str);
-        let s = |i: usize| v(i).unwrap_or_default();
+        let v = |i: usize| row.opt_i64(i).ok().flatten().and_then(|id| vals.text.get(&id)).map(String::as_str);
+        let s = |i: usize| v(8 + i).unwrap_or_default();
         let call = [s(1), s(5), s(6), s(9), s(14)];
+        let category = v(8 + 7);
+        let formatted;
+        let ts = match v(30) {
+            Some(text) => text,
+            None => {
+                formatted = crate::units::rfc3339_ms(row.i64(29)?);
+                &formatted
+            }
+        };
         let stored = match loaded {
             Ok(()) => {
                 let keys = row.i64(8 + 8).ok().and_then(|id| vals.keys.get(&id)).map(Vec::as_slice).unwrap_or_default();
                 let record = Canonical {
                     arg_keys: keys,
                     auth: s(3),
-                    category: v(7),
+                    category,
                     grant: s(2),
                     identity: s(1),
                     kind: s(4),
                     latency_ms: row.opt_i64(8 + IDS)?.map(|l| l as u64),
                     message: s(11),
                     outcome: s(14),
-                    policy_commit: v(12),
+                    policy_commit: v(8 + 12),
                     prev_hash: prev,
                     replica,
                     rule: s(10),
@@ -134,9 +161,9 @@ where
                 text.clear();
                 serde_json::to_writer(&mut text, &record)?;
                 let text = std::str::from_utf8(&text).expect("serde_json writes UTF-8");
-                Stored { replica, seq, ts, category: v(7), text: Ok(text), hash, link: Some((seq, prev)), call }
+                Stored { replica, seq, ts, category, text: Ok(text), hash, link: Some((seq, prev)), call }
             }
-            Err(e) => Stored { replica, seq, ts, category: v(7), text: Err(format!("unreadable row: {e}")), hash, link: None, call },
+            Err(e) => Stored { replica, seq, ts, category, text: Err(format!("unreadable row: {e}")), hash, link: None, call },
         };
         f(&stored)
     })
@@ -159,25 +186,26 @@ struct Vals {
 }
 
 impl Vals {
-    /// Looks up the values of `row`'s ids not seen yet.
+    /// Looks up the values of `row`'s ids not seen yet: the fields (columns 8 to 22; category
+    /// and policy_commit may be null) and ts_text (column 30, null for the gateway's times).
     fn load(&mut self, c: &Conn, row: &Row) -> sql::Result<()> {
         if self.text.len() >= VALS_MAX {
             self.text.clear();
             self.keys.clear();
         }
-        for i in 0..IDS {
-            let Some(id) = row.opt_i64(8 + i)? else {
-                if matches!(i, 7 | 12) {
-                    continue; // category, policy_commit: null
+        for at in (8..8 + IDS).chain([30]) {
+            let Some(id) = row.opt_i64(at)? else {
+                if matches!(at, 15 | 20 | 30) {
+                    continue;
                 }
-                return Err(sql::Error::Other(format!("column {} is null", 8 + i)));
+                return Err(sql::Error::Other(format!("column {at} is null")));
             };
             if !self.text.contains_key(&id) {
                 let stored = c.query_opt("SELECT v FROM vals WHERE id = ?1", params![id], |r| r.string(0))?;
                 let v = unescape(&stored.ok_or_else(|| sql::Error::Other(format!("value {id} is missing")))?)?;
                 self.text.insert(id, v);
             }
-            if i == 8 && !self.keys.contains_key(&id) {
+            if at == 8 + 8 && !self.keys.contains_key(&id) {
                 let keys: Vec<String> = serde_json::from_str(&self.text[&id])?;
                 self.keys.insert(id, keys);
             }

@@ -360,12 +360,13 @@ pub fn last_records<'a>(c: impl Into<Conn<'a>>, n: u64) -> Result<(Vec<String>, 
     let order = if names.len() <= 1 { "seq DESC" } else { "ts DESC, replica DESC, seq DESC" };
     // The keys of the last `n` from the tables under the `calls` view (through the view SQLite
     // would compute every row before sorting), then those rows through the view.
-    let mut keys = Vec::new();
-    for table in ["call_rows", "calls_v4"] {
-        keys.extend(c.query(&format!("SELECT ts, replica, seq FROM {table} ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
-            Ok((r.string(0)?, r.string(1)?, r.i64(2)?))
-        })?);
-    }
+    // Times as milliseconds (`call_rows` stores them so; `calls_v4` as text).
+    let mut keys = c.query(&format!("SELECT ts, replica, seq FROM call_rows ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
+        Ok((r.i64(0)?, r.string(1)?, r.i64(2)?))
+    })?;
+    keys.extend(c.query(&format!("SELECT ts, replica, seq FROM calls_v4 ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
+        Ok((crate::units::parse_rfc3339_ms(r.str(0)?).unwrap_or(0), r.string(1)?, r.i64(2)?))
+    })?);
     if names.len() <= 1 {
         keys.sort_by_key(|k| std::cmp::Reverse(k.2));
     } else {

@@ -109,11 +109,12 @@ const MIGRATIONS: &[&str] = &[
         heartbeat     TEXT NOT NULL          -- RFC 3339, refreshed every few seconds
      );",
     // 5: a compact call log (issue 15). Records are no longer stored as canonical JSON: a row
-    // holds the record's fields, its hashes as 32-byte BLOBs and every text field as a reference
-    // into `vals` (each distinct value stored once), and the canonical JSON is rebuilt from the
-    // row wherever it is needed (hashing, verify, export, tail, evidence). The rows written before
-    // stay in `calls_v4` with the JSON they were hashed as. `calls` becomes a view of both, with
-    // the old columns (hashes in hex) and the record's fields; writes go to `call_rows`.
+    // holds the record's fields, its time as milliseconds, its hashes as 32-byte BLOBs and every
+    // text field as a reference into `vals` (each distinct value stored once), and the canonical
+    // JSON is rebuilt from the row wherever it is needed (hashing, verify, export, tail,
+    // evidence: `audit::rows`). The rows written before stay in `calls_v4` with the JSON they
+    // were hashed as. `calls` becomes a view of both, with the old columns (hashes in hex) and
+    // the record's fields, for ad-hoc SQL; writes go to `call_rows`.
     "ALTER TABLE calls RENAME TO calls_v4;
      CREATE TABLE vals (
         id             INTEGER PRIMARY KEY,
@@ -122,7 +123,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE call_rows (
         replica        TEXT NOT NULL,
         seq            INTEGER NOT NULL,
-        ts             TEXT NOT NULL,
+        ts             INTEGER NOT NULL,    -- milliseconds since the epoch; the record's ts is their YYYY-MM-DDTHH:MM:SS.mmmZ
+        ts_text        INTEGER,             -- a ts spelled otherwise (never the gateway's): its text in vals
         hash           BLOB NOT NULL,       -- sha256(prev_hash || canonical JSON), 32 bytes
         prev_hash      BLOB NOT NULL,       -- the previous record's hash (or the anchor's, or 32 zero bytes)
         session        INTEGER NOT NULL,
@@ -150,7 +152,9 @@ const MIGRATIONS: &[&str] = &[
                NULL AS session, NULL AS grant_name, NULL AS auth, NULL AS kind, NULL AS arg_keys, NULL AS rule, NULL AS message, NULL AS policy_commit, NULL AS snapshot_digest, NULL AS latency_ms, NULL AS prev_hash
           FROM calls_v4
         UNION ALL
-        SELECT c.replica, c.seq, c.ts, NULL, lower(hex(c.hash)), (SELECT v FROM vals WHERE id = c.identity), (SELECT v FROM vals WHERE id = c.server), (SELECT v FROM vals WHERE id = c.tool), (SELECT v FROM vals WHERE id = c.category), (SELECT v FROM vals WHERE id = c.verdict), (SELECT v FROM vals WHERE id = c.outcome),
+        SELECT c.replica, c.seq,
+               coalesce((SELECT v FROM vals WHERE id = c.ts_text), strftime('%Y-%m-%dT%H:%M:%S', c.ts / 1000, 'unixepoch') || printf('.%03dZ', c.ts % 1000)),
+               NULL, lower(hex(c.hash)), (SELECT v FROM vals WHERE id = c.identity), (SELECT v FROM vals WHERE id = c.server), (SELECT v FROM vals WHERE id = c.tool), (SELECT v FROM vals WHERE id = c.category), (SELECT v FROM vals WHERE id = c.verdict), (SELECT v FROM vals WHERE id = c.outcome),
                (SELECT v FROM vals WHERE id = c.session), (SELECT v FROM vals WHERE id = c.grant_name), (SELECT v FROM vals WHERE id = c.auth), (SELECT v FROM vals WHERE id = c.kind), (SELECT v FROM vals WHERE id = c.arg_keys), (SELECT v FROM vals WHERE id = c.rule), (SELECT v FROM vals WHERE id = c.message), (SELECT v FROM vals WHERE id = c.policy_commit), (SELECT v FROM vals WHERE id = c.snapshot_digest), c.latency_ms, lower(hex(c.prev_hash))
           FROM call_rows c;",
 ];
@@ -246,7 +250,8 @@ const PG_MIGRATIONS: &[&str] = &[
      CREATE TABLE call_rows (
         replica        TEXT NOT NULL,
         seq            BIGINT NOT NULL,
-        ts             TEXT NOT NULL,
+        ts             BIGINT NOT NULL,      -- milliseconds since the epoch (SQLite 5)
+        ts_text        BIGINT,               -- a ts spelled otherwise: its text in vals
         hash           BYTEA NOT NULL,       -- sha256(prev_hash || canonical JSON), 32 bytes
         prev_hash      BYTEA NOT NULL,       -- the previous record's hash (or the anchor's, or 32 zero bytes)
         session        BIGINT NOT NULL,
@@ -274,7 +279,9 @@ const PG_MIGRATIONS: &[&str] = &[
                CAST(NULL AS TEXT) AS session, CAST(NULL AS TEXT) AS grant_name, CAST(NULL AS TEXT) AS auth, CAST(NULL AS TEXT) AS kind, CAST(NULL AS TEXT) AS arg_keys, CAST(NULL AS TEXT) AS rule, CAST(NULL AS TEXT) AS message, CAST(NULL AS TEXT) AS policy_commit, CAST(NULL AS TEXT) AS snapshot_digest, CAST(NULL AS BIGINT) AS latency_ms, CAST(NULL AS TEXT) AS prev_hash
           FROM calls_v4
         UNION ALL
-        SELECT c.replica, c.seq, c.ts, CAST(NULL AS TEXT), encode(c.hash, 'hex'), (SELECT v FROM vals WHERE id = c.identity), (SELECT v FROM vals WHERE id = c.server), (SELECT v FROM vals WHERE id = c.tool), (SELECT v FROM vals WHERE id = c.category), (SELECT v FROM vals WHERE id = c.verdict), (SELECT v FROM vals WHERE id = c.outcome),
+        SELECT c.replica, c.seq,
+               coalesce((SELECT v FROM vals WHERE id = c.ts_text), to_char(to_timestamp(c.ts / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || '.' || lpad((c.ts % 1000)::text, 3, '0') || 'Z'),
+               CAST(NULL AS TEXT), encode(c.hash, 'hex'), (SELECT v FROM vals WHERE id = c.identity), (SELECT v FROM vals WHERE id = c.server), (SELECT v FROM vals WHERE id = c.tool), (SELECT v FROM vals WHERE id = c.category), (SELECT v FROM vals WHERE id = c.verdict), (SELECT v FROM vals WHERE id = c.outcome),
                (SELECT v FROM vals WHERE id = c.session), (SELECT v FROM vals WHERE id = c.grant_name), (SELECT v FROM vals WHERE id = c.auth), (SELECT v FROM vals WHERE id = c.kind), (SELECT v FROM vals WHERE id = c.arg_keys), (SELECT v FROM vals WHERE id = c.rule), (SELECT v FROM vals WHERE id = c.message), (SELECT v FROM vals WHERE id = c.policy_commit), (SELECT v FROM vals WHERE id = c.snapshot_digest), c.latency_ms, encode(c.prev_hash, 'hex')
           FROM call_rows c;",
 ];

@@ -314,6 +314,18 @@ impl Conn<'_> {
         }
     }
 
+    /// SQL for the milliseconds since the epoch of `column`, a text column of RFC 3339 UTC times
+    /// (`2026-11-26T07:13:39.123Z`); NULL where it holds none.
+    pub fn text_ms(&self, column: &str) -> String {
+        match self {
+            Conn::Lite(_) => format!("CAST(round(unixepoch({column}, 'subsec') * 1000) AS INTEGER)"),
+            Conn::Pg(_) => format!(
+                "CASE WHEN {column} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T[0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}([.][0-9]{{1,6}})?Z$' \
+                 THEN round(extract(epoch FROM CAST({column} AS timestamptz)) * 1000)::bigint END"
+            ),
+        }
+    }
+
     /// Runs one statement; returns the rows it changed.
     pub fn exec(&self, sql: &str, params: &[P]) -> Result<u64> {
         match self {
