@@ -490,3 +490,37 @@ fn a_migrated_log_exports_and_evidences_the_records_it_holds() {
         assert_eq!(got.iter().collect::<Vec<_>>(), want);
     }
 }
+
+/// PostgreSQL (skipped when none answers on 127.0.0.1:5432): two replicas whose open
+/// transactions intern the same two new values in opposite orders both commit. (With a unique
+/// index on `vals`, each would wait on the other's uncommitted value: a deadlock.)
+#[test]
+fn replicas_interning_the_same_new_values_in_opposite_orders_both_commit() {
+    let Ok(mut admin) = PgConn::connect("postgres://postgres@127.0.0.1:5432/postgres") else {
+        eprintln!("no PostgreSQL on 127.0.0.1:5432: skipped");
+        return;
+    };
+    let name = format!("gatehouse_intern_{}", std::process::id());
+    admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+    admin.client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    schema::migrate_pg(&mut PgConn::connect(&url).unwrap()).unwrap();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let replica = |first: &'static str, second: &'static str| {
+        let (url, barrier) = (url.clone(), barrier.clone());
+        std::thread::spawn(move || -> Result<(i64, i64), String> {
+            let cell = std::cell::RefCell::new(PgConn::connect(&url).map_err(|e| e.to_string())?);
+            let c = Conn::Pg(&cell);
+            c.batch("BEGIN; SET LOCAL lock_timeout = '10s'").map_err(|e| e.to_string())?;
+            let a = crate::record::audit::log::intern(&c, first).map_err(|e| e.to_string());
+            barrier.wait();
+            let b = crate::record::audit::log::intern(&c, second).map_err(|e| e.to_string())?;
+            c.batch("COMMIT").map_err(|e| e.to_string())?;
+            Ok((a?, b))
+        })
+    };
+    let (one, two) = (replica("new value x", "new value y"), replica("new value y", "new value x"));
+    let (one, two) = (one.join().unwrap(), two.join().unwrap());
+    admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    assert!(one.is_ok() && two.is_ok(), "{one:?} {two:?}");
+}
