@@ -7,6 +7,7 @@
 //! evidence, `plan --usage`) goes through [`each`].
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use super::Canonical;
 use super::log::unescape;
@@ -200,14 +201,17 @@ impl Vals {
                 }
                 return Err(sql::Error::Other(format!("column {at} is null")));
             };
-            if !self.text.contains_key(&id) {
-                let stored = c.query_opt("SELECT v FROM vals WHERE id = ?1", params![id], |r| r.string(0))?;
-                let v = unescape(&stored.ok_or_else(|| sql::Error::Other(format!("value {id} is missing")))?)?;
-                self.text.insert(id, v);
-            }
-            if at == 8 + 8 && !self.keys.contains_key(&id) {
-                let keys: Vec<String> = serde_json::from_str(&self.text[&id])?;
-                self.keys.insert(id, keys);
+            let text = match self.text.entry(id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let stored = c.query_opt("SELECT v FROM vals WHERE id = ?1", params![id], |r| r.string(0))?;
+                    e.insert(unescape(&stored.ok_or_else(|| sql::Error::Other(format!("value {id} is missing")))?)?)
+                }
+            };
+            if at == 8 + 8
+                && let Entry::Vacant(e) = self.keys.entry(id)
+            {
+                e.insert(serde_json::from_str(text)?);
             }
         }
         Ok(())
