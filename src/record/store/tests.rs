@@ -320,6 +320,9 @@ fn an_old_postgres_log_still_verifies_and_continues_after_migration_2() {
         assert_eq!(verify_all(c).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 4, first: 1, last: 4 })]);
         let all = canonical_records(c).unwrap();
         assert_eq!(&all[..3], &expected[..]);
+        // The view gives the text time back (call_rows stores milliseconds).
+        let ts = c.query_one("SELECT ts FROM calls WHERE seq = 4", &[], |r| r.string(0)).unwrap();
+        assert_eq!(ts, "2026-11-01T00:00:03.000Z");
         assert!(all[3].0.contains("\"message\":\"nul \\u0000 kept\""), "{}", all[3].0);
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
@@ -445,6 +448,10 @@ fn a_migrated_log_exports_and_evidences_the_records_it_holds() {
             })
             .collect();
         assert!(verify_all(&conn).unwrap().iter().all(|(_, v)| matches!(v, Verdict::Intact { .. })));
+        // The view gives the text times back (call_rows stores milliseconds).
+        let mut ts: Vec<String> = conn.prepare("SELECT ts FROM calls").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        ts.sort();
+        assert_eq!(ts, expected.iter().map(|e| e.0.clone()).collect::<Vec<_>>());
 
         // export: every record, in time order, as hashed.
         let out = dir.path().join("calls.jsonl");
@@ -523,4 +530,55 @@ fn replicas_interning_the_same_new_values_in_opposite_orders_both_commit() {
     let (one, two) = (one.join().unwrap(), two.join().unwrap());
     admin.client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
     assert!(one.is_ok() && two.is_ok(), "{one:?} {two:?}");
+}
+
+/// A ts the gateway would not write (another spelling, no time at all) keeps its exact text:
+/// the record rebuilds to what was hashed, and a period still finds the ones that are times.
+#[test]
+fn a_ts_spelled_otherwise_rebuilds_exactly() {
+    use crate::record::audit::verify::{Format, Verdict, canonical_records, export, verify_all};
+    use crate::record::audit::{CallRecord, GENESIS, chain_hash};
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_conn(&dir.path().join(FILE), false).unwrap();
+    schema::migrate(&mut conn).unwrap();
+    let times = ["2026-12-07T12:00:00.000Z", "2026-12-07T12:00:01Z", "not a time", "2026-12-07T12:00:02.5Z", "nul \0", "2026-12-07T12:00:03.123Z"];
+    let mut expected = Vec::new();
+    let mut prev = GENESIS.to_string();
+    for (n, ts) in times.iter().enumerate() {
+        let r = CallRecord {
+            seq: 0,
+            ts: ts.to_string(),
+            replica: "gw".into(),
+            session: "s".into(),
+            identity: "i".into(),
+            grant: "g".into(),
+            auth: "token".into(),
+            kind: "tool".into(),
+            server: "sv".into(),
+            tool: "t".into(),
+            category: None,
+            arg_keys: vec![],
+            verdict: "allow".into(),
+            rule: "r".into(),
+            message: "m".into(),
+            policy_commit: None,
+            snapshot_digest: "d".into(),
+            outcome: "unknown".into(),
+            latency_ms: None,
+            prev_hash: String::new(),
+            hash: None,
+        };
+        let hashed = CallRecord { seq: n as u64 + 1, prev_hash: prev.clone(), ..r.clone() };
+        let text = hashed.canonical();
+        prev = chain_hash(&prev, &text);
+        expected.push((text, prev.clone()));
+        crate::record::audit::log::append_in(&Conn::Lite(&conn), r).unwrap();
+    }
+    let stored: Vec<Option<i64>> = conn.prepare("SELECT ts_text FROM call_rows ORDER BY seq").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(stored.iter().map(Option::is_some).collect::<Vec<_>>(), [false, true, true, true, true, false], "only the gateway's spelling is stored as milliseconds alone");
+    assert_eq!(canonical_records(&conn).unwrap(), expected);
+    assert_eq!(verify_all(&conn).unwrap(), vec![("gw".to_string(), Verdict::Intact { count: 6, first: 1, last: 6 })]);
+    let out = dir.path().join("x.jsonl");
+    let m = export(&conn, "2026-12-07T12:00:00.000Z", "2026-12-07T13:00:00.000Z", Format::Jsonl, &out).unwrap();
+    assert_eq!(m["count"], 4, "the four times, not the two texts that are none");
 }
