@@ -22,11 +22,19 @@
 //!   `gatehouse audit verify --data-dir` command, timed (the page cache is warm: the records
 //!   were just written).
 //!
+//! - **disk**: bytes on disk per call (decision and outcome records). `AUDIT_DISK_CALLS` calls
+//!   of realistic records (a session every `AUDIT_DISK_SESSION_CALLS` calls) appended with
+//!   `append_in` into a fresh database, checkpointed; the growth of the file per call. Then the
+//!   same calls in the schema-4 layout (the `calls` table with the canonical JSON, hex hashes
+//!   and the duplicated columns, inserted as the schema-4 writer did; `calls_v4` since
+//!   migration 5), each verified and timed, and the current layout
+//!   with a new session every call (the worst case of interning), in the same run.
+//!
 //! Environment (all optional):
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `AUDIT_PARTS` | write,latency,verify | which parts to run |
+//! | `AUDIT_PARTS` | write,latency,verify,disk | which parts to run |
 //! | `AUDIT_WRITE_SECONDS` | 3 | measured seconds of concurrent appends |
 //! | `AUDIT_INFLIGHT` | 128 | concurrent appending tasks |
 //! | `AUDIT_BASELINE_MAX` | 10 | cap (seconds) of the one-at-a-time baseline |
@@ -35,6 +43,8 @@
 //! | `AUDIT_LAT_ROUNDS` | 4 | alternating on/off slices |
 //! | `AUDIT_LAT_CLIENTS` | 1,32 | client counts |
 //! | `AUDIT_VERIFY_RECORDS` | 1000000 | records generated for verify |
+//! | `AUDIT_DISK_CALLS` | 20000 | calls appended for disk |
+//! | `AUDIT_DISK_SESSION_CALLS` | 20 | calls per session for disk |
 //! | `AUDIT_THREADS` | cores | worker threads of each runtime |
 //! | `AUDIT_DIR` | the system temp dir | where the temporary databases go (must be a real disk for fsync numbers to mean anything) |
 //! | `AUDIT_ENFORCE` | 0 | 1: exit 3 when a target is missed |
@@ -89,6 +99,8 @@ struct Settings {
     lat_rounds: u32,
     lat_clients: Vec<usize>,
     verify_records: u64,
+    disk_calls: u64,
+    disk_session_calls: u64,
     threads: usize,
     dir: PathBuf,
     enforce: bool,
@@ -118,7 +130,7 @@ fn settings(cores: usize) -> Settings {
         "AUDIT_LAT_CLIENTS: 1 to 60 clients (64 sessions per grant)"
     );
     Settings {
-        parts: list("AUDIT_PARTS", "write,latency,verify"),
+        parts: list("AUDIT_PARTS", "write,latency,verify,disk"),
         write_seconds: var("AUDIT_WRITE_SECONDS", 3.0),
         inflight: var("AUDIT_INFLIGHT", 128usize).max(1),
         baseline_max: var("AUDIT_BASELINE_MAX", 10.0),
@@ -127,6 +139,8 @@ fn settings(cores: usize) -> Settings {
         lat_rounds: var("AUDIT_LAT_ROUNDS", 4u32).max(1),
         lat_clients,
         verify_records: var("AUDIT_VERIFY_RECORDS", 1_000_000u64).max(1),
+        disk_calls: var("AUDIT_DISK_CALLS", 20_000u64).max(1),
+        disk_session_calls: var("AUDIT_DISK_SESSION_CALLS", 20u64).max(1),
         threads: var("AUDIT_THREADS", cores).max(1),
         dir: std::env::var_os("AUDIT_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
         enforce: var("AUDIT_ENFORCE", 0u8) != 0,
@@ -175,6 +189,15 @@ fn main() {
             format!("measured {per_million:.2} s{scaled}"),
         ));
         result["verify"] = v.json();
+    }
+    if s.parts.iter().any(|p| p == "disk") {
+        let d = disk_part(&s);
+        verdicts.push((
+            format!("disk per call (both records) <= {TARGET_DISK_BYTES_PER_CALL} bytes"),
+            d.after <= TARGET_DISK_BYTES_PER_CALL as f64,
+            format!("measured {:.0} bytes/call (schema 4: {:.0})", d.after, d.before),
+        ));
+        result["disk"] = d.json();
     }
 
     for (name, ok, detail) in &verdicts {
@@ -845,6 +868,8 @@ fn verify_part(s: &Settings) -> VerifyPart {
         c.pragma_update(None, "cache_size", -262_144).unwrap(); // 256 MiB
         let chunk = 100_000u64;
         let mut done = 0u64;
+        // This thread alone writes this database: appends may keep heads and interned ids.
+        let _sole = gatehouse::record::store::SoleWriter::enter();
         while done < n {
             let tx = c.unchecked_transaction().unwrap();
             for i in done..(done + chunk).min(n) {
@@ -881,4 +906,134 @@ fn verify_part(s: &Settings) -> VerifyPart {
     );
     assert!(cli_output.starts_with(&format!("ok: {n} records")), "{cli_output}");
     VerifyPart { records: n, db_bytes, generate_s, library_s, cli_s, cli_output }
+}
+
+// --- disk per call ---
+
+/// Issue 15: both records of a call in at most this many bytes of the database.
+const TARGET_DISK_BYTES_PER_CALL: u64 = 500;
+
+struct DiskPart {
+    calls: u64,
+    session_calls: u64,
+    /// Bytes per call: the schema-4 layout, the current one, the current one with a session per call.
+    before: f64,
+    after: f64,
+    after_unique_sessions: f64,
+}
+
+impl DiskPart {
+    fn json(&self) -> Value {
+        json!({
+            "calls": self.calls,
+            "calls_per_session": self.session_calls,
+            "schema4_bytes_per_call": r1(self.before),
+            "bytes_per_call": r1(self.after),
+            "bytes_per_call_session_per_call": r1(self.after_unique_sessions),
+        })
+    }
+}
+
+/// The decision and outcome records of call `n` (the gateway's fields and sizes; a session
+/// every `per_session` calls; a few tools, rules and argument shapes).
+fn call_records(n: u64, per_session: u64, ts: &str) -> [CallRecord; 2] {
+    let tools = [("read_file", "read", "path"), ("list_dir", "read", "path"), ("write_file", "write", "content"), ("search", "read", "query")];
+    let (tool, category, arg) = tools[(n % 4) as usize];
+    let mut decision = record(n / per_session);
+    decision.ts = ts.to_string();
+    decision.session = format!("{:032x}", (n / per_session).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    decision.tool = tool.into();
+    decision.category = Some(category.into());
+    decision.arg_keys = vec![arg.into(), "options.recursive".into()];
+    decision.rule = format!("grants/agent.yaml#/access/{}", n % 4);
+    let mut outcome = decision.clone();
+    outcome.outcome = "ok".into();
+    outcome.latency_ms = Some(3 + n * 7 % 250);
+    [decision, outcome]
+}
+
+/// Appends `calls` calls to a fresh database in `schema4` or the current layout; bytes per call
+/// (the file's growth, checkpointed).
+fn disk_run(s: &Settings, calls: u64, per_session: u64, schema4: bool) -> f64 {
+    let dir = tempfile::Builder::new().prefix("gatehouse-audit-disk").tempdir_in(&s.dir).expect("a temporary directory");
+    // Schema 4's rows are those of `calls_v4` now (the same table, renamed by migration 5), so
+    // the same database serves both, and verify reads them as it reads an old log.
+    let path = {
+        let store = Store::open(dir.path()).expect("the store opens");
+        store.path().to_path_buf()
+    };
+    let c = rusqlite::Connection::open(&path).expect("a raw connection");
+    c.pragma_update(None, "synchronous", "OFF").unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    let empty = std::fs::metadata(&path).unwrap().len();
+    let start = Instant::now();
+    let mut prev = gatehouse::record::audit::GENESIS.to_string();
+    let mut seq = 0u64;
+    // As the store's writer thread: the only writer of this database (heads, ids kept).
+    let _sole = gatehouse::record::store::SoleWriter::enter();
+    for chunk in (0..calls).collect::<Vec<_>>().chunks(1000) {
+        let tx = c.unchecked_transaction().unwrap();
+        for &n in chunk {
+            // Milliseconds apart, as the gateway's timestamps are.
+            let ms = 1_780_000_000_000u64 + n * 3;
+            let base = gatehouse::units::rfc3339((ms / 1000) as i64, 0);
+            let ts = format!("{}.{:03}Z", base.trim_end_matches('Z'), ms % 1000);
+            for r in call_records(n, per_session, &ts) {
+                if !schema4 {
+                    append_in(&gatehouse::record::store::Conn::Lite(&tx), r).expect("append_in");
+                    continue;
+                }
+                // What the schema-4 writer did.
+                let mut r = r;
+                seq += 1;
+                r.seq = seq;
+                r.prev_hash = std::mem::take(&mut prev);
+                let text = r.canonical();
+                let hash = gatehouse::record::audit::chain_hash(&r.prev_hash, &text);
+                tx.execute(
+                    "INSERT INTO calls_v4 (replica, seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    rusqlite::params![r.replica, r.seq as i64, r.ts, text, hash, r.identity, r.server, r.tool, r.category, r.verdict, r.outcome],
+                )
+                .unwrap();
+                prev = hash;
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let took = start.elapsed();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    let grown = std::fs::metadata(&path).unwrap().len().saturating_sub(empty);
+    let t0 = Instant::now();
+    assert_eq!(verify(&c).expect("verify runs"), Verdict::Intact { count: 2 * calls, first: 1, last: 2 * calls }, "the chain verifies");
+    let verify_s = t0.elapsed().as_secs_f64();
+    let per_call = grown as f64 / calls as f64;
+    // Where the bytes are, and how full the pages (dbstat, when SQLite has it).
+    let tables = c
+        .prepare("SELECT name, sum(pgsize), sum(pgsize - unused) FROM dbstat GROUP BY name HAVING sum(pgsize) > 8192 ORDER BY 2 DESC")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok(format!("{} {:.0} B/call ({:.0}% used)", r.get::<_, String>(0)?, r.get::<_, i64>(1)? as f64 / calls as f64, 100.0 * r.get::<_, i64>(2)? as f64 / r.get::<_, i64>(1)?.max(1) as f64)))?
+                .collect::<Result<Vec<_>, _>>()
+        });
+    if let Ok(tables) = tables {
+        println!("    {}", tables.join(", "));
+    }
+    println!(
+        "  {:<34} {:>9.0} bytes/call  ({} calls, {} per session, {:.0} calls/s appended, verify {:.0} records/s)",
+        if schema4 { "schema 4 (JSON text, hex hashes)" } else { "schema 5 (fields, interned)" },
+        per_call,
+        calls,
+        per_session,
+        calls as f64 / took.as_secs_f64(),
+        2.0 * calls as f64 / verify_s
+    );
+    per_call
+}
+
+fn disk_part(s: &Settings) -> DiskPart {
+    println!("disk: database growth per call (decision + outcome record), checkpointed");
+    let before = disk_run(s, s.disk_calls, s.disk_session_calls, true);
+    let after = disk_run(s, s.disk_calls, s.disk_session_calls, false);
+    let after_unique_sessions = disk_run(s, s.disk_calls, 1, false);
+    DiskPart { calls: s.disk_calls, session_calls: s.disk_session_calls, before, after, after_unique_sessions }
 }

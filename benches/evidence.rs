@@ -12,8 +12,8 @@
 //!    period: grants created, widened, narrowed, re-reviewed, token rotations and revocations,
 //!    role, policy and server edits, test and README edits; every third one is a pull request
 //!    merged by a merge commit (`Merge pull request #N from …`) over a feature commit.
-//! 2. **Baseline**: one scan of the period's call records (`SELECT seq, ts, record, hash … ORDER BY
-//!    seq`, every byte touched): the floor any export of the call log pays.
+//! 2. **Baseline**: one scan of the period's call records in seq order (`audit::rows::each`: each
+//!    row's canonical JSON rebuilt, every byte touched): the floor any export of the call log pays.
 //! 3. **Bundle**: `evidence::bundle` into a fresh directory (CSV by default), median of
 //!    `EVIDENCE_RUNS`; then `verify_manifest` on it. As a split, the git side alone (end state +
 //!    access review + provisioning) and the call-log side alone (calls + privileged streamed).
@@ -350,6 +350,8 @@ fn generate_db(dir: &Path, calls: usize, grants: usize) {
     let step = (t1 - t0) as f64 / calls as f64;
     let mut n = 0usize;
     let mut pending_outcome: Option<CallRecord> = None;
+    // This thread alone writes this database: appends may keep heads and interned ids.
+    let _sole = gatehouse::record::store::SoleWriter::enter();
     while n < calls {
         let tx = c.transaction().unwrap();
         let end = (n + 50_000).min(calls);
@@ -457,23 +459,23 @@ fn baseline_scan(data: &Path) -> (Duration, u64, u64) {
     let c = gatehouse::record::store::open_read_only(data).unwrap();
     let since = format!("{SINCE}T00:00:00.000Z");
     let until = format!("{UNTIL}T00:00:00.000Z");
+    let ms = |t: &str| gatehouse::units::parse_rfc3339_ms(t).unwrap();
     let (first, last): (i64, i64) = c
-        .query_row("SELECT min(seq), max(seq) FROM calls WHERE ts >= ?1 AND ts < ?2", [&since, &until], |r| {
+        .query_row("SELECT min(seq), max(seq) FROM call_rows WHERE ts >= ?1 AND ts < ?2", [ms(&since), ms(&until)], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    let mut stmt =
-        c.prepare("SELECT seq, ts, record, hash FROM calls WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq").unwrap();
-    let mut rows = stmt.query([first, last]).unwrap();
+    // The record's canonical text is rebuilt from its row (schema 5), as every reader does.
     let (mut n, mut bytes) = (0u64, 0u64);
-    while let Some(r) = rows.next().unwrap() {
-        let ts = r.get_ref(1).unwrap().as_str().unwrap();
-        if ts >= since.as_str() && ts < until.as_str() {
+    let range = gatehouse::record::audit::rows::Range::Seqs { replica: "gw-1", from: first as u64, to: last as u64, limit: None };
+    gatehouse::record::audit::rows::each(&gatehouse::record::store::Conn::Lite(&c), range, |r| {
+        if r.ts >= since.as_str() && r.ts < until.as_str() {
             n += 1;
-            bytes +=
-                (r.get_ref(2).unwrap().as_str().unwrap().len() + r.get_ref(3).unwrap().as_str().unwrap().len()) as u64;
+            bytes += (r.text.as_ref().map_or(0, |t| t.len()) + r.hash.len()) as u64;
         }
-    }
+        Ok(())
+    })
+    .unwrap();
     (t.elapsed(), n, bytes)
 }
 

@@ -195,8 +195,10 @@ by_verdict = collections.Counter(r[2] for r in responses)
 
 # What the log holds.
 records = []
-for seq, outcome, verdict, text in c.execute("SELECT seq, outcome, verdict, record FROM calls ORDER BY seq"):
-    r = json.loads(text)
+# Rows of schema 5 hold the fields (the view gives their text), older rows their JSON.
+for seq, outcome, verdict, text, session, latency, arg_keys in c.execute(
+        "SELECT seq, outcome, verdict, record, session, latency_ms, arg_keys FROM calls ORDER BY seq"):
+    r = json.loads(text) if text is not None else {"session": session, "latency_ms": latency, "arg_keys": json.loads(arg_keys)}
     records.append((seq, outcome, verdict, r["session"], r["latency_ms"], set(r["arg_keys"])))
 decisions = [r for r in records if r[1] in ("unknown", "denied") and r[4] is None]
 outcomes = [r for r in records if r[4] is not None]

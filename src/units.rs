@@ -183,8 +183,20 @@ pub fn rfc3339(secs: i64, offset_min: i32) -> String {
 /// Now, in UTC, with milliseconds: `2026-11-26T07:13:39.123Z`.
 pub fn now_rfc3339_ms() -> String {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let base = rfc3339(d.as_secs() as i64, 0);
-    format!("{}.{:03}Z", base.trim_end_matches('Z'), d.subsec_millis())
+    rfc3339_ms(d.as_millis() as i64)
+}
+
+/// `ms` milliseconds since the epoch as [`now_rfc3339_ms`] writes a time.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let base = rfc3339(ms.div_euclid(1000), 0);
+    format!("{}.{:03}Z", base.trim_end_matches('Z'), ms.rem_euclid(1000))
+}
+
+/// The milliseconds of a time written exactly as [`rfc3339_ms`] writes them (so that they
+/// rebuild the same text); None for any other spelling.
+pub fn exact_rfc3339_ms(s: &str) -> Option<i64> {
+    let ms = parse_rfc3339_ms(s)?;
+    (s.len() == 24 && rfc3339_ms(ms) == s).then_some(ms)
 }
 
 /// Parses `250ms`, `30s`, `5m` or `1h`.
@@ -207,14 +219,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Milliseconds since the epoch of a UTC time as [`now_rfc3339_ms`] writes it
-/// (`2026-11-26T07:13:39.123Z`; the milliseconds may be absent).
+/// (`2026-11-26T07:13:39.123Z`; the fraction of a second may be absent, or of any length).
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let date = Date::parse(s.get(..10)?).ok()?;
     let rest = s.get(10..)?.strip_prefix('T')?.strip_suffix('Z')?;
-    let (hms, ms) = rest.split_once('.').unwrap_or((rest, "0"));
+    let (hms, frac) = rest.split_once('.').unwrap_or((rest, "0"));
     let mut parts = hms.split(':').map(|p| p.parse::<i64>().ok());
     let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
-    let ms: i64 = ms.parse().ok()?;
+    // A fraction of a second: `.5` is 500 ms, `.123456` 123.
+    if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ms = frac.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0i64, |n, b| n * 10 + i64::from(b - b'0'));
     Some(((date.days_since_epoch() * 86_400 + h * 3600 + m * 60 + sec) * 1000) + ms)
 }
 
@@ -241,6 +257,23 @@ mod tests {
         assert!(Date::parse("2026-13-01").is_err());
         assert!(Date::parse("26-11-01").is_err());
         assert_eq!(d.add_days(1).to_string(), "2024-03-01");
+    }
+
+    /// The call log stores a ts as its milliseconds when they write it back exactly.
+    #[test]
+    fn millisecond_times_round_trip() {
+        for ms in [0, 1, 999, 1_767_225_600_123, 253_402_300_799_999] {
+            let s = rfc3339_ms(ms);
+            assert_eq!(parse_rfc3339_ms(&s), Some(ms), "{s}");
+            assert_eq!(exact_rfc3339_ms(&s), Some(ms), "{s}");
+        }
+        assert_eq!(rfc3339_ms(1_767_225_600_007), "2026-01-01T00:00:00.007Z");
+        assert_eq!(parse_rfc3339_ms("2026-01-01T00:00:00.5Z"), Some(1_767_225_600_500));
+        assert_eq!(parse_rfc3339_ms("2026-01-01T00:00:00.123456Z"), Some(1_767_225_600_123));
+        assert_eq!(parse_rfc3339_ms("2026-01-01T00:00:00Z"), Some(1_767_225_600_000));
+        for other in ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00.5Z", "2026-01-01T00:00:00.1234Z", "t", "", "2026-01-01T24:00:00.000Z"] {
+            assert_eq!(exact_rfc3339_ms(other), None, "{other}");
+        }
     }
 
     #[test]

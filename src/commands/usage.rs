@@ -264,27 +264,26 @@ fn compile_rev(repo_dir: &Path, commit: &str) -> Option<Rev> {
 /// an allowed call and are skipped).
 fn read_calls(conn: &crate::record::store::Conn, since: &str, until: &str) -> Result<Vec<Call>> {
     let mut out = Vec::new();
-    conn.each(
-        "SELECT ts, identity, server, tool, verdict, record FROM calls
-         WHERE ts >= ?1 AND ts < ?2 AND outcome IN ('unknown', 'denied') ORDER BY ts, replica, seq",
-        crate::record::store::sql::params![since, until],
-        |r| {
-            let v: Value = serde_json::from_str(r.str(5)?).unwrap_or(Value::Null);
-            if v.get("kind").and_then(Value::as_str).unwrap_or("tool") != "tool" {
-                return Ok(());
-            }
-            out.push(Call {
-                ts: r.string(0)?,
-                identity: r.string(1)?,
-                server: r.string(2)?,
-                tool: r.string(3)?,
-                allowed: r.str(4)? == "allow",
-                rule: v.get("rule").and_then(Value::as_str).unwrap_or("").to_string(),
-                commit: v.get("policy_commit").and_then(Value::as_str).map(str::to_string),
-            });
-            Ok(())
-        },
-    )?;
+    crate::record::audit::rows::each(conn, crate::record::audit::rows::Range::Period { since, until }, |r| {
+        let [identity, server, tool, verdict, outcome] = r.call;
+        if !matches!(outcome, "unknown" | "denied") {
+            return Ok(());
+        }
+        let v: Value = r.text.as_ref().ok().and_then(|t| serde_json::from_str(t).ok()).unwrap_or(Value::Null);
+        if v.get("kind").and_then(Value::as_str).unwrap_or("tool") != "tool" {
+            return Ok(());
+        }
+        out.push(Call {
+            ts: r.ts.to_string(),
+            identity: identity.to_string(),
+            server: server.to_string(),
+            tool: tool.to_string(),
+            allowed: verdict == "allow",
+            rule: v.get("rule").and_then(Value::as_str).unwrap_or("").to_string(),
+            commit: v.get("policy_commit").and_then(Value::as_str).map(str::to_string),
+        });
+        Ok(())
+    })?;
     Ok(out)
 }
 

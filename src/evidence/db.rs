@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::record::store::sql::{Conn, Location, Reader, Row, params};
+use crate::record::store::sql::{Conn, Location, Reader, params};
 
 use super::Period;
 use super::write::{CellRef, Sink, Text};
 use crate::record::audit::GENESIS;
+use crate::record::audit::rows::{self, Range, Stored};
 use crate::record::audit::verify::record_fault;
 
 pub(crate) const EVENT_COLUMNS: [&str; 8] = ["id", "ts", "kind", "identity", "server", "tool", "rule", "detail"];
@@ -156,8 +157,12 @@ impl Db {
 
     pub fn seq_range(&self, p: &Period) -> Result<SeqRange> {
         let rows = self.conn().query(
-            "SELECT replica, min(seq), max(seq), count(*) FROM calls WHERE ts >= ?1 AND ts < ?2 GROUP BY replica",
-            params![&p.since, &p.until],
+            // The tables under the `calls` view: SQLite would compute every column of the view.
+            "SELECT replica, min(seq), max(seq), count(*) FROM (
+                SELECT replica, seq FROM call_rows WHERE ts >= ?3 AND ts < ?4
+                UNION ALL SELECT replica, seq FROM calls_v4 WHERE ts >= ?1 AND ts < ?2) AS r
+             GROUP BY replica",
+            params![&p.since, &p.until, p.since_ms(), p.until_ms()],
             |r| Ok((r.string(0)?, Span { first: r.i64(1)? as u64, last: r.i64(2)? as u64, count: r.i64(3)? as u64 })),
         )?;
         let count = rows.iter().map(|(_, s)| s.count).sum();
@@ -170,8 +175,10 @@ impl Db {
             return Ok(0);
         }
         let n = self.conn().query_one(
-            "SELECT count(*) FROM calls WHERE ts >= ?1 AND ts < ?2 AND category IN ('destructive', 'execute', 'financial')",
-            params![&p.since, &p.until],
+            "SELECT (SELECT count(*) FROM call_rows WHERE ts >= ?3 AND ts < ?4
+                       AND category IN (SELECT id FROM vals WHERE v IN ('destructive', 'execute', 'financial')))
+                  + (SELECT count(*) FROM calls_v4 WHERE ts >= ?1 AND ts < ?2 AND category IN ('destructive', 'execute', 'financial'))",
+            params![&p.since, &p.until, p.since_ms(), p.until_ms()],
             |r| r.i64(0),
         )?;
         Ok(n as u64)
@@ -205,15 +212,10 @@ impl Db {
             }
         }
         if !single && range.count > 0 {
-            self.conn().each(
-                "SELECT seq, ts, record, hash, category, replica FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq",
-                params![&p.since, &p.until],
-                |row| {
-                    let (seq, ts, text, hash) = (row.i64(0)? as u64, row.str(1)?, row.str(2)?, row.str(3)?);
-                    let record: Result<Rec, _> = serde_json::from_str(text);
-                    self.emit(row, seq, ts, hash, record, &mut scan, pass).map_err(|e| crate::record::store::sql::Error::Other(format!("{e:#}")))
-                },
-            )?;
+            rows::each(&self.conn(), Range::Period { since: &p.since, until: &p.until }, |r| {
+                let record: Result<Rec, _> = serde_json::from_str(r.text.as_ref().map_or("", |t| t));
+                self.emit(r, record, &mut scan, pass).map_err(|e| crate::record::store::sql::Error::Other(format!("{e:#}")))
+            })?;
         }
         Ok(scan)
     }
@@ -228,64 +230,53 @@ impl Db {
         let mut prev = before.unwrap_or_default();
         let mut check_link = chain.linked.is_some();
         let mut expect = first;
-        self.conn().each(
-            "SELECT seq, ts, record, hash, category, replica FROM calls WHERE replica = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
-            params![replica, span.first, span.last],
-            |row| {
-                let seq = row.i64(0)? as u64;
-                let ts = row.str(1)?;
-                let text = row.str(2)?;
-                let hash = row.str(3)?;
-                let record: Result<Rec, _> = serde_json::from_str(text);
-                if chain.broken.is_none() {
-                    let why = if seq != expect {
-                        Some(format!("record {expect} is missing (next is {seq})"))
-                    } else {
-                        let parsed = record.as_ref().map(|r| (r.seq, &*r.prev_hash));
-                        if seq == first && check_link && parsed.is_ok_and(|(s, p)| s == seq && p != prev) {
-                            chain.linked = Some(false);
-                        }
-                        record_fault(seq, text, hash, parsed, check_link.then_some(prev.as_str()))
-                    };
-                    match why {
-                        Some(why) => chain.broken = Some((if seq != expect { expect } else { seq }, why)),
-                        None => chain.checked += 1,
+        rows::each(&self.conn(), Range::Seqs { replica, from: span.first, to: span.last, limit: None }, |r| {
+            let seq = r.seq;
+            let text = match &r.text {
+                Ok(text) => Cow::Borrowed(*text),
+                Err(why) => Cow::Owned(why.clone()),
+            };
+            let text = &*text;
+            let record: Result<Rec, _> = serde_json::from_str(text);
+            if chain.broken.is_none() {
+                let why = if seq != expect {
+                    Some(format!("record {expect} is missing (next is {seq})"))
+                } else {
+                    let parsed = record.as_ref().map(|r| (r.seq, &*r.prev_hash));
+                    if seq == first && check_link && parsed.is_ok_and(|(s, p)| s == seq && p != prev) {
+                        chain.linked = Some(false);
                     }
+                    record_fault(seq, text, r.hash, parsed, check_link.then_some(prev.as_str()))
+                };
+                match why {
+                    Some(why) => chain.broken = Some((if seq != expect { expect } else { seq }, why)),
+                    None => chain.checked += 1,
                 }
-                check_link = true;
-                prev.clear();
-                prev.push_str(hash);
-                expect = seq + 1;
-                if let Some(pass) = pass.as_deref_mut()
-                    && p.contains_ts(ts)
-                {
-                    self.emit(row, seq, ts, hash, record, scan, pass).map_err(|e| crate::record::store::sql::Error::Other(format!("{e:#}")))?;
-                }
-                Ok(())
-            },
-        )?;
+            }
+            check_link = true;
+            prev.clear();
+            prev.push_str(r.hash);
+            expect = seq + 1;
+            if let Some(pass) = pass.as_deref_mut()
+                && p.contains_ts(r.ts)
+            {
+                self.emit(r, record, scan, pass).map_err(|e| crate::record::store::sql::Error::Other(format!("{e:#}")))?;
+            }
+            Ok(())
+        })?;
         Ok(chain)
     }
 
     /// One record of the period: counted, and written to the pass's sinks.
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &self,
-        row: &Row,
-        seq: u64,
-        ts: &str,
-        hash: &str,
-        record: Result<Rec, serde_json::Error>,
-        scan: &mut Scan,
-        pass: &mut Pass,
-    ) -> Result<()> {
-        // Privileged by the indexed column (what the counts use; a record whose text says
+    fn emit(&self, stored: &Stored, record: Result<Rec, serde_json::Error>, scan: &mut Scan, pass: &mut Pass) -> Result<()> {
+        let hash = stored.hash;
+        // Privileged by the category column (what the counts use; a record whose text says
         // otherwise fails the chain check anyway).
-        let privileged = row.opt_str(4)?.is_some_and(|c| PRIVILEGED.contains(&c));
+        let privileged = stored.category.is_some_and(|c| PRIVILEGED.contains(&c));
         scan.calls += 1;
         let r = match record {
             Ok(r) => r,
-            Err(e) => return self.unreadable(row.str(5)?, seq, ts, hash, &e, privileged, scan, pass),
+            Err(e) => return self.unreadable(stored, &e, privileged, scan, pass),
         };
         let t = match scan.traffic.get_mut(&*r.server) {
             Some(t) => t,
@@ -352,30 +343,10 @@ impl Db {
 
 /// A record that does not parse (tampered): exported with what the table's columns say, so
     /// the population stays complete; the chain already names it.
-    #[allow(clippy::too_many_arguments)]
-    fn unreadable(
-        &self,
-        replica: &str,
-        seq: u64,
-        ts: &str,
-        hash: &str,
-        e: &serde_json::Error,
-        privileged: bool,
-        scan: &mut Scan,
-        pass: &mut Pass,
-    ) -> Result<()> {
-        let (identity, server, tool, category, verdict, outcome): (
-            String,
-            String,
-            String,
-            Option<String>,
-            String,
-            String,
-        ) = self.conn().query_one(
-            "SELECT identity, server, tool, category, verdict, outcome FROM calls WHERE replica = ?1 AND seq = ?2",
-            params![replica, seq],
-            |r| Ok((r.string(0)?, r.string(1)?, r.string(2)?, r.opt_string(3)?, r.string(4)?, r.string(5)?)),
-        )?;
+    fn unreadable(&self, stored: &Stored, e: &serde_json::Error, privileged: bool, scan: &mut Scan, pass: &mut Pass) -> Result<()> {
+        let (replica, seq, ts, hash) = (stored.replica, stored.seq, stored.ts, stored.hash);
+        let [identity, server, tool, verdict, outcome] = stored.call.map(str::to_string);
+        let category = stored.category;
         let t = scan.traffic.entry(server.clone()).or_default();
         t.records += 1;
         let mut cells = vec![Value::Null; 19];
@@ -408,7 +379,7 @@ impl Db {
         if seq <= 1 {
             return Ok(Some(GENESIS.to_string()));
         }
-        let h = self.conn().query_opt("SELECT hash FROM calls WHERE replica = ?1 AND seq = ?2", params![replica, seq - 1], |r| r.string(0))?;
+        let h = rows::hash_of(&self.conn(), replica, seq - 1)?;
         if h.is_some() {
             return Ok(h);
         }

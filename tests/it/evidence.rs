@@ -1112,7 +1112,7 @@ fn a_tampered_call_log_is_exported_whole_and_flagged() {
     let data = state(&ids);
     let c = rusqlite::Connection::open(data.path().join("gatehouse.db")).unwrap();
     c.execute(
-        "UPDATE calls SET record = replace(record, '\"verdict\":\"deny\"', '\"verdict\":\"allow\"') WHERE seq = 7",
+        "UPDATE call_rows SET verdict = (SELECT id FROM vals WHERE v = 'allow') WHERE seq = 7",
         [],
     )
     .unwrap();

@@ -168,7 +168,7 @@ async fn a_changed_definition_is_quarantined_until_a_commit_pins_it() {
         .store
         .reader()
         .unwrap()
-        .query_row("SELECT count(*) FROM calls WHERE tool = 'fetch_page' AND verdict = 'deny' AND json_extract(record, '$.rule') = 'gatehouse:tool-quarantined'", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM calls WHERE tool = 'fetch_page' AND verdict = 'deny' AND rule = 'gatehouse:tool-quarantined'", [], |r| r.get(0))
         .unwrap();
     assert_eq!(denied, 2);
 

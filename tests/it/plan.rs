@@ -181,10 +181,10 @@ fn usage_counts_lost_tools_privileged_gains_and_redecided_calls() {
                 let outcome = if verdict == "allow" { "unknown" } else { "denied" };
                 let record = serde_json::json!({ "kind": kind, "identity": identity, "server": server, "tool": tool, "verdict": verdict, "rule": rule, "policy_commit": base2, "arg_keys": ["path"] });
                 seq += 1;
-                c.sqlite().unwrap().execute("INSERT INTO calls (seq, ts, record, hash, identity, server, tool, category, verdict, outcome) VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, NULL, ?7, ?8)", rusqlite::params![seq, t, record.to_string(), identity, server, tool, verdict, outcome])?;
+                c.sqlite().unwrap().execute("INSERT INTO calls_v4 (seq, ts, record, hash, identity, server, tool, category, verdict, outcome) VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, NULL, ?7, ?8)", rusqlite::params![seq, t, record.to_string(), identity, server, tool, verdict, outcome])?;
                 if verdict == "allow" {
                     seq += 1;
-                    c.sqlite().unwrap().execute("INSERT INTO calls (seq, ts, record, hash, identity, server, tool, category, verdict, outcome) VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, NULL, ?7, 'ok')", rusqlite::params![seq, t, record.to_string(), identity, server, tool, verdict])?;
+                    c.sqlite().unwrap().execute("INSERT INTO calls_v4 (seq, ts, record, hash, identity, server, tool, category, verdict, outcome) VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, NULL, ?7, 'ok')", rusqlite::params![seq, t, record.to_string(), identity, server, tool, verdict])?;
                 }
             }
             Ok::<(), gatehouse::record::store::sql::Error>(())

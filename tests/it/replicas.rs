@@ -120,7 +120,10 @@ async fn the_store_on_postgres_is_write_ahead_and_keeps_a_chain_per_replica() {
     assert_eq!(loaded, ["cap"]);
 
     // A tampered record is named with its replica and seq.
-    pg.with(|c| c.batch_execute("UPDATE calls SET record = replace(record, '\"m\"', '\"x\"') WHERE replica = 'b' AND seq = 7").unwrap());
+    pg.with(|c| c.batch_execute(
+        "INSERT INTO vals (v) VALUES ('x') ON CONFLICT DO NOTHING;
+         UPDATE call_rows SET message = (SELECT id FROM vals WHERE v = 'x') WHERE replica = 'b' AND seq = 7",
+    ).unwrap());
     let out = gatehouse(&["audit", "verify", "--database", &pg.url]);
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(out.stdout.contains("ok: 150 records, seq 1..150, the chain verifies (replica a)"), "{}", out.stdout);

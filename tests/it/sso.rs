@@ -127,8 +127,8 @@ fn tampered(token: &str) -> String {
 
 fn records(gw: &Gateway) -> Vec<Value> {
     let c = gw.store.reader().unwrap();
-    let mut stmt = c.prepare("SELECT record FROM calls ORDER BY seq").unwrap();
-    stmt.query_map([], |r| Ok(serde_json::from_str::<Value>(&r.get::<_, String>(0)?).unwrap())).unwrap().map(Result::unwrap).collect()
+    let rows = gatehouse::record::audit::verify::canonical_records(&c).unwrap();
+    rows.into_iter().map(|(text, _)| serde_json::from_str::<Value>(&text).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

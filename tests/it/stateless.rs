@@ -81,8 +81,8 @@ fn text(reply: &Value) -> String {
 async fn records(gw: &Gateway) -> Vec<Value> {
     gw.store.flush().await.unwrap();
     let c = gw.store.reader().unwrap();
-    let mut stmt = c.prepare("SELECT record FROM calls ORDER BY seq").unwrap();
-    stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(|r| serde_json::from_str(&r.unwrap()).unwrap()).collect()
+    let rows = gatehouse::record::audit::verify::canonical_records(&c).unwrap();
+    rows.into_iter().map(|(text, _)| serde_json::from_str(&text).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use super::{CallRecord, GENESIS, chain_hash};
+use sha2::{Digest, Sha256};
+
+use super::{CallRecord, GENESIS};
 use crate::record::store::sql::{self, Conn, params};
 use crate::record::store::{Store, StoreError};
 
@@ -89,7 +91,14 @@ impl AuditLog {
 /// The chain head of `replica`: (last seq, its hash); after pruning, the anchor the retained
 /// part starts from.
 pub fn head(c: &Conn, replica: &str) -> sql::Result<(u64, String)> {
-    let last = c.query_opt("SELECT seq, hash FROM calls WHERE replica = ?1 ORDER BY seq DESC LIMIT 1", params![replica], |r| {
+    let last = c.query_opt("SELECT seq, hash FROM call_rows WHERE replica = ?1 ORDER BY seq DESC LIMIT 1", params![replica], |r| {
+        Ok((r.i64(0)?, hex::encode(r.bytes(1)?)))
+    })?;
+    if let Some((seq, hash)) = last {
+        return Ok((seq as u64, hash));
+    }
+    // The records written before schema 5.
+    let last = c.query_opt("SELECT seq, hash FROM calls_v4 WHERE replica = ?1 ORDER BY seq DESC LIMIT 1", params![replica], |r| {
         Ok((r.i64(0)?, r.string(1)?))
     })?;
     if let Some((seq, hash)) = last {
@@ -110,7 +119,9 @@ pub fn anchor(c: &Conn, replica: &str) -> sql::Result<Option<(u64, String)>> {
 
 /// The replicas that have written to the call log (or left a pruning anchor), sorted.
 pub fn replicas(c: &Conn) -> sql::Result<Vec<String>> {
-    let mut names = c.query("SELECT DISTINCT replica FROM calls", &[], |r| r.string(0))?;
+    // The tables under the `calls` view: SQLite would compute every column of the view.
+    let mut names =
+        c.query("SELECT DISTINCT replica FROM call_rows UNION SELECT DISTINCT replica FROM calls_v4", &[], |r| r.string(0))?;
     for key in c.query("SELECT key FROM kv WHERE key LIKE 'chain_anchor:%'", &[], |r| r.string(0))? {
         names.push(key["chain_anchor:".len()..].to_string());
     }
@@ -119,7 +130,9 @@ pub fn replicas(c: &Conn) -> sql::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Appends one record in the writer's transaction, to the chain of its replica.
+/// Appends one record in the writer's transaction, to the chain of its replica: its fields,
+/// each text as a reference into `vals`, and its hashes as bytes. The canonical JSON hashed is
+/// the one [`super::rows`] rebuilds from the row.
 pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
     let generation = crate::record::store::writer_generation();
     let cached = generation.and_then(|g| {
@@ -138,27 +151,152 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
     r.seq = seq + 1;
     r.prev_hash = prev;
     r.hash = None;
-    CANONICAL.with_borrow_mut(|buf| {
+    let mut prev_bytes = [0u8; 32];
+    hex::decode_to_slice(&r.prev_hash, &mut prev_bytes).map_err(|e| sql::Error::Other(format!("the chain head's hash: {e}")))?;
+    let hash = CANONICAL.with_borrow_mut(|buf| {
         buf.clear();
         r.canonical_to(buf);
-        let canonical = std::str::from_utf8(buf).expect("serde_json writes UTF-8");
-        let hash = chain_hash(&r.prev_hash, canonical);
-        c.exec(
-            "INSERT INTO calls (replica, seq, ts, record, hash, identity, server, tool, category, verdict, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![&r.replica, r.seq, &r.ts, canonical, &*hash, &r.identity, &r.server, &r.tool, &r.category, &r.verdict, &r.outcome],
-        )?;
-        if let Some(g) = generation {
-            HEADS.with_borrow_mut(|(at, heads)| {
-                if *at == g {
-                    heads.insert(r.replica.clone(), (r.seq, hash.to_string()));
-                }
-            });
-        }
-        Ok::<(), sql::Error>(())
-    })?;
+        Sha256::new().chain_update(r.prev_hash.as_bytes()).chain_update(&buf[..]).finalize()
+    });
+    let arg_keys = serde_json::to_string(&r.arg_keys)?;
+    let id = |v: &str| intern_in(c, generation, v);
+    let opt = |v: &Option<String>| v.as_deref().map(|v| intern_in(c, generation, v)).transpose();
+    let refs = [
+        id(&r.session)?,
+        id(&r.identity)?,
+        id(&r.grant)?,
+        id(&r.auth)?,
+        id(&r.kind)?,
+        id(&r.server)?,
+        id(&r.tool)?,
+        id(&arg_keys)?,
+        id(&r.verdict)?,
+        id(&r.rule)?,
+        id(&r.message)?,
+        id(&r.snapshot_digest)?,
+        id(&r.outcome)?,
+    ];
+    let (category, policy_commit) = (opt(&r.category)?, opt(&r.policy_commit)?);
+    // The time as its milliseconds; a ts they would not rebuild keeps its text too.
+    let (ts, ts_text) = match crate::units::exact_rfc3339_ms(&r.ts) {
+        Some(ms) => (ms, None),
+        None => (crate::units::parse_rfc3339_ms(&r.ts).unwrap_or(0), Some(id(&r.ts)?)),
+    };
+    c.exec(
+        "INSERT INTO call_rows (replica, seq, ts, ts_text, hash, prev_hash, session, identity, grant_name, auth, kind, server, tool, category,
+                                arg_keys, verdict, rule, message, policy_commit, snapshot_digest, outcome, latency_ms)
+         VALUES (?1, ?2, ?3, ?22, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+        params![
+            &r.replica,
+            r.seq,
+            ts,
+            &hash[..],
+            &prev_bytes[..],
+            refs[0],
+            refs[1],
+            refs[2],
+            refs[3],
+            refs[4],
+            refs[5],
+            refs[6],
+            category,
+            refs[7],
+            refs[8],
+            refs[9],
+            refs[10],
+            policy_commit,
+            refs[11],
+            refs[12],
+            r.latency_ms.map(|l| l as i64),
+            ts_text,
+        ],
+    )?;
+    if let Some(g) = generation {
+        HEADS.with_borrow_mut(|(at, heads)| {
+            if *at == g {
+                heads.insert(r.replica.clone(), (r.seq, hex::encode(hash)));
+            }
+        });
+    }
     Ok(r.seq)
 }
+
+/// The id of `v` in `vals`, added when it is new (on PostgreSQL a value two replicas add at
+/// once may get two ids: see the schema). On a store's writer thread the ids seen are kept for
+/// the store's generation ([`crate::record::store::writer_generation`]): a failed job or group
+/// starts a new one, since the ids it added are rolled back with it.
+pub fn intern(c: &Conn, v: &str) -> sql::Result<i64> {
+    intern_in(c, crate::record::store::writer_generation(), v)
+}
+
+/// [`intern`], with the writer's generation read once for a record's fields.
+fn intern_in(c: &Conn, generation: Option<u64>, v: &str) -> sql::Result<i64> {
+    let escaped = escape(v);
+    let v = &*escaped;
+    let cached = generation.and_then(|g| {
+        INTERNED.with_borrow_mut(|(at, ids)| {
+            if *at != g {
+                ids.clear();
+                *at = g;
+            }
+            ids.get(v).copied()
+        })
+    });
+    if let Some(id) = cached {
+        return Ok(id);
+    }
+    let id = if c.is_pg() {
+        // A plain insert under a non-unique index never waits on another transaction (see the
+        // schema): replicas sharing the database cannot deadlock on values new to both.
+        let found = c.query_opt("SELECT id FROM vals WHERE md5(v) = md5(?1) AND v = ?1 ORDER BY id LIMIT 1", params![v], |r| r.i64(0))?;
+        match found {
+            Some(id) => id,
+            None => c.query_one("INSERT INTO vals (v) VALUES (?1) RETURNING id", params![v], |r| r.i64(0))?,
+        }
+    } else {
+        // SQLite has one writer at a time: the unique index cannot make two wait on each other.
+        let inserted = c.query_opt("INSERT INTO vals (v) VALUES (?1) ON CONFLICT DO NOTHING RETURNING id", params![v], |r| r.i64(0))?;
+        match inserted {
+            Some(id) => id,
+            None => c.query_one("SELECT id FROM vals WHERE v = ?1", params![v], |r| r.i64(0))?,
+        }
+    };
+    if let Some(g) = generation {
+        INTERNED.with_borrow_mut(|(at, ids)| {
+            if *at == g {
+                if ids.len() >= INTERNED_MAX {
+                    ids.clear();
+                }
+                ids.insert(v.to_string(), id);
+            }
+        });
+    }
+    Ok(id)
+}
+
+/// Marks a value of `vals` stored JSON-encoded: one with a NUL (which PostgreSQL text cannot
+/// hold) or one that starts with the mark itself. Every other value is stored as it is.
+pub const ESCAPED: char = '\u{1}';
+
+/// `v` as `vals` stores it.
+pub fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains('\0') || v.starts_with(ESCAPED) {
+        let json = serde_json::to_string(v).expect("a string serializes");
+        return std::borrow::Cow::Owned(format!("{ESCAPED}{json}"));
+    }
+    std::borrow::Cow::Borrowed(v)
+}
+
+/// The value `stored` in `vals` stands for.
+pub fn unescape(stored: &str) -> sql::Result<String> {
+    match stored.strip_prefix(ESCAPED) {
+        Some(json) => Ok(serde_json::from_str(json)?),
+        None => Ok(stored.to_string()),
+    }
+}
+
+/// How many interned values a cache holds before it starts over.
+const INTERNED_MAX: usize = 65_536;
 
 thread_local! {
     /// The chain heads this writer thread appended last, per replica, valid for one store
@@ -169,21 +307,33 @@ thread_local! {
     /// The canonical text of the record being appended, reused across appends (they all run on
     /// the store's writer thread).
     static CANONICAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    /// [`intern`]'s ids on a store's writer thread, for one generation.
+    static INTERNED: std::cell::RefCell<(u64, std::collections::HashMap<String, i64>)> = std::cell::RefCell::new((0, Default::default()));
 }
 
 /// Deletes records older than `cutoff` (RFC 3339), keeping every replica's chain verifiable:
 /// the hash of a replica's last deleted record becomes the anchor its retained part starts from.
 /// Returns how many were deleted.
 pub fn prune_in(c: &Conn, cutoff: &str) -> sql::Result<usize> {
+    let cutoff_ms = crate::units::parse_rfc3339_ms(cutoff).ok_or_else(|| sql::Error::Other(format!("invalid cutoff {cutoff:?}")))?;
     let mut n = 0;
     for replica in replicas(c)? {
-        let last = c.query_opt(
-            "SELECT seq, hash FROM calls WHERE replica = ?1 AND ts < ?2 ORDER BY seq DESC LIMIT 1",
-            params![&replica, cutoff],
-            |r| Ok((r.i64(0)?, r.string(1)?)),
-        )?;
+        // A replica's rows of `calls_v4` come before its rows of `call_rows`.
+        let last = match c.query_opt(
+            "SELECT seq, hash FROM call_rows WHERE replica = ?1 AND ts < ?2 ORDER BY seq DESC LIMIT 1",
+            params![&replica, cutoff_ms],
+            |r| Ok((r.i64(0)?, hex::encode(r.bytes(1)?))),
+        )? {
+            Some(last) => Some(last),
+            None => c.query_opt(
+                "SELECT seq, hash FROM calls_v4 WHERE replica = ?1 AND ts < ?2 ORDER BY seq DESC LIMIT 1",
+                params![&replica, cutoff],
+                |r| Ok((r.i64(0)?, r.string(1)?)),
+            )?,
+        };
         let Some((seq, hash)) = last else { continue };
-        n += c.exec("DELETE FROM calls WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;
+        n += c.exec("DELETE FROM call_rows WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;
+        n += c.exec("DELETE FROM calls_v4 WHERE replica = ?1 AND seq <= ?2", params![&replica, seq])? as usize;
         c.exec(
             "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2",
             params![&*format!("chain_anchor:{replica}"), &*format!("{seq}:{hash}")],

@@ -2,20 +2,24 @@
 //!
 //! A record holds key paths of the arguments, never their values. Its `hash` is
 //! `sha256(prev_hash ‖ canonical JSON of the record without hash)`, where canonical JSON has
-//! sorted keys and no insignificant whitespace; `seq` is gapless. The exact canonical text is
-//! stored, so `verify` recomputes every hash from what was written and names the first broken
-//! `seq`. A call leaves two records: the decision (written before anything reaches the upstream;
+//! sorted keys and no insignificant whitespace; `seq` is gapless. The canonical text is not
+//! stored (schema 5): a row holds the fields, and the text is rebuilt from them
+//! ([`rows`]), so `verify` recomputes every hash from what was written and names the
+//! first broken `seq` (a changed field rebuilds to other bytes). Rows written before keep the
+//! exact text they were hashed as. A call leaves two records: the decision (written before anything reaches the upstream;
 //! `outcome: "unknown"` when allowed, `"denied"` when not) and, for allowed calls, the outcome
 //! (`ok`, `upstream_error`, `timeout`) with its latency.
 
 pub mod bound;
 pub mod log;
+pub mod rows;
 pub mod verify;
 
 pub use bound::arg_keys;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
 
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -86,28 +90,29 @@ impl CallRecord {
 /// A record without `hash`, borrowed, its fields in byte-wise sorted key order (the order of a
 /// `serde_json::Map` without the `preserve_order` feature). Adding a field to [`CallRecord`]
 /// means adding it here, in its sorted place: the unit test compares both serializations.
+/// [`rows`] builds one from a row's values without copying them.
 #[derive(Serialize)]
-struct Canonical<'a> {
-    arg_keys: &'a [String],
-    auth: &'a str,
-    category: &'a Option<String>,
-    grant: &'a str,
-    identity: &'a str,
-    kind: &'a str,
-    latency_ms: Option<u64>,
-    message: &'a str,
-    outcome: &'a str,
-    policy_commit: &'a Option<String>,
-    prev_hash: &'a str,
-    replica: &'a str,
-    rule: &'a str,
-    seq: u64,
-    server: &'a str,
-    session: &'a str,
-    snapshot_digest: &'a str,
-    tool: &'a str,
-    ts: &'a str,
-    verdict: &'a str,
+pub(crate) struct Canonical<'a> {
+    pub arg_keys: &'a [String],
+    pub auth: &'a str,
+    pub category: Option<&'a str>,
+    pub grant: &'a str,
+    pub identity: &'a str,
+    pub kind: &'a str,
+    pub latency_ms: Option<u64>,
+    pub message: &'a str,
+    pub outcome: &'a str,
+    pub policy_commit: Option<&'a str>,
+    pub prev_hash: &'a str,
+    pub replica: &'a str,
+    pub rule: &'a str,
+    pub seq: u64,
+    pub server: &'a str,
+    pub session: &'a str,
+    pub snapshot_digest: &'a str,
+    pub tool: &'a str,
+    pub ts: &'a str,
+    pub verdict: &'a str,
 }
 
 impl<'a> From<&'a CallRecord> for Canonical<'a> {
@@ -139,14 +144,14 @@ impl<'a> From<&'a CallRecord> for Canonical<'a> {
         Canonical {
             arg_keys,
             auth,
-            category,
+            category: category.as_deref(),
             grant,
             identity,
             kind,
             latency_ms: *latency_ms,
             message,
             outcome,
-            policy_commit,
+            policy_commit: policy_commit.as_deref(),
             prev_hash,
             replica,
             rule,

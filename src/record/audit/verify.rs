@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::log::{anchor, replicas};
 use super::GENESIS;
+use super::rows::{self, Range};
 use crate::record::store::sql::{Conn, params};
 
 /// What `verify` found.
@@ -47,43 +48,65 @@ pub fn verify_all<'a>(c: impl Into<Conn<'a>>) -> Result<Vec<(String, Verdict)>> 
 
 /// Recomputes one replica's chain from its anchor (or genesis) to its last record.
 ///
-/// Rows are streamed and read in place (on SQLite): the record text and the stored hash are
-/// borrowed from the row, the record is checked through a borrowed view ([`Check`]: the same
-/// fields and types as [`CallRecord`](crate::record::audit::CallRecord), nothing copied), and the
-/// hash is computed into a stack buffer, so a row costs no allocation beyond the odd string with
-/// escapes.
+/// A replica's rows written before schema 5 (`calls_v4`, with their canonical text) come before
+/// its rows of `call_rows`. An old row's text is checked through a borrowed view ([`Check`]: the
+/// same fields and types as [`CallRecord`](crate::record::audit::CallRecord), nothing copied); a
+/// new row is rebuilt from its fields ([`rows::each`]) and its canonical text hashed.
 pub fn verify_replica(c: &Conn, replica: &str) -> Result<Verdict> {
-    let (mut expect_seq, mut prev) = match anchor(c, replica)? {
+    let (expect, prev) = match anchor(c, replica)? {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
     };
-    let first = expect_seq;
-    let mut count = 0u64;
-    let mut broken = None;
-    c.each("SELECT seq, record, hash FROM calls WHERE replica = ?1 ORDER BY seq", params![replica], |row| {
-        if broken.is_some() {
+    let mut w = Walk { first: expect, expect, prev, count: 0, broken: None };
+    rows::each(c, Range::Seqs { replica, from: 0, to: u64::MAX, limit: None }, |r| {
+        if w.broken.is_some() {
             return Ok(());
         }
-        let seq = row.i64(0)? as u64;
-        let text = row.str(1)?;
-        let hash = row.str(2)?;
-        if seq != expect_seq {
-            broken = Some(Verdict::Broken { seq: expect_seq, why: format!("record {expect_seq} is missing (next is {seq})") });
-            return Ok(());
+        let text = match &r.text {
+            Ok(text) => *text,
+            Err(why) => {
+                w.broken = Some(Verdict::Broken { seq: r.seq, why: format!("not a call record: {why}") });
+                return Ok(());
+            }
+        };
+        match r.link {
+            Some(link) => w.step(r.seq, text, r.hash, Ok(link)),
+            None => {
+                let record = serde_json::from_str::<Check>(text);
+                w.step(r.seq, text, r.hash, record.as_ref().map(|r| (r.seq, &*r.prev_hash)));
+            }
         }
-        let record = serde_json::from_str::<Check>(text);
-        let parsed = record.as_ref().map(|r| (r.seq, &*r.prev_hash));
-        if let Some(why) = record_fault(seq, text, hash, parsed, Some(&prev)) {
-            broken = Some(Verdict::Broken { seq, why });
-            return Ok(());
-        }
-        prev.clear();
-        prev.push_str(hash);
-        expect_seq += 1;
-        count += 1;
         Ok(())
     })?;
-    Ok(broken.unwrap_or(Verdict::Intact { count, first, last: expect_seq - 1 }))
+    Ok(w.broken.unwrap_or(Verdict::Intact { count: w.count, first: w.first, last: w.expect - 1 }))
+}
+
+/// Where [`verify_replica`] is in a chain.
+struct Walk {
+    first: u64,
+    expect: u64,
+    prev: String,
+    count: u64,
+    broken: Option<Verdict>,
+}
+
+impl Walk {
+    /// Checks record `seq` (its canonical `text`, stored `hash`, and its own seq and prev_hash).
+    fn step(&mut self, seq: u64, text: &str, hash: &str, parsed: Result<(u64, &str), &serde_json::Error>) {
+        if seq != self.expect {
+            let expect = self.expect;
+            self.broken = Some(Verdict::Broken { seq: expect, why: format!("record {expect} is missing (next is {seq})") });
+            return;
+        }
+        if let Some(why) = record_fault(seq, text, hash, parsed, Some(&self.prev)) {
+            self.broken = Some(Verdict::Broken { seq, why });
+            return;
+        }
+        self.prev.clear();
+        self.prev.push_str(hash);
+        self.expect += 1;
+        self.count += 1;
+    }
 }
 
 /// Why stored record `seq` (its canonical `text` and stored `hash`) breaks the chain, if it does:
@@ -230,28 +253,23 @@ pub fn export<'a>(c: impl Into<Conn<'a>>, since: &str, until: &str, format: Form
     }
     let mut count = 0u64;
     let mut ranges: std::collections::BTreeMap<String, (u64, u64, u64)> = std::collections::BTreeMap::new();
-    c.each(
-        "SELECT replica, seq, record, hash FROM calls WHERE ts >= ?1 AND ts < ?2 ORDER BY ts, replica, seq",
-        params![since, until],
-        |row| {
-            let seq = row.i64(1)? as u64;
-            let mut v: Value = serde_json::from_str(row.str(2)?)?;
-            v["hash"] = Value::String(row.string(3)?);
-            match format {
-                Format::Jsonl => writeln!(file, "{v}")?,
-                Format::Csv => {
-                    let cells: Vec<String> = columns.iter().map(|k| csv_cell(&v[*k])).collect();
-                    writeln!(file, "{}", cells.join(","))?;
-                }
+    rows::each(&c, Range::Period { since, until }, |r| {
+        let mut v: Value = serde_json::from_str(text(r)?)?;
+        v["hash"] = Value::String(r.hash.to_string());
+        match format {
+            Format::Jsonl => writeln!(file, "{v}")?,
+            Format::Csv => {
+                let cells: Vec<String> = columns.iter().map(|k| csv_cell(&v[*k])).collect();
+                writeln!(file, "{}", cells.join(","))?;
             }
-            count += 1;
-            let r = ranges.entry(row.string(0)?).or_insert((0, seq, seq));
-            r.0 += 1;
-            r.1 = r.1.min(seq);
-            r.2 = r.2.max(seq);
-            Ok(())
-        },
-    )?;
+        }
+        count += 1;
+        let range = ranges.entry(r.replica.to_string()).or_insert((0, r.seq, r.seq));
+        range.0 += 1;
+        range.1 = range.1.min(r.seq);
+        range.2 = range.2.max(r.seq);
+        Ok(())
+    })?;
     let single = (ranges.len() == 1).then(|| ranges.values().next().copied()).flatten();
     let (first, last) = match single {
         Some((_, f, l)) => (Some(f), Some(l)),
@@ -340,11 +358,37 @@ pub fn last_records<'a>(c: impl Into<Conn<'a>>, n: u64) -> Result<(Vec<String>, 
     let c = c.into();
     let names = replicas(&c)?;
     let order = if names.len() <= 1 { "seq DESC" } else { "ts DESC, replica DESC, seq DESC" };
-    let mut lines =
-        c.query(&format!("SELECT record, hash FROM calls ORDER BY {order} LIMIT ?1"), params![n as i64], |r| line(r.str(0)?, r.string(1)?))?;
-    lines.reverse();
-    let cursor = c.query("SELECT replica, max(seq) FROM calls GROUP BY replica", &[], |r| Ok((r.string(0)?, r.i64(1)? as u64)))?;
-    Ok((lines, cursor.into_iter().collect()))
+    // The keys of the last `n` from the tables under the `calls` view (through the view SQLite
+    // would compute every row before sorting), then those rows through the view.
+    // Times as milliseconds (`call_rows` stores them so; `calls_v4` as text).
+    let mut keys = c.query(&format!("SELECT ts, replica, seq FROM call_rows ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
+        Ok((r.i64(0)?, r.string(1)?, r.i64(2)?))
+    })?;
+    keys.extend(c.query(&format!("SELECT ts, replica, seq FROM calls_v4 ORDER BY {order} LIMIT ?1"), params![n as i64], |r| {
+        Ok((crate::units::parse_rfc3339_ms(r.str(0)?).unwrap_or(0), r.string(1)?, r.i64(2)?))
+    })?);
+    if names.len() <= 1 {
+        keys.sort_by_key(|k| std::cmp::Reverse(k.2));
+    } else {
+        keys.sort_by(|a, b| (&b.0, &b.1, b.2).cmp(&(&a.0, &a.1, a.2)));
+    }
+    keys.truncate(n as usize);
+    let mut lines = Vec::with_capacity(keys.len());
+    for (_, replica, seq) in keys.iter().rev() {
+        let seq = *seq as u64;
+        rows::each(&c, Range::Seqs { replica, from: seq, to: seq, limit: None }, |r| {
+            lines.push(line(text(r)?, r.hash)?);
+            Ok(())
+        })?;
+    }
+    let mut cursor: Cursor = Cursor::new();
+    for table in ["call_rows", "calls_v4"] {
+        for (replica, seq) in c.query(&format!("SELECT replica, max(seq) FROM {table} GROUP BY replica"), &[], |r| Ok((r.string(0)?, r.i64(1)? as u64)))? {
+            let e = cursor.entry(replica).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+    }
+    Ok((lines, cursor))
 }
 
 /// Each replica's records after `after` (at most `limit` of each), merged in time order, as
@@ -355,19 +399,38 @@ pub fn since<'a>(c: impl Into<Conn<'a>>, after: &Cursor, limit: usize) -> Result
     let mut out = Vec::new();
     for replica in replicas(&c)? {
         let from = after.get(&replica).copied().unwrap_or(0);
-        out.extend(c.query(
-            "SELECT ts, seq, record, hash FROM calls WHERE replica = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            params![&replica, from, limit as i64],
-            |r| Ok((r.string(0)?, replica.clone(), r.i64(1)? as u64, line(r.str(2)?, r.string(3)?)?)),
-        )?);
+        rows::each(&c, Range::Seqs { replica: &replica, from: from + 1, to: u64::MAX, limit: Some(limit as u64) }, |r| {
+            out.push((r.ts.to_string(), replica.clone(), r.seq, line(text(r)?, r.hash)?));
+            Ok(())
+        })?;
     }
     out.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
     Ok(out.into_iter().map(|(_, r, seq, l)| (r, seq, l)).collect())
 }
 
-fn line(text: &str, hash: String) -> crate::record::store::sql::Result<String> {
+/// Every stored record: its canonical JSON (stored, or rebuilt from its row) and its hash, in
+/// (replica, seq) order. What tests and tools read now that most rows hold no JSON text.
+pub fn canonical_records<'a>(c: impl Into<Conn<'a>>) -> crate::record::store::sql::Result<Vec<(String, String)>> {
+    let c = c.into();
+    let mut out = Vec::new();
+    rows::each(&c, Range::All, |r| {
+        out.push((text(r)?.to_string(), r.hash.to_string()));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The canonical text of `r`; an error when its row cannot be rebuilt.
+fn text<'r>(r: &rows::Stored<'r>) -> crate::record::store::sql::Result<&'r str> {
+    match &r.text {
+        Ok(text) => Ok(text),
+        Err(why) => Err(crate::record::store::sql::Error::Other(format!("record {} of {}: {why}", r.seq, r.replica))),
+    }
+}
+
+fn line(text: &str, hash: &str) -> crate::record::store::sql::Result<String> {
     let mut v: Value = serde_json::from_str(text)?;
-    v["hash"] = Value::String(hash);
+    v["hash"] = Value::String(hash.to_string());
     Ok(v.to_string())
 }
 

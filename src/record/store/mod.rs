@@ -483,6 +483,28 @@ pub fn writer_generation() -> Option<u64> {
     GENERATION.get()
 }
 
+/// Lets the calling thread keep what appends read (chain heads, interned ids) across them, as a
+/// store's writer thread does, until the guard is dropped: for a thread that alone writes one
+/// database, in transactions that do not fail, outside a [`Store`] (a bulk load, a benchmark's
+/// generator). Entering starts a new generation, so nothing kept for another database is used.
+pub struct SoleWriter {
+    before: Option<u64>,
+}
+
+impl SoleWriter {
+    pub fn enter() -> SoleWriter {
+        let before = GENERATION.get();
+        GENERATION.set(Some(before.map_or(1, |g| g + 1)));
+        SoleWriter { before }
+    }
+}
+
+impl Drop for SoleWriter {
+    fn drop(&mut self) {
+        GENERATION.set(self.before.map(|g| g + 2));
+    }
+}
+
 /// Something a job wrote may have been rolled back: caches of the writer thread are void.
 fn invalidate() {
     GENERATION.set(GENERATION.get().map(|g| g + 1));

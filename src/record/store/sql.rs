@@ -3,7 +3,7 @@
 //! Statements are written once, in the common subset of both dialects, with SQLite's numbered
 //! placeholders (`?1`, `?2`…); on PostgreSQL they become `$1`, `$2`… Parameters are a tiny enum
 //! ([`P`]) whose Rust types match the PostgreSQL column types the schemas use (BIGINT ↔ i64,
-//! DOUBLE PRECISION ↔ f64, TEXT ↔ str), so no statement needs a cast. Where the dialects differ
+//! DOUBLE PRECISION ↔ f64, TEXT ↔ str, BYTEA ↔ bytes), so no statement needs a cast. Where the dialects differ
 //! (JSON access, upserts of computed values) the caller asks [`Conn::is_pg`] and writes both.
 //!
 //! [`Conn`] is what a store job or a reader gets: a borrowed SQLite connection, or a PostgreSQL
@@ -50,6 +50,8 @@ pub enum P<'a> {
     Int(Option<i64>),
     Real(f64),
     Text(Option<&'a str>),
+    /// BLOB (SQLite) ↔ BYTEA (PostgreSQL): the call log's hashes.
+    Blob(&'a [u8]),
 }
 
 /// A PostgreSQL connection and the statements it has prepared (keyed by their SQLite text).
@@ -218,6 +220,11 @@ impl<'a> From<Option<&'a str>> for P<'a> {
         P::Text(v)
     }
 }
+impl<'a> From<&'a [u8]> for P<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        P::Blob(v)
+    }
+}
 impl<'a> From<&'a Option<String>> for P<'a> {
     fn from(v: &'a Option<String>) -> Self {
         P::Text(v.as_deref())
@@ -230,6 +237,7 @@ impl rusqlite::ToSql for P<'_> {
             P::Int(v) => rusqlite::ToSql::to_sql(v),
             P::Real(v) => rusqlite::ToSql::to_sql(v),
             P::Text(v) => rusqlite::ToSql::to_sql(v),
+            P::Blob(v) => rusqlite::ToSql::to_sql(v),
         }
     }
 }
@@ -240,6 +248,7 @@ impl ToSql for P<'_> {
             P::Int(v) => v.to_sql(ty, out),
             P::Real(v) => v.to_sql(ty, out),
             P::Text(v) => v.to_sql(ty, out),
+            P::Blob(v) => v.to_sql(ty, out),
         }
     }
 
@@ -254,6 +263,7 @@ impl ToSql for P<'_> {
             P::Int(v) => v.to_sql_checked(ty, out),
             P::Real(v) => v.to_sql_checked(ty, out),
             P::Text(v) => v.to_sql_checked(ty, out),
+            P::Blob(v) => v.to_sql_checked(ty, out),
         }
     }
 }
@@ -299,6 +309,18 @@ impl Conn<'_> {
         match self {
             Conn::Lite(c) => Some(c),
             Conn::Pg(_) => None,
+        }
+    }
+
+    /// SQL for the milliseconds since the epoch of `column`, a text column of RFC 3339 UTC times
+    /// (`2026-11-26T07:13:39.123Z`); NULL where it holds none.
+    pub fn text_ms(&self, column: &str) -> String {
+        match self {
+            Conn::Lite(_) => format!("CAST(round(unixepoch({column}, 'subsec') * 1000) AS INTEGER)"),
+            Conn::Pg(_) => format!(
+                "CASE WHEN {column} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T[0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}([.][0-9]{{1,6}})?Z$' \
+                 THEN round(extract(epoch FROM CAST({column} AS timestamptz)) * 1000)::bigint END"
+            ),
         }
     }
 
@@ -418,6 +440,14 @@ impl Row<'_, '_> {
     pub fn opt_str(&self, i: usize) -> Result<Option<&str>> {
         match self {
             Row::Lite(r) => Ok(r.get_ref(i)?.as_str_or_null().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))?),
+            Row::Pg(r) => Ok(r.try_get(i)?),
+        }
+    }
+
+    /// A BLOB (SQLite) or BYTEA (PostgreSQL) column, borrowed from the row.
+    pub fn bytes(&self, i: usize) -> Result<&[u8]> {
+        match self {
+            Row::Lite(r) => Ok(r.get_ref(i)?.as_blob().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e)))?),
             Row::Pg(r) => Ok(r.try_get(i)?),
         }
     }
