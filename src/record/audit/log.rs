@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::{CallRecord, GENESIS};
 use crate::record::store::sql::{self, Conn, params};
-use crate::record::store::{Store, StoreError};
+use crate::record::store::{self, Store, StoreError};
 
 /// How long a call waits for its decision record to become durable before it is refused.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,16 +134,7 @@ pub fn replicas(c: &Conn) -> sql::Result<Vec<String>> {
 /// each text as a reference into `vals`, and its hashes as bytes. The canonical JSON hashed is
 /// the one [`super::rows`] rebuilds from the row.
 pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
-    let generation = crate::record::store::writer_generation();
-    let cached = generation.and_then(|g| {
-        HEADS.with_borrow_mut(|(at, heads)| {
-            if *at != g {
-                heads.clear();
-                *at = g;
-            }
-            heads.get(&r.replica).cloned()
-        })
-    });
+    let cached = store::kept(|heads: &mut Heads| heads.0.get(&r.replica).cloned()).flatten();
     let (seq, prev) = match cached {
         Some(h) => h,
         None => head(c, &r.replica)?,
@@ -159,8 +150,8 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
         Sha256::new().chain_update(r.prev_hash.as_bytes()).chain_update(&buf[..]).finalize()
     });
     let arg_keys = serde_json::to_string(&r.arg_keys)?;
-    let id = |v: &str| intern_in(c, generation, v);
-    let opt = |v: &Option<String>| v.as_deref().map(|v| intern_in(c, generation, v)).transpose();
+    let id = |v: &str| intern(c, v);
+    let opt = |v: &Option<String>| v.as_deref().map(|v| intern(c, v)).transpose();
     let refs = [
         id(&r.session)?,
         id(&r.identity)?,
@@ -211,38 +202,17 @@ pub fn append_in(c: &Conn, mut r: CallRecord) -> sql::Result<u64> {
             ts_text,
         ],
     )?;
-    if let Some(g) = generation {
-        HEADS.with_borrow_mut(|(at, heads)| {
-            if *at == g {
-                heads.insert(r.replica.clone(), (r.seq, hex::encode(hash)));
-            }
-        });
-    }
+    store::kept(|heads: &mut Heads| heads.0.insert(r.replica.clone(), (r.seq, hex::encode(hash))));
     Ok(r.seq)
 }
 
 /// The id of `v` in `vals`, added when it is new (on PostgreSQL a value two replicas add at
-/// once may get two ids: see the schema). On a store's writer thread the ids seen are kept for
-/// the store's generation ([`crate::record::store::writer_generation`]): a failed job or group
-/// starts a new one, since the ids it added are rolled back with it.
+/// once may get two ids: see the schema). The ids seen are kept with the store's connection
+/// ([`store::kept`]), which forgets them when a job fails, since the ids it added are gone.
 pub fn intern(c: &Conn, v: &str) -> sql::Result<i64> {
-    intern_in(c, crate::record::store::writer_generation(), v)
-}
-
-/// [`intern`], with the writer's generation read once for a record's fields.
-fn intern_in(c: &Conn, generation: Option<u64>, v: &str) -> sql::Result<i64> {
     let escaped = escape(v);
     let v = &*escaped;
-    let cached = generation.and_then(|g| {
-        INTERNED.with_borrow_mut(|(at, ids)| {
-            if *at != g {
-                ids.clear();
-                *at = g;
-            }
-            ids.get(v).copied()
-        })
-    });
-    if let Some(id) = cached {
+    if let Some(id) = store::kept(|ids: &mut Interned| ids.0.get(v).copied()).flatten() {
         return Ok(id);
     }
     let id = if c.is_pg() {
@@ -261,16 +231,12 @@ fn intern_in(c: &Conn, generation: Option<u64>, v: &str) -> sql::Result<i64> {
             None => c.query_one("SELECT id FROM vals WHERE v = ?1", params![v], |r| r.i64(0))?,
         }
     };
-    if let Some(g) = generation {
-        INTERNED.with_borrow_mut(|(at, ids)| {
-            if *at == g {
-                if ids.len() >= INTERNED_MAX {
-                    ids.clear();
-                }
-                ids.insert(v.to_string(), id);
-            }
-        });
-    }
+    store::kept(|ids: &mut Interned| {
+        if ids.0.len() >= INTERNED_MAX {
+            ids.0.clear();
+        }
+        ids.0.insert(v.to_string(), id)
+    });
     Ok(id)
 }
 
@@ -295,20 +261,22 @@ pub fn unescape(stored: &str) -> sql::Result<String> {
     }
 }
 
+/// The chain head last appended per replica, kept with the store's connection: its holder is
+/// its replica's only writer, so after a committed append the head is the record it wrote.
+/// Saves a read (a round trip on PostgreSQL) per record.
+#[derive(Default)]
+struct Heads(std::collections::HashMap<String, (u64, String)>);
+
+/// [`intern`]'s ids, kept with the store's connection.
+#[derive(Default)]
+struct Interned(std::collections::HashMap<String, i64>);
+
 /// How many interned values a cache holds before it starts over.
 const INTERNED_MAX: usize = 65_536;
 
 thread_local! {
-    /// The chain heads this writer thread appended last, per replica, valid for one store
-    /// generation ([`crate::record::store::writer_generation`]): the writer is its replica's only
-    /// writer, so after a committed append the head is the record it wrote, and a rolled-back
-    /// job or group starts a new generation. Saves a read (a round trip on PostgreSQL) per record.
-    static HEADS: std::cell::RefCell<(u64, std::collections::HashMap<String, (u64, String)>)> = std::cell::RefCell::new((0, Default::default()));
-    /// The canonical text of the record being appended, reused across appends (they all run on
-    /// the store's writer thread).
+    /// The canonical text of the record being appended, reused across appends on this thread.
     static CANONICAL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
-    /// [`intern`]'s ids on a store's writer thread, for one generation.
-    static INTERNED: std::cell::RefCell<(u64, std::collections::HashMap<String, i64>)> = std::cell::RefCell::new((0, Default::default()));
 }
 
 /// Deletes records older than `cutoff` (RFC 3339), keeping every replica's chain verifiable:

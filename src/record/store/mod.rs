@@ -51,6 +51,8 @@ const MAX_QUEUED: usize = 16 * 1024;
 /// How long after its last group the writer keeps waking every [`DEFER_MAX`] by itself (so that
 /// deferred jobs need not wake it); after that it sleeps until woken.
 const POLL_AFTER_WORK: Duration = Duration::from_secs(10);
+/// A caller commits inline only while the last inline commit took less than this.
+const INLINE_UNDER: Duration = Duration::from_millis(2);
 /// Longest a deferred job waits for another job's commit before it is committed on its own.
 pub const DEFER_MAX: Duration = Duration::from_millis(100);
 /// Prepared statements kept by the writer's connection (the call log's, quotas', savepoints…).
@@ -77,6 +79,10 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
     /// The writer's queue; when the last handle goes, the writer commits what is queued and stops.
     jobs: Arc<Submitter>,
+    /// The connection (None once the writer has stopped), held for each commit.
+    holder: Arc<Mutex<Option<Holder>>>,
+    /// A caller may commit its write inline (SQLite; see [`Store::write`]).
+    inline: bool,
     /// The writer thread, until [`Store::close`] joins it.
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -103,6 +109,9 @@ struct Job {
 struct Queue {
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// How long the last commit took, in microseconds (inline commits stop while the disk is
+    /// slow: see [`INLINE_UNDER`]).
+    commit_us: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -122,6 +131,8 @@ struct Pending {
     asleep: bool,
     /// … without a deadline: only a wake-up will make it commit a deferred job.
     idle: bool,
+    /// When a group was last committed (by the writer or inline).
+    last_commit: Option<Instant>,
 }
 
 /// Owned by every [`Store`] clone through one `Arc`: dropping the last one closes the queue.
@@ -193,18 +204,28 @@ impl Store {
                 Backend::Pg { url: url.clone(), conn: Some(Box::new(RefCell::new(pg))), last_try: None }
             }
         };
+        let inline = matches!(backend, Backend::Lite(_));
+        let holder = Arc::new(Mutex::new(Some(Holder { backend, kept: Kept::new() })));
         let healthy = Arc::new(AtomicBool::new(true));
-        let queue = Arc::new(Queue { pending: Mutex::new(Pending::default()), wake: Condvar::new() });
-        let (q, h) = (queue.clone(), healthy.clone());
+        let queue = Arc::new(Queue { pending: Mutex::new(Pending::default()), wake: Condvar::new(), commit_us: Default::default() });
+        let (q, h, held) = (queue.clone(), healthy.clone(), holder.clone());
         let thread = std::thread::Builder::new()
             .name("gatehouse-store".into())
-            .spawn(move || writer(backend, q, h))
+            .spawn(move || writer(held, q, h))
             .map_err(|e| StoreError::Sqlite(format!("starting the writer thread: {e}")))?;
         let path = match at {
             Location::Dir(d) => d.join(FILE),
             Location::Postgres(_) => std::path::PathBuf::new(),
         };
-        Ok(Store { location: at.clone(), path, healthy, jobs: Arc::new(Submitter(queue)), thread: Arc::new(Mutex::new(Some(thread))) })
+        Ok(Store {
+            location: at.clone(),
+            path,
+            healthy,
+            jobs: Arc::new(Submitter(queue)),
+            holder,
+            inline,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
     }
 
     /// The SQLite file (empty on PostgreSQL).
@@ -229,8 +250,61 @@ impl Store {
         F: FnOnce(&Conn) -> Result<T, E> + Send + 'static,
         E: Into<sql::Error>,
     {
+        let f = match self.try_inline(f) {
+            Ok(done) => return done,
+            Err(f) => f,
+        };
         let rx = self.submit(f, false)?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Commits `f` on the calling thread when nothing waits for the writer (no queued job that
+    /// someone awaits, the connection free), on SQLite, while commits are fast: the deferred jobs
+    /// queued so far ride along. This spares the two thread switches of a hand-off to the writer
+    /// and back, which cost more CPU than the commit's fsync; under load the queue is rarely
+    /// empty and groups form on the writer as before. It blocks the caller for one commit (an
+    /// async worker, for [`INLINE_UNDER`] at most as last measured): `Err(f)` when it would not.
+    fn try_inline<T, E, F>(&self, f: F) -> Result<Result<T, StoreError>, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Conn) -> Result<T, E> + Send + 'static,
+        E: Into<sql::Error>,
+    {
+        let queue = &self.jobs.0;
+        if !self.inline || queue.commit_us.load(Ordering::Relaxed) > INLINE_UNDER.as_micros() as u64 {
+            return Err(f);
+        }
+        let Ok(mut held) = self.holder.try_lock() else { return Err(f) };
+        let Some(h) = held.as_mut() else { return Err(f) };
+        let mut group = {
+            let mut p = queue.lock();
+            if p.urgent || p.closed {
+                return Err(f);
+            }
+            p.oldest = None;
+            std::mem::take(&mut p.jobs)
+        };
+        let answer = Arc::new(Mutex::new(None));
+        let out = answer.clone();
+        let run = job_run(f, move |r| *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r));
+        group.push(Job { run, deferred: false });
+        // A job that panics is contained here (the writer thread would die of it): its
+        // transaction is rolled back, the jobs of its group are dropped unanswered (their
+        // callers see the store stopped), and the connection serves the next commit.
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.commit(group, queue)));
+        match committed {
+            Ok(ok) => self.healthy.store(ok, Ordering::Relaxed),
+            Err(_) => {
+                if let Ok(c) = h.backend.conn() {
+                    let _ = exec_cached(&c, "ROLLBACK");
+                }
+                tracing::error!("state database: a write panicked; its transaction was rolled back");
+            }
+        }
+        drop(held);
+        queue.lock().last_commit = Some(Instant::now());
+        let r = answer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok(r.unwrap_or(Err(StoreError::Stopped)))
     }
 
     /// Queues `f` for the writer's next transaction without starting one: it rides the next
@@ -340,22 +414,7 @@ impl Store {
         E: Into<sql::Error>,
         A: FnOnce(Result<T, StoreError>) + Send + 'static,
     {
-        // Runs `f` (or, with no connection, skips it) and returns how to answer.
-        let run = Box::new(move |conn: Option<&Conn>| -> (bool, Done) {
-            let outcome = match conn {
-                Some(c) => f(c).map_err(|e| StoreError::Sqlite(e.into().to_string())),
-                None => Err(StoreError::Stopped),
-            };
-            let ok = outcome.is_ok();
-            let reply = Box::new(move |committed: Result<(), StoreError>| {
-                answer(match (outcome, committed) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (_, Err(e)) | (Err(e), Ok(())) => Err(e),
-                });
-            }) as Done;
-            (ok, reply)
-        });
-        self.jobs.0.push(Job { run, deferred })
+        self.jobs.0.push(Job { run: job_run(f, answer), deferred })
     }
 
     /// A read-only SQLite connection of its own (blocking; use from a blocking thread). SQLite
@@ -371,6 +430,31 @@ impl Store {
     pub fn read(&self) -> Result<Reader, StoreError> {
         Reader::open(&self.location)
     }
+}
+
+/// A job that runs `f` (or, with no connection, skips it) and says how to answer: `answer` gets
+/// its result once the group's commit is known (a result is only reported after it is durable).
+fn job_run<T, E, F, A>(f: F, answer: A) -> Run
+where
+    T: Send + 'static,
+    F: FnOnce(&Conn) -> Result<T, E> + Send + 'static,
+    E: Into<sql::Error>,
+    A: FnOnce(Result<T, StoreError>) + Send + 'static,
+{
+    Box::new(move |conn: Option<&Conn>| -> (bool, Done) {
+        let outcome = match conn {
+            Some(c) => f(c).map_err(|e| StoreError::Sqlite(e.into().to_string())),
+            None => Err(StoreError::Stopped),
+        };
+        let ok = outcome.is_ok();
+        let reply = Box::new(move |committed: Result<(), StoreError>| {
+            answer(match (outcome, committed) {
+                (Ok(v), Ok(())) => Ok(v),
+                (_, Err(e)) | (Err(e), Ok(())) => Err(e),
+            });
+        }) as Done;
+        (ok, reply)
+    })
 }
 
 /// Opens a read-only connection to the database in `dir` without migrating or writing (for
@@ -405,12 +489,10 @@ fn lite_err(e: rusqlite::Error) -> StoreError {
 /// then answer. Deferred jobs wait (at most [`DEFER_MAX`]) for a job that is not, and join its
 /// group. After a close (or when every handle is gone) it commits everything queued, answers
 /// the close requests and stops.
-fn writer(mut conn: Backend, queue: Arc<Queue>, healthy: Arc<AtomicBool>) {
+fn writer(holder: Arc<Mutex<Option<Holder>>>, queue: Arc<Queue>, healthy: Arc<AtomicBool>) {
     // If a job panics, the thread unwinds through this: jobs still queued are dropped (their
     // callers see [`StoreError::Stopped`]) and later submissions are refused at once.
-    let _stopped = Stopped(queue.clone());
-    GENERATION.set(Some(0));
-    let mut last_group = Instant::now();
+    let _stopped = Stopped(queue.clone(), holder.clone());
     loop {
         let group = {
             let mut p = queue.lock();
@@ -422,7 +504,7 @@ fn writer(mut conn: Backend, queue: Arc<Queue>, healthy: Arc<AtomicBool>) {
                 }
                 let deadline = match p.oldest {
                     Some(t) => Some(t + DEFER_MAX),
-                    None if now.duration_since(last_group) < POLL_AFTER_WORK => Some(now + DEFER_MAX),
+                    None if p.last_commit.is_some_and(|t| now.duration_since(t) < POLL_AFTER_WORK) => Some(now + DEFER_MAX),
                     None => None,
                 };
                 p.asleep = true;
@@ -435,7 +517,11 @@ fn writer(mut conn: Backend, queue: Arc<Queue>, healthy: Arc<AtomicBool>) {
                 p.idle = false;
             }
             if p.jobs.is_empty() && p.closed {
-                // Everything queued before the close is committed.
+                // Everything queued before the close is committed: the connection closes, then
+                // the close requests are answered.
+                drop(p);
+                drop(lock_holder(&holder).take());
+                let mut p = queue.lock();
                 for ack in p.stops.drain(..) {
                     let _ = ack.send(());
                 }
@@ -449,16 +535,25 @@ fn writer(mut conn: Backend, queue: Arc<Queue>, healthy: Arc<AtomicBool>) {
             p.oldest = None;
             group
         };
-        healthy.store(commit_group(&mut conn, group), Ordering::Relaxed);
-        last_group = Instant::now();
+        let mut held = lock_holder(&holder);
+        let Some(h) = held.as_mut() else { return };
+        healthy.store(h.commit(group, &queue), Ordering::Relaxed);
+        drop(held);
+        queue.lock().last_commit = Some(Instant::now());
     }
 }
 
-/// Marks the queue stopped when the writer thread ends, however it ends.
-struct Stopped(Arc<Queue>);
+fn lock_holder(h: &Mutex<Option<Holder>>) -> std::sync::MutexGuard<'_, Option<Holder>> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks the queue stopped when the writer thread ends, however it ends, and closes the
+/// connection.
+struct Stopped(Arc<Queue>, Arc<Mutex<Option<Holder>>>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
+        drop(lock_holder(&self.1).take());
         let mut p = self.0.lock();
         p.closed = true;
         p.gone = true;
@@ -470,44 +565,79 @@ impl Drop for Stopped {
     }
 }
 
+/// What the holder of a store's connection keeps between jobs (the call log's chain heads and
+/// interned ids), one value per type: the holder is the only writer of its connection, so what
+/// a job read stays true until a job fails or a group does not commit, which clears it all.
+type Kept = std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send>>;
+
 thread_local! {
-    /// On a store's writer thread: a number that changes whenever a job failed or a transaction
-    /// did not commit (what the jobs wrote may have been undone). `None` on every other thread.
-    static GENERATION: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    /// What the connection this thread holds now keeps ([`kept`]); `None` while it holds none.
+    static HELD: RefCell<Option<Kept>> = const { RefCell::new(None) };
 }
 
-/// On a store's writer thread, the current generation: what a job read from the database may
-/// be kept (by the job's own module) across jobs and groups while this is unchanged, since the
-/// writer is the only writer of its connection. `None` on any other thread: read every time.
-pub fn writer_generation() -> Option<u64> {
-    GENERATION.get()
+/// Runs `f` on the value of type `T` kept with the store connection the calling thread holds
+/// (inside a job: the writer thread, or a caller committing inline); `None` on a thread that
+/// holds no connection (read every time). `f` must not call `kept` itself.
+pub fn kept<T: Default + Send + 'static, R>(f: impl FnOnce(&mut T) -> R) -> Option<R> {
+    HELD.with_borrow_mut(|held| {
+        let kept = held.as_mut()?;
+        let v = kept.entry(std::any::TypeId::of::<T>()).or_insert_with(|| Box::new(T::default()));
+        Some(f(v.downcast_mut::<T>().expect("kept by its type")))
+    })
 }
 
-/// Lets the calling thread keep what appends read (chain heads, interned ids) across them, as a
-/// store's writer thread does, until the guard is dropped: for a thread that alone writes one
-/// database, in transactions that do not fail, outside a [`Store`] (a bulk load, a benchmark's
-/// generator). Entering starts a new generation, so nothing kept for another database is used.
+/// Lets the calling thread keep values ([`kept`]) across appends, as the holder of a store's
+/// connection does, until the guard is dropped: for a thread that alone writes one database, in
+/// transactions that do not fail, outside a [`Store`] (a bulk load, a benchmark's generator).
 pub struct SoleWriter {
-    before: Option<u64>,
+    before: Option<Kept>,
 }
 
 impl SoleWriter {
     pub fn enter() -> SoleWriter {
-        let before = GENERATION.get();
-        GENERATION.set(Some(before.map_or(1, |g| g + 1)));
-        SoleWriter { before }
+        SoleWriter { before: HELD.replace(Some(Kept::new())) }
     }
 }
 
 impl Drop for SoleWriter {
     fn drop(&mut self) {
-        GENERATION.set(self.before.map(|g| g + 2));
+        HELD.set(self.before.take());
     }
 }
 
-/// Something a job wrote may have been rolled back: caches of the writer thread are void.
+/// Something a job wrote may have been rolled back: what the connection keeps is void.
 fn invalidate() {
-    GENERATION.set(GENERATION.get().map(|g| g + 1));
+    HELD.with_borrow_mut(|held| {
+        if let Some(k) = held {
+            k.clear();
+        }
+    });
+}
+
+/// The store's connection, its kept values, and how long its last commit took. Held by the
+/// writer thread for each group, or by a caller committing inline ([`Store::write`]).
+struct Holder {
+    backend: Backend,
+    kept: Kept,
+}
+
+impl Holder {
+    /// Commits `group` with the kept values in this thread's reach (given back however it
+    /// ends); says whether it committed and how long that took.
+    fn commit(&mut self, group: Vec<Job>, queue: &Queue) -> bool {
+        struct GiveBack<'a>(&'a mut Kept);
+        impl Drop for GiveBack<'_> {
+            fn drop(&mut self) {
+                *self.0 = HELD.take().unwrap_or_default();
+            }
+        }
+        let t = Instant::now();
+        HELD.set(Some(std::mem::take(&mut self.kept)));
+        let _give_back = GiveBack(&mut self.kept);
+        let ok = commit_group(&mut self.backend, group);
+        queue.commit_us.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        ok
+    }
 }
 
 /// The writer's connection.

@@ -228,7 +228,16 @@ fn deferred_writes_report_on_the_writer_and_a_dead_writer_refuses_at_once() {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     rt.block_on(async {
-        let boom = store.write(|_| -> Result<(), rusqlite::Error> { panic!("a job panics") });
+        // Committed inline (when the last commit was fast) the panic is contained and the store
+        // goes on; on the writer, the writer dies. Either way nothing of it is committed.
+        let boom = store.write(|c| -> Result<(), rusqlite::Error> {
+            c.sqlite().unwrap().execute("INSERT INTO kv VALUES ('half', '1')", [])?;
+            panic!("a job panics")
+        });
+        assert!(matches!(boom.await, Err(StoreError::Stopped)));
+        assert!(!kv_has(&store.reader().unwrap(), "half"));
+        // On the writer thread (a deferred job nothing else carries): the writer dies of it.
+        let boom = store.write_deferred(|_| -> Result<(), rusqlite::Error> { panic!("a deferred job panics") });
         assert!(matches!(boom.await, Err(StoreError::Stopped)));
         let t = Instant::now();
         assert!(matches!(store.write(|_| Ok::<(), rusqlite::Error>(())).await, Err(StoreError::Stopped)));
@@ -250,14 +259,13 @@ fn writes_beyond_the_queue_bound_are_refused_at_once() {
     let (started, started_rx) = std::sync::mpsc::channel::<()>();
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     rt.block_on(async {
-        let staller = store.clone();
-        let stall = async move { staller.write(move |_| {
+        // Deferred: it runs on the writer thread (a write committed inline would stall this one).
+        let stall = store.write_deferred(move |_| {
             started.send(()).unwrap();
             stalled.recv().unwrap();
             Ok::<(), rusqlite::Error>(())
-        }).await };
+        });
         let stall = tokio::spawn(stall);
-        tokio::task::yield_now().await;
         started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
         let queued: Vec<_> = (0..MAX_QUEUED).map(|_| store.write_deferred(|_| Ok::<(), rusqlite::Error>(()))).collect();
         let refused = store.write(|_| Ok::<(), rusqlite::Error>(())).await;
