@@ -343,29 +343,7 @@ fn a_rolled_back_value_is_interned_again() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let rec = |message: &str| CallRecord {
-        seq: 0,
-        ts: "2026-12-07T12:00:00.000Z".into(),
-        replica: "gw".into(),
-        session: "s".into(),
-        identity: "i".into(),
-        grant: "g".into(),
-        auth: "token".into(),
-        kind: "tool".into(),
-        server: "sv".into(),
-        tool: "t".into(),
-        category: None,
-        arg_keys: vec![],
-        verdict: "allow".into(),
-        rule: "r".into(),
-        message: message.into(),
-        policy_commit: None,
-        snapshot_digest: "d".into(),
-        outcome: "unknown".into(),
-        latency_ms: None,
-        prev_hash: String::new(),
-        hash: None,
-    };
+    let rec = |message: &str| CallRecord { message: message.into(), outcome: "unknown".into(), latency_ms: None, ..sample_record("gw") };
     rt.block_on(async {
         let r = rec("only in a rolled-back job");
         let failed = store.write(move |c| {
@@ -673,29 +651,7 @@ fn a_ts_spelled_otherwise_rebuilds_exactly() {
     let mut expected = Vec::new();
     let mut prev = GENESIS.to_string();
     for (n, ts) in times.iter().enumerate() {
-        let r = CallRecord {
-            seq: 0,
-            ts: ts.to_string(),
-            replica: "gw".into(),
-            session: "s".into(),
-            identity: "i".into(),
-            grant: "g".into(),
-            auth: "token".into(),
-            kind: "tool".into(),
-            server: "sv".into(),
-            tool: "t".into(),
-            category: None,
-            arg_keys: vec![],
-            verdict: "allow".into(),
-            rule: "r".into(),
-            message: "m".into(),
-            policy_commit: None,
-            snapshot_digest: "d".into(),
-            outcome: "unknown".into(),
-            latency_ms: None,
-            prev_hash: String::new(),
-            hash: None,
-        };
+        let r = CallRecord { ts: ts.to_string(), outcome: "unknown".into(), latency_ms: None, ..sample_record("gw") };
         let hashed = CallRecord { seq: n as u64 + 1, prev_hash: prev.clone(), ..r.clone() };
         let text = hashed.canonical();
         prev = chain_hash(&prev, &text);
