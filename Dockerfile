@@ -4,6 +4,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# SQLite's build flags (fdatasync): see .cargo/config.toml.
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
