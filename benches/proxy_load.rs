@@ -56,7 +56,8 @@
 //! `fdatasync`, 200 times (median wall time, and CPU time per write). The audit targets are
 //! stated against it.
 //!
-//! Output: the latency/throughput table, the CPU-per-call table (and allocations per call with
+//! Output: the latency/throughput table, the CPU-per-call table (the store's writer thread also
+//! shown alone, `(writer)`: its time is part of the gateway's; and allocations per call with
 //! `LOAD_ALLOCS=1`), the targets, then one line `RESULT {json}` with the same numbers
 //! (milliseconds, calls/s, CPU microseconds per call).
 //! Run with `scripts/load` (or `cargo bench --bench proxy_load`).
