@@ -298,6 +298,8 @@ impl Store {
                 if let Ok(c) = h.backend.conn() {
                     let _ = exec_cached(&c, "ROLLBACK");
                 }
+                // What the group's jobs kept (a chain head they appended) was rolled back too.
+                h.kept.clear();
                 tracing::error!("state database: a write panicked; its transaction was rolled back");
             }
         }
