@@ -227,53 +227,161 @@ impl History {
     /// is valid, and the access it changed against the valid state before it (the last valid
     /// commit before the period to begin with; nothing when there is none). A commit that does
     /// not change the policy repository's tree reuses the previous commit's result.
+    ///
+    /// Incremental like provisioning: a commit the provisioning shortcut can decide changes the
+    /// access matrix only in its affected grants' cells and, when a server, policy, role or
+    /// settings file changed, in the groups' cells (compiled from those files alone). Anything
+    /// else (an invalid commit, the one after it, a grant whose identity is a group's) compiles
+    /// the whole repository.
     pub fn changes(&self) -> Result<Vec<GitChange>> {
-        let mut prev = match self.base {
-            Some(b) => self.last_valid(b)?.map(|s| access::matrix(&s)).unwrap_or_default(),
-            None => BTreeSet::new(),
-        };
-        // The previous commit's policy tree and what compiling it gave.
-        type Built = Result<BTreeSet<access::Cell>, Vec<String>>;
-        let mut last: Option<(Option<Oid>, Built)> = None;
+        self.changes_with(true)
+    }
+
+    /// `incremental: false` compiles every changed commit whole: the reference the shortcut is
+    /// tested against.
+    pub fn changes_with(&self, incremental: bool) -> Result<Vec<GitChange>> {
+        let repo = &self.pr.repo;
+        // The last valid state: what provisioning keeps of it, its access matrix, and the
+        // matrix's group cells.
+        let mut valid = Valid::default();
+        let mut matrix: BTreeSet<access::Cell> = BTreeSet::new();
+        let mut groups: BTreeSet<access::Cell> = BTreeSet::new();
+        let mut dirty = true;
+        if let Some(base) = self.base {
+            let mut cur = Some(repo.find_commit(base)?);
+            while let Some(c) = cur {
+                if let Ok((files, snapshot)) = self.compiled_files(c.id()) {
+                    (valid, matrix, groups) = whole(files, &snapshot);
+                    dirty = c.id() != base || group_identity(&snapshot);
+                    break;
+                }
+                cur = c.parents().next();
+            }
+        }
+        // The previous commit's policy tree and whether it was valid.
+        let mut last: Option<(Option<Oid>, Result<(), Vec<String>>)> = None;
+        // Every path changed since the last valid commit.
+        let mut pending: BTreeSet<String> = BTreeSet::new();
+        let trees = Trees::new(repo);
         let mut out = Vec::with_capacity(self.commits.len());
         for &id in &self.commits {
             let info = self.pr.info(id).with_context(|| format!("reading commit {id}"))?;
-            let tree = self.policy_tree_id(&self.pr.repo.find_commit(id)?)?;
-            let built = match &last {
-                Some((t, r)) if *t == tree => r.clone(),
-                _ => self.compiled(id).map(|s| access::matrix(&s)),
+            let c = repo.find_commit(id)?;
+            let new_tree = self.policy_tree_id(&c)?;
+            if let Some((t, r)) = &last
+                && *t == new_tree
+            {
+                out.push(match r {
+                    Ok(()) => GitChange { info, valid: true, errors: Vec::new(), diff: Some(access::Diff::default()) },
+                    Err(e) => GitChange { info, valid: false, errors: e.clone(), diff: None },
+                });
+                continue;
+            }
+            let old_tree = match c.parents().next() {
+                Some(p) => self.policy_tree_id(&p)?,
+                None => None,
             };
-            let change = match &built {
-                Ok(m) => {
-                    let diff = access::diff(&prev, m);
-                    prev = m.clone();
+            let (old_t, new_t) =
+                (old_tree.map(|t| trees.get(t)).transpose()?, new_tree.map(|t| trees.get(t)).transpose()?);
+            trees.diff(old_t.as_ref(), new_t.as_ref(), "", &mut pending)?;
+            let reader = Reader { trees: &trees, root: new_t };
+            let step = if dirty || !incremental { None } else { self.incremental(&valid, &pending, &reader).ok().flatten() };
+            let step = step.filter(|s| !s.states.values().any(|s| s.identity.starts_with("group:")));
+            // The group cells anew when the context changed (None: unchanged).
+            let step = match step {
+                Some(s) if pending.iter().any(|p| is_context(p)) => {
+                    let mut ctx: BTreeMap<String, Entry> =
+                        valid.context.iter().map(|(p, e)| (p.clone(), dup(e))).collect();
+                    for p in pending.iter().filter(|p| is_context(p)) {
+                        match reader.entry(p)? {
+                            Some(e) => ctx.insert(p.clone(), e),
+                            None => ctx.remove(p),
+                        };
+                    }
+                    match repo::compile(&Files { commit: None, entries: ctx }) {
+                        Ok(c) if c.snapshot.grants.is_empty() => Some((s, Some(access::matrix(&c.snapshot)))),
+                        _ => None,
+                    }
+                }
+                other => other.map(|s| (s, None)),
+            };
+            let result = match step {
+                Some((Step { states: new, deps, affected }, new_groups)) => {
+                    let old: Vec<GrantState> = affected.iter().filter_map(|f| valid.set(f.clone(), None)).collect();
+                    for f in &affected {
+                        valid.gdeps.remove(f);
+                    }
+                    valid.gdeps.extend(deps);
+                    for p in pending.iter().filter(|p| is_context(p)) {
+                        match reader.entry(p)? {
+                            Some(e) => {
+                                valid.cdeps.insert(p.clone(), refs_of(p, &e));
+                                valid.context.insert(p.clone(), e);
+                            }
+                            None => {
+                                valid.cdeps.remove(p);
+                                valid.context.remove(p);
+                            }
+                        }
+                    }
+                    // Identities are unique and none is a group's: the affected grants' cells
+                    // (and the groups') are theirs alone in the matrix.
+                    let mut removed: BTreeSet<access::Cell> = old.iter().flat_map(cells_of).collect();
+                    let mut added: BTreeSet<access::Cell> = new.values().flat_map(cells_of).collect();
+                    if let Some(g) = new_groups {
+                        removed.extend(std::mem::replace(&mut groups, g.clone()));
+                        added.extend(g);
+                    }
+                    let gained: Vec<access::Cell> = added.iter().filter(|c| !matrix.contains(*c)).cloned().collect();
+                    let lost: Vec<access::Cell> = removed.iter().filter(|c| !added.contains(*c)).cloned().collect();
+                    for c in &removed {
+                        matrix.remove(c);
+                    }
+                    matrix.extend(added);
+                    for (f, s) in new {
+                        valid.set(f, Some(s));
+                    }
+                    Ok(access::Diff { gained, lost })
+                }
+                None => match self.compiled_files(id) {
+                    Ok((files, snapshot)) => {
+                        let (v, m, g) = whole(files, &snapshot);
+                        let d = access::diff(&matrix, &m);
+                        (valid, matrix, groups) = (v, m, g);
+                        dirty = group_identity(&snapshot);
+                        Ok(d)
+                    }
+                    Err(e) => {
+                        dirty = true; // invalid: the next commit is compiled whole
+                        Err(e)
+                    }
+                },
+            };
+            let change = match result {
+                Ok(diff) => {
+                    pending.clear();
+                    last = Some((new_tree, Ok(())));
                     GitChange { info, valid: true, errors: Vec::new(), diff: Some(diff) }
                 }
-                Err(e) => GitChange { info, valid: false, errors: e.clone(), diff: None },
+                Err(e) => {
+                    last = Some((new_tree, Err(e.clone())));
+                    GitChange { info, valid: false, errors: e, diff: None }
+                }
             };
             out.push(change);
-            last = Some((tree, built));
         }
         Ok(out)
     }
 
-    /// The snapshot of the last valid commit at or before `id` on the first-parent chain.
-    fn last_valid(&self, id: Oid) -> Result<Option<Snapshot>> {
-        let mut cur = Some(self.pr.repo.find_commit(id)?);
-        while let Some(c) = cur {
-            if let Ok(s) = self.compiled(c.id()) {
-                return Ok(Some(s));
-            }
-            cur = c.parents().next();
-        }
-        Ok(None)
-    }
-
-    /// Reads and compiles the repository at `id`; Err holds every error as `file:line:col: …`.
-    fn compiled(&self, id: Oid) -> Result<Snapshot, Vec<String>> {
+    /// Reads and compiles the repository at `id`, keeping the files; Err holds every error as
+    /// `file:line:col: …`.
+    fn compiled_files(&self, id: Oid) -> Result<(Files, Snapshot), Vec<String>> {
         let entries = self.pr.files_at(id).map_err(|e| vec![format!("{e:#}")])?;
         let files = Files { commit: Some(id.to_string()), entries };
-        repo::compile(&files).map(|c| c.snapshot).map_err(|d| d.errors().map(|e| e.to_string()).collect())
+        match repo::compile(&files) {
+            Ok(c) => Ok((files, c.snapshot)),
+            Err(d) => Err(d.errors().map(|e| e.to_string()).collect()),
+        }
     }
 
     /// Reads and compiles the repository at `id`; None when it is not valid there.
@@ -823,6 +931,24 @@ impl Reader<'_, '_> {
 fn is_context(path: &str) -> bool {
     matches!(path, "gatehouse.yaml" | "gatehouse.yml")
         || ["servers/", "policies/", "roles/"].iter().any(|d| path.starts_with(d))
+}
+
+/// What `changes` keeps of a valid commit compiled whole: provisioning's state, the access
+/// matrix, and its group cells.
+fn whole(files: Files, snapshot: &Snapshot) -> (Valid, BTreeSet<access::Cell>, BTreeSet<access::Cell>) {
+    let matrix = access::matrix(snapshot);
+    let groups = matrix.iter().filter(|c| c.identity.starts_with("group:")).cloned().collect();
+    (Valid::full(files, snapshot), matrix, groups)
+}
+
+/// Whether a grant's identity looks like a group's (its cells could mix with the group's).
+fn group_identity(snapshot: &Snapshot) -> bool {
+    snapshot.grants.iter().any(|g| g.identity.starts_with("group:"))
+}
+
+/// A grant's cells in the access matrix.
+fn cells_of(s: &GrantState) -> impl Iterator<Item = access::Cell> + '_ {
+    s.cells.iter().map(|(server, tool)| access::Cell { identity: s.identity.clone(), server: server.clone(), tool: tool.clone() })
 }
 
 /// Each grant's state, by file.

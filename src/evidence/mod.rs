@@ -426,6 +426,16 @@ pub fn changes(i: &Inputs) -> Result<Table> {
     Ok(changes_table(i, &period, &h.changes()?, records.as_deref()))
 }
 
+/// The changes export computed the slow way, every changed commit of the period compiled whole:
+/// the reference the incremental computation is tested against.
+#[doc(hidden)]
+pub fn changes_reference(i: &Inputs) -> Result<Table> {
+    let period = i.period()?;
+    let h = history::History::open(&i.repo, &i.rev, &period)?;
+    let records = db::Db::open_if_present(&i.location())?.map(|db| db.change_records()).transpose()?;
+    Ok(changes_table(i, &period, &h.changes_with(false)?, records.as_deref()))
+}
+
 /// The changes table from git's commits and the daemon's records (None: no database).
 fn changes_table(i: &Inputs, period: &Period, git: &[history::GitChange], records: Option<&[db::DaemonChange]>) -> Table {
     let daemon = match records {
