@@ -258,8 +258,9 @@ impl History {
                 cur = c.parents().next();
             }
         }
-        // The previous commit's policy tree and whether it was valid.
-        let mut last: Option<(Option<Oid>, Result<(), Vec<String>>)> = None;
+        // The previous commit's policy tree and whether it was valid (its errors when not).
+        type Checked = (Option<Oid>, Result<(), Vec<String>>);
+        let mut last: Option<Checked> = None;
         // Every path changed since the last valid commit.
         let mut pending: BTreeSet<String> = BTreeSet::new();
         let trees = Trees::new(repo);
