@@ -313,18 +313,7 @@ impl History {
                         valid.gdeps.remove(f);
                     }
                     valid.gdeps.extend(deps);
-                    for p in pending.iter().filter(|p| is_context(p)) {
-                        match reader.entry(p)? {
-                            Some(e) => {
-                                valid.cdeps.insert(p.clone(), refs_of(p, &e));
-                                valid.context.insert(p.clone(), e);
-                            }
-                            None => {
-                                valid.cdeps.remove(p);
-                                valid.context.remove(p);
-                            }
-                        }
-                    }
+                    valid.take_context(&pending, &reader)?;
                     // Identities are unique and none is a group's: the affected grants' cells
                     // (and the groups') are theirs alone in the matrix.
                     let mut removed: BTreeSet<access::Cell> = old.iter().flat_map(cells_of).collect();
@@ -486,18 +475,7 @@ impl History {
                         valid.gdeps.remove(f);
                     }
                     valid.gdeps.extend(deps);
-                    for p in pending.iter().filter(|p| is_context(p)) {
-                        match reader.entry(p)? {
-                            Some(e) => {
-                                valid.cdeps.insert(p.clone(), refs_of(p, &e));
-                                valid.context.insert(p.clone(), e);
-                            }
-                            None => {
-                                valid.cdeps.remove(p);
-                                valid.context.remove(p);
-                            }
-                        }
-                    }
+                    valid.take_context(&pending, &reader)?;
                     (old, new, affected)
                 }
                 None => {
@@ -719,6 +697,24 @@ impl Valid {
             }
         }
         v
+    }
+
+    /// Takes the context files (servers, policies, roles, settings) among `pending` as the
+    /// commit `reader` reads them: added or changed ones replace, removed ones go.
+    fn take_context(&mut self, pending: &BTreeSet<String>, reader: &Reader) -> Result<()> {
+        for p in pending.iter().filter(|p| is_context(p)) {
+            match reader.entry(p)? {
+                Some(e) => {
+                    self.cdeps.insert(p.clone(), refs_of(p, &e));
+                    self.context.insert(p.clone(), e);
+                }
+                None => {
+                    self.cdeps.remove(p);
+                    self.context.remove(p);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
