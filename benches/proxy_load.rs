@@ -5,7 +5,9 @@
 //!
 //! - a minimal Streamable HTTP MCP upstream on hyper (JSON answers, keep-alive, session ids),
 //!   whose `echo` tool returns its arguments as text;
-//! - the gateway (`gatehouse::gateway::proxy::serve`, `Config::default()`) with its audit log on
+//! - the gateway (`gatehouse::gateway::proxy::serve`, `Config::default()`: its accept loop on
+//!   the bench's gateway runtime, its connections on its own threads, one per core, named
+//!   `gatehouse-proxy`, counted as the gateway's) with its audit log on
 //!   at the daemon's durability (a SQLite state database in a temporary directory, WAL,
 //!   `synchronous=FULL`, a write-ahead decision record before the upstream hears of a call), as
 //!   `gatehouse serve` runs; `LOAD_AUDIT=0` turns it off for reference. A snapshot compiled from
@@ -43,7 +45,7 @@
 //! | `LOAD_CLIENTS` | 1,32 | client counts |
 //! | `LOAD_PATHS` | direct,gateway | the paths measured (one alone is for profiling) |
 //! | `LOAD_ARG_BYTES` | 39 | length of the `text` argument (padded with `x`), echoed back |
-//! | `LOAD_THREADS` | cores | worker threads of each of the three runtimes |
+//! | `LOAD_THREADS` | cores | worker threads of each of the three runtimes (the gateway's runtime only accepts) |
 //! | `LOAD_LOG` | 0 | 1: install the daemon's log subscriber (`info,hyper=warn`) writing to a sink |
 //! | `LOAD_ALLOCS` | 0 | 1: count heap allocations per call in each part (slows every part a little) |
 //! | `LOAD_ENFORCE` | 0 | 1: exit 3 when a target is missed |
@@ -779,8 +781,9 @@ fn cpu_by_part() -> [u64; 5] {
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else { continue };
         let part = match comm.trim() {
             "client" => CLIENT,
-            // The audit log's writer thread works for the gateway (and is also shown alone).
-            "gateway" | "gatehouse-store" => GATEWAY,
+            // The proxy's threads and the audit log's writer thread (also shown alone) work for
+            // the gateway.
+            "gateway" | "gatehouse-proxy" | "gatehouse-store" => GATEWAY,
             "upstream" => UPSTREAM,
             _ => 0,
         };

@@ -85,7 +85,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Respons
     let resp = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readyz(&state),
-        (_, p) if p == "/mcp" || p.starts_with("/mcp/") => mcp(state, req, &path).await,
+        (_, p) if p == "/mcp" || p.starts_with("/mcp/") => {
+            let _serving = crate::record::store::serving();
+            mcp(state, req, &path).await
+        }
         (&Method::GET, p) if p == RESOURCE_METADATA || p.starts_with(&format!("{RESOURCE_METADATA}/")) => resource_metadata(&state, p),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
@@ -1216,7 +1219,10 @@ pub(super) async fn call_streaming(cx: Ctx, session: Arc<Session>, id: Value, pa
     // Everything for the client in order: progress, relayed requests, and last the reply (the
     // one message without a method).
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
+    // Streamed, the request's handler returns before the call ends: the call counts itself.
+    let serving = streamed.then(crate::record::store::serving);
     tokio::spawn(async move {
+        let _serving = serving;
         let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
         let forward = {
             let out_tx = out_tx.clone();

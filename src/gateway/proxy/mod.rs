@@ -10,6 +10,7 @@ pub mod jsonrpc;
 mod pool;
 mod relay;
 mod session;
+mod shards;
 mod stateless;
 mod vetting;
 
@@ -70,6 +71,9 @@ pub struct Config {
     pub session_idle: Duration,
     /// Appended to every session id (`<random>.<route>`) for a load balancer's routing.
     pub session_route: Option<String>,
+    /// Threads serving MCP connections, each its own event loop (`shards`); by default one per
+    /// core.
+    pub workers: usize,
 }
 
 /// Everything the request handler shares.
@@ -169,6 +173,7 @@ impl Default for Config {
             max_sessions_per_grant: 64,
             session_idle: Duration::from_secs(3600),
             session_route: None,
+            workers: shards::Shards::default_count(),
         }
     }
 }
@@ -407,15 +412,18 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             }
         })
     };
+    let shards = shards::Shards::start(state.config.workers).map_err(|e| anyhow::anyhow!("starting the proxy's threads: {e}"))?;
     let admission = state.admission.clone();
-    accept_loop(listener, state.clone(), admission, Listener::Mcp, shutdown).await;
+    accept_loop(listener, state.clone(), admission, Listener::Mcp, Some(&shards), shutdown).await;
     sweeper.abort();
+    // The upstream connections' tasks may run on the shards: closed before the shards stop.
     state.pool.shutdown().await;
     if let Some(log) = state.audit.get()
         && let Err(e) = log.store().flush().await
     {
         warn!(error = %e, "the last call records may not be durable");
     }
+    shards.stop().await;
     Ok(())
 }
 
@@ -426,7 +434,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
 pub async fn serve_admin(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> Result<()> {
     // The admin side has its own small limits: an MCP flood never takes its places.
     let admission = Arc::new(admission::Admission::new(16, 64));
-    accept_loop(listener, state, admission, Listener::Admin, shutdown).await;
+    accept_loop(listener, state, admission, Listener::Admin, None, shutdown).await;
     Ok(())
 }
 
@@ -437,11 +445,17 @@ enum Listener {
     Admin,
 }
 
-/// Accepts connections that `admission` lets in and serves them until `shutdown`, then waits
-/// for in-flight requests (up to 10 s).
-async fn accept_loop(listener: TcpListener, state: Arc<State>, admission: Arc<admission::Admission>, which: Listener, shutdown: impl Future<Output = ()>) {
+/// Accepts connections that `admission` lets in and serves them (on `shards` when given, else
+/// on this runtime) until `shutdown`, then waits for in-flight requests (up to 10 s).
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    admission: Arc<admission::Admission>,
+    which: Listener,
+    shards: Option<&shards::Shards>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let header_timeout = state.config.header_timeout;
     tokio::pin!(shutdown);
     let mut accept_errors = 0u64;
     loop {
@@ -463,27 +477,25 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, admission: Arc<ad
         // Refused connections are closed at once (dropped), counted and logged in summary.
         let Ok(permit) = admission.admit(peer.ip()) else { continue };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move {
-                match which {
-                    Listener::Mcp => handler::handle(state, req).await,
-                    Listener::Admin => handler::admin(state, req).await,
+        let (state, watcher) = (state.clone(), graceful.watcher());
+        let Some(shards) = shards else {
+            tokio::spawn(async move {
+                serve_connection(stream, peer, state, which, watcher).await;
+                drop(permit);
+            });
+            continue;
+        };
+        // Deregistered from this runtime's I/O driver, registered with the shard's.
+        match stream.into_std() {
+            Ok(stream) => shards.spawn(async move {
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => serve_connection(stream, peer, state, which, watcher).await,
+                    Err(e) => debug!(%peer, error = %e, "connection lost while handed over"),
                 }
-            }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+                drop(permit);
+            }),
+            Err(e) => debug!(%peer, error = %e, "connection lost while handed over"),
+        }
     }
     drop(listener);
     if which == Listener::Mcp {
@@ -492,5 +504,30 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, admission: Arc<ad
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_secs(10)) => warn!(listener = ?which, "in-flight requests did not finish within 10 s"),
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it closes, or until the graceful shutdown `watcher`
+/// belongs to asks it to once its in-flight request is answered.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<State>,
+    which: Listener,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let header_timeout = state.config.header_timeout;
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move {
+            match which {
+                Listener::Mcp => handler::handle(state, req).await,
+                Listener::Admin => handler::admin(state, req).await,
+            }
+        }
+    });
+    let conn = http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(header_timeout).serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn).await {
+        debug!(%peer, error = %e, "connection ended with an error");
     }
 }

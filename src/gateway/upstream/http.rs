@@ -128,7 +128,7 @@ impl Http {
         };
         self.inner.headers(req.headers_mut(), Some(&session));
         let wait = self.inner.timeout.min(Duration::from_secs(5));
-        match tokio::time::timeout(wait, self.inner.client.request(req)).await {
+        match tokio::time::timeout(wait, super::send(&self.inner.client, req)).await {
             Ok(Ok(resp)) => {
                 tracing::debug!(server = %self.inner.rpc.server(), status = %resp.status(), "upstream session deleted");
                 drain(resp.into_body());
@@ -172,7 +172,7 @@ impl Inner {
         self.headers(req.headers_mut(), session);
         modern_headers(req.headers_mut(), message);
         req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.client.request(req).await.map_err(|e| {
+        super::send(&self.client, req).await.map_err(|e| {
             UpstreamError::Unavailable(format!("connection failed: {}", self.rpc.redact(&error_chain(&e))))
         })
     }
@@ -388,7 +388,7 @@ impl Inner {
         } else {
             req.headers_mut().insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         }
-        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+        let resp = tokio::time::timeout(self.timeout, super::send(&self.client, req))
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?
             .map_err(|e| UpstreamError::Unavailable(self.rpc.redact(&error_chain(&e))))?;

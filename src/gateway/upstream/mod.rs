@@ -41,6 +41,26 @@ use self::rpc::{Call, Rpc};
 /// The pooled HTTP(S) client every HTTP upstream session uses.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+thread_local! {
+    /// This thread's own client ([`use_thread_client`]).
+    static THREAD_CLIENT: std::cell::OnceCell<HttpClient> = const { std::cell::OnceCell::new() };
+}
+
+/// Gives the calling thread a client of its own, which [`send`] then uses instead of the shared
+/// one: for a thread running a single-threaded runtime (the proxy's shards), whose upstream
+/// connections (their tasks) then live on the thread that sends on them, rather than on whichever
+/// thread opened them first.
+pub fn use_thread_client() {
+    THREAD_CLIENT.with(|c| {
+        let _ = c.set(http_client());
+    });
+}
+
+/// Sends `req` with this thread's client if it has one ([`use_thread_client`]), else `shared`.
+pub(crate) fn send(shared: &HttpClient, req: ::http::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+    THREAD_CLIENT.with(|c| c.get().unwrap_or(shared).request(req))
+}
+
 /// One live MCP session with one upstream server, opened for one grant (never shared between
 /// grants; the caller pools them). Share it with an `Arc`: every method takes `&self` and may
 /// run concurrently with the others.

@@ -28,7 +28,7 @@ pub mod sql;
 
 use std::path::Path;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -179,6 +179,30 @@ impl Queue {
     }
 }
 
+thread_local! {
+    /// Requests being served on this thread ([`serving`]).
+    static SERVING: Arc<AtomicUsize> = Arc::default();
+}
+
+/// Counts a request served on this thread until the guard drops. A write commits inline
+/// ([`Store::write`]) only from a thread serving at most one request: an inline commit blocks
+/// its thread, which would delay the other requests (and their writes would not share its
+/// commit). The guard may drop on another thread; it counts down where it counted up.
+pub fn serving() -> Serving {
+    let count = SERVING.with(Arc::clone);
+    count.fetch_add(1, Ordering::Relaxed);
+    Serving(count)
+}
+
+/// See [`serving`].
+pub struct Serving(Arc<AtomicUsize>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 // === impl Store ===
 
 impl Store {
@@ -259,7 +283,8 @@ impl Store {
     }
 
     /// Commits `f` on the calling thread when nothing waits for the writer (no queued job that
-    /// someone awaits, the connection free), on SQLite, while commits are fast: the deferred jobs
+    /// someone awaits, the connection free, the thread serving one request at most: [`serving`]),
+    /// on SQLite, while commits are fast: the deferred jobs
     /// queued so far ride along. This spares the two thread switches of a hand-off to the writer
     /// and back, which cost more CPU than the commit's fsync; under load the queue is rarely
     /// empty and groups form on the writer as before. It blocks the caller for one commit (an
@@ -271,7 +296,7 @@ impl Store {
         E: Into<sql::Error>,
     {
         let queue = &self.jobs.0;
-        if !self.inline || queue.commit_us.load(Ordering::Relaxed) > INLINE_UNDER.as_micros() as u64 {
+        if !self.inline || queue.commit_us.load(Ordering::Relaxed) > INLINE_UNDER.as_micros() as u64 || SERVING.with(|s| s.load(Ordering::Relaxed)) > 1 {
             return Err(f);
         }
         let Ok(mut held) = self.holder.try_lock() else { return Err(f) };

@@ -666,3 +666,21 @@ fn a_ts_spelled_otherwise_rebuilds_exactly() {
     let m = export(&conn, "2026-12-07T12:00:00.000Z", "2026-12-07T13:00:00.000Z", Format::Jsonl, &out).unwrap();
     assert_eq!(m["count"], 4, "the four times, not the two texts that are none");
 }
+
+#[test]
+fn a_thread_serving_several_requests_leaves_its_writes_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let committed_on = |store: &Store| {
+        rt.block_on(store.write(|_| Ok::<_, rusqlite::Error>(std::thread::current().name().map(str::to_string)))).unwrap()
+    };
+    let (first, second) = (serving(), serving());
+    // Blocking this thread for a commit would delay the other request it serves.
+    assert_eq!(committed_on(&store).as_deref(), Some("gatehouse-store"));
+    drop((first, second));
+    // A guard counts down on the thread it counted up on, wherever it is dropped.
+    let guards: Vec<Serving> = (0..2).map(|_| serving()).collect();
+    std::thread::spawn(move || drop(guards)).join().unwrap();
+    assert_eq!(SERVING.with(|s| s.load(Ordering::Relaxed)), 0);
+}
