@@ -188,15 +188,46 @@ pub fn now_rfc3339_ms() -> String {
 
 /// `ms` milliseconds since the epoch as [`now_rfc3339_ms`] writes a time.
 pub fn rfc3339_ms(ms: i64) -> String {
-    let base = rfc3339(ms.div_euclid(1000), 0);
-    format!("{}.{:03}Z", base.trim_end_matches('Z'), ms.rem_euclid(1000))
+    match rfc3339_ms_bytes(ms) {
+        Some(b) => b.iter().map(|&c| c as char).collect(),
+        None => {
+            let base = rfc3339(ms.div_euclid(1000), 0);
+            format!("{}.{:03}Z", base.trim_end_matches('Z'), ms.rem_euclid(1000))
+        }
+    }
+}
+
+/// [`rfc3339_ms`]'s 24 bytes, written digit by digit (every call record's time is written and
+/// checked with it); None outside the years 0 to 9999, which it spells otherwise.
+fn rfc3339_ms_bytes(ms: i64) -> Option<[u8; 24]> {
+    fn put(out: &mut [u8], mut v: i64) {
+        for b in out.iter_mut().rev() {
+            *b = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let secs = ms.div_euclid(1000);
+    let date = Date::from_days_since_epoch(secs.div_euclid(86_400));
+    if !(0..=9999).contains(&date.year) {
+        return None;
+    }
+    let t = secs.rem_euclid(86_400);
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    put(&mut out[0..4], i64::from(date.year));
+    put(&mut out[5..7], i64::from(date.month));
+    put(&mut out[8..10], i64::from(date.day));
+    put(&mut out[11..13], t / 3600);
+    put(&mut out[14..16], t / 60 % 60);
+    put(&mut out[17..19], t % 60);
+    put(&mut out[20..23], ms.rem_euclid(1000));
+    Some(out)
 }
 
 /// The milliseconds of a time written exactly as [`rfc3339_ms`] writes them (so that they
 /// rebuild the same text); None for any other spelling.
 pub fn exact_rfc3339_ms(s: &str) -> Option<i64> {
     let ms = parse_rfc3339_ms(s)?;
-    (s.len() == 24 && rfc3339_ms(ms) == s).then_some(ms)
+    (s.len() == 24 && rfc3339_ms_bytes(ms).is_some_and(|b| b == s.as_bytes())).then_some(ms)
 }
 
 /// Parses `250ms`, `30s`, `5m` or `1h`.
@@ -282,6 +313,27 @@ mod tests {
         assert_eq!(rfc3339(1_700_000_000, 60), "2023-11-14T23:13:20+01:00");
         assert_eq!(rfc3339(1_700_000_000, -330), "2023-11-14T16:43:20-05:30");
         assert!(now_rfc3339_ms().ends_with('Z'));
+    }
+
+    #[test]
+    fn times_with_milliseconds_are_written_as_the_formatter_writes_them() {
+        let formatted = |ms: i64| format!("{}.{:03}Z", rfc3339(ms.div_euclid(1000), 0).trim_end_matches('Z'), ms.rem_euclid(1000));
+        let mut x: i64 = 0x2545_f491_4f6c_dd1d;
+        let mut samples = vec![0, -1, 999, 1_000, 951_782_400_000, 253_402_300_799_999, -62_167_219_200_000];
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push(x.rem_euclid(260_000_000_000_000) - 62_200_000_000_000);
+        }
+        for ms in samples {
+            let text = rfc3339_ms(ms);
+            assert_eq!(text, formatted(ms), "{ms}");
+            let before = parse_rfc3339_ms(&text).filter(|&ms| text.len() == 24 && formatted(ms) == text);
+            assert_eq!(exact_rfc3339_ms(&text), before, "{text}");
+        }
+        assert_eq!(exact_rfc3339_ms("2026-11-26T07:13:39.12Z"), None);
+        assert_eq!(exact_rfc3339_ms("2026-11-26T07:13:39.123+00:00"), None);
     }
 
     #[test]
