@@ -99,3 +99,35 @@ impl Shards {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_go_to_the_shard_holding_the_fewest_and_stay_on_its_thread() {
+        let shards = Shards::start(2).unwrap();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..4 {
+            let (seen_tx, mut released) = (seen_tx.clone(), released.clone());
+            shards.spawn(async move {
+                let first = std::thread::current().id();
+                assert_eq!(std::thread::current().name(), Some(THREAD_NAME));
+                // Held open across an await, as a connection is.
+                let _ = released.wait_for(|r| *r).await;
+                let _ = seen_tx.send((first, std::thread::current().id()));
+            });
+        }
+        assert_eq!(shards.shards.iter().map(|s| s.held.load(Ordering::Relaxed)).collect::<Vec<_>>(), [2, 2]);
+        release.send(true).unwrap();
+        let mut threads = std::collections::HashMap::new();
+        for _ in 0..4 {
+            let (first, last) = seen.recv().await.unwrap();
+            assert_eq!(first, last, "a connection moved to another thread");
+            *threads.entry(first).or_insert(0) += 1;
+        }
+        assert_eq!(threads.values().copied().collect::<Vec<_>>(), [2, 2]);
+        tokio::time::timeout(Duration::from_secs(5), shards.stop()).await.expect("the shards stop");
+    }
+}
