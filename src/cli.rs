@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Largest response body the gateway builds, in bytes (one reply, or a batch's replies).
     #[arg(long, default_value_t = 16 << 20)]
     pub max_response: usize,
+    /// Threads serving MCP connections, each an event loop of its own. Default: the CPUs this
+    /// process may use (its cgroup's quota included).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// Count rate limits and spend caps in Redis, shared by every replica
     /// (`redis://[user:password@]host[:port][/db]`). Default: in the local state database (one
     /// replica). When Redis does not answer, calls with quotas are refused.
@@ -669,6 +673,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 max_connections_per_address: a.max_connections_per_address,
                 max_batch: a.max_batch,
                 max_response: a.max_response,
+                workers: a.workers.map_or_else(|| crate::gateway::proxy::Config::default().workers, usize::from),
                 session_route: a.session_route,
                 ..Default::default()
             };

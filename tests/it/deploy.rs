@@ -176,3 +176,15 @@ fn kubernetes_manifests_match_the_binary() {
     // Hashing Mcp-Session-Id does not find a session's pod (the pod picks the id): never offered.
     assert!(ingress["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/upstream-hash-by").is_none());
 }
+
+#[test]
+fn serve_takes_a_number_of_proxy_threads_from_1_to_1024() {
+    let args = |n: &str| ["serve", "--repo", "examples/policy-repo", "--workers", n].map(String::from);
+    assert_eq!(parse_serve("--workers 3", &args("3")).workers, Some(3));
+    assert_eq!(parse_serve("no --workers", &["serve", "--repo", "x"].map(String::from)).workers, None);
+    for bad in ["0", "1025", "2.5", "two"] {
+        let argv = std::iter::once("gatehouse".to_string()).chain(args(bad));
+        let e = Cli::try_parse_from(argv).expect_err(bad).to_string();
+        assert!(e.contains("--workers"), "{bad}: the error names the flag: {e}");
+    }
+}
