@@ -399,6 +399,7 @@ fn visible(state: &State, active: &Active, session: &session::Session) -> BTreeS
 /// group commits in the background) are durable. The store itself stays open: its owner closes
 /// it (`commands::serve::Daemon::shutdown`).
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let shards = shards::Shards::start(state.config.workers).map_err(|e| anyhow::anyhow!("starting the proxy's threads: {e}"))?;
     let sweeper = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -412,7 +413,6 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             }
         })
     };
-    let shards = shards::Shards::start(state.config.workers).map_err(|e| anyhow::anyhow!("starting the proxy's threads: {e}"))?;
     let admission = state.admission.clone();
     accept_loop(listener, state.clone(), admission, Listener::Mcp, Some(&shards), shutdown).await;
     sweeper.abort();
