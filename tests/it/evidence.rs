@@ -1411,9 +1411,10 @@ fn random_inputs(s: &Script, since: &str, until: &str) -> Inputs {
 }
 
 #[test]
-fn incremental_provisioning_equals_compiling_every_commit_whole() {
-    // The shortcut (compile only what a commit affects) against the reference (compile every
-    // commit whole), over random histories and several periods.
+fn incremental_provisioning_and_changes_equal_compiling_every_commit_whole() {
+    // The shortcuts (compile only what a commit affects) against the references (compile every
+    // commit whole), over random histories (each built once for both exports) and several
+    // periods: provisioning's rows, and the access diff of each commit.
     let mut rejected = 0;
     for seed in [7u64, 42] {
         let s = random_history(seed, 100);
@@ -1423,6 +1424,10 @@ fn incremental_provisioning_equals_compiling_every_commit_whole() {
             let slow = evidence::provisioning_reference(&i).unwrap();
             assert_eq!(fast.rows, slow.rows, "seed {seed}, period {since}..{until}");
             assert!(fast.population > 0, "seed {seed}, period {since}..{until}: the history has provisioning events");
+            let fast = evidence::changes(&i).unwrap();
+            let slow = evidence::changes_reference(&i).unwrap();
+            assert_eq!(fast.rows, slow.rows, "seed {seed}, period {since}..{until}");
+            assert!(fast.population > 0, "seed {seed}, period {since}..{until}: the history has commits");
         }
         // The history does exercise invalid commits.
         let repo = gatehouse::gitops::git::PolicyRepo::discover(&s.policy_dir()).unwrap();
@@ -1433,21 +1438,6 @@ fn incremental_provisioning_equals_compiling_every_commit_whole() {
         }
     }
     assert!(rejected > 10, "only {rejected} invalid commits");
-}
-
-#[test]
-fn incremental_changes_equal_compiling_every_commit_whole() {
-    // The access diff of each commit, shortcut against reference, over the same random histories.
-    for seed in [7u64, 42] {
-        let s = random_history(seed, 100);
-        for (since, until) in [("2026-09-01", "2026-12-01"), ("2026-10-02T05:00:00Z", "2026-10-05T19:00:00Z")] {
-            let i = random_inputs(&s, since, until);
-            let fast = evidence::changes(&i).unwrap();
-            let slow = evidence::changes_reference(&i).unwrap();
-            assert_eq!(fast.rows, slow.rows, "seed {seed}, period {since}..{until}");
-            assert!(fast.population > 0, "seed {seed}, period {since}..{until}: the history has commits");
-        }
-    }
 }
 
 #[test]
