@@ -421,3 +421,30 @@ fn audit_tail_prints_the_last_n_records_past_a_page() {
     assert_eq!(seqs.len(), 1500);
     assert_eq!((seqs[0], seqs[1499]), (1001, 2500), "the last 1,500, ending at the newest");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_workers_runs_that_many_proxy_threads_and_they_serve_calls() {
+    let (repo, data) = example_repo();
+    let d = Daemon::start(repo.path(), data.path(), &["--workers", "3"]).await;
+    let proxy_threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", d.child.id()))
+            .unwrap()
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "gatehouse-proxy"))
+            .count()
+    };
+    assert_eq!(proxy_threads(), 3);
+    let url = format!("{}/mcp/files", d.url);
+    let calls = (0..6).map(|i| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let s = initialize(&url, ALICE, "2025-11-25").await;
+            post(&url, ALICE, Some(&s), call(i, "list_directory", json!({ "path": "/srv/projects" }))).await
+        })
+    });
+    for reply in futures_util::future::join_all(calls).await {
+        let reply = reply.unwrap();
+        assert!(reply.status == StatusCode::OK && is_allowed(&reply.json()), "{}", reply.body);
+    }
+    assert_eq!(proxy_threads(), 3, "the threads serve every connection; none is added per call");
+}
